@@ -1,0 +1,178 @@
+"""Reading and writing weights and configs: the one place every loader goes through.
+
+Supports single-file ``.safetensors`` / ``.bin`` / ``.pt`` weights and sharded safetensors with a
+``*.index.json``. Writes are atomic (temporary file + rename), so a killed process never leaves a
+half-written checkpoint behind. Mismatches between a checkpoint and a model raise
+:class:`~arvision.errors.CheckpointError` naming the offending keys and shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from arvision.errors import CheckpointError
+
+StateDict = dict[str, torch.Tensor]
+
+WEIGHT_FILE_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_MAX_LISTED = 8
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing file: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return data
+
+
+def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
+    """Write a JSON object atomically, keys in insertion order, two-space indent."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def find_weights_file(folder: str | os.PathLike, names: Iterable[str] = WEIGHT_FILE_NAMES) -> Path:
+    """Return the first of ``names`` present in ``folder`` (any ``*.safetensors`` as a last resort)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder not found: {folder}")
+    names = list(names)
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    candidates = sorted(folder.glob("*.safetensors"))
+    if len(candidates) == 1:
+        return candidates[0]
+    raise CheckpointError(f"no weights in {folder}: expected one of {', '.join(names)}")
+
+
+def load_state_dict(path: str | os.PathLike) -> StateDict:
+    """Load a state dict from ``.safetensors``, a torch pickle (``.bin``/``.pt``) or a shard index."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing weights file: {path}")
+    if path.name.endswith(".index.json"):
+        index = read_json(path)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{path} has no 'weight_map'")
+        state: StateDict = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(load_state_dict(path.parent / shard))
+        return state
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or truncated files raise many different types
+        raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not contain a flat state dict of tensors")
+    return dict(state)
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write ``state`` as safetensors atomically. Tied tensors are written as separate copies."""
+    seen: dict[int, str] = {}
+    tensors = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        ptr = value.untyped_storage().data_ptr() if value.numel() else -1
+        if ptr in seen or not value.is_contiguous():
+            value = value.clone().contiguous()
+        seen[ptr] = key
+        tensors[key] = value
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+
+
+def select_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
+    """Keep the keys that start with ``prefix`` and strip it."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def check_state_dict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    optional: Callable[[str], bool] = lambda key: False,
+) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly the model's keys and shapes.
+
+    ``optional(key)`` marks model keys that may be missing from the checkpoint (and checkpoint keys
+    that the model may ignore), e.g. non-essential buffers.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not optional(k)]
+    unexpected = [k for k in state if k not in expected and not optional(k)]
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape) and not optional(k)
+    ]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:_MAX_LISTED]))
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:_MAX_LISTED]))
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:_MAX_LISTED]))
+    if problems:
+        raise CheckpointError(f"{source} does not match the model config: " + " | ".join(problems))
+
+
+def load_checked(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    optional: Callable[[str], bool] = lambda key: False,
+) -> None:
+    """Validate ``state`` against ``model`` (see :func:`check_state_dict`) and load it."""
+    check_state_dict(model, state, source=source, optional=optional)
+    expected = model.state_dict()
+    usable = {
+        k: v for k, v in state.items() if k in expected and tuple(v.shape) == tuple(expected[k].shape)
+    }
+    model.load_state_dict(usable, strict=False)
