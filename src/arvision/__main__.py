@@ -1,0 +1,5 @@
+import sys
+
+from arvision.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""Token sampling shared by every sampler: classifier-free guidance, temperature, top-k, top-p.
+
+All functions take logits shaped ``[..., V]`` and never modify their input.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance ``uncond + scale * (cond - uncond)``.
+
+    ``scale = 1`` returns ``cond``. HART's ``(1 + t) * cond - t * uncond`` is ``scale = 1 + t``.
+    """
+    return uncond + scale * (cond - uncond)
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Set to ``-inf`` every logit outside the top ``k`` and outside the nucleus of mass ``top_p``.
+
+    ``top_k <= 0`` and ``top_p <= 0`` disable the respective filter; ``top_k`` is clamped to the
+    vocabulary size. The most likely token always survives.
+    """
+    vocab = logits.shape[-1]
+    if top_k > 0 and top_k < vocab:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=False)
+        remove_sorted = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1.0 - top_p)
+        remove_sorted[..., -1:] = False
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token per position: ``[..., V]`` logits -> ``[...]`` int64 indices.
+
+    ``temperature == 0`` is greedy decoding (argmax).
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    filtered = filter_top_k_top_p(logits.float() / temperature, top_k, top_p)
+    probs = filtered.softmax(dim=-1).reshape(-1, logits.shape[-1])
+    draws = torch.multinomial(probs, num_samples=1, generator=generator)
+    return draws.reshape(logits.shape[:-1])
