@@ -26,6 +26,12 @@ def test_reconstruct_writes_image_and_reports_metrics(photo, tmp_path, hart_fixt
     assert main([*args, "--mode", "discrete"]) == 0
 
 
+def test_reconstruct_defaults_to_the_bundled_photo(tmp_path, hart_fixture_dir, capsys):
+    out = tmp_path / "recon.png"
+    assert main(["reconstruct", "--size", "32", "--model", str(hart_fixture_dir / "tokenizer"), "-o", str(out)]) == 0
+    assert "astronaut.png" in capsys.readouterr().out and out.is_file()
+
+
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
