@@ -41,10 +41,14 @@ def render_background(background: Background, size: int) -> np.ndarray:
 
 def object_alpha(obj: SceneObject, size: int, supersample: int = 4) -> np.ndarray:
     """Coverage of each pixel by the object, float32 ``[size, size]`` in [0, 1]."""
-    big = size * supersample
-    mask = Image.new("L", (big, big), 0)
+    # Draw only the pixel-aligned patch around the object: the same result as drawing the whole image,
+    # at a fraction of the cost for large images.
+    x0, y0 = (max(0, math.floor((c - obj.reach) * size) - 1) for c in obj.centre)
+    x1, y1 = (min(size, math.ceil((c + obj.reach) * size) + 1) for c in obj.centre)
+    mask = Image.new("L", ((x1 - x0) * supersample, (y1 - y0) * supersample), 0)
     draw = ImageDraw.Draw(mask)
-    cx, cy, r = obj.centre[0] * big, obj.centre[1] * big, obj.radius * big
+    big = size * supersample
+    cx, cy, r = obj.centre[0] * big - x0 * supersample, obj.centre[1] * big - y0 * supersample, obj.radius * big
     if obj.shape in POLYGONS:
         draw.polygon([(cx + r * px, cy + r * py) for px, py in POLYGONS[obj.shape]], fill=255)
     else:
@@ -52,7 +56,9 @@ def object_alpha(obj: SceneObject, size: int, supersample: int = 4) -> np.ndarra
         if obj.shape == "ring":
             ri = r * RING_INNER
             draw.ellipse((cx - ri, cy - ri, cx + ri, cy + ri), fill=0)
-    return np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32) / 255.0
+    alpha = np.zeros((size, size), dtype=np.float32)
+    alpha[y0:y1, x0:x1] = np.asarray(mask.resize((x1 - x0, y1 - y0), Image.BOX), dtype=np.float32) / 255.0
+    return alpha
 
 
 def render_scene(graph: SceneGraph, size: int, supersample: int = 4) -> Image.Image:

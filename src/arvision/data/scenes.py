@@ -72,15 +72,10 @@ POLYGONS: dict[str, tuple[tuple[float, float], ...]] = {
 RING_INNER = 0.55  # inner radius of a ring, as a fraction of its outer radius
 
 
-def unit_outline(shape: str) -> tuple[tuple[float, float], ...]:
-    """The shape's outline points around its centre in units of the half-extent (circles: 64 points)."""
-    if shape in POLYGONS:
-        return POLYGONS[shape]
-    return tuple((math.cos(2 * math.pi * k / 64), math.sin(2 * math.pi * k / 64)) for k in range(64))
-
-
-def circumradius(shape: str) -> float:
-    return max(math.hypot(x, y) for x, y in unit_outline(shape))
+_CIRCLE = tuple((math.cos(2 * math.pi * k / 64), math.sin(2 * math.pi * k / 64)) for k in range(64))
+# Outline points of every shape around its centre, in units of the half-extent.
+OUTLINES: dict[str, tuple[tuple[float, float], ...]] = {s: POLYGONS.get(s, _CIRCLE) for s in SHAPES}
+CIRCUMRADIUS: dict[str, float] = {s: max(math.hypot(x, y) for x, y in OUTLINES[s]) for s in SHAPES}
 
 
 @dataclass(frozen=True)
@@ -106,14 +101,14 @@ class SceneObject:
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
-        xs, ys = zip(*unit_outline(self.shape))
+        xs, ys = zip(*OUTLINES[self.shape])
         cx, cy, r = *self.centre, self.radius
         return (cx + r * min(xs), cy + r * min(ys), cx + r * max(xs), cy + r * max(ys))
 
     @property
     def reach(self) -> float:
         """Radius of the circle around the centre that contains the whole object."""
-        return self.radius * circumradius(self.shape)
+        return self.radius * CIRCUMRADIUS[self.shape]
 
     def interior_point(self) -> tuple[float, float]:
         """A point well inside the painted area (a ring's centre is background, so take its band)."""
@@ -199,7 +194,7 @@ def _fits(candidate: SceneObject, placed: list[SceneObject]) -> bool:
 
 def centre_range(shape: str, size: str) -> tuple[float, float]:
     """Where an object's centre may lie so that it stays inside the image with a border."""
-    reach = SIZES[size] * circumradius(shape)
+    reach = SIZES[size] * CIRCUMRADIUS[shape]
     return reach + EDGE_PAD, 1 - reach - EDGE_PAD
 
 
