@@ -279,3 +279,20 @@ def test_torch_datasets_are_deterministic_per_index(world, samples):
     assert frames.shape == (8, 3, SIZE, SIZE) and videos[2]["caption"] in world.video(2).captions
     with pytest.raises(IndexError):
         images[10]
+
+
+def test_graphs_reject_words_outside_the_vocabulary_and_ambiguous_objects():
+    from arvision.data.scenes import Background
+
+    bg = Background("noise", "grey", 0)
+    with pytest.raises(InputError, match="vocabulary"):
+        SceneGraph((SceneObject("hexagon", "red", "small", (0.5, 0.5)),), bg)
+    twins = (SceneObject("circle", "red", "small", (0.2, 0.2)), SceneObject("circle", "red", "large", (0.7, 0.7)))
+    with pytest.raises(InputError, match="distinct"):
+        SceneGraph(twins, bg)
+
+
+def test_batches_collate_with_the_default_collate(world):
+    batch = next(iter(torch.utils.data.DataLoader(WorldImages(world, length=8), batch_size=4)))
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and len(batch["caption"]) == 4
+    assert batch["index"].tolist() == [0, 1, 2, 3]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from arvision.errors import InputError
+
 # Saturated colours, far from each other and from the neutral backgrounds (>= 60 apart in RGB).
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -131,6 +133,8 @@ class Background:
 
 @dataclass(frozen=True)
 class Relation:
+    """``objects[subject]`` is ``relation`` ``objects[object]``: ``Relation(0, "left of", 1)``."""
+
     subject: int
     relation: str
     object: int
@@ -175,6 +179,12 @@ class SceneGraph:
     relations: tuple[Relation, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        pairs = [(o.colour, o.shape) for o in self.objects]
+        for (colour, shape), obj in zip(pairs, self.objects, strict=True):
+            if colour not in COLOURS or shape not in SHAPES or obj.size not in SIZES:
+                raise InputError(f"not in the world's vocabulary: {obj.size} {colour} {shape}")
+        if len(set(pairs)) != len(pairs):
+            raise InputError(f"colour-shape pairs must be distinct within a scene, got {pairs}")
         rels = tuple(
             Relation(i, rel, j)
             for i, a in enumerate(self.objects)
