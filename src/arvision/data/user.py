@@ -27,7 +27,8 @@ from arvision.errors import InputError
 from arvision.imaging import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-PATH_KEYS = ("image", "path", "file", "file_name", "video")
+IMAGE_KEYS = ("image", "path", "file", "file_name")
+MEDIA_KEYS = (*IMAGE_KEYS, "video")
 CAPTION_KEYS = ("caption", "text", "prompt")
 
 
@@ -134,11 +135,11 @@ class CaptionedImages(SkippingDataset):
                 with open(source, encoding="utf-8", newline="") as f:
                     rows = [(n, row) for n, row in enumerate(csv.DictReader(f), 2)]
             for number, row in rows:
-                path, caption = (_first(row, PATH_KEYS), _first(row, CAPTION_KEYS)) if row else (None, None)
+                path, caption = (_first(row, IMAGE_KEYS), _first(row, CAPTION_KEYS)) if row else (None, None)
                 if isinstance(path, str) and isinstance(caption, str) and caption.strip():
                     records.append(CaptionedImage(_resolve(path, source.parent), caption.strip()))
                 else:
-                    problems.append(f"{source}:{number}: needs a path ({'/'.join(PATH_KEYS[:4])}) and a caption")
+                    problems.append(f"{source}:{number}: needs an image path ({'/'.join(IMAGE_KEYS)}) and a caption")
         else:
             raise InputError(f"captioned data must be a folder, a .jsonl or a .csv file, got {source}")
         dataset = cls(records, size, policy)
@@ -226,7 +227,7 @@ class VQADataset(SkippingDataset):
         self.records: list[VQARecord] = []
         problems = []
         for number, entry in _json_lines(source):
-            media = entry and _first(entry, PATH_KEYS)
+            media = entry and _first(entry, MEDIA_KEYS)
             turns = _turns(entry) if entry else ()
             if isinstance(media, str) and turns:
                 path = _resolve(media, source.parent)

@@ -53,6 +53,8 @@ class WorldConfig:
     def __post_init__(self) -> None:
         if not 32 <= self.image_size <= 1024:
             raise InputError(f"image_size must be within 32..1024 pixels, got {self.image_size}")
+        if self.video_frames < 2 or self.supersample < 1:
+            raise InputError("video_frames must be at least 2 and supersample at least 1")
         if not 1 <= self.min_objects <= self.max_objects <= 4 or not 1 <= self.video_max_objects <= 4:
             raise InputError("object counts must satisfy 1 <= min_objects <= max_objects <= 4")
         self.heldout_combos = tuple(tuple(c) for c in self.heldout_combos)
