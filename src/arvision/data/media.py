@@ -16,7 +16,8 @@ import torch
 
 from arvision.errors import InputError
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
+# An animated GIF is read as an image (its first frame); convert it to a video file to describe it as one.
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
 def load_image(source: str | os.PathLike | PIL.Image.Image) -> PIL.Image.Image:
@@ -97,8 +98,9 @@ def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PI
 
 
 def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
-    """[B, 3, H, W] pixels in [-1, 1] -> PIL images (``clamp((x + 1) * 127.5)``, as the release maps them)."""
-    array = ((images.detach().float() + 1) * 127.5).clamp(0, 255).round().to(torch.uint8)
+    """[B, 3, H, W] pixels in [-1, 1] -> PIL images: ``clamp((x + 1) * 127.5)`` truncated to uint8, exactly
+    as the release maps and saves them."""
+    array = ((images.detach().float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
     return [PIL.Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in array]
 
 
