@@ -296,3 +296,8 @@ def test_batches_collate_with_the_default_collate(world):
     batch = next(iter(torch.utils.data.DataLoader(WorldImages(world, length=8), batch_size=4)))
     assert batch["image"].shape == (4, 3, SIZE, SIZE) and len(batch["caption"]) == 4
     assert batch["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_the_readme_example_pairs_are_in_training():
+    heldout = set(WorldConfig().heldout_combos)
+    assert not {("red", "circle"), ("blue", "square"), ("green", "star")} & heldout

@@ -43,9 +43,10 @@ EDGE_PAD = 0.02  # empty border between an object and the image edge
 GAP = 0.02  # empty space between two objects' circumscribed circles
 
 # Compositional hold-out: these colour-shape pairs never appear in the train/val splits. One per colour,
-# shapes cycling, so every colour and every shape is still seen in training.
+# shapes cycling, so every colour and every shape is still seen in training. The offset keeps the pairs
+# of the README's example prompts ("a red circle left of a blue square", "a green star") in training.
 DEFAULT_HELDOUT_COMBOS: tuple[tuple[str, str], ...] = tuple(
-    (colour, SHAPES[i % len(SHAPES)]) for i, colour in enumerate(COLOURS)
+    (colour, SHAPES[(i + 2) % len(SHAPES)]) for i, colour in enumerate(COLOURS)
 )
 
 
