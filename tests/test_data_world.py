@@ -301,3 +301,12 @@ def test_batches_collate_with_the_default_collate(world):
 def test_the_readme_example_pairs_are_in_training():
     heldout = set(WorldConfig().heldout_combos)
     assert not {("red", "circle"), ("blue", "square"), ("green", "star")} & heldout
+
+
+def test_graphs_round_trip_through_json(samples):
+    import json
+
+    for s in samples[:10]:
+        data = json.loads(json.dumps(s.graph.to_dict()))
+        assert SceneGraph.from_dict(data) == s.graph
+        assert len(data["relations"]) == len(s.graph.relations) and data["objects"][0]["colour"] in COLOURS

@@ -9,7 +9,7 @@ above/below of each other.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -197,6 +197,18 @@ class SceneGraph:
 
     def holds(self, subject: int, relation: str, obj: int) -> bool:
         return Relation(subject, relation, obj) in self.relations
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready data (relations included for readers; :meth:`from_dict` recomputes them)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SceneGraph:
+        objects = tuple(
+            SceneObject(o["shape"], o["colour"], o["size"], (float(o["centre"][0]), float(o["centre"][1])))
+            for o in data["objects"]
+        )
+        return cls(objects, Background(**data["background"]))
 
 
 def _fits(candidate: SceneObject, placed: list[SceneObject]) -> bool:
