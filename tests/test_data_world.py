@@ -257,6 +257,9 @@ def test_config_is_validated():
         WorldConfig(min_objects=3, max_objects=2)
     with pytest.raises(InputError):
         WorldConfig(heldout_combos=(("mauve", "circle"),))
+    all_but_two = [(c, s) for c in COLOURS for s in SHAPES][2:]
+    with pytest.raises(InputError, match="too many held-out"):
+        ProceduralWorld(WorldConfig(heldout_combos=all_but_two))
 
 
 def test_torch_datasets_are_deterministic_per_index(world, samples):

@@ -91,7 +91,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
                 yield number, entry if isinstance(entry, dict) else None
 
 
-def _require_file(path: str | os.PathLike) -> Path:
+def _require_exists(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise InputError(f"data not found: {path}")
@@ -117,7 +117,7 @@ class CaptionedImages(SkippingDataset):
 
     @classmethod
     def from_source(cls, source: str | os.PathLike, size: int = 256, policy: str = "center") -> CaptionedImages:
-        source = _require_file(source)
+        source = _require_exists(source)
         records: list[CaptionedImage] = []
         problems: list[str] = []
         if source.is_dir():
@@ -166,7 +166,7 @@ class ClassFolderImages(SkippingDataset):
 
     def __init__(self, root: str | os.PathLike, size: int = 256, policy: str = "center") -> None:
         super().__init__()
-        root = _require_file(root)
+        root = _require_exists(root)
         self.size, self.policy = size, check_policy(policy)
         self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         self.records = [
@@ -222,7 +222,7 @@ class VQADataset(SkippingDataset):
         self, source: str | os.PathLike, size: int = 256, policy: str = "resize", num_frames: int = 8
     ) -> None:
         super().__init__()
-        source = _require_file(source)
+        source = _require_exists(source)
         self.size, self.policy, self.num_frames = size, check_policy(policy), num_frames
         self.records: list[VQARecord] = []
         problems = []

@@ -99,6 +99,8 @@ class ProceduralWorld:
         self._forced = heldout if split == "heldout" else None
         if split == "heldout" and not heldout:
             raise InputError("the heldout split needs at least one held-out colour-shape pair")
+        if len(self._combos) < max(self.config.max_objects, self.config.video_max_objects):
+            raise InputError("too many held-out pairs: a scene needs one distinct colour-shape pair per object")
 
     def rng(self, index: int, stream: int) -> np.random.Generator:
         """The generator for sample ``index`` (stream 0: images, 1: videos, 2+: free for datasets)."""
