@@ -131,13 +131,8 @@ class VilaU(nn.Module):
         cache: DynamicCache | None = None,
     ) -> torch.Tensor:
         """Final RMS-normed hidden states [B, S, H] (``cache``, when given, is extended in place)."""
-        out = self.llm.model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=cache is not None,
-        )
+        # The cache goes in positionally: transformers 5 renamed ``past_key_values`` to ``cache``.
+        out = self.llm.model(None, attention_mask, position_ids, cache, inputs_embeds=inputs_embeds, use_cache=cache is not None)
         return out.last_hidden_state
 
     @torch.no_grad()
