@@ -43,7 +43,8 @@ def test_encode_decode_shapes_and_latent_resize():
 def test_shipped_siglip_presets_have_the_released_shapes():
     large = siglip_preset("google/siglip-large-patch16-256")["vision_config"]
     so400m = siglip_preset("google/siglip-so400m-patch14-384")["vision_config"]
-    assert (large["hidden_size"], large["num_hidden_layers"], large["image_size"] // large["patch_size"]) == (1024, 24, 16)
+    grid = large["image_size"] // large["patch_size"]
+    assert (large["hidden_size"], large["num_hidden_layers"], grid) == (1024, 24, 16)
     assert (so400m["hidden_size"], so400m["intermediate_size"], so400m["image_size"] // so400m["patch_size"]) == (
         1152, 4304, 27)
     with pytest.raises(KeyError):

@@ -132,7 +132,9 @@ class VilaU(nn.Module):
     ) -> torch.Tensor:
         """Final RMS-normed hidden states [B, S, H] (``cache``, when given, is extended in place)."""
         # The cache goes in positionally: transformers 5 renamed ``past_key_values`` to ``cache``.
-        out = self.llm.model(None, attention_mask, position_ids, cache, inputs_embeds=inputs_embeds, use_cache=cache is not None)
+        out = self.llm.model(
+            None, attention_mask, position_ids, cache, inputs_embeds=inputs_embeds, use_cache=cache is not None
+        )
         return out.last_hidden_state
 
     @torch.no_grad()

@@ -126,9 +126,11 @@ def vila_u_loss(model: VilaU, examples: Sequence[VilaUExample]) -> VilaULoss:
     if states:
         target_codes = torch.cat(targets)
         depth_logits = model.depth_transformer(torch.cat(states), model.vision_tower.embed_codes(target_codes))
-        visual_loss = F.cross_entropy(depth_logits.reshape(-1, depth_logits.shape[-1]).float(), target_codes.reshape(-1))
+        flat = depth_logits.reshape(-1, depth_logits.shape[-1]).float()
+        visual_loss = F.cross_entropy(flat, target_codes.reshape(-1))
     loss = text_loss if visual_loss is None else text_loss + visual_loss
-    return VilaULoss(loss=loss, text_loss=text_loss.detach(), visual_loss=None if visual_loss is None else visual_loss.detach())
+    detached = None if visual_loss is None else visual_loss.detach()
+    return VilaULoss(loss=loss, text_loss=text_loss.detach(), visual_loss=detached)
 
 
 def freeze_vision_tower(model: VilaU) -> None:
