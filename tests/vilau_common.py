@@ -14,6 +14,10 @@ from arvision.tokenizers.rq_vision_tower import PixelDecoderConfig, RQVisionTowe
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vilau-tiny-a"
 
+# The test models are tiny: intra-op threads cost more in hand-offs than they save (5-10x slower on a
+# shared 2-core machine). This applies to the whole test process once a VILA-U test module is imported.
+torch.set_num_threads(1)
+
 
 @functools.lru_cache(maxsize=1)
 def cases() -> dict[str, torch.Tensor]:
