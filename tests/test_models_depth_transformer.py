@@ -36,12 +36,15 @@ def test_inputs_are_the_llm_state_then_cumulative_sums_of_code_embeddings():
     torch.testing.assert_close(model(hidden, changed), model(hidden, embeds))
 
 
-def test_step_logits_equal_the_teacher_forced_pass():
+def test_cached_steps_equal_the_teacher_forced_pass():
     model = _model()
     hidden, embeds = torch.randn(3, 12), torch.randn(3, 4, 8)
     full = model(hidden, embeds)
+    cache, code_sum = model.new_cache(), None
     for d in range(4):
-        torch.testing.assert_close(model.step_logits(hidden, embeds[:, :d]), full[:, d], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.step(hidden, code_sum, cache), full[:, d], atol=1e-5, rtol=0)
+        code_sum = embeds[:, 0] if code_sum is None else code_sum + embeds[:, d]
+    assert cache[0][0].shape == (3, 2, 4, 8)  # [rows, heads, depth, head dim]
 
 
 def test_fixture_teacher_forced_logits():

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+# Per block: [] before the first step, then [keys, values] of shape [N, heads, positions, head_dim].
+DepthCache = list[list[torch.Tensor]]
+
 
 @dataclass
 class DepthTransformerConfig:
@@ -42,9 +45,19 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``cache`` (a list, filled in place with [keys, values]) lets new positions attend to earlier ones."""
         q, k, v = (rearrange(f(x), "b t (h d) -> b h t d", h=self.n_head) for f in (self.query, self.key, self.value))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is not None:
+            if cache:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]
+        past = k.shape[2] - q.shape[2]
+        if past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # new queries are the last positions: causal among themselves, free to see every cached key
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=x.device).tril(past)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.resid_drop(self.proj(rearrange(out, "b h t d -> b t (h d)")))
 
 
@@ -58,8 +71,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(dim, n_head, dropout)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, cache: list[torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
 
 
@@ -70,17 +83,17 @@ class _Stack(nn.Module):
             Block(config.embed_dim, config.n_head, config.resid_dropout) for _ in range(config.n_layer)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
+    def forward(self, x: torch.Tensor, cache: DepthCache | None = None) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i])
         return x
 
 
 class DepthTransformer(nn.Module):
     """hidden [B, T, llm_dim] + per-depth code embeddings [B, T, D, code_dim] -> logits [B, T, D, vocab].
 
-    ``forward`` is the teacher-forced pass (training and replay); ``step_logits`` gives the logits of
-    the next depth from a prefix of codes, for sampling.
+    ``forward`` is the teacher-forced pass (training); ``step`` decodes one depth at a time with a
+    key/value cache (sampling).
     """
 
     def __init__(self, config: DepthTransformerConfig):
@@ -106,16 +119,24 @@ class DepthTransformer(nn.Module):
         seq = torch.cat([start, prefix], dim=-2)
         return seq + self.pos_emb_d[0, : seq.shape[-2]]
 
-    def _run(self, seq: torch.Tensor) -> torch.Tensor:
-        lead = seq.shape[:-2]
-        out = self.head_transformer(seq.reshape(-1, *seq.shape[-2:]))
-        return self.classifier_mlp(out).reshape(*lead, seq.shape[-2], -1)
-
     def forward(self, hidden: torch.Tensor, code_embeds: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: hidden [..., llm_dim], code_embeds [..., D, code_dim] -> logits [..., D, vocab]."""
-        return self._run(self._inputs(hidden, code_embeds[..., :-1, :]))
+        seq = self._inputs(hidden, code_embeds[..., :-1, :])
+        out = self.head_transformer(seq.reshape(-1, *seq.shape[-2:]))
+        return self.classifier_mlp(out).reshape(*seq.shape[:-1], -1)
 
-    def step_logits(self, hidden: torch.Tensor, prefix_embeds: torch.Tensor) -> torch.Tensor:
-        """Logits of code ``d = prefix_embeds.shape[-2]``: hidden [..., llm_dim], prefix [..., d, code_dim]
-        -> [..., vocab]. The prefix is recomputed each depth (D is small), as the release does."""
-        return self._run(self._inputs(hidden, prefix_embeds))[..., -1, :]
+    def new_cache(self) -> DepthCache:
+        """Per-block key/value cache for :meth:`step` (one sequence over depth per row)."""
+        return [[] for _ in self.head_transformer.blocks]
+
+    def step(self, hidden: torch.Tensor, code_sum: torch.Tensor | None, cache: DepthCache) -> torch.Tensor:
+        """Incremental decoding over depth: logits [N, vocab] of the next code.
+
+        The first call passes ``code_sum=None`` (the input is the LLM state ``hidden`` [N, llm_dim]); call
+        ``d`` passes the sum of the first ``d`` code embeddings [N, code_dim]. Equals :meth:`forward`'s
+        output ``d`` (the release recomputes the whole prefix instead; a cache gives the same logits).
+        """
+        d = cache[0][0].shape[2] if cache[0] else 0  # positions already cached
+        x = self.in_mlp_2(hidden) if code_sum is None else self.in_mlp_1(code_sum)
+        x = (x + self.pos_emb_d[0, d])[:, None]
+        return self.classifier_mlp(self.head_transformer(x, cache))[:, -1]

@@ -193,10 +193,10 @@ class VilaU(nn.Module):
         """
         n = hidden.shape[0] // 2
         codes = torch.zeros(n, self.config.depth.depth, dtype=torch.long, device=hidden.device)
-        prefix = hidden.new_zeros(2 * n, 0, self.config.tower.dim)
-        guided_all = []
+        cache = self.depth_transformer.new_cache()
+        code_sum, guided_all = None, []
         for d in range(self.config.depth.depth):
-            logits = self.depth_transformer.step_logits(hidden, prefix).float()
+            logits = self.depth_transformer.step(hidden, code_sum, cache).float()
             guided = guide(logits[:n], logits[n:], cfg)
             guided_all.append(guided)
             if forced is None:
@@ -204,8 +204,8 @@ class VilaU(nn.Module):
             else:
                 code = forced[:, d]
             codes[:, d] = code
-            embed = self.vision_tower.quantizer.codebook(d).embed(code.repeat(2))
-            prefix = torch.cat([prefix, embed[:, None].to(prefix.dtype)], dim=1)
+            embed = self.vision_tower.quantizer.codebook(d).embed(code.repeat(2)).to(hidden.dtype)
+            code_sum = embed if code_sum is None else code_sum + embed
         return codes, torch.stack(guided_all)
 
     @torch.no_grad()
