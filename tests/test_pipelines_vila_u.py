@@ -157,3 +157,29 @@ def test_special_tokens_must_end_the_vocabulary(folder):
 def test_not_a_vila_u_folder(tmp_path):
     with pytest.raises(CheckpointError, match="not a VILA-U folder"):
         VilaUPipeline.from_pretrained(tmp_path)
+
+
+def test_sharded_llm_weights_load(folder):
+    path = folder / "llm" / "model.safetensors"
+    state = load_file(str(path))
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, names in shards.items():
+        save_file({k: state[k] for k in names}, str(folder / "llm" / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
+    (folder / "llm" / "model.safetensors.index.json").write_text(json.dumps(index))
+    path.unlink()
+    pipe = VilaUPipeline.from_pretrained(folder)
+    assert torch.equal(pipe.model.llm.lm_head.weight, state["lm_head.weight"])
+
+
+def test_bfloat16_loading_and_inference():
+    c = cases()
+    pipe = VilaUPipeline.from_pretrained(FIXTURE, dtype=torch.bfloat16)
+    pipe.progress = False
+    assert {v.dtype for v in pipe.model.state_dict().values()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32
+    assert isinstance(pipe.describe(_astronaut(), "What is in the image?", temperature=0.0, max_new_tokens=3), str)
+    with torch.no_grad():
+        decoded = pipe.model.vision_tower.decode(c["vt.z_q"].bfloat16()).float()
+    assert (decoded - c["vt.decoded_bf16_official"]).abs().max() < 0.1

@@ -16,7 +16,8 @@ import torch
 
 from arvision.errors import InputError
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
+# An animated GIF is read as an image (its first frame); convert it to a video file to describe it as one.
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
 def load_image(source: str | os.PathLike | PIL.Image.Image) -> PIL.Image.Image:

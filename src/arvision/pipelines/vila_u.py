@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -31,6 +32,10 @@ __all__ = ["VilaUPipeline", "TextSampling", "is_vila_u_folder"]
 ImageInput = str | os.PathLike | PIL.Image.Image
 
 
+def _first(value: int | list[int]) -> int:
+    return int(value[0] if isinstance(value, list) else value)
+
+
 @dataclass
 class TextSampling:
     """Text decoding settings; the defaults are the release's ``llm/generation_config.json`` values."""
@@ -47,7 +52,7 @@ class TextSampling:
             temperature=float(data.get("temperature", 1.0)),
             top_p=float(data.get("top_p", 1.0)),
             top_k=int(data.get("top_k", 50)),
-            eos_token_id=int(data.get("eos_token_id", 2)),
+            eos_token_id=_first(data.get("eos_token_id", 2)),
         )
         if not data.get("do_sample", False):
             sampling.temperature = 0.0
@@ -64,6 +69,17 @@ class TextSampling:
             "top_k": self.top_k,
             "max_length": 4096,
         }
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    # Build the model directly in its final dtype: a 7B LLM built in float32 first would need 28 GB.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _load_tokenizer(folder: Path) -> Any:
@@ -99,9 +115,10 @@ class VilaUPipeline:
         config, generation = ckpt.read_config(folder)
         tokenizer = _load_tokenizer(folder / "llm")
         ckpt.check_special_tokens(tokenizer, config.vocab_size, folder / "llm")
-        model = VilaU(config)
+        with _default_dtype(dtype):
+            model = VilaU(config)
         ckpt.load_weights(model, folder)
-        model.to(device=device, dtype=dtype)
+        model.to(device=device)
         return cls(model, tokenizer, TextSampling.from_generation_config(generation))
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
