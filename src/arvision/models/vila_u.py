@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from arvision.models.depth_transformer import DepthTransformer, DepthTransformerConfig
@@ -222,21 +221,20 @@ class VilaU(nn.Module):
         generator: torch.Generator | None = None,
         forced_codes: torch.Tensor | None = None,
         trace: bool = False,
-        progress: bool | Callable[[int], None] = False,
+        on_step: Callable[[int], None] | None = None,
     ) -> CodeGeneration:
         """Generate ``num_tokens`` visual tokens after left-padded prompts ``input_ids`` [2n, S]
         (rows: n conditional, then n unconditional; each ends with ``<im_start>`` or ``<vi_start>``).
 
-        ``forced_codes`` [n, T, D] replays recorded codes (teacher forcing) instead of sampling.
+        ``forced_codes`` [n, T, D] replays recorded codes (teacher forcing) instead of sampling;
+        ``trace`` keeps the per-step states and logits; ``on_step(t)`` is called after each token.
         """
         cache = DynamicCache()
         mask = attention_mask.long()
-        embeds = self.llm.get_input_embeddings()(input_ids.clamp_min(0))
+        embeds = self.llm.get_input_embeddings()(input_ids)
         hidden = self.llm_hidden(embeds, mask, positions_from_mask(mask), cache)[:, -1]
-        steps = range(num_tokens)
-        bar = tqdm(steps, desc="visual tokens", disable=not progress, leave=False) if progress is True else steps
         codes, hiddens, logits = [], [], []
-        for t in bar:
+        for t in range(num_tokens):
             forced = None if forced_codes is None else forced_codes[:, t]
             step_codes, step_logits = self.sample_codes(
                 hidden, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, forced=forced
@@ -245,8 +243,8 @@ class VilaU(nn.Module):
             if trace:
                 hiddens.append(hidden)
                 logits.append(step_logits)
-            if callable(progress):
-                progress(t)
+            if on_step is not None:
+                on_step(t)
             if t == num_tokens - 1:
                 break
             # The next input is the projected sum of the codes just drawn (the same for both halves).
@@ -266,7 +264,7 @@ class VilaU(nn.Module):
         the state at the last prompt position and at the first T-1 visual positions.
         """
         steps = codes.shape[1]
-        embeds = self.llm.get_input_embeddings()(input_ids.clamp_min(0))
+        embeds = self.llm.get_input_embeddings()(input_ids)
         visual = self.project_codes(codes[:, : steps - 1]).to(embeds.dtype)
         mask = torch.cat([attention_mask.long(), attention_mask.new_ones(codes.shape[0], steps - 1).long()], dim=1)
         hidden = self.llm_hidden(torch.cat([embeds, visual], dim=1), mask, positions_from_mask(mask))

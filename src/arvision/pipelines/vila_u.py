@@ -214,7 +214,7 @@ class VilaUPipeline:
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         with self._progress(range(tokens), desc="visual tokens") as bar:
             out = self.model.generate_codes(
-                ids, mask, tokens, cfg=cfg, generator=generator, progress=lambda _: bar.update(1), **sampling
+                ids, mask, tokens, cfg=cfg, generator=generator, on_step=lambda _: bar.update(1), **sampling
             )
         return out.codes
 
