@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +97,7 @@ class VilaUPipeline:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.text_sampling = text_sampling or TextSampling()
-        self.progress = True
-        self.last_timing: dict[str, float] = {}
+        self.progress = True  # tqdm bar over visual tokens
 
     # ----- loading and saving -----
 
@@ -132,9 +130,6 @@ class VilaUPipeline:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _progress(self, iterable, **kwargs):
-        return tqdm(iterable, disable=not self.progress, leave=False, **kwargs)
-
     # ----- understanding -----
 
     def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -165,7 +160,6 @@ class VilaUPipeline:
         """
         if not question or not question.strip():
             raise InputError("the question is empty")
-        start = time.perf_counter()
         if isinstance(media, (str, os.PathLike)) and is_video_path(media):
             frames: list[ImageInput] = load_video_frames(media, num_frames or self.config.num_video_frames)
         elif isinstance(media, (str, os.PathLike, PIL.Image.Image)):
@@ -185,7 +179,6 @@ class VilaUPipeline:
             top_p=s.top_p if top_p is None else top_p,
             generator=generator,
         )
-        self.last_timing = {"seconds": time.perf_counter() - start, "new_tokens": float(len(ids))}
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
 
     # ----- generation -----
@@ -212,7 +205,7 @@ class VilaUPipeline:
         ids, mask = self.generation_batch(prompt, n, video)
         tokens = self.config.tower.grid**2 * (self.config.video_generation_frames if video else 1)
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
-        with self._progress(range(tokens), desc="visual tokens") as bar:
+        with tqdm(total=tokens, desc="visual tokens", disable=not self.progress, leave=False) as bar:
             out = self.model.generate_codes(
                 ids, mask, tokens, cfg=cfg, generator=generator, on_step=lambda _: bar.update(1), **sampling
             )
@@ -231,11 +224,9 @@ class VilaUPipeline:
         top_p: float = CODE_TOP_P,
     ) -> list[PIL.Image.Image]:
         """``n`` images for ``prompt``: R x R PIL images (R = the tower's resolution)."""
-        start = time.perf_counter()
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         codes = self._codes(prompt, n, False, cfg, seed, sampling)
         images = to_pil(self.model.decode_codes(codes))
-        self.last_timing = {"seconds": time.perf_counter() - start, "images": float(n)}
         return images
 
     @torch.no_grad()
@@ -252,13 +243,11 @@ class VilaUPipeline:
     ) -> list[list[PIL.Image.Image]]:
         """``n`` videos of ``video_generation_frames`` (8) frames: one sequence after ``<vi_start>``, each
         frame's code map decoded on its own. Returns a list (per video) of PIL frames."""
-        start = time.perf_counter()
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         codes = self._codes(prompt, n, True, cfg, seed, sampling)
         frames = self.config.video_generation_frames
         per_frame = codes.reshape(n * frames, -1, codes.shape[-1])
         pixels = self.model.decode_codes(per_frame)
         images = to_pil(pixels)
-        self.last_timing = {"seconds": time.perf_counter() - start, "videos": float(n)}
         return [images[i * frames : (i + 1) * frames] for i in range(n)]
 
