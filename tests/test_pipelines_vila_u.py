@@ -1,11 +1,13 @@
 import json
 import shutil
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from arvision.data.media import to_pil
 from arvision.errors import CheckpointError, InputError
 from arvision.pipelines.vila_u import VilaUPipeline, is_vila_u_folder
 from arvision.pipelines.vila_u_checkpoint import tower_state_from_release, tower_state_to_release
@@ -183,3 +185,13 @@ def test_bfloat16_loading_and_inference():
     with torch.no_grad():
         decoded = pipe.model.vision_tower.decode(c["vt.z_q"].bfloat16()).float()
     assert (decoded - c["vt.decoded_bf16_official"]).abs().max() < 0.1
+
+
+def test_generated_pixels_are_the_official_mapping_of_the_decoder_output():
+    c = cases()
+    model = fixture_pipeline().model
+    with torch.no_grad():
+        images = to_pil(model.decode_codes(c["e2e.image_ids"][:2]))
+    official = c["e2e.image"].permute(0, 2, 3, 1).to(torch.uint8)  # the release's astype(np.uint8)
+    ours = torch.stack([torch.from_numpy(np.asarray(im)) for im in images])
+    assert (ours.int() - official.int()).abs().max() <= 1

@@ -98,8 +98,9 @@ def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PI
 
 
 def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
-    """[B, 3, H, W] pixels in [-1, 1] -> PIL images (``clamp((x + 1) * 127.5)``, as the release maps them)."""
-    array = ((images.detach().float() + 1) * 127.5).clamp(0, 255).round().to(torch.uint8)
+    """[B, 3, H, W] pixels in [-1, 1] -> PIL images: ``clamp((x + 1) * 127.5)`` truncated to uint8, exactly
+    as the release maps and saves them."""
+    array = ((images.detach().float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
     return [PIL.Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in array]
 
 
