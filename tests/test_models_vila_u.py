@@ -144,3 +144,17 @@ def test_fixture_end_to_end_generation_replay():
     assert max_abs(out.logits, c["e2e.cfg_logits"]) < 1e-4
     assert torch.equal(out.codes, forced)
     assert max_abs(image, c["e2e.image"]) < 1e-3
+
+
+def test_fixture_depth_sampling_draws_the_official_codes_from_the_same_seed():
+    # Same probabilities and the same CPU multinomial stream as the recorded run (torch.manual_seed(1236)).
+    c = cases()
+    model = fixture_pipeline().model
+    state = torch.get_rng_state()
+    try:
+        torch.manual_seed(1236)
+        with torch.no_grad():
+            codes, _ = model.sample_codes(c["dt.gen.hidden"][:, 0], cfg=3.0)
+    finally:
+        torch.set_rng_state(state)
+    assert torch.equal(codes.T, c["dt.gen.sampled"])

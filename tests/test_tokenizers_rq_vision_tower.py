@@ -40,6 +40,17 @@ def test_encode_decode_shapes_and_latent_resize():
     torch.testing.assert_close(resized.decode(z_q), plain.decoder(plain.post_quant_conv(z)))
 
 
+def test_leftover_pixels_are_dropped_by_the_valid_patch_convolution():
+    # As 384 px with 14 px patches gives 27 x 27 tokens (378 px seen): here 18 px with 4 px patches -> 4 x 4.
+    config = tiny_tower_config()
+    config.siglip["vision_config"]["image_size"] = 18
+    assert config.grid == 4
+    torch.manual_seed(0)
+    tower = RQVisionTower(config).eval()
+    codes, _ = tower.encode(torch.randn(1, 3, 18, 18))
+    assert codes.shape == (1, 4, 4, 3)
+
+
 def test_shipped_siglip_presets_have_the_released_shapes():
     large = siglip_preset("google/siglip-large-patch16-256")["vision_config"]
     so400m = siglip_preset("google/siglip-so400m-patch14-384")["vision_config"]
