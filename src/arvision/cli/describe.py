@@ -18,13 +18,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames sampled from a video (default: config, 8)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="weights dtype (default: as stored, bfloat16 for the release)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from arvision.pipelines.vila_u import VilaUPipeline
 
-    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
     answer = pipe.describe(
         args.media,
         args.question,

@@ -21,6 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-strip", action="store_true", help="do not also save the frames side by side as PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="weights dtype (default: as stored, bfloat16 for the release)")
     p.set_defaults(func=run)
 
 
@@ -29,6 +31,8 @@ def _numbered(path: Path, i: int, n: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from arvision.data.media import frame_strip, save_animation
     from arvision.errors import InputError
     from arvision.pipelines.vila_u import VilaUPipeline
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in {".gif", ".webp"}:
         raise InputError(f"--output must end in .gif or .webp, got {output.name}")
-    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
     pipe.progress = not args.quiet
     videos = pipe.generate_video(
         args.prompt, n=args.num, cfg=args.cfg, seed=args.seed,

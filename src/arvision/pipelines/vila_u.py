@@ -103,17 +103,18 @@ class VilaUPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+        cls, folder: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
     ) -> VilaUPipeline:
         """Load a release folder (``config.json``, ``llm/``, ``vision_tower/``, ``mm_projector/``) or one
-        written by :meth:`save_pretrained` (the same layout)."""
+        written by :meth:`save_pretrained` (the same layout). ``dtype`` defaults to the stored one
+        (``model_dtype``: bfloat16 for the release)."""
         folder = Path(folder)
         if not ckpt.is_vila_u_folder(folder):
             raise CheckpointError(f"{folder} is not a VILA-U folder (needs config.json naming vila_u, and llm/)")
         config, generation = ckpt.read_config(folder)
         tokenizer = _load_tokenizer(folder / "llm")
         ckpt.check_special_tokens(tokenizer, config.vocab_size, folder / "llm")
-        with _default_dtype(dtype):
+        with _default_dtype(dtype or ckpt.stored_dtype(folder)):
             model = VilaU(config)
         ckpt.load_weights(model, folder)
         model.to(device=device)

@@ -195,6 +195,14 @@ def read_config(folder: Path) -> tuple[VilaUConfig, dict[str, Any]]:
     return config, generation
 
 
+_DTYPES = {"torch.float32": torch.float32, "torch.float16": torch.float16, "torch.bfloat16": torch.bfloat16}
+
+
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The dtype the checkpoint was saved in (top ``model_dtype``, e.g. ``"torch.bfloat16"``); float32 if unset."""
+    return _DTYPES.get(str(read_json(folder / "config.json").get("model_dtype")), torch.float32)
+
+
 def check_special_tokens(tokenizer: Any, vocab_size: int, source: Path) -> None:
     """The four added tokens must be the last four ids of the LLM vocabulary, in release order."""
     expected = SpecialTokens.for_vocab(vocab_size)
