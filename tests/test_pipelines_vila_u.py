@@ -95,7 +95,8 @@ def test_non_image_and_unreadable_video_are_rejected(tmp_path):
 
 def test_save_and_reload_round_trip(tmp_path):
     pipe = fixture_pipeline()
-    pipe.save_pretrained(tmp_path / "saved")
+    pipe.save_pretrained(tmp_path / "saved", max_shard_bytes=300_000)
+    assert len(list((tmp_path / "saved" / "llm").glob("model-*-of-*.safetensors"))) > 1
     again = VilaUPipeline.from_pretrained(tmp_path / "saved")
     original, reloaded = pipe.model.state_dict(), again.model.state_dict()
     assert original.keys() == reloaded.keys()
@@ -122,6 +123,15 @@ def test_mismatched_checkpoint_names_the_key(folder):
     state["layers.2.weight"] = torch.zeros(8, 64)
     save_file(state, str(path))
     with pytest.raises(CheckpointError, match=r"layers\.2\.weight"):
+        VilaUPipeline.from_pretrained(folder)
+
+
+def test_mismatched_llm_shape_is_reported_before_loading(folder):
+    path = folder / "llm" / "model.safetensors"
+    state = load_file(str(path))
+    state["lm_head.weight"] = torch.zeros(1005, 64)
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=r"lm_head\.weight: checkpoint \(1005, 64\)"):
         VilaUPipeline.from_pretrained(folder)
 
 

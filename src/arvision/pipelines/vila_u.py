@@ -120,8 +120,10 @@ class VilaUPipeline:
         model.to(device=device)
         return cls(model, tokenizer, TextSampling.from_generation_config(generation))
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        ckpt.save_folder(self.model, Path(folder), self.tokenizer, self.text_sampling.to_generation_config())
+    def save_pretrained(self, folder: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:
+        """Write the release layout (loadable here and by the official code, given ``siglip_config``)."""
+        generation = self.text_sampling.to_generation_config()
+        ckpt.save_folder(self.model, Path(folder), self.tokenizer, generation, max_shard_bytes)
 
     @property
     def config(self) -> VilaUConfig:

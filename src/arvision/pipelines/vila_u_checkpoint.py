@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from arvision.checkpoint import (
     StateDict,
+    check_state_dict,
     find_weights_file,
     load_checked,
     load_state_dict,
@@ -284,9 +287,39 @@ def _weights(folder: Path) -> StateDict:
     return load_state_dict(find_weights_file(folder))
 
 
+def _safetensors_files(path: Path) -> list[Path] | None:
+    """The safetensors files behind ``path`` (a file or a shard index), or None for other formats."""
+    if path.name.endswith(".safetensors.index.json"):
+        weight_map = read_json(path).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{path} has no 'weight_map'")
+        return [path.parent / name for name in sorted(set(weight_map.values()))]
+    return [path] if path.suffix == ".safetensors" else None
+
+
+def _load_llm(llm: torch.nn.Module, folder: Path) -> None:
+    # The 7B LLM is loaded one file at a time after checking every key and shape from the file headers,
+    # so peak memory is the model plus one shard, not the model plus a full copy of its weights.
+    path = find_weights_file(folder)
+    files = _safetensors_files(path)
+    if files is None:
+        load_checked(llm, load_state_dict(path), source=str(folder))
+        return
+    shapes: dict[str, torch.Tensor] = {}
+    for file in files:
+        if not file.is_file():
+            raise CheckpointError(f"missing weights file: {file}")
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                shapes[key] = torch.empty(handle.get_slice(key).get_shape(), device="meta")
+    check_state_dict(llm, shapes, source=str(folder))
+    for file in files:
+        llm.load_state_dict(load_file(str(file)), strict=False)
+
+
 def load_weights(model: VilaU, folder: Path) -> None:
     """Load ``llm/``, ``mm_projector/`` and ``vision_tower/`` into ``model``; errors name bad keys/shapes."""
-    load_checked(model.llm, _weights(folder / "llm"), source=str(folder / "llm"))
+    _load_llm(model.llm, folder / "llm")
     load_checked(model.mm_projector, _weights(folder / "mm_projector"), source=str(folder / "mm_projector"))
     tower = tower_state_from_release(_weights(folder / "vision_tower"))
     parts = {"vision_tower.": model.vision_tower, "depth_transformer.": model.depth_transformer}
@@ -298,13 +331,40 @@ def load_weights(model: VilaU, folder: Path) -> None:
         raise CheckpointError(f"{folder / 'vision_tower'}: unexpected key(s): {', '.join(stray[:8])}")
 
 
-def save_folder(model: VilaU, folder: Path, tokenizer: Any, generation: dict[str, Any]) -> None:
-    """Write ``model`` in the release layout (single-file safetensors per part)."""
+def _save_sharded(state: StateDict, folder: Path, max_bytes: int) -> None:
+    """HF-style shards ``model-0000i-of-0000N.safetensors`` + index (one ``model.safetensors`` if it fits)."""
+    for stale in [*folder.glob("model*.safetensors"), *folder.glob("model.safetensors.index.json")]:
+        stale.unlink()
+    shards: list[StateDict] = [{}]
+    size = 0
+    for key, value in state.items():
+        nbytes = value.numel() * value.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = value
+        size += nbytes
+    if len(shards) == 1:
+        save_state_dict(shards[0], folder / "model.safetensors")
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_state_dict(shard, folder / name)
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def save_folder(
+    model: VilaU, folder: Path, tokenizer: Any, generation: dict[str, Any], max_shard_bytes: int = 5 * 2**30
+) -> None:
+    """Write ``model`` in the release layout (the LLM in shards of at most ``max_shard_bytes``)."""
     cfg = model.config
     tower_cfg = tower_config_to_release(cfg.tower, cfg.depth)
     projector_cfg = {"architectures": ["MultimodalProjector"], "model_type": "v2l_projector",
                      "mm_projector_type": "mlp2x_gelu"}
-    llm_cfg = {**model.llm.config.to_dict(), "architectures": ["LlamaForCausalLM"]}
+    llm_cfg = {**cfg.llm, "architectures": ["LlamaForCausalLM"]}  # as given: rope_scaling stays as written
     top = {
         "architectures": ["VILAULlamaModel"],
         "model_type": "vila_u_llama",
@@ -328,7 +388,7 @@ def save_folder(model: VilaU, folder: Path, tokenizer: Any, generation: dict[str
         tokenizer.save_pretrained(str(folder / "llm"))
     write_json(folder / "llm" / "config.json", llm_cfg)
     write_json(folder / "llm" / "generation_config.json", generation)
-    save_state_dict(model.llm.state_dict(), folder / "llm" / "model.safetensors")
+    _save_sharded(model.llm.state_dict(), folder / "llm", max_shard_bytes)
     write_json(folder / "mm_projector" / "config.json", projector_cfg)
     save_state_dict(model.mm_projector.state_dict(), folder / "mm_projector" / "model.safetensors")
     write_json(folder / "vision_tower" / "config.json", tower_cfg)
