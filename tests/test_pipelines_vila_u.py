@@ -60,6 +60,16 @@ def test_describe_sampling_is_seeded_and_videos_use_one_block_per_frame(tmp_path
     assert pipe.prompt_ids("What happens?", 4).count(-200) == 4
 
 
+def test_reconstruct_matches_the_official_decoding_and_accepts_any_mode():
+    c = cases()
+    pipe = fixture_pipeline()
+    (image,) = pipe.reconstruct(_astronaut())
+    official = ((c["vt.decoded"][0] + 1) * 127.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8)
+    assert (torch.from_numpy(np.array(image)).int() - official.int()).abs().max() <= 1
+    grey = _astronaut().convert("L")
+    assert pipe.reconstruct([grey, _astronaut().convert("RGBA")])[0].size == (32, 32)
+
+
 def test_generate_image_is_seeded_and_batched():
     pipe = fixture_pipeline()
     first = pipe.generate_image("A red panda sitting on a tree.", n=2, seed=0)

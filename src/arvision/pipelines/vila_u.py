@@ -184,6 +184,13 @@ class VilaUPipeline:
         )
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
 
+    @torch.no_grad()
+    def reconstruct(self, images: ImageInput | Sequence[ImageInput]) -> list[PIL.Image.Image]:
+        """Round trip through the vision tower (encode to codes, decode): what the tokens keep of an image."""
+        batch = [images] if isinstance(images, (str, os.PathLike, PIL.Image.Image)) else list(images)
+        codes, _ = self.model.vision_tower.encode(self.pixels(batch))
+        return to_pil(self.model.vision_tower.decode_codes(codes))
+
     # ----- generation -----
 
     def generation_batch(self, prompt: str, n: int, video: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
