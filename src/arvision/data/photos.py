@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from arvision.errors import InputError
 from arvision.imaging import pil_to_tensor
 
 PHOTO_NAMES = [
@@ -43,7 +44,10 @@ PHOTO_NAMES = [
 @cache
 def bundled_photo(name: str) -> Image.Image:
     """One scikit-image sample as an 8-bit RGB PIL image."""
-    from skimage import data
+    try:
+        from skimage import data
+    except ModuleNotFoundError as exc:
+        raise InputError("the bundled photos come from scikit-image: pip install 'arvision[train]'") from exc
 
     array = getattr(data, name)()
     if array.ndim == 2:
