@@ -7,8 +7,9 @@ from vilau_common import FIXTURE, cases
 def test_describe_prints_the_answer(tmp_path, capsys):
     image = tmp_path / "astronaut.png"
     PIL.Image.fromarray(cases()["img.astronaut_uint8"].numpy()).save(image)
-    code = main(["describe", str(image), "What is in the image?", "--model", str(FIXTURE), "--greedy",
-                 "--max-new-tokens", "6"])
+    code = main(
+        ["describe", str(image), "What is in the image?", "--model", str(FIXTURE), "--greedy", "--max-new-tokens", "6"]
+    )
     assert code == 0
     assert capsys.readouterr().out.strip() == "startror tensor         ca?"
 
@@ -22,8 +23,9 @@ def test_describe_reports_bad_input_without_a_traceback(tmp_path, capsys):
 
 def test_generate_video_writes_an_animation_and_a_strip(tmp_path, capsys):
     out = tmp_path / "clip.gif"
-    code = main(["generate-video", "Waves on a beach.", "-o", str(out), "--model", str(FIXTURE), "--seed", "0",
-                 "--quiet"])
+    code = main(
+        ["generate-video", "Waves on a beach.", "-o", str(out), "--model", str(FIXTURE), "--seed", "0", "--quiet"]
+    )
     assert code == 0
     with PIL.Image.open(out) as anim:
         assert anim.n_frames == 8 and anim.size == (32, 32)

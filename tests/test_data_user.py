@@ -127,8 +127,12 @@ def test_vqa_jsonl_with_images_frame_folders_video_files_and_chat_turns(tmp_path
     for i in range(13):  # a folder of 13 frames: frame i has red value 10 * i
         flat(tmp_path / "clip" / f"{i:04d}.png", (10 * i, 0, 0), size=(8, 8))
     write_video(tmp_path / "v.mp4", [20 * i for i in range(10)])
-    conversation = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"},
-                    {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "yes"}]
+    conversation = [
+        {"from": "human", "value": "<image>\nWhat colour?"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Sure?"},
+        {"from": "gpt", "value": "yes"},
+    ]
     lines = [
         {"image": "q.png", "question": "What is it?", "answer": "a square"},
         {"video": "clip", "question": "<video>\nWhat happens?", "answer": "it brightens"},

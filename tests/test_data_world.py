@@ -54,8 +54,11 @@ def measured_centre(image: np.ndarray, obj: SceneObject) -> tuple[float, float]:
 def relation_from_pixels(a: tuple[float, float], b: tuple[float, float]) -> set[str]:
     slack = RELATION_MARGIN - 2.5 / SIZE  # the measured centres are good to about a pixel
     dx, dy = b[0] - a[0], b[1] - a[1]
-    return {r for r, ok in (("left of", dx > slack), ("right of", -dx > slack), ("above", dy > slack),
-                            ("below", -dy > slack)) if ok}
+    return {
+        r
+        for r, ok in (("left of", dx > slack), ("right of", -dx > slack), ("above", dy > slack), ("below", -dy > slack))
+        if ok
+    }
 
 
 def test_same_seed_and_index_give_identical_samples_and_others_differ(world, samples):
@@ -90,7 +93,7 @@ def test_objects_are_drawn_where_the_graph_says_in_their_colour_without_overlap(
             x0, y0, x1, y1 = obj.bbox
             assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
         for i, a in enumerate(objs):
-            for b in objs[i + 1:]:
+            for b in objs[i + 1 :]:
                 assert math.dist(a.centre, b.centre) > a.reach + b.reach
         # Every pair is related along at least one axis, and the graph's relations are the measured ones.
         centres = [measured_centre(image, o) for o in objs]
@@ -103,8 +106,13 @@ def test_objects_are_drawn_where_the_graph_says_in_their_colour_without_overlap(
 
 @pytest.mark.parametrize(
     "shape, fill",
-    [("square", 1.0), ("circle", math.pi / 4), ("triangle", 0.5), ("ring", math.pi / 4 * (1 - 0.55**2)),
-     ("star", 0.38)],
+    [
+        ("square", 1.0),
+        ("circle", math.pi / 4),
+        ("triangle", 0.5),
+        ("ring", math.pi / 4 * (1 - 0.55**2)),
+        ("star", 0.38),
+    ],
 )
 def test_each_shape_fills_its_box_as_that_shape_does(shape, fill):
     from arvision.data.scenes import Background
@@ -200,11 +208,16 @@ def test_videos_move_objects_in_the_named_direction(world):
         assert len(video.frames) == 8
         assert all(oracle(start, q, video.scene.directions) == a for q, a in video.vqa)
         for obj, direction, distance, caption_part in zip(
-            start.objects, video.scene.directions, video.scene.distances, video.captions[0].split(" and "),
+            start.objects,
+            video.scene.directions,
+            video.scene.distances,
+            video.captions[0].split(" and "),
             strict=True,
         ):
-            assert caption_part.endswith(f"{obj.name} moving " + {"left": "to the left", "right": "to the right",
-                                                                  "up": "up", "down": "down"}[direction])
+            assert caption_part.endswith(
+                f"{obj.name} moving "
+                + {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}[direction]
+            )
             if sum(o.rgb == obj.rgb for o in start.objects) > 1:
                 continue
             centres = []

@@ -13,8 +13,12 @@ def test_special_token_ids_are_the_last_four_of_the_vocabulary():
 
 def test_projector_keys_and_exact_gelu():
     model = tiny_vila_u()
-    assert sorted(model.mm_projector.state_dict()) == ["layers.0.bias", "layers.0.weight", "layers.2.bias",
-                                                       "layers.2.weight"]
+    assert sorted(model.mm_projector.state_dict()) == [
+        "layers.0.bias",
+        "layers.0.weight",
+        "layers.2.bias",
+        "layers.2.weight",
+    ]
     assert model.mm_projector.layers[1].approximate == "none"
 
 

@@ -57,7 +57,10 @@ def test_shipped_siglip_presets_have_the_released_shapes():
     grid = large["image_size"] // large["patch_size"]
     assert (large["hidden_size"], large["num_hidden_layers"], grid) == (1024, 24, 16)
     assert (so400m["hidden_size"], so400m["intermediate_size"], so400m["image_size"] // so400m["patch_size"]) == (
-        1152, 4304, 27)
+        1152,
+        4304,
+        27,
+    )
     with pytest.raises(KeyError):
         siglip_preset("google/unknown")
     assert siglip_preset("google/siglip-large-patch16-256") is not SIGLIP_PRESETS["google/siglip-large-patch16-256"]

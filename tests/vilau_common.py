@@ -49,8 +49,9 @@ def tiny_tower_config(**overrides) -> RQVisionTowerConfig:
         siglip=siglip,
         n_embed=64,
         depth=3,
-        decoder=PixelDecoderConfig(ch=16, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(4,),
-                                   z_channels=8, resolution=16),
+        decoder=PixelDecoderConfig(
+            ch=16, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(4,), z_channels=8, resolution=16
+        ),
     )
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -59,11 +60,26 @@ def tiny_tower_config(**overrides) -> RQVisionTowerConfig:
 
 def tiny_vila_u_config(vocab_size: int = 1004) -> VilaUConfig:
     tower = tiny_tower_config()
-    llm = {"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048,
-           "rope_scaling": {"type": "linear", "factor": 2.0}}
-    depth = DepthTransformerConfig(depth=tower.depth, code_dim=tower.dim, llm_dim=32, embed_dim=32, n_layer=2,
-                                   n_head=2, vocab_size=tower.n_embed, resid_dropout=0.0)
+    llm = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 2048,
+        "rope_scaling": {"type": "linear", "factor": 2.0},
+    }
+    depth = DepthTransformerConfig(
+        depth=tower.depth,
+        code_dim=tower.dim,
+        llm_dim=32,
+        embed_dim=32,
+        n_layer=2,
+        n_head=2,
+        vocab_size=tower.n_embed,
+        resid_dropout=0.0,
+    )
     return VilaUConfig(llm=llm, tower=tower, depth=depth)
 
 

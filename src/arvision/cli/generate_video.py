@@ -21,8 +21,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-strip", action="store_true", help="do not also save the frames side by side as PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="weights dtype (default: as stored, bfloat16 for the release)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="weights dtype (default: as stored, bfloat16 for the release)",
+    )
     p.set_defaults(func=run)
 
 
@@ -44,8 +48,13 @@ def run(args: argparse.Namespace) -> int:
     pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
     pipe.progress = not args.quiet
     videos = pipe.generate_video(
-        args.prompt, n=args.num, cfg=args.cfg, seed=args.seed,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        args.prompt,
+        n=args.num,
+        cfg=args.cfg,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
     )
     for i, frames in enumerate(videos):
         path = save_animation(frames, _numbered(output, i, len(videos)), fps=args.fps)

@@ -22,7 +22,7 @@ def background_phrase(graph: SceneGraph) -> str:
 
 
 def position_phrase(obj: SceneObject) -> str:
-    """"in the top left", "at the top", "on the left", "in the center", ..."""
+    """ "in the top left", "at the top", "on the left", "in the center", ..."""
     name = position_name(obj.centre)
     if " " in name or name == "center":
         return f"in the {name}"

@@ -218,9 +218,7 @@ class VQADataset(SkippingDataset):
     batch them with ``collate_fn=list`` (turn lists do not stack).
     """
 
-    def __init__(
-        self, source: str | os.PathLike, size: int = 256, policy: str = "resize", num_frames: int = 8
-    ) -> None:
+    def __init__(self, source: str | os.PathLike, size: int = 256, policy: str = "resize", num_frames: int = 8) -> None:
         super().__init__()
         source = _require_exists(source)
         self.size, self.policy, self.num_frames = size, check_policy(policy), num_frames

@@ -1,9 +1,9 @@
 """``VilaUPipeline``: a VILA-U checkpoint folder in, answers and PIL images out.
 
-    pipe = VilaUPipeline.from_pretrained("vila-u-7b-256")
-    pipe.describe("cat.jpg", "What is in the image?")
-    pipe.generate_image("a red panda on a tree", n=2, cfg=3.0, seed=0)
-    pipe.generate_video("waves on a beach", seed=0)      # 8 PIL frames per video
+pipe = VilaUPipeline.from_pretrained("vila-u-7b-256")
+pipe.describe("cat.jpg", "What is in the image?")
+pipe.generate_image("a red panda on a tree", n=2, cfg=3.0, seed=0)
+pipe.generate_video("waves on a beach", seed=0)      # 8 PIL frames per video
 """
 
 from __future__ import annotations
@@ -260,4 +260,3 @@ class VilaUPipeline:
         pixels = self.model.decode_codes(per_frame)
         images = to_pil(pixels)
         return [images[i * frames : (i + 1) * frames] for i in range(n)]
-

@@ -117,8 +117,10 @@ def tower_config_from_release(data: dict[str, Any], source: Path) -> tuple[RQVis
     if tower.dim != latent[2] or depth.code_dim != tower.dim:
         raise CheckpointError(f"{source}: code width {latent[2]} / {depth.code_dim} != SigLIP width {tower.dim}")
     if depth.depth != tower.depth or depth.vocab_size != tower.n_embed:
-        raise CheckpointError(f"{source}: depth transformer (D={depth.depth}, vocab {depth.vocab_size}) "
-                              f"does not match the quantizer (D={tower.depth}, {tower.n_embed} codes)")
+        raise CheckpointError(
+            f"{source}: depth transformer (D={depth.depth}, vocab {depth.vocab_size}) "
+            f"does not match the quantizer (D={tower.depth}, {tower.n_embed} codes)"
+        )
     return tower, depth
 
 
@@ -362,8 +364,11 @@ def save_folder(
     """Write ``model`` in the release layout (the LLM in shards of at most ``max_shard_bytes``)."""
     cfg = model.config
     tower_cfg = tower_config_to_release(cfg.tower, cfg.depth)
-    projector_cfg = {"architectures": ["MultimodalProjector"], "model_type": "v2l_projector",
-                     "mm_projector_type": "mlp2x_gelu"}
+    projector_cfg = {
+        "architectures": ["MultimodalProjector"],
+        "model_type": "v2l_projector",
+        "mm_projector_type": "mlp2x_gelu",
+    }
     llm_cfg = {**cfg.llm, "architectures": ["LlamaForCausalLM"]}  # as given: rope_scaling stays as written
     top = {
         "architectures": ["VILAULlamaModel"],

@@ -74,8 +74,9 @@ def tower_loss(
     if perceptual is not None and weights.perceptual:
         reconstruction = reconstruction + weights.perceptual * perceptual(recon, pixels)
     loss = weights.contrastive * contrastive + weights.reconstruction * reconstruction
-    return TowerLoss(loss=loss, contrastive=contrastive.detach(), pixel=pixel.detach(),
-                     commitment=out.commitment_loss.detach())
+    return TowerLoss(
+        loss=loss, contrastive=contrastive.detach(), pixel=pixel.detach(), commitment=out.commitment_loss.detach()
+    )
 
 
 def tower_train_step(

@@ -18,6 +18,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from arvision.data.datasets import WorldImages
+from arvision.data.photos import BundledPhotoCrops
+from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
 from arvision.training.config import build_dataclass
@@ -55,7 +58,7 @@ class TrainingTask:
 
 @dataclass
 class TokenizerData:
-    source: str = "photos"  # "photos": crops of scikit-image's bundled photos
+    source: str = "photos"  # "photos": crops of scikit-image's bundled photos; "world": the procedural world
     resolution: int = 128
     length: int = 100_000
 
@@ -85,11 +88,16 @@ class TokenizerTask(TrainingTask):
 
     def build_dataset(self) -> Dataset:
         d = self.data_config
-        if d.source != "photos":
-            raise InputError(f"data.source {d.source!r} is not available for the tokenizer task (use 'photos')")
-        from arvision.data.photos import BundledPhotoCrops
+        if d.source == "photos":
+            return BundledPhotoCrops(d.resolution, length=d.length, seed=self.seed)
+        if d.source == "world":
+            world = ProceduralWorld(WorldConfig(image_size=d.resolution), seed=self.seed)
+            return WorldImages(world, length=d.length)
+        raise InputError(f"data.source {d.source!r} is not available for the tokenizer task (use 'photos' or 'world')")
 
-        return BundledPhotoCrops(d.resolution, length=d.length, seed=self.seed)
+    def collate(self, items: list[Any]) -> torch.Tensor:
+        batch = default_collate(items)
+        return batch["image"] if isinstance(batch, dict) else batch
 
     def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         continuous = bool(torch.rand((), generator=generator) < self.model_config.loss.continuous_prob)
