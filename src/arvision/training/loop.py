@@ -274,6 +274,8 @@ class Trainer:
         bar.close()
         if log_file is not None:
             log_file.close()
+        if board is not None:
+            board.close()
         return self._export(model, ema, info)
 
     def _throughput(self, info: DistInfo, seconds: float) -> float:
@@ -295,12 +297,10 @@ class Trainer:
             make_grid(images).save(folder / f"step_{step:08d}.png")
 
     def _export(self, model: nn.Module, ema: EMA | None, info: DistInfo) -> Path:
-        weights = (
-            checkpointing.full_state_dict(model) if ema is None else checkpointing.full_state_dict(model, ema.shadow)
-        )
+        weights = checkpointing.full_state_dict(model)
         if ema is not None:
             # The EMA covers trainable parameters; buffers and frozen weights come from the model.
-            weights = {**checkpointing.full_state_dict(model), **weights}
+            weights.update(checkpointing.full_state_dict(model, ema.shadow))
         final = self.out_dir / "final"
         if info.is_main:
             self.task.export(weights, final)
