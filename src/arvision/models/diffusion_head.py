@@ -31,7 +31,7 @@ def cosine_betas(num_steps: int = NUM_TRAIN_STEPS, max_beta: float = 0.999) -> t
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
     betas = [min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta) for i in range(num_steps)]
-    return torch.tensor(betas, dtype=torch.float64)
+    return torch.tensor(betas, dtype=torch.float64, device="cpu")  # tables stay on CPU, even under a meta device
 
 
 def space_timesteps(num_steps: int, section_counts: str | int | Sequence[int]) -> list[int]:
@@ -68,9 +68,9 @@ class DiffusionSchedule:
     def __init__(self, base_betas: torch.Tensor, use_timesteps: Sequence[int]):
         base_abar = torch.cumprod(1.0 - base_betas, dim=0)
         keep = sorted(use_timesteps)
-        self.timestep_map = torch.tensor(keep, dtype=torch.long)
+        self.timestep_map = torch.tensor(keep, dtype=torch.long, device="cpu")
         abar = base_abar[self.timestep_map]
-        prev = torch.cat((torch.ones(1, dtype=torch.float64), abar[:-1]))
+        prev = torch.cat((torch.ones(1, dtype=torch.float64, device="cpu"), abar[:-1]))
         betas = 1.0 - abar / prev
         self.betas, self.alphas_cumprod, self.alphas_cumprod_prev = betas, abar, prev
         self.sqrt_alphas_cumprod = abar.sqrt()
@@ -140,7 +140,8 @@ def _noise(given: torch.Tensor | None, shape, generator: torch.Generator | None,
     """Replayed noise when given, else a fresh standard normal draw from ``generator``."""
     if given is not None:
         return given.to(device, torch.float32)
-    return torch.randn(shape, generator=generator, device=device)
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device).to(device)
 
 
 class ResBlock(nn.Module):
