@@ -172,7 +172,5 @@ def load_checked(
     """Validate ``state`` against ``model`` (see :func:`check_state_dict`) and load it."""
     check_state_dict(model, state, source=source, optional=optional)
     expected = model.state_dict()
-    usable = {
-        k: v for k, v in state.items() if k in expected and tuple(v.shape) == tuple(expected[k].shape)
-    }
+    usable = {k: v for k, v in state.items() if k in expected and tuple(v.shape) == tuple(expected[k].shape)}
     model.load_state_dict(usable, strict=False)

@@ -1,0 +1,236 @@
+"""HART's hybrid tokenizer: a VQGAN-style autoencoder whose latent splits into multi-scale discrete
+tokens plus a continuous residual.
+
+``encode`` -> indices per scale + residual; ``indices_to_latent(indices) + residual`` is the encoder
+latent again (to fp tolerance); ``decode`` maps any latent back to pixels. Images are float tensors
+``[B, 3, H, W]`` in ``[-1, 1]``; PIL conversion lives in :mod:`arvision.imaging`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from arvision import checkpoint
+from arvision.errors import CheckpointError, InputError
+from arvision.nn.vqgan import Decoder, Encoder
+from arvision.tokenizers.multiscale_quantizer import MultiScaleQuantizer, QuantizerOutput
+from arvision.tokenizers.schedules import PATCH_NUMS, schedule_for_latent, validate_schedule
+
+WEIGHT_PREFIX = "vae."
+DISCRIMINATOR_PREFIX = "disc."
+
+
+@dataclass
+class HybridTokenizerConfig:
+    """Hyper-parameters, named as in the official ``tokenizer/config.json``. Defaults: the released model."""
+
+    vocab_size: int = 4096
+    z_channels: int = 32
+    ch: int = 160
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    dropout: float = 0.0
+    beta: float = 0.25
+    using_znorm: bool = False
+    quant_conv_ks: int = 3
+    quant_resi: float = 0.5
+    share_quant_resi: int = 4
+    v_patch_nums: tuple[int, ...] = PATCH_NUMS[1024]
+    # Not in the official config: the official model hard-codes 32 GroupNorm groups.
+    norm_groups: int = 32
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HybridTokenizerConfig:
+        """Build from an official or saved config dict; options this port does not implement are errors."""
+        unsupported = {
+            "double_decoder": lambda v: bool(v),
+            "disable_quant_resi": lambda v: bool(v),
+            "quantizer_type": lambda v: v not in ("var_hybrid", "var"),
+            "default_qresi_counts": lambda v: v not in (0, None),
+            "share_quant_resi": lambda v: int(v) < 1,
+        }
+        for key, is_bad in unsupported.items():
+            if key in data and is_bad(data[key]):
+                raise CheckpointError(f"tokenizer config option {key}={data[key]!r} is not supported")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for key in ("ch_mult", "v_patch_nums"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        config = cls(**kwargs)
+        validate_schedule(config.v_patch_nums)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Official ``HARTAutoEncoderWithDiscConfig`` layout (plus ``norm_groups``)."""
+        data = dataclasses.asdict(self)
+        data.update(ch_mult=list(self.ch_mult), v_patch_nums=list(self.v_patch_nums))
+        return {
+            "architectures": ["HARTAutoEncoderWithDisc"],
+            "model_type": "hart_autoencoder_with_disc",
+            "quantizer_type": "var_hybrid",
+            "default_qresi_counts": 0,
+            "double_decoder": False,
+            "freeze_codebook_for_hybrid": True,
+            **data,
+        }
+
+
+@dataclass
+class TokenizerOutput:
+    """``indices``: per-scale ``[B, pn*pn]`` int64; ``residual``: continuous residual ``[B, C, h, w]``
+    (latent minus the discrete latent); ``latent``: encoder latent ``[B, C, h, w]``."""
+
+    indices: list[torch.Tensor]
+    residual: torch.Tensor
+    latent: torch.Tensor
+    patch_nums: tuple[int, ...] = field(default=())
+
+
+class HybridTokenizer(nn.Module):
+    """Images ``[B, 3, H, W]`` in [-1, 1] <-> multi-scale tokens + continuous residual.
+
+    H and W must be multiples of ``config.downsample`` (16 for the released model) and the latent grid
+    square, with a scale schedule ending at its size (presets for 16/32/64 grids are built in).
+    """
+
+    def __init__(self, config: HybridTokenizerConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        block_kwargs = dict(
+            ch=c.ch, ch_mult=c.ch_mult, z_channels=c.z_channels, dropout=c.dropout, groups=c.norm_groups
+        )
+        self.encoder = Encoder(**block_kwargs)
+        self.decoder = Decoder(**block_kwargs)
+        pad = c.quant_conv_ks // 2
+        self.quant_conv = nn.Conv2d(c.z_channels, c.z_channels, c.quant_conv_ks, padding=pad)
+        self.post_quant_conv = nn.Conv2d(c.z_channels, c.z_channels, c.quant_conv_ks, padding=pad)
+        self.quantize = MultiScaleQuantizer(
+            c.vocab_size,
+            c.z_channels,
+            beta=c.beta,
+            quant_resi=c.quant_resi,
+            num_phi=c.share_quant_resi,
+            num_tracked_scales=len(c.v_patch_nums),
+            using_znorm=c.using_znorm,
+        )
+
+    # -- shapes -----------------------------------------------------------------------------------------
+    def check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        down = self.config.downsample
+        if h % down or w % down:
+            raise InputError(f"image size {h}x{w} is not a multiple of the tokenizer's downsampling ({down})")
+
+    def patch_nums_for(self, latent: torch.Tensor, patch_nums: Sequence[int] | None = None) -> tuple[int, ...]:
+        h, w = latent.shape[-2:]
+        if h != w:
+            raise InputError(f"multi-scale tokens need a square latent grid, got {h}x{w}")
+        if patch_nums is not None:
+            patch_nums = validate_schedule(patch_nums)
+            if patch_nums[-1] != h:
+                raise InputError(f"patch_nums ends at {patch_nums[-1]} but the latent grid is {h}x{w}")
+            return patch_nums
+        return schedule_for_latent(h, self.config.v_patch_nums)
+
+    # -- encode / decode --------------------------------------------------------------------------------
+    def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> continuous encoder latent ``f`` ``[B, C, H/16, W/16]``."""
+        self.check_images(images)
+        return self.quant_conv(self.encoder(images))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, patch_nums: Sequence[int] | None = None) -> TokenizerOutput:
+        """Tokenize images into discrete per-scale indices and the continuous residual."""
+        latent = self.encode_latent(images)
+        patch_nums = self.patch_nums_for(latent, patch_nums)
+        indices, _ = self.quantize.latent_to_indices(latent, patch_nums)
+        discrete = self.quantize.indices_to_latent(indices, patch_nums)
+        return TokenizerOutput(indices=indices, residual=latent - discrete, latent=latent, patch_nums=patch_nums)
+
+    def indices_to_latent(
+        self,
+        indices: Sequence[torch.Tensor],
+        residual: torch.Tensor | None = None,
+        patch_nums: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Assemble the latent ``[B, C, h, w]`` from per-scale indices, plus the residual if given."""
+        if patch_nums is None:
+            patch_nums = tuple(int(round(idx.shape[1] ** 0.5)) for idx in indices)
+        patch_nums = validate_schedule(patch_nums)
+        if len(indices) != len(patch_nums):
+            raise InputError(f"got {len(indices)} index maps for {len(patch_nums)} scales")
+        latent = self.quantize.indices_to_latent(indices, patch_nums)
+        return latent if residual is None else latent + residual
+
+    def decode(self, latent: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Latent ``[B, C, h, w]`` -> images ``[B, 3, 16h, 16w]``, clamped to [-1, 1] unless ``clamp=False``."""
+        images = self.decoder(self.post_quant_conv(latent))
+        return images.clamp(-1, 1) if clamp else images
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        images: torch.Tensor,
+        mode: Literal["hybrid", "discrete"] = "hybrid",
+        patch_nums: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Encode and decode: ``hybrid`` keeps the continuous residual, ``discrete`` drops it."""
+        if mode not in ("hybrid", "discrete"):
+            raise InputError(f"mode must be 'hybrid' or 'discrete', got {mode!r}")
+        out = self.encode(images, patch_nums)
+        if mode == "hybrid":
+            return self.decode(out.latent)
+        return self.decode(out.latent - out.residual)
+
+    def training_forward(self, images: torch.Tensor, continuous: bool) -> tuple[torch.Tensor, QuantizerOutput]:
+        """Decoder-training pass (reference hart.md 3.4): returns (raw reconstruction, quantizer output).
+
+        ``continuous`` alternates HART's two decoder inputs: the full latent or its discrete part.
+        """
+        latent = self.encode_latent(images)
+        quantized = self.quantize(latent, self.patch_nums_for(latent), continuous=continuous)
+        return self.decode(quantized.latent, clamp=False), quantized
+
+    # -- persistence ------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> HybridTokenizer:
+        """Load the official ``tokenizer/`` folder (``vae.``-prefixed keys, ``disc.`` ignored) or our own."""
+        folder = Path(folder)
+        config = HybridTokenizerConfig.from_dict(checkpoint.read_json(folder / "config.json"))
+        weights = checkpoint.find_weights_file(folder)
+        state = checkpoint.load_state_dict(weights)
+        if any(k.startswith(WEIGHT_PREFIX) for k in state):
+            state = checkpoint.select_prefix(state, WEIGHT_PREFIX)
+        else:
+            state = {k: v for k, v in state.items() if not k.startswith(DISCRIMINATOR_PREFIX)}
+        model = cls(config)
+        # The usage EMA is a training statistic whose shape follows the schedule it was trained with.
+        checkpoint.load_checked(model, state, source=str(weights), optional=lambda k: k == "quantize.ema_vocab_hit_SV")
+        return model.to(device=device, dtype=dtype).eval()
+
+    def save_pretrained(
+        self, folder: str | os.PathLike, discriminator: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write ``config.json`` + ``model.safetensors`` in the official key layout (``vae.`` / ``disc.``)."""
+        folder = Path(folder)
+        state = {WEIGHT_PREFIX + k: v for k, v in self.state_dict().items()}
+        state.update({DISCRIMINATOR_PREFIX + k: v for k, v in (discriminator or {}).items()})
+        checkpoint.save_state_dict(state, folder / "model.safetensors")
+        checkpoint.write_json(folder / "config.json", self.config.to_dict())

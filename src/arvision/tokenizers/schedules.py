@@ -1,0 +1,37 @@
+"""Next-scale token-map schedules ("patch_nums"): the side length of each scale's token grid.
+
+The presets are the official 256/512/1024 px schedules for a 16x-downsampling tokenizer; they are keyed
+by resolution but really describe a latent grid (16, 32, 64), which is how
+:func:`schedule_for_latent` picks one for any tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from arvision.errors import InputError
+
+PATCH_NUMS: dict[int, tuple[int, ...]] = {
+    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
+    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
+}
+
+
+def schedule_for_latent(latent_size: int, default: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Return a schedule whose last scale is ``latent_size``: ``default`` if it fits, else a preset."""
+    if default is not None and default[-1] == latent_size:
+        return tuple(default)
+    for schedule in PATCH_NUMS.values():
+        if schedule[-1] == latent_size:
+            return schedule
+    known = sorted({s[-1] for s in PATCH_NUMS.values()} | ({default[-1]} if default else set()))
+    raise InputError(f"no scale schedule ends at a {latent_size}x{latent_size} latent grid; known grids: {known}")
+
+
+def validate_schedule(patch_nums: Sequence[int]) -> tuple[int, ...]:
+    """Check that a schedule is a strictly increasing sequence of at least two positive sizes."""
+    patch_nums = tuple(int(p) for p in patch_nums)
+    if len(patch_nums) < 2 or patch_nums[0] < 1 or any(b <= a for a, b in zip(patch_nums, patch_nums[1:])):
+        raise InputError(f"patch_nums must increase strictly from >= 1 over >= 2 scales, got {patch_nums}")
+    return patch_nums
