@@ -41,6 +41,7 @@ from arvision.nn.rmsnorm import RMSNorm
 from arvision.nn.rope import apply_rope, grid_positions, rope_1d, rope_2d
 from arvision.nn.swiglu import SwiGLU, swiglu_hidden
 from arvision.nn.timestep import TimestepEmbedder
+from arvision.tokenizers.schedules import PATCH_NUMS
 
 OFFICIAL_BUFFERS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")
 
@@ -135,15 +136,11 @@ class HartConfig:
         return cls(**data)
 
 
-PATCH_NUMS_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
-PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-
-
 def hart_0p7b_1024() -> HartConfig:
     """The released ``hart-0.7b-1024px`` shape (C=1536, depth 16, Qwen2-1.5B context, 732.5M params).
     The head count is not pinned by the parameter count; the release's config.json decides it."""
     return HartConfig(
-        embed_dim=1536, depth=16, num_heads=24, context_token=300, context_dim=1536, patch_nums=PATCH_NUMS_1024,
+        embed_dim=1536, depth=16, num_heads=24, context_token=300, context_dim=1536, patch_nums=PATCH_NUMS[1024],
         use_timestep_embed=True,
     )
 
@@ -151,7 +148,7 @@ def hart_0p7b_1024() -> HartConfig:
 def hart_c2i(depth: int) -> HartConfig:
     """Class-conditional ImageNet-256 shapes (VAR convention: width 64*depth, depth heads)."""
     return HartConfig(
-        embed_dim=64 * depth, depth=depth, num_heads=depth, num_classes=1000, patch_nums=PATCH_NUMS_256,
+        embed_dim=64 * depth, depth=depth, num_heads=depth, num_classes=1000, patch_nums=PATCH_NUMS[256],
         use_timestep_embed=False,
     )
 
@@ -332,6 +329,11 @@ class HartTransformer(nn.Module):
         if offset is not None:
             pos = pos + offset.to(device)[:, None, None]
         return pos
+
+    def image_rope(
+        self, scales: Sequence[int], offset: torch.Tensor | None, batch: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_2d(self.image_positions(scales, offset, batch, device), self.head_dim, self.config.rope_theta)
 
     def image_offset(self, position_ids: torch.Tensor | None) -> torch.Tensor | None:
         return None if self.config.class_conditional else position_ids[:, -1]
