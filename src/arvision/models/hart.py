@@ -161,6 +161,16 @@ PRESETS = {
 }
 
 
+def scale_levels(lengths: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+    """Level id of every position for consecutive groups of the given lengths: [sum(lengths)] int64."""
+    return torch.cat([torch.full((n,), i, dtype=torch.long, device=device) for i, n in enumerate(lengths)])
+
+
+def block_causal_mask(levels: torch.Tensor) -> torch.Tensor:
+    """[L, L] bool attention mask (True = may attend): a query sees keys of its own or earlier levels."""
+    return levels[:, None] >= levels[None, :]
+
+
 class HartAttention(nn.Module):
     """Multi-head self-attention with q/v biases (no k bias), RoPE and VAR's 0.25/sqrt(d) scale.
     [B, L, C] -> [B, L, C]; optional l2-normalised q/k with a learned per-head scale."""
@@ -354,9 +364,6 @@ class HartTransformer(nn.Module):
         with h the residual stream before the head norm. [B, l, C], [B, l, Cvae] -> [B, l, C]."""
         return self.decoder_norm(h + self.word_embed(code_vectors.to(h.dtype)))
 
-    def levels(self, lengths: Sequence[int]) -> torch.Tensor:
-        return torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
-
     def forward(
         self,
         x_BLCv: torch.Tensor,
@@ -390,7 +397,7 @@ class HartTransformer(nn.Module):
             maps = torch.cat((x_BLCv[:, :-n_last], last), dim=1)
             img_pos = torch.cat((img_pos[:, :-n_last], img_pos[:, -n_last:].gather(1, gather.expand(-1, -1, 2))), 1)
             lengths[-1] = keep_last.shape[1]
-        levels = self.levels(lengths).to(device)
+        levels = scale_levels(lengths, device)
 
         table = self.level_embedding(torch.arange(len(pn), device=device))  # [K, C]
         image = self.word_embed(maps.to(self.word_embed.weight.dtype)) + table[levels[cfg.prefix_len :]]
@@ -399,7 +406,7 @@ class HartTransformer(nn.Module):
         cos_p, sin_p = self.prefix_rope(B, context_position_ids, device)
         cos_i, sin_i = rope_2d(img_pos, self.head_dim, cfg.rope_theta)
         cos, sin = torch.cat((cos_p, cos_i), 1), torch.cat((sin_p, sin_i), 1)
-        mask = levels[:, None] >= levels[None, :]
+        mask = block_causal_mask(levels)
 
         h = self.run_blocks(x, cond_blocks, cos, sin, mask)
         logits = self.logits(h[:, cfg.prefix_len - 1 :], cond_head)
