@@ -291,9 +291,9 @@ class ResidualDiffusionHead(nn.Module):
         sched, device = self.train_schedule, target.device
         x0 = target.float() / self.vae_scale
         if t is None:
-            t = torch.randint(0, sched.num_steps, (x0.shape[0],), generator=generator, device=device)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=device)
+            draw_device = generator.device if generator is not None else device
+            t = torch.randint(0, sched.num_steps, (x0.shape[0],), generator=generator, device=draw_device).to(device)
+        noise = _noise(noise, x0.shape, generator, device)
         x_t = sched.q_sample(x0, t, noise)
         out = self.net(x_t.to(z.dtype), t, z).float()
         eps, v = out.chunk(2, dim=-1)
