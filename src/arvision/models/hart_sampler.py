@@ -138,7 +138,7 @@ def sample_latent(
     cache = KVCache(len(model.blocks))
     x = model.prefix_tokens(cond_BD)
     cos, sin = model.prefix_rope(rows, full.position_ids, device)
-    f_hat = codebook.weight.new_zeros(B, quantizer.channels, pn[-1], pn[-1]).float()
+    f_hat = codebook.weight.new_zeros(B, quantizer.channels, pn[-1], pn[-1])
 
     for si in tqdm(range(num_scales), desc="HART scales", disable=not progress, leave=False):
         h = model.run_blocks(x, cond_blocks, cos, sin, cache=cache)
@@ -159,12 +159,12 @@ def sample_latent(
         if options.more_smooth:
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)
             weights = gumbel_softmax(filter_top_k_top_p(logits, top_k, options.top_p) * (1 + ratio), tau, generator)
-            codes = weights.to(codebook.weight.dtype) @ codebook.weight
+            codes = weights.to(codebook.weight.dtype) @ codebook.weight  # [B, l, Cvae]
         else:
             codes = codebook(idx)
-        codes = codes.float()
         if si == last and not options.discrete_only:
-            codes = codes + _residual(model, h, codebook(idx), B, t, guided, options, generator, diffusion_noise)
+            residual = _residual(model, h, codebook(idx), B, t, guided, options, generator, diffusion_noise)
+            codes = codes + residual.to(codes.dtype)
         f_hat, next_map = quantizer.next_ar_input(si, pn, f_hat, codes.transpose(1, 2).reshape(B, -1, pn[si], pn[si]))
         if callback is not None:
             callback(ScaleStep(si, pn[si], logits, idx, f_hat, next_map if si < last else None))

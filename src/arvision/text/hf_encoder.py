@@ -25,11 +25,12 @@ from arvision.text.hart_prompt import HART_SYSTEM_PROMPT
 class HFTextEncoder:
     """Encodes prompts with ``model`` (a transformers encoder or decoder) into a fixed-length context."""
 
-    def __init__(self, model, tokenizer, max_length: int, prefix: str | None = None, source: str = ""):
+    def __init__(self, model, tokenizer, max_length: int, prefix: str | None = None, spec: dict | None = None):
         if tokenizer.pad_token_id is None:
-            raise CheckpointError(f"text tokenizer {source or ''} has no pad token")
+            raise CheckpointError("the text tokenizer has no pad token")
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.max_length, self.prefix, self.source = max_length, prefix, source
+        self.max_length, self.prefix = max_length, prefix
+        self.spec = spec  # how a saved pipeline refers to this encoder
         self.hidden_size = int(model.config.hidden_size)
 
     @classmethod
@@ -40,6 +41,7 @@ class HFTextEncoder:
         prefix: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        spec: dict | None = None,
     ) -> HFTextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
@@ -51,7 +53,7 @@ class HFTextEncoder:
             model = AutoModel.from_pretrained(str(folder), dtype=dtype or torch.float32)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot load the text encoder from {folder}: {exc}") from exc
-        return cls(model.to(device), tokenizer, max_length, prefix, source=str(folder))
+        return cls(model.to(device), tokenizer, max_length, prefix, spec)
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +94,9 @@ def qwen2_text_encoder(
     folder: str | os.PathLike, max_length: int = 300, device=None, dtype: torch.dtype | None = None
 ) -> HFTextEncoder:
     """HART's official text encoder (Qwen2 decoder with the fixed instruction prefix)."""
-    return HFTextEncoder.from_pretrained(folder, max_length, HART_SYSTEM_PROMPT, device, dtype)
+    folder = Path(folder).resolve()
+    spec = {"type": "qwen2", "path": str(folder)}
+    return HFTextEncoder.from_pretrained(folder, max_length, HART_SYSTEM_PROMPT, device, dtype, spec)
 
 
 def minilm_folder() -> Path:
@@ -108,4 +112,4 @@ def minilm_folder() -> Path:
 
 def minilm_text_encoder(max_length: int = 77, device=None, dtype: torch.dtype | None = None) -> HFTextEncoder:
     """Small offline encoder (384-dim MiniLM-L6), the default for arvision's own models."""
-    return HFTextEncoder.from_pretrained(minilm_folder(), max_length, None, device, dtype)
+    return HFTextEncoder.from_pretrained(minilm_folder(), max_length, None, device, dtype, {"type": "minilm"})
