@@ -27,6 +27,28 @@ def load_tiny_hart(weights: str = "ema_model.bin") -> HartTransformer:
     return model.eval()
 
 
+def make_tiny_qwen2(folder: Path, hidden: int) -> Path:
+    """A random 2-layer Qwen2 with a byte-level Qwen2 tokenizer without merges (one token per character)
+    whose pad token is Qwen's <|endoftext|>."""
+    from transformers import Qwen2Config, Qwen2Model, Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    vocab["<|endoftext|>"] = len(vocab)
+    Qwen2Tokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>", unk_token=None).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    Qwen2Model(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_24(tmp_path_factory) -> Path:
+    """Text encoder matching hart-tiny-a's context (24 dims)."""
+    return make_tiny_qwen2(tmp_path_factory.mktemp("qwen2_24"), hidden=24)
+
+
 @pytest.fixture(scope="session")
 def hart_cases() -> dict[str, torch.Tensor]:
     return load_file(str(HART_TINY / "cases.safetensors"))

@@ -4,24 +4,12 @@ import torch
 from arvision.errors import InputError
 from arvision.text.base import check_prompts
 from arvision.text.hf_encoder import HFTextEncoder, minilm_text_encoder, qwen2_text_encoder
+from tests.conftest import make_tiny_qwen2
 
 
 @pytest.fixture(scope="module")
 def tiny_qwen2(tmp_path_factory):
-    """A random 2-layer Qwen2 with a byte-level Qwen2 tokenizer without merges (one token per character)
-    whose pad token is Qwen's <|endoftext|>."""
-    from transformers import Qwen2Config, Qwen2Model, Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    folder = tmp_path_factory.mktemp("qwen2")
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    vocab["<|endoftext|>"] = len(vocab)
-    Qwen2Tokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>", unk_token=None).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    Qwen2Model(config).save_pretrained(folder)
-    return folder
+    return make_tiny_qwen2(tmp_path_factory.mktemp("qwen2"), hidden=32)
 
 
 def test_qwen2_encoder_pads_right_with_cumsum_positions(tiny_qwen2):

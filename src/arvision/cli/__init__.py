@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from arvision.errors import ArvisionError
 
-COMMANDS: list[str] = []
+COMMANDS: list[str] = ["generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -330,20 +330,20 @@ class HartTransformer(nn.Module):
         return rope_1d(position_ids, self.head_dim, self.config.rope_theta)
 
     def image_positions(
-        self, scales: Sequence[int], offset: torch.Tensor | None, batch: int, device: torch.device
+        self, sizes: Sequence[int], final: int, offset: torch.Tensor | None, batch: int, device: torch.device
     ) -> torch.Tensor:
-        """(row, col) of every token of the given scale indices, [B, l, 2]; ``offset`` [B] (last
-        context position) is added to both coordinates."""
-        pn = self.config.patch_nums
-        pos = grid_positions([pn[s] for s in scales], pn[-1], device).expand(batch, -1, -1)
+        """(row, col) of every token of maps of the given sizes on the ``final`` grid, [B, l, 2];
+        ``offset`` [B] (the last context position) is added to both coordinates."""
+        pos = grid_positions(sizes, final, device).expand(batch, -1, -1)
         if offset is not None:
             pos = pos + offset.to(device)[:, None, None]
         return pos
 
     def image_rope(
-        self, scales: Sequence[int], offset: torch.Tensor | None, batch: int, device: torch.device
+        self, sizes: Sequence[int], final: int, offset: torch.Tensor | None, batch: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_2d(self.image_positions(scales, offset, batch, device), self.head_dim, self.config.rope_theta)
+        positions = self.image_positions(sizes, final, offset, batch, device)
+        return rope_2d(positions, self.head_dim, self.config.rope_theta)
 
     def image_offset(self, position_ids: torch.Tensor | None) -> torch.Tensor | None:
         return None if self.config.class_conditional else position_ids[:, -1]
@@ -388,7 +388,7 @@ class HartTransformer(nn.Module):
         cond_blocks, cond_head = self.pooled_conditions(cond_BD, context_mask)
 
         lengths = [cfg.prefix_len] + [p * p for p in pn[1:]]
-        img_pos = self.image_positions(range(1, len(pn)), self.image_offset(context_position_ids), B, device)
+        img_pos = self.image_positions(pn[1:], pn[-1], self.image_offset(context_position_ids), B, device)
         maps = x_BLCv
         if keep_last is not None:
             n_last = pn[-1] ** 2

@@ -171,7 +171,7 @@ def sample_latent(
         if si < last:
             x = model.scale_tokens(next_map.flatten(2).transpose(1, 2), si + 1)
             x = x.repeat(2, 1, 1) if guided else x
-            cos, sin = model.image_rope([si + 1], offset, rows, device)
+            cos, sin = model.image_rope([pn[si + 1]], pn[-1], offset, rows, device)
     return f_hat
 
 

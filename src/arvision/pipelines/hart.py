@@ -171,7 +171,13 @@ class HartPipeline:
         down = self.tokenizer.config.downsample
         if size % down:
             raise InputError(f"image size {size} is not a multiple of the tokenizer's downsampling factor {down}")
-        return schedule_for_latent(size // down, self.transformer.config.patch_nums)
+        schedule = schedule_for_latent(size // down, self.transformer.config.patch_nums)
+        cfg = self.transformer.config
+        if not cfg.use_timestep_embed and len(schedule) > len(cfg.patch_nums):
+            raise InputError(
+                f"{size}px needs {len(schedule)} scales but this model's level table has {len(cfg.patch_nums)}"
+            )
+        return schedule
 
     def encode_prompts(self, prompts: str | Sequence[str]) -> TextEncoding:
         if self.text_encoder is None:
