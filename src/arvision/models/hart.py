@@ -278,6 +278,35 @@ class HartTransformer(nn.Module):
             num_sampling_steps=cfg.num_sampling_steps,
         )
 
+    @torch.no_grad()
+    def init_weights(self, init_std: float | None = None, init_head: float = 0.02, init_adaln: float = 0.5,
+                     init_adaln_gamma: float = 1e-5) -> None:
+        """Training-from-scratch init (VAR recipe): truncated-normal linears/embeddings with std
+        sqrt(1/(3C)) by default, a small head, near-zero AdaLN gammas so every block starts close to the
+        identity, attention output projections divided by sqrt(2 depth); MAR init for the diffusion head."""
+        C = self.config.embed_dim
+        std = init_std if init_std is not None else math.sqrt(1 / (3 * C))
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(m.weight, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+        for attn in (b.attn for b in self.blocks):
+            nn.init.zeros_(attn.q_bias)
+            nn.init.zeros_(attn.v_bias)
+        if self.config.class_conditional:
+            nn.init.trunc_normal_(self.pos_start, std=std)
+        self.head.weight.mul_(init_head)
+        self.head_nm.ada_lin[-1].weight.mul_(init_adaln)
+        for block in self.blocks:
+            block.attn.proj.weight.div_(math.sqrt(2 * len(self.blocks)))
+            ada = block.ada_lin[-1].weight
+            ada[2 * C :].mul_(init_adaln)
+            ada[: 2 * C].mul_(init_adaln_gamma)
+        self.diffloss.net.initialize_weights()
+
     # ----- conditioning -------------------------------------------------------------------------------
     def embed_condition(
         self, context: torch.Tensor | None = None, labels: torch.Tensor | None = None
@@ -305,20 +334,16 @@ class HartTransformer(nn.Module):
         avg = (cond_BD * weights / weights.sum(1, keepdim=True).clamp(min=1)).sum(1, keepdim=True)
         return avg, max_pool
 
-    def level_embedding(self, levels: torch.Tensor) -> torch.Tensor:
-        """[L] int scale indices -> [L, C] (sinusoid + MLP, or a plain table)."""
-        return self.lvl_embed(levels)
-
     def prefix_tokens(self, cond_BD: torch.Tensor) -> torch.Tensor:
         """Input tokens of the prefix (level 0): [B, prefix_len, C]."""
-        lvl0 = self.level_embedding(torch.zeros(1, dtype=torch.long, device=cond_BD.device))
+        lvl0 = self.lvl_embed(torch.zeros(1, dtype=torch.long, device=cond_BD.device))
         if self.config.class_conditional:
             return cond_BD[:, None] + self.pos_start + lvl0
         return cond_BD + lvl0
 
     def scale_tokens(self, maps: torch.Tensor, si: int) -> torch.Tensor:
         """Input tokens of scale ``si`` >= 1 from latent maps [B, l, Cvae] -> [B, l, C]."""
-        lvl = self.level_embedding(torch.full((1,), si, dtype=torch.long, device=maps.device))
+        lvl = self.lvl_embed(torch.full((1,), si, dtype=torch.long, device=maps.device))
         return self.word_embed(maps.to(self.word_embed.weight.dtype)) + lvl
 
     # ----- positions ----------------------------------------------------------------------------------
@@ -372,10 +397,12 @@ class HartTransformer(nn.Module):
         context_position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         keep_last: torch.Tensor | None = None,
+        patch_nums: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced pass over all scales.
 
         x_BLCv: [B, sum_{s>=1} pn_s^2, Cvae] inputs of scales 1..K-1 (``indices_to_ar_input``).
+        patch_nums: the schedule of x_BLCv if not the config's (e.g. lower-resolution pre-training).
         keep_last: optional sorted [B, n] indices of the last-scale tokens to keep (token subsampling:
         the others are removed from the sequence, kept ones keep their 2-D positions).
         Returns logits [B, 1 + sum_{1<=s<K} pn_s^2 (or n on the last scale), V] (row j predicts the j-th
@@ -383,7 +410,7 @@ class HartTransformer(nn.Module):
         """
         cfg = self.config
         B, device = x_BLCv.shape[0], x_BLCv.device
-        pn = cfg.patch_nums
+        pn = tuple(patch_nums or cfg.patch_nums)
         cond_BD = self.embed_condition(context, labels)
         cond_blocks, cond_head = self.pooled_conditions(cond_BD, context_mask)
 
@@ -399,7 +426,7 @@ class HartTransformer(nn.Module):
             lengths[-1] = keep_last.shape[1]
         levels = scale_levels(lengths, device)
 
-        table = self.level_embedding(torch.arange(len(pn), device=device))  # [K, C]
+        table = self.lvl_embed(torch.arange(len(pn), device=device))  # [K, C], one row per scale
         image = self.word_embed(maps.to(self.word_embed.weight.dtype)) + table[levels[cfg.prefix_len :]]
         x = torch.cat((self.prefix_tokens(cond_BD), image), dim=1)
 

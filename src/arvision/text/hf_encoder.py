@@ -50,10 +50,10 @@ class HFTextEncoder:
             raise CheckpointError(f"text encoder folder {folder} has no config.json")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            model = AutoModel.from_pretrained(str(folder), dtype=dtype or torch.float32)
+            model = AutoModel.from_pretrained(str(folder))
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot load the text encoder from {folder}: {exc}") from exc
-        return cls(model.to(device), tokenizer, max_length, prefix, spec)
+        return cls(model.to(device=device, dtype=dtype), tokenizer, max_length, prefix, spec)
 
     @property
     def device(self) -> torch.device:
