@@ -19,13 +19,15 @@ def replay(hart_cases, tiny_hart, tiny_tokenizer):
     c = hart_cases
     steps, zs = [], []
     hook = tiny_hart.decoder_norm.register_forward_hook(lambda m, a, out: zs.append(out))
-    diff_x, diff_out = [], []
+    diff_x, diff_out, diff_t = [], [], []
     original_sample = tiny_hart.diffloss.sample
 
     def traced_sample(*args, **kwargs):
-        kwargs["callback"] = lambda i, t, x, o: (diff_x.append(x), diff_out.append(o))
+        kwargs["callback"] = lambda i, t, x, o: (diff_x.append(x), diff_out.append(o), diff_t.append(t[0].item()))
+        replay_guidance.append(kwargs["guidance"])
         return original_sample(*args, **kwargs)
 
+    replay_guidance = []
     tiny_hart.diffloss.sample = traced_sample
     try:
         f_hat = sample_latent(
@@ -41,7 +43,8 @@ def replay(hart_cases, tiny_hart, tiny_tokenizer):
     finally:
         hook.remove()
         del tiny_hart.diffloss.sample
-    return dict(f_hat=f_hat, steps=steps, z=zs[-1], diff_x=diff_x, diff_out=diff_out)
+    return dict(f_hat=f_hat, steps=steps, z=zs[-1], diff_x=diff_x, diff_out=diff_out, diff_t=diff_t,
+                guidance=replay_guidance)
 
 
 def test_replayed_logits_per_scale_match_official(hart_cases, replay):
@@ -67,6 +70,15 @@ def test_replayed_diffusion_matches_official(hart_cases, replay):
     eps = raw[:, :n, :8] * (1 + w) - w * raw[:, n:, :8]
     expected = torch.cat((eps, raw[:, :n, 8:]), dim=-1)
     torch.testing.assert_close(torch.stack(replay["diff_out"]), expected, atol=3 * ATOL, rtol=0)
+    assert replay["diff_t"] == c["inf_diff_t_steps"].tolist()
+    assert replay["guidance"] == [pytest.approx(float(c["inf_diff_cfg"]))]  # the stale ratio: 4.5 * 4/5
+
+
+def test_replayed_residual_matches_official_sample(hart_cases, replay, tiny_tokenizer):
+    c = hart_cases
+    codes = tiny_tokenizer.quantize.lookup(c["inf_idx_s5"])
+    residual = (replay["f_hat"] - c["inf_fhat_s4"] - codes).flatten(2).transpose(1, 2).reshape(-1, 8)
+    torch.testing.assert_close(residual, c["inf_diff_sample"][: residual.shape[0]], atol=ATOL, rtol=0)
 
 
 def test_replayed_final_latent_and_image_match_official(hart_cases, replay, tiny_tokenizer):

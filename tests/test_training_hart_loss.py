@@ -80,3 +80,10 @@ def test_last_scale_subsampling_bounds():
         assert 32 <= n <= 2048
         assert (keep.diff(dim=1) > 0).all()
     assert last_scale_keep(2, 64, config, torch.Generator().manual_seed(0)).shape[1] >= 32
+
+
+def test_lower_resolution_batches_train_the_same_model():
+    model, quant, _, _, cond = _setup()
+    indices, r_pre = quant.latent_to_indices(torch.randn(3, 4, 4, 4), (1, 2, 4))
+    out = hart_loss(model, quant, indices, r_pre, cond, HartLossConfig(min_keep=4), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss) and out.kept_last.shape[1] <= 16

@@ -93,13 +93,14 @@ def hart_loss(
 ) -> HartLoss:
     """Training loss for one batch.
 
-    indices: per-scale [B, pn^2] targets (``quantizer.latent_to_indices``); residual: the latent left
-    before the last discrete scale, r_pre [B, Cvae, P, P]; cond: text context or labels.
+    indices: per-scale [B, pn^2] targets (``quantizer.latent_to_indices``; their sizes give the
+    schedule, so lower-resolution batches train the same model); residual: the latent left before the
+    last discrete scale, r_pre [B, Cvae, P, P]; cond: text context or labels.
     ``generator`` drives every random choice, so a seed makes a step reproducible (a CPU generator
     on any device; token draws on an accelerator then use the global RNG of that device).
     """
     config = config or HartLossConfig()
-    patch_nums = model.config.patch_nums
+    patch_nums = tuple(int(round(idx.shape[1] ** 0.5)) for idx in indices)
     B, device = indices[0].shape[0], indices[0].device
     n_last = patch_nums[-1] ** 2
 
@@ -112,7 +113,7 @@ def hart_loss(
 
     logits, h_last = model(
         x, context=cond.context, context_mask=cond.context_mask, context_position_ids=cond.position_ids,
-        labels=cond.labels, keep_last=keep,
+        labels=cond.labels, keep_last=keep, patch_nums=patch_nums,
     )
     targets = torch.cat([*indices[:-1], indices[-1].gather(1, keep)], dim=1)
     ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
