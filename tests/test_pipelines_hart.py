@@ -136,3 +136,26 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert cli_main(["generate", "x", "--model", str(HART_TINY), "-o", str(tmp_path / "o.png")]) == 2
     assert "no text encoder" in capsys.readouterr().err
+
+
+def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
+    from arvision.models.hart import HartConfig, HartTransformer
+
+    cfg = HartConfig(embed_dim=32, depth=1, num_heads=2, num_classes=10, patch_nums=(1, 2, 3, 4, 6, 8),
+                     vocab_size=640, latent_channels=8, diff_width=16, diff_depth=1)
+    torch.manual_seed(0)
+    c2i = HartPipeline(HartTransformer(cfg), pipe.tokenizer)
+    c2i.save_pretrained(tmp_path / "c2i")
+    loaded = HartPipeline.from_pretrained(tmp_path / "c2i")
+    a = c2i(class_labels=[1, 7], seed=0, progress=False)
+    b = loaded(class_labels=[1, 7], seed=0, progress=False)
+    assert len(a.images) == 2 and torch.equal(a.latents, b.latents)
+    with pytest.raises(InputError, match="class"):
+        loaded(class_labels=[10], progress=False)
+
+
+def test_reduced_precision_runs(embeds):
+    half = HartPipeline.from_pretrained(HART_TINY, torch_dtype=torch.bfloat16)
+    assert half.transformer.head.weight.dtype == torch.bfloat16
+    out = half(prompt_embeds=embeds, seed=0, progress=False)
+    assert torch.isfinite(out.latents.float()).all() and out.images[0].size == (32, 32)
