@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from arvision.checkpoint import load_checked, load_state_dict, read_json
 from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer
 
-HART_TINY = Path(__file__).parent / "fixtures" / "hart-tiny-a"
+FIXTURES = Path(__file__).parent / "fixtures"
+HART_TINY = FIXTURES / "hart-tiny-a"
 
 
 def load_tiny_hart(weights: str = "ema_model.bin") -> HartTransformer:
@@ -50,8 +51,13 @@ def tiny_qwen2_24(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def hart_cases() -> dict[str, torch.Tensor]:
-    return load_file(str(HART_TINY / "cases.safetensors"))
+def hart_fixture_dir() -> Path:
+    return HART_TINY
+
+
+@pytest.fixture(scope="session")
+def hart_cases(hart_fixture_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(hart_fixture_dir / "cases.safetensors"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from PIL import Image
 from arvision.checkpoint import load_state_dict
 from arvision.cli import main as cli_main
 from arvision.errors import CheckpointError, InputError
+from arvision.imaging import tensor_to_pil
 from arvision.pipelines.hart import HartPipeline
 from arvision.text.base import TextEncoding
 from tests.conftest import HART_TINY
@@ -47,9 +48,7 @@ def test_replayed_official_image_through_the_pipeline_decoder(pipe, hart_cases):
     with torch.no_grad():
         images = pipe.tokenizer.decode(hart_cases["inf_fhat_final"])
     expected = (hart_cases["inf_image"] * 255).to(torch.uint8).permute(0, 2, 3, 1)
-    from arvision.pipelines.hart import to_pil
-
-    got = torch.stack([torch.from_numpy(np.array(im)) for im in to_pil(images)])
+    got = torch.stack([torch.from_numpy(np.array(im)) for im in tensor_to_pil(images)])
     assert (got.int() - expected.int()).abs().max() <= 1
 
 
@@ -128,7 +127,7 @@ def test_cli_generate_writes_images(tiny_qwen2_24, tmp_path, capsys):
     assert all(p.is_file() for p in written)
     assert str(written[0]) in capsys.readouterr().out
     assert cli_main([*args[:-1], str(tmp_path / "grid.png"), "--grid"]) == 0
-    assert Image.open(tmp_path / "grid.png").size == (64, 32)
+    assert Image.open(tmp_path / "grid.png").size == (64, 32)  # two images side by side
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from arvision.errors import ArvisionError
 
-COMMANDS: list[str] = ["generate"]
+COMMANDS: list[str] = ["reconstruct", "generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from arvision.errors import InputError
+from arvision.defaults import DEFAULTS_DIR
+from arvision.errors import CheckpointError, InputError
+from arvision.imaging import make_grid
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def default_model_folder() -> Path:
-    folder = Path(str(resources.files("arvision") / "defaults" / "hart"))
+    folder = DEFAULTS_DIR / "hart"
     if not (folder / "model_index.json").is_file():
-        raise InputError("no default HART model is shipped with this install yet; pass --model FOLDER")
+        raise CheckpointError(f"no default HART model is installed at {folder} yet; pass --model FOLDER")
     return folder
 
 
@@ -39,16 +39,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", type=Path, required=True, help="output PNG path")
     p.set_defaults(func=run)
-
-
-def grid(images: list[Image.Image]) -> Image.Image:
-    cols = min(len(images), 4)
-    rows = -(-len(images) // cols)
-    w, h = images[0].size
-    sheet = Image.new("RGB", (cols * w, rows * h))
-    for i, image in enumerate(images):
-        sheet.paste(image, ((i % cols) * w, (i // cols) * h))
-    return sheet
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -82,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.grid and len(out.images) > 1:
-        grid(out.images).save(args.output)
+        make_grid(out.images).save(args.output)
         written = [args.output]
     else:
         written = output_paths(args.output, len(out.images))

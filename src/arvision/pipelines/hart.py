@@ -24,6 +24,7 @@ from PIL import Image
 
 from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
+from arvision.imaging import tensor_to_pil
 from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer
 from arvision.models.hart_sampler import Condition, SamplingOptions, ScaleStep, sample_latent
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
@@ -44,12 +45,6 @@ class HartPipelineOutput:
 
     images: list[Image.Image]
     latents: torch.Tensor
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """[N, 3, H, W] in [-1, 1] -> RGB images; x255 then truncated to uint8, as the official scripts do."""
-    pixels = ((images.float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(p) for p in pixels]
 
 
 class HartPipeline:
@@ -239,7 +234,7 @@ class HartPipeline:
             generator=generator, callback=callback, progress=progress,
         )
         images = self.tokenizer.decode(latents)
-        return HartPipelineOutput(images=to_pil(images), latents=latents)
+        return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)
 
     def _condition(self, prompt, prompt_embeds, class_labels, device) -> Condition:
         if self.transformer.config.class_conditional:

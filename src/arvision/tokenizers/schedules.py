@@ -18,15 +18,27 @@ PATCH_NUMS: dict[int, tuple[int, ...]] = {
 }
 
 
+def geometric_schedule(latent_size: int) -> tuple[int, ...]:
+    """A schedule for grids without a preset: 1, 2, 3, 4, then x1.5 per scale, ending at ``latent_size``."""
+    if latent_size < 2:
+        raise InputError(
+            f"the latent grid must be at least 2x2 for multi-scale tokens, got {latent_size}x{latent_size}"
+        )
+    sizes = [s for s in (1, 2, 3, 4) if s < latent_size]
+    while sizes and round(sizes[-1] * 1.5) < latent_size and sizes[-1] >= 4:
+        sizes.append(round(sizes[-1] * 1.5))
+    return (*sizes, latent_size)
+
+
 def schedule_for_latent(latent_size: int, default: Sequence[int] | None = None) -> tuple[int, ...]:
-    """Return a schedule whose last scale is ``latent_size``: ``default`` if it fits, else a preset."""
+    """A schedule whose last scale is ``latent_size``: ``default`` if it fits, else a preset, else
+    :func:`geometric_schedule`."""
     if default is not None and default[-1] == latent_size:
         return tuple(default)
     for schedule in PATCH_NUMS.values():
         if schedule[-1] == latent_size:
             return schedule
-    known = sorted({s[-1] for s in PATCH_NUMS.values()} | ({default[-1]} if default else set()))
-    raise InputError(f"no scale schedule ends at a {latent_size}x{latent_size} latent grid; known grids: {known}")
+    return geometric_schedule(latent_size)
 
 
 def validate_schedule(patch_nums: Sequence[int]) -> tuple[int, ...]:

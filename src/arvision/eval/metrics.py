@@ -1,0 +1,41 @@
+"""Full-reference image metrics on float tensors ``[B, C, H, W]``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def psnr(images: torch.Tensor, targets: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image ``[B]`` (``data_range`` 2 for [-1, 1] images)."""
+    mse = (images.float() - targets.float()).square().flatten(1).mean(dim=1)
+    return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(
+    images: torch.Tensor, targets: torch.Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
+    """Structural similarity per image ``[B]`` (Wang et al. 2004: Gaussian window, K1=0.01, K2=0.03),
+    averaged over channels and valid (unpadded) window positions."""
+    x, y = images.double(), targets.double()
+    channels = x.shape[1]
+    g = _gaussian_window(window, sigma).to(x.device)
+    kernel = (g[:, None] * g[None, :]).expand(channels, 1, window, window)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=channels)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return (num / den).flatten(1).mean(dim=1).float()

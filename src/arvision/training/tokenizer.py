@@ -1,0 +1,153 @@
+"""Training objective and optimisation step of the hybrid tokenizer.
+
+Loss = pixel L1/L2 + perceptual (pluggable) + VQ/commitment + hinge-GAN generator term, with HART's
+alternation between decoding the full latent (continuous) and its discrete part, 50/50 per step.
+
+Two modes:
+
+* ``"decoder"`` -- HART's recipe: encoder, ``quant_conv`` and the quantizer (codebook + phi) frozen;
+  only ``post_quant_conv`` and the decoder learn, so discrete tokens never change.
+* ``"full"`` -- training from scratch: everything learns, and codebook usage is tracked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arvision.tokenizers.discriminator import PatchDiscriminator
+from arvision.tokenizers.hart_tokenizer import HybridTokenizer
+
+FeatureExtractor = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+
+
+class PerceptualLoss(nn.Module):
+    """LPIPS-style distance over the feature maps of any frozen extractor (no pretrained net required).
+
+    ``features(images)`` returns a list of ``[B, C_i, H_i, W_i]`` maps; each is unit-normalised along
+    channels before the squared difference, and the per-layer means are averaged.
+    """
+
+    def __init__(self, features: FeatureExtractor):
+        super().__init__()
+        self.features = features
+        if isinstance(features, nn.Module):
+            features.requires_grad_(False).eval()
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        pairs = zip(self.features(images), self.features(targets))
+        dists = [(F.normalize(a, dim=1) - F.normalize(b, dim=1)).square().sum(dim=1).mean() for a, b in pairs]
+        return torch.stack(dists).mean()
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.mean()
+
+
+@dataclass
+class TokenizerLossConfig:
+    """Loss weights and schedule. ``gan_start`` is the step from which the GAN terms switch on."""
+
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    vq_weight: float = 1.0
+    gan_weight: float = 0.1
+    gan_start: int = 0
+    continuous_prob: float = 0.5
+    mode: Literal["decoder", "full"] = "decoder"
+
+
+class TokenizerTrainer:
+    """Owns the optimisers of a tokenizer (and optional discriminator) and runs one step per batch.
+
+    ``step(images)`` takes a ``[B, 3, H, W]`` batch in [-1, 1] and returns a dict of float losses.
+    """
+
+    def __init__(
+        self,
+        tokenizer: HybridTokenizer,
+        config: TokenizerLossConfig | None = None,
+        *,
+        discriminator: PatchDiscriminator | None = None,
+        perceptual: PerceptualLoss | None = None,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.5, 0.9),
+        generator: torch.Generator | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.config = config or TokenizerLossConfig()
+        self.discriminator = discriminator
+        self.perceptual = perceptual
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.step_count = 0
+        if self.config.mode not in ("decoder", "full"):
+            raise ValueError(f"mode must be 'decoder' or 'full', got {self.config.mode!r}")
+        self.frozen = (
+            [tokenizer.encoder, tokenizer.quant_conv, tokenizer.quantize] if self.config.mode == "decoder" else []
+        )
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.train_mode()
+        params = [p for p in tokenizer.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.0)
+        self.disc_optimizer = (
+            torch.optim.AdamW(discriminator.parameters(), lr=lr, betas=betas, weight_decay=0.0)
+            if discriminator is not None
+            else None
+        )
+
+    def train_mode(self) -> None:
+        """Training mode for what learns; frozen parts stay in eval so their statistics do not drift."""
+        self.tokenizer.train()
+        for module in self.frozen:
+            module.eval()
+
+    def losses(self, images: torch.Tensor, continuous: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Generator-side objective for one batch: (total, named terms)."""
+        c = self.config
+        recon, quantized = self.tokenizer.training_forward(images, continuous=continuous)
+        terms = {
+            "l1": F.l1_loss(recon, images),
+            "l2": F.mse_loss(recon, images),
+            "vq": quantized.vq_loss,
+        }
+        total = c.l1_weight * terms["l1"] + c.l2_weight * terms["l2"] + c.vq_weight * terms["vq"]
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(recon, images)
+            total = total + c.perceptual_weight * terms["perceptual"]
+        if self.discriminator is not None and self.step_count >= c.gan_start:
+            terms["gan_g"] = hinge_generator_loss(self.discriminator(recon))
+            total = total + c.gan_weight * terms["gan_g"]
+        return total, {**terms, "recon": recon}
+
+    def step(self, images: torch.Tensor) -> dict[str, float]:
+        """One optimisation step (generator, then discriminator once the GAN is on)."""
+        self.train_mode()
+        continuous = bool(torch.rand((), generator=self.generator) < self.config.continuous_prob)
+        total, terms = self.losses(images, continuous)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        logs = {k: v.item() for k, v in terms.items() if k != "recon"}
+        logs["loss"] = total.item()
+        logs["continuous"] = float(continuous)
+        if self.disc_optimizer is not None and self.step_count >= self.config.gan_start:
+            d_loss = hinge_discriminator_loss(self.discriminator(images), self.discriminator(terms["recon"].detach()))
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.disc_optimizer.step()
+            logs["gan_d"] = d_loss.item()
+        if self.config.mode == "full":
+            logs["codebook_usage"] = self.tokenizer.quantize.codebook_usage()
+        self.step_count += 1
+        return logs

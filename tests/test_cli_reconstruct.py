@@ -1,0 +1,57 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arvision.cli import main
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_reconstruct_writes_image_and_reports_metrics(photo, tmp_path, hart_fixture_dir, capsys):
+    out = tmp_path / "sub" / "recon.png"
+    args = ["reconstruct", str(photo), "--size", "32", "--model", str(hart_fixture_dir / "tokenizer"), "-o", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and "SSIM" in printed
+    assert Image.open(out).size == (32, 32)
+    assert main([*args, "--mode", "discrete"]) == 0
+
+
+def test_reconstruct_defaults_to_the_bundled_photo(tmp_path, hart_fixture_dir, capsys):
+    out = tmp_path / "recon.png"
+    assert main(["reconstruct", "--size", "32", "--model", str(hart_fixture_dir / "tokenizer"), "-o", str(out)]) == 0
+    assert "astronaut.png" in capsys.readouterr().out and out.is_file()
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d, p, m: ["reconstruct", str(d / "missing.png"), "--model", m], "image file not found"),
+        (lambda d, p, m: ["reconstruct", str(d / "notes.txt"), "--model", m], "not a readable image"),
+        (lambda d, p, m: ["reconstruct", str(p), "--size", "30", "--model", m], "not a multiple"),
+        (lambda d, p, m: ["reconstruct", str(p), "--size", "0", "--model", m], "must be positive"),
+        (lambda d, p, m: ["reconstruct", str(p), "--model", str(d)], "config.json"),
+    ],
+)
+def test_bad_inputs_give_one_clear_line(tmp_path, photo, hart_fixture_dir, capsys, make_args, message):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(make_args(tmp_path, photo, str(hart_fixture_dir / "tokenizer"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_console_entry_point_exits_nonzero_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "arvision", "reconstruct", str(tmp_path / "nope.png")], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "image file not found" in result.stderr

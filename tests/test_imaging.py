@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from arvision.errors import InputError
+from arvision.imaging import load_image, make_grid, pil_to_tensor, resize_center_crop, tensor_to_pil
+
+
+def test_pil_tensor_round_trip_is_exact_for_uint8():
+    array = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    tensor = pil_to_tensor(Image.fromarray(array))
+    assert tensor.shape == (1, 3, 5, 7) and tensor.min() >= -1 and tensor.max() <= 1
+    # +0.5/255 lands inside each uint8 bin, so the official truncation gives back the original values
+    assert np.array_equal(np.asarray(tensor_to_pil(tensor + 1 / 255)[0]), array)
+
+
+def test_tensor_to_pil_clamps_out_of_range_values():
+    img = tensor_to_pil(torch.tensor([-3.0, 0.0, 3.0]).view(1, 3, 1, 1))[0]
+    assert img.getpixel((0, 0)) == (0, 127, 255)
+
+
+def test_resize_center_crop_and_grid():
+    img = Image.new("RGB", (200, 100))
+    assert resize_center_crop(img, 64).size == (64, 64)
+    grid = make_grid([Image.new("RGB", (8, 8))] * 5, columns=3)
+    assert grid.size == (24, 16)
+    with pytest.raises(InputError):
+        make_grid([])
+
+
+def test_load_image_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="missing.png"):
+        load_image(tmp_path / "missing.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(InputError, match="bad.png"):
+        load_image(bad)
+    Image.new("L", (4, 4)).save(tmp_path / "gray.png")
+    assert load_image(tmp_path / "gray.png").mode == "RGB"

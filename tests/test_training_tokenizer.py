@@ -1,0 +1,112 @@
+import pytest
+import torch
+from torch import nn
+
+from arvision.checkpoint import load_checked, load_state_dict, select_prefix
+from arvision.tokenizers.discriminator import PatchDiscriminator
+from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
+from arvision.training.tokenizer import (
+    PerceptualLoss,
+    TokenizerLossConfig,
+    TokenizerTrainer,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+)
+
+
+def make_tokenizer() -> HybridTokenizer:
+    torch.manual_seed(0)
+    config = HybridTokenizerConfig(vocab_size=32, z_channels=4, ch=8, ch_mult=(1, 2, 2), v_patch_nums=(1, 2, 4, 8))
+    return HybridTokenizer(config)
+
+
+def fixed_batch() -> torch.Tensor:
+    return torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def random_features() -> nn.Module:
+    torch.manual_seed(3)
+    layers = nn.ModuleList([nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1)])
+
+    class Features(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, x):
+            feats = []
+            for layer in self.layers:
+                x = torch.relu(layer(x))
+                feats.append(x)
+            return feats
+
+    return Features()
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_decoder_step_lowers_loss_and_keeps_tokens_fixed(continuous):
+    tok = make_tokenizer()
+    images = fixed_batch()
+    config = TokenizerLossConfig(mode="decoder", continuous_prob=1.0 if continuous else 0.0)
+    trainer = TokenizerTrainer(tok, config, perceptual=PerceptualLoss(random_features()), lr=1e-3)
+    frozen_before = {k: v.clone() for k, v in tok.state_dict().items() if k.startswith(("encoder", "quant"))}
+    tokens_before = tok.encode(images).indices
+    with torch.no_grad():
+        before = trainer.losses(images, continuous)[0].item()
+    logs = trainer.step(images)
+    with torch.no_grad():
+        after = trainer.losses(images, continuous)[0].item()
+    assert logs["continuous"] == float(continuous)
+    assert after < before
+    for key, value in frozen_before.items():
+        assert torch.equal(tok.state_dict()[key], value), key
+    assert all(torch.equal(a, b) for a, b in zip(tokens_before, tok.encode(images).indices))
+
+
+def test_full_training_step_updates_codebook_and_tracks_usage():
+    tok = make_tokenizer()
+    images = fixed_batch()
+    trainer = TokenizerTrainer(tok, TokenizerLossConfig(mode="full", continuous_prob=0.0), lr=1e-3)
+    codebook = tok.quantize.embedding.weight.detach().clone()
+    with torch.no_grad():
+        before = trainer.losses(images, False)[0].item()
+    logs = trainer.step(images)
+    with torch.no_grad():
+        after = trainer.losses(images, False)[0].item()
+    assert after < before
+    assert not torch.equal(codebook, tok.quantize.embedding.weight)
+    hits = tok.quantize.ema_vocab_hit_SV
+    torch.testing.assert_close(hits.sum(dim=1), torch.tensor([4.0 * pn * pn for pn in (1, 2, 4, 8)]))
+    assert 0 < logs["codebook_usage"] <= 1
+
+
+def test_gan_terms_train_the_discriminator():
+    tok = make_tokenizer()
+    disc = PatchDiscriminator(ndf=8, n_layers=2)
+    trainer = TokenizerTrainer(tok, TokenizerLossConfig(gan_start=1), discriminator=disc, lr=1e-3)
+    images = fixed_batch()
+    first = trainer.step(images)
+    assert "gan_d" not in first and "gan_g" not in first  # GAN off before gan_start
+    second = trainer.step(images)
+    assert torch.isfinite(torch.tensor([second["gan_d"], second["gan_g"]])).all()
+
+
+def test_hinge_losses():
+    assert hinge_discriminator_loss(torch.full((2,), 2.0), torch.full((2,), -2.0)).item() == 0.0
+    assert hinge_discriminator_loss(torch.zeros(2), torch.zeros(2)).item() == 1.0
+    assert hinge_generator_loss(torch.tensor([1.0, 3.0])).item() == -2.0
+
+
+def test_perceptual_loss_is_zero_only_for_identical_images():
+    loss = PerceptualLoss(random_features())
+    x = fixed_batch()
+    assert loss(x, x).item() == 0.0
+    assert loss(x, x.flip(-1)).item() > 0.0
+    assert not any(p.requires_grad for p in loss.features.parameters())
+
+
+def test_discriminator_loads_official_keys(hart_fixture_dir):
+    state = select_prefix(load_state_dict(hart_fixture_dir / "tokenizer" / "model.safetensors"), "disc.")
+    disc = PatchDiscriminator(ndf=8, n_layers=2)
+    load_checked(disc, state, source="fixture")
+    assert disc(fixed_batch()).shape == (4, 1, 6, 6)
