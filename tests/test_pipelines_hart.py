@@ -76,8 +76,8 @@ def test_bad_inputs_get_clear_errors(pipe, embeds):
         pipe(prompt_embeds=embeds, height=32, width=64, progress=False)
     with pytest.raises(InputError, match="multiple"):
         pipe(prompt_embeds=embeds, height=30, width=30, progress=False)
-    with pytest.raises(InputError, match="schedule"):
-        pipe(prompt_embeds=embeds, height=48, width=48, progress=False)
+    with pytest.raises(InputError, match="at least"):
+        pipe(prompt_embeds=embeds, height=4, width=4, progress=False)
     with pytest.raises(CheckpointError, match="no text encoder"):
         pipe("a red cube", progress=False)
     bad = TextEncoding(embeds.hidden[:, :8], embeds.mask[:, :8], embeds.position_ids[:, :8])
@@ -86,9 +86,12 @@ def test_bad_inputs_get_clear_errors(pipe, embeds):
 
 
 def test_other_resolution_schedules_run(pipe, embeds):
-    """RoPE is normalised to the last scale, so any tokenizer schedule works, e.g. 64 px (16x16 latent)."""
-    out = pipe(prompt_embeds=embeds, height=64, width=64, seed=0, progress=False, guidance_scale=0)
-    assert out.images[0].size == (64, 64)
+    """RoPE is normalised to the last scale, so any tokenizer schedule works: 64 px uses the 16x16 preset,
+    48 px a geometric 12x12 schedule."""
+    assert pipe.schedule_for(64, 64) == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    for size in (64, 48):
+        out = pipe(prompt_embeds=embeds, height=size, width=size, seed=0, progress=False, guidance_scale=0)
+        assert out.images[0].size == (size, size)
 
 
 def _copy_fixture(tmp_path):
