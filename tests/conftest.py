@@ -11,6 +11,10 @@ from safetensors.torch import load_file
 from arvision.checkpoint import load_checked, load_state_dict, read_json
 from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer
 
+# The tests run tiny models, where intra-op threads cost more than they give (5x slower on a busy
+# 2-core machine); one thread keeps the suite fast and its timings stable.
+torch.set_num_threads(1)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 HART_TINY = FIXTURES / "hart-tiny-a"
 
