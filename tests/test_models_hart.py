@@ -120,10 +120,14 @@ def test_class_conditional_forward_shapes():
 
 
 def test_unsupported_official_options_are_refused():
+    llama = {"attn_type": "llama", "mlp_type": "llama"}
     with pytest.raises(CheckpointError, match="attn_type"):
-        HartConfig.from_official({"attn_type": "gpt2"}, vocab_size=10, latent_channels=4)
+        HartConfig.from_official({**llama, "attn_type": "gpt2"}, vocab_size=10, latent_channels=4)
+    with pytest.raises(CheckpointError, match="attn_type"):  # the official class default is gpt2
+        HartConfig.from_official({}, vocab_size=10, latent_channels=4)
     with pytest.raises(CheckpointError, match="shared_aln"):
-        HartConfig.from_official({"shared_aln": True}, vocab_size=10, latent_channels=4)
+        HartConfig.from_official({**llama, "shared_aln": True}, vocab_size=10, latent_channels=4)
+    assert HartConfig.from_official(llama, vocab_size=10, latent_channels=4).context_token == 77
     with pytest.raises(ValueError, match="divisible"):
         HartConfig(embed_dim=30, num_heads=4)
 

@@ -26,7 +26,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,6 +45,10 @@ from arvision.tokenizers.schedules import PATCH_NUMS
 
 OFFICIAL_BUFFERS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")
 
+# Defaults of the official config class where they differ from ours (used for keys a config omits).
+_OFFICIAL_DEFAULTS = {
+    "context_token": 77, "context_dim": 768, "use_timestep_embed": False, "attn_type": "gpt2", "mlp_type": "gpt2",
+}
 # Official config values we can reproduce; anything else is refused with a clear error.
 _SUPPORTED = {
     "attn_type": ("llama",),
@@ -86,7 +90,6 @@ class HartConfig:
     latent_channels: int = 32
     num_classes: int = 0
     rope_theta: float = 10000.0
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.patch_nums = tuple(int(p) for p in self.patch_nums)
@@ -112,24 +115,23 @@ class HartConfig:
     @classmethod
     def from_official(cls, llm_config: Mapping[str, Any], *, vocab_size: int, latent_channels: int) -> HartConfig:
         """Build from an official ``llm/config.json`` dict plus the tokenizer's vocab and channels."""
+        llm_config = {**_OFFICIAL_DEFAULTS, **llm_config}
         for key, allowed in _SUPPORTED.items():
             if key in llm_config and llm_config[key] not in allowed:
-                raise CheckpointError(
-                    f"unsupported HART option {key}={llm_config[key]!r} (supported: {', '.join(map(repr, allowed))})"
-                )
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "vocab_size", "latent_channels"}
+                supported = ", ".join(map(repr, allowed))
+                raise CheckpointError(f"unsupported HART option {key}={llm_config[key]!r} (supported: {supported})")
+        names = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "latent_channels"}
         kwargs = {k: llm_config[k] for k in names if k in llm_config}
         return cls(**kwargs, vocab_size=vocab_size, latent_channels=latent_channels)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data.pop("extra")
         data["patch_nums"] = list(self.patch_nums)
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HartConfig:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise CheckpointError(f"unknown HART config keys: {', '.join(sorted(unknown))}")

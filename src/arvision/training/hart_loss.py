@@ -28,14 +28,17 @@ from arvision.nn.sampling import sample_logits
 
 @dataclass
 class HartLossConfig:
+    """Loss weights and sampling knobs. ``cond_drop_rate`` / ``diffusion_batch_mul`` left at None take
+    the model config's values (official ``llm/config.json`` keys, 0.1 and 4)."""
+
     ce_weight: float = 1.0
     diffusion_weight: float = 1.0
-    cond_drop_rate: float = 0.1
+    cond_drop_rate: float | None = None
     subsample_last: bool = True
     mask_ratio_min: float = 0.5
     mask_ratio_std: float = 0.25
     min_keep: int = 32
-    diffusion_batch_mul: int = 4
+    diffusion_batch_mul: int | None = None
     diffusion_top_k: int = 600
     diffusion_top_p: float = 0.96
 
@@ -107,7 +110,8 @@ def hart_loss(
     with torch.no_grad():
         x = quantizer.indices_to_ar_input(list(indices), patch_nums)
     cpu_generator = generator if generator is not None and generator.device.type == "cpu" else None
-    dropped = condition_dropout_mask(B, config.cond_drop_rate, cpu_generator)
+    drop_rate = config.cond_drop_rate if config.cond_drop_rate is not None else model.config.cond_drop_rate
+    dropped = condition_dropout_mask(B, drop_rate, cpu_generator)
     cond = drop_conditions(model, cond, dropped)
     keep = last_scale_keep(B, n_last, config, cpu_generator).to(device)
 
@@ -129,7 +133,7 @@ def hart_loss(
         r_pre = residual.flatten(2).transpose(1, 2).gather(1, keep[..., None].expand(-1, -1, residual.shape[1]))
     z = model.diffusion_condition(h_last, codes).flatten(0, 1)
     target = (r_pre - codes).flatten(0, 1)
-    mul = config.diffusion_batch_mul
+    mul = config.diffusion_batch_mul or model.config.diffusion_batch_mul
     diff = model.diffloss.loss(target.repeat(mul, 1), z.repeat(mul, 1), generator=generator).mean()
     loss = config.ce_weight * ce + config.diffusion_weight * diff
     return HartLoss(loss=loss, ce=ce.detach(), diffusion=diff.detach(), kept_last=keep, dropped=dropped)
