@@ -9,6 +9,12 @@ Two folder layouts load:
   as ``text_encoder`` (or place it in ``text_encoder/`` beside ``llm/``).
 * our own (:meth:`HartPipeline.save_pretrained`): ``model_index.json``, ``transformer/`` (config +
   ``model.safetensors``), ``tokenizer/`` and a text-encoder spec (MiniLM by name, or a Qwen2 folder).
+
+Example::
+
+    pipe = HartPipeline.from_pretrained("hart-0.7b-1024px", text_encoder="Qwen2-VL-1.5B-Instruct",
+                                        torch_dtype=torch.float16, device="cuda")
+    image = pipe("a red cube on a wooden table", guidance_scale=4.5, seed=1).images[0]
 """
 
 from __future__ import annotations
