@@ -87,3 +87,21 @@ def test_lower_resolution_batches_train_the_same_model():
     indices, r_pre = quant.latent_to_indices(torch.randn(3, 4, 4, 4), (1, 2, 4))
     out = hart_loss(model, quant, indices, r_pre, cond, HartLossConfig(min_keep=4), torch.Generator().manual_seed(0))
     assert torch.isfinite(out.loss) and out.kept_last.shape[1] <= 16
+
+
+def test_class_conditional_loss_drops_to_the_null_class():
+    torch.manual_seed(0)
+    cfg = HartConfig(embed_dim=32, depth=1, num_heads=2, num_classes=5, patch_nums=(1, 2, 4), vocab_size=40,
+                     latent_channels=4, diff_width=16, diff_depth=1)
+    model = HartTransformer(cfg)
+    quant = MultiScaleQuantizer(40, 4, num_tracked_scales=3)
+    indices, r_pre = quant.latent_to_indices(torch.randn(2, 4, 4, 4), cfg.patch_nums)
+    seen = {}
+
+    def record(module, args, out):
+        seen["labels"] = args[0]
+
+    model.class_emb.register_forward_hook(record)
+    out = hart_loss(model, quant, indices, r_pre, Condition(labels=torch.tensor([1, 3])),
+                    HartLossConfig(cond_drop_rate=1.0, min_keep=4), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss) and seen["labels"].tolist() == [5, 5]
