@@ -19,6 +19,16 @@ def test_atomic_path_keeps_old_file_when_the_write_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["weights.safetensors"]
 
 
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    checkpoint.write_json(tmp_path / "config.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == 0o666 & ~umask
+
+
 def test_save_state_dict_handles_tied_and_strided_tensors(tmp_path):
     shared = torch.arange(6.0).view(2, 3)
     checkpoint.save_state_dict({"w": shared, "tied": shared, "t": shared.T}, tmp_path / "m.safetensors")

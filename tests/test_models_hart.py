@@ -9,7 +9,7 @@ from arvision.models.hart import (
     block_causal_mask,
     scale_levels,
 )
-from tests.conftest import load_tiny_hart
+from hart_common import load_tiny_hart
 
 ATOL = 1e-4
 

@@ -12,7 +12,7 @@ from arvision.errors import CheckpointError, InputError
 from arvision.imaging import tensor_to_pil
 from arvision.pipelines.hart import HartPipeline
 from arvision.text.base import TextEncoding
-from tests.conftest import HART_TINY
+from hart_common import HART_TINY
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import torch
 from arvision.errors import InputError
 from arvision.text.base import check_prompts
 from arvision.text.hf_encoder import HFTextEncoder, minilm_text_encoder, qwen2_text_encoder
-from tests.conftest import make_tiny_qwen2
+from hart_common import make_tiny_qwen2
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from arvision.errors import ArvisionError
 
-COMMANDS: list[str] = ["reconstruct", "generate"]
+COMMANDS: list[str] = ["reconstruct", "generate", "describe", "generate_video", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides"):
+            build_parser().parse_args(argv)  # reports the unknown arguments and exits
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except ArvisionError as exc:

@@ -67,8 +67,59 @@ class TokenizerLossConfig:
     mode: Literal["decoder", "full"] = "decoder"
 
 
+class TokenizerObjective(nn.Module):
+    """The generator-side loss as a module (so DDP/FSDP wrap its forward).
+
+    ``forward(images [B, 3, H, W], continuous, use_gan)`` -> ``(total loss, {term: tensor, "recon": images})``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: HybridTokenizer,
+        config: TokenizerLossConfig,
+        perceptual: PerceptualLoss | None = None,
+        discriminator: PatchDiscriminator | None = None,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.perceptual = perceptual
+        # Kept out of the module tree: the discriminator has its own optimiser and is not wrapped.
+        self._discriminator = [discriminator] if discriminator is not None else []
+
+    def forward(
+        self, images: torch.Tensor, continuous: bool, use_gan: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c = self.config
+        recon, quantized = self.tokenizer.training_forward(images, continuous=continuous)
+        terms = {"l1": F.l1_loss(recon, images), "l2": F.mse_loss(recon, images), "vq": quantized.vq_loss}
+        total = c.l1_weight * terms["l1"] + c.l2_weight * terms["l2"] + c.vq_weight * terms["vq"]
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(recon, images)
+            total = total + c.perceptual_weight * terms["perceptual"]
+        if use_gan and self._discriminator:
+            terms["gan_g"] = hinge_generator_loss(self._discriminator[0](recon))
+            total = total + c.gan_weight * terms["gan_g"]
+        return total, {**terms, "recon": recon}
+
+
+def frozen_parts(tokenizer: HybridTokenizer, mode: str) -> list[nn.Module]:
+    """Modules that do not learn in ``mode`` (HART's decoder fine-tuning freezes encoder and quantizer)."""
+    if mode not in ("decoder", "full"):
+        raise ValueError(f"mode must be 'decoder' or 'full', got {mode!r}")
+    return [tokenizer.encoder, tokenizer.quant_conv, tokenizer.quantize] if mode == "decoder" else []
+
+
+def set_train_mode(tokenizer: HybridTokenizer, mode: str) -> None:
+    """Training mode for what learns; frozen parts stay in eval so their statistics do not drift."""
+    tokenizer.train()
+    for module in frozen_parts(tokenizer, mode):
+        module.requires_grad_(False).eval()
+
+
 class TokenizerTrainer:
-    """Owns the optimisers of a tokenizer (and optional discriminator) and runs one step per batch.
+    """Single-process tokenizer optimisation with an optional GAN discriminator (the distributed, resumable
+    loop is :class:`arvision.training.loop.Trainer`).
 
     ``step(images)`` takes a ``[B, 3, H, W]`` batch in [-1, 1] and returns a dict of float losses.
     """
@@ -86,18 +137,11 @@ class TokenizerTrainer:
     ):
         self.tokenizer = tokenizer
         self.config = config or TokenizerLossConfig()
+        self.objective = TokenizerObjective(tokenizer, self.config, perceptual, discriminator)
         self.discriminator = discriminator
-        self.perceptual = perceptual
         self.generator = generator or torch.Generator().manual_seed(0)
         self.step_count = 0
-        if self.config.mode not in ("decoder", "full"):
-            raise ValueError(f"mode must be 'decoder' or 'full', got {self.config.mode!r}")
-        self.frozen = (
-            [tokenizer.encoder, tokenizer.quant_conv, tokenizer.quantize] if self.config.mode == "decoder" else []
-        )
-        for module in self.frozen:
-            module.requires_grad_(False)
-        self.train_mode()
+        set_train_mode(tokenizer, self.config.mode)
         params = [p for p in tokenizer.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.0)
         self.disc_optimizer = (
@@ -106,33 +150,17 @@ class TokenizerTrainer:
             else None
         )
 
-    def train_mode(self) -> None:
-        """Training mode for what learns; frozen parts stay in eval so their statistics do not drift."""
-        self.tokenizer.train()
-        for module in self.frozen:
-            module.eval()
+    @property
+    def gan_active(self) -> bool:
+        return self.discriminator is not None and self.step_count >= self.config.gan_start
 
     def losses(self, images: torch.Tensor, continuous: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Generator-side objective for one batch: (total, named terms)."""
-        c = self.config
-        recon, quantized = self.tokenizer.training_forward(images, continuous=continuous)
-        terms = {
-            "l1": F.l1_loss(recon, images),
-            "l2": F.mse_loss(recon, images),
-            "vq": quantized.vq_loss,
-        }
-        total = c.l1_weight * terms["l1"] + c.l2_weight * terms["l2"] + c.vq_weight * terms["vq"]
-        if self.perceptual is not None:
-            terms["perceptual"] = self.perceptual(recon, images)
-            total = total + c.perceptual_weight * terms["perceptual"]
-        if self.discriminator is not None and self.step_count >= c.gan_start:
-            terms["gan_g"] = hinge_generator_loss(self.discriminator(recon))
-            total = total + c.gan_weight * terms["gan_g"]
-        return total, {**terms, "recon": recon}
+        return self.objective(images, continuous, use_gan=self.gan_active)
 
     def step(self, images: torch.Tensor) -> dict[str, float]:
         """One optimisation step (generator, then discriminator once the GAN is on)."""
-        self.train_mode()
+        set_train_mode(self.tokenizer, self.config.mode)
         continuous = bool(torch.rand((), generator=self.generator) < self.config.continuous_prob)
         total, terms = self.losses(images, continuous)
         self.optimizer.zero_grad(set_to_none=True)
@@ -141,7 +169,7 @@ class TokenizerTrainer:
         logs = {k: v.item() for k, v in terms.items() if k != "recon"}
         logs["loss"] = total.item()
         logs["continuous"] = float(continuous)
-        if self.disc_optimizer is not None and self.step_count >= self.config.gan_start:
+        if self.gan_active:
             d_loss = hinge_discriminator_loss(self.discriminator(images), self.discriminator(terms["recon"].detach()))
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()

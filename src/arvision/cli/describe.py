@@ -1,0 +1,48 @@
+"""``arvision describe IMAGE_OR_VIDEO "question" --model FOLDER``: VILA-U visual question answering."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("describe", help="answer a question about an image or a video (VILA-U)")
+    p.add_argument("media", help="image file, video file, or folder of video frames")
+    p.add_argument("question", help="what to ask about it")
+    p.add_argument("--model", required=True, help="VILA-U checkpoint folder (release layout)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling")
+    p.add_argument("--temperature", type=float, default=None, help="text temperature (default: the model's, 0.9)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus mass (default: the model's, 0.6)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k (default: the model's, 50)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default 512)")
+    p.add_argument("--frames", type=int, default=None, help="frames sampled from a video (default: config, 8)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="weights dtype (default: as stored, bfloat16 for the release)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from arvision.pipelines.vila_u import VilaUPipeline
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
+    answer = pipe.describe(
+        args.media,
+        args.question,
+        temperature=0.0 if args.greedy else args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        num_frames=args.frames,
+    )
+    print(answer)
+    return 0

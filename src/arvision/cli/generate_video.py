@@ -1,0 +1,66 @@
+"""``arvision generate-video "prompt" -o out.gif --model FOLDER``: VILA-U text-to-video (8 frames)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate-video", help="generate a short video from text (VILA-U)")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", default="video.gif", help="animated .gif or .webp (default video.gif)")
+    p.add_argument("--model", required=True, help="VILA-U checkpoint folder (release layout)")
+    p.add_argument("-n", "--num", type=int, default=1, help="videos to generate (files get _0, _1, ...)")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=1.0, help="code sampling temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, default=900, help="code sampling top-k (default 900)")
+    p.add_argument("--top-p", type=float, default=0.96, help="code sampling top-p (default 0.96)")
+    p.add_argument("--fps", type=float, default=4.0, help="animation frame rate (default 4)")
+    p.add_argument("--no-strip", action="store_true", help="do not also save the frames side by side as PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="weights dtype (default: as stored, bfloat16 for the release)",
+    )
+    p.set_defaults(func=run)
+
+
+def _numbered(path: Path, i: int, n: int) -> Path:
+    return path if n == 1 else path.with_name(f"{path.stem}_{i}{path.suffix}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from arvision.data.media import frame_strip, save_animation
+    from arvision.errors import InputError
+    from arvision.pipelines.vila_u import VilaUPipeline
+
+    output = Path(args.output)
+    if output.suffix.lower() not in {".gif", ".webp"}:
+        raise InputError(f"--output must end in .gif or .webp, got {output.name}")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
+    pipe.progress = not args.quiet
+    videos = pipe.generate_video(
+        args.prompt,
+        n=args.num,
+        cfg=args.cfg,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+    )
+    for i, frames in enumerate(videos):
+        path = save_animation(frames, _numbered(output, i, len(videos)), fps=args.fps)
+        print(path)
+        if not args.no_strip:
+            strip = path.with_name(f"{path.stem}.strip.png")
+            frame_strip(frames).save(strip)
+            print(strip)
+    return 0

@@ -1,0 +1,122 @@
+"""Captions and VQA pairs read off a scene graph: every word is a fact of the graph.
+
+Answers are short and canonical (a colour or shape name, a digit, "yes"/"no", a position or direction
+word), so a checker can compare strings.
+"""
+
+from __future__ import annotations
+
+from arvision.data.scenes import COLOURS, SHAPES, SceneGraph, SceneObject, VideoScene, main_relation, position_name
+
+NUMBERS = ("zero", "one", "two", "three", "four", "five")
+MOTION_PHRASES = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
+
+
+def background_phrase(graph: SceneGraph) -> str:
+    bg = graph.background
+    return {
+        "gradient": f"a {bg.colour} gradient background",
+        "stripes": f"a striped {bg.colour} background",
+        "noise": f"a noisy {bg.colour} background",
+    }[bg.kind]
+
+
+def position_phrase(obj: SceneObject) -> str:
+    """ "in the top left", "at the top", "on the left", "in the center", ..."""
+    name = position_name(obj.centre)
+    if " " in name or name == "center":
+        return f"in the {name}"
+    return f"at the {name}" if name in ("top", "bottom") else f"on the {name}"
+
+
+def article(phrase: str) -> str:
+    """``phrase`` with "a" or "an" in front."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _a(obj: SceneObject, size: bool = False) -> str:
+    return article(f"{obj.size} {obj.name}" if size else obj.name)
+
+
+def _listing(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def scene_captions(graph: SceneGraph) -> list[str]:
+    """Several phrasings of the same scene, from the shortest to the most detailed."""
+    objs = graph.objects
+    bg = background_phrase(graph)
+    if len(objs) == 1:
+        o = objs[0]
+        return [_a(o), _a(o, size=True), f"{_a(o, size=True)} on {bg}", f"{_a(o)} {position_phrase(o)}"]
+    pairs = []  # consecutive pairs with their clearest relation: "a red circle left of a blue square"
+    for i in range(0, len(objs) - 1, 2):
+        pairs.append(f"{_a(objs[i])} {main_relation(objs[i], objs[i + 1])} {_a(objs[i + 1])}")
+    if len(objs) % 2:
+        pairs.append(_a(objs[-1]))
+    captions = [
+        ", and ".join(pairs),
+        f"{NUMBERS[len(objs)]} objects: {_listing([_a(o) for o in objs])}",
+        f"{_listing([_a(o, size=True) for o in objs])} on {bg}",
+    ]
+    if len(objs) == 2:
+        captions.append(f"{_a(objs[1])} {main_relation(objs[1], objs[0])} {_a(objs[0])}")
+    return captions
+
+
+def _plural(shape: str) -> str:
+    return shape + "s"
+
+
+def _first_absent(vocabulary: tuple[str, ...], used: list[str]) -> str | None:
+    return next((v for v in vocabulary if v not in used), None)
+
+
+def scene_vqa(graph: SceneGraph, spatial: bool = True) -> list[tuple[str, str]]:
+    """Question-answer pairs about colour, shape, count, size, existence and, if ``spatial``, position."""
+    objs = graph.objects
+    shapes = [o.shape for o in objs]
+    colours = [o.colour for o in objs]
+    present = {(o.colour, o.shape) for o in objs}
+    qa = [("How many objects are there?", str(len(objs)))]
+    for shape in SHAPES:
+        if shape in shapes or shape == _first_absent(SHAPES, shapes):
+            qa.append((f"How many {_plural(shape)} are there?", str(shapes.count(shape))))
+    for o in objs:
+        if shapes.count(o.shape) == 1:
+            qa.append((f"What color is the {o.shape}?", o.colour))
+        if colours.count(o.colour) == 1:
+            qa.append((f"What shape is the {o.colour} object?", o.shape))
+        qa.append((f"Is the {o.name} large or small?", o.size))
+        if spatial:
+            qa.append((f"Where is the {o.name}?", position_name(o.centre)))
+        qa.append((f"Is there {_a(o)}?", "yes"))
+        # A near miss: the same shape in a colour that is not in the scene.
+        other = next(c for c in COLOURS if (c, o.shape) not in present)
+        qa.append((f"Is there {article(f'{other} {o.shape}')}?", "no"))
+    if len(objs) == 1:
+        o = objs[0]
+        qa += [("What color is the object?", o.colour), ("What shape is the object?", o.shape)]
+    for i, a in enumerate(objs):
+        for j, b in enumerate(objs):
+            if spatial and i < j:
+                rel = main_relation(a, b)
+                qa.append((f"Is the {a.name} {rel} the {b.name}?", "yes"))
+                qa.append((f"Is the {b.name} {rel} the {a.name}?", "no"))
+    qa.append(("What color is the background?", graph.background.colour))
+    return qa
+
+
+def video_captions(video: VideoScene) -> list[str]:
+    """Phrasings that name each object's motion: "a green star moving to the right", ..."""
+    objs = video.start.objects
+    moving = [f"{_a(o)} moving {MOTION_PHRASES[d]}" for o, d in zip(objs, video.directions, strict=True)]
+    sized = [f"{_a(o, size=True)} moving {MOTION_PHRASES[d]}" for o, d in zip(objs, video.directions, strict=True)]
+    return [_listing(moving), f"{_listing(sized)} on {background_phrase(video.start)}"]
+
+
+def video_vqa(video: VideoScene) -> list[tuple[str, str]]:
+    """Motion questions plus the questions whose answers hold in every frame (no positions)."""
+    objs = video.start.objects
+    qa = [(f"Which way is the {o.name} moving?", d) for o, d in zip(objs, video.directions, strict=True)]
+    return qa + scene_vqa(video.start, spatial=False)

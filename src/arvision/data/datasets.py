@@ -1,0 +1,70 @@
+"""torch datasets over the procedural world. Item ``i`` is the world's sample ``i``; every random choice
+(which caption, which questions) comes from the world's per-index generator, never from global RNG."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from arvision.data.world import ProceduralWorld
+from arvision.imaging import pil_to_tensor
+
+CAPTION_STREAM, VQA_STREAM, VIDEO_CAPTION_STREAM = 2, 3, 4  # generator streams next to the world's own 0 and 1
+
+
+class _WorldDataset(Dataset):
+    def __init__(self, world: ProceduralWorld, length: int = 100_000) -> None:
+        self.world, self.length = world, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+
+
+class WorldImages(_WorldDataset):
+    """Text-to-image pairs: ``{"image": [3, H, W] in [-1, 1], "caption": str, "index": int}``.
+
+    The caption is one of the scene's phrasings, picked per index. The world is infinite; ``length``
+    only sets what one epoch is.
+    """
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        self._check(index)
+        sample = self.world.sample(index)
+        caption = sample.captions[self.world.rng(index, CAPTION_STREAM).integers(len(sample.captions))]
+        return {"image": pil_to_tensor(sample.image)[0], "caption": caption, "index": index}
+
+
+class WorldVQA(_WorldDataset):
+    """Understanding data, the same item layout as :class:`arvision.data.user.VQADataset`:
+    ``{"pixels": [3, H, W], "is_video": False, "turns": [(question, answer), ...], "index": int}`` with
+    ``turns_per_item`` question-answer pairs drawn per index. Batch with ``collate_fn=list``.
+    """
+
+    def __init__(self, world: ProceduralWorld, length: int = 100_000, turns_per_item: int = 3) -> None:
+        super().__init__(world, length)
+        self.turns_per_item = turns_per_item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        self._check(index)
+        sample = self.world.sample(index)
+        rng = self.world.rng(index, VQA_STREAM)
+        picks = rng.choice(len(sample.vqa), size=min(self.turns_per_item, len(sample.vqa)), replace=False)
+        turns = [sample.vqa[k] for k in picks]
+        return {"pixels": pil_to_tensor(sample.image)[0], "is_video": False, "turns": turns, "index": index}
+
+
+class WorldVideos(_WorldDataset):
+    """Text-to-video pairs: ``{"frames": [num_frames, 3, H, W] in [-1, 1], "caption": str, "index": int}``."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        self._check(index)
+        video = self.world.video(index)
+        caption = video.captions[self.world.rng(index, VIDEO_CAPTION_STREAM).integers(len(video.captions))]
+        frames: torch.Tensor = pil_to_tensor(video.frames)
+        return {"frames": frames, "caption": caption, "index": index}

@@ -1,0 +1,124 @@
+"""Reading images and videos from disk, the VILA-U pre-processing, and writing animations.
+
+Video files are decoded with PyAV (FFmpeg); a folder of frame images works too. Frames are sampled
+as the official loader does: ``round(linspace(0, n_frames - 1, N))``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from arvision.errors import InputError
+
+# An animated GIF is read as an image (its first frame); convert it to a video file to describe it as one.
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+
+
+def load_image(source: str | os.PathLike | PIL.Image.Image) -> PIL.Image.Image:
+    """Open an image file (or take a PIL image) as RGB; :class:`InputError` if it is not an image."""
+    if isinstance(source, PIL.Image.Image):
+        return source.convert("RGB")
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    try:
+        with PIL.Image.open(path) as image:
+            return image.convert("RGB")
+    except (PIL.UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"not a readable image: {path} ({exc})") from exc
+
+
+def preprocess_image(image: PIL.Image.Image, size: int, *, generation_crop: bool = False) -> torch.Tensor:
+    """PIL image -> [3, size, size] float32 in [-1, 1], as the release prepares images.
+
+    Understanding resizes straight to a square (no aspect preservation, bicubic). Generation training
+    data is first cropped to a square: the top square of a portrait image, the centre of a landscape one.
+    """
+    image = image.convert("RGB")
+    if generation_crop:
+        w, h = image.size
+        side = min(w, h)
+        left, top = (0, 0) if w < h else (int(round((w - side) / 2.0)), int(round((h - side) / 2.0)))
+        image = image.crop((left, top, left + side, top + side))
+    image = image.resize((size, size), PIL.Image.Resampling.BICUBIC)
+    # The CLIP processor rescales and normalises in float64 before casting.
+    array = (np.asarray(image, dtype=np.float64) / 255.0 - 0.5) / 0.5
+    return torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1).contiguous()
+
+
+def sample_frame_indices(total: int, num_frames: int) -> list[int]:
+    """``num_frames`` indices spread evenly over ``total`` frames, first and last included."""
+    if total <= 0:
+        raise InputError("the video has no frames")
+    return [int(i) for i in np.round(np.linspace(0, total - 1, num_frames)).astype(int)]
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image.Image]:
+    """Sample ``num_frames`` RGB frames from a video file or from a folder of frame images (sorted by name)."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return [load_image(files[i]) for i in sample_frame_indices(len(files), num_frames)]
+    if not path.is_file():
+        raise InputError(f"video not found: {path}")
+    import av  # imported here: only video input needs FFmpeg
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"no video stream in {path}")
+            stream = container.streams.video[0]
+            # The header's frame count can be wrong; count the packets that carry data instead.
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+        wanted = sample_frame_indices(total, num_frames)
+        frames: dict[int, PIL.Image.Image] = {}
+        with av.open(str(path)) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index > wanted[-1]:
+                    break
+                if index in wanted:
+                    frames[index] = frame.to_image().convert("RGB")
+    except av.error.FFmpegError as exc:
+        raise InputError(f"cannot read video {path}: {exc}") from exc
+    if not frames:
+        raise InputError(f"no decodable frames in {path}")
+    # A frame that fails to decode is skipped, as the release does; repeats keep the sampled order.
+    return [frames[i] for i in wanted if i in frames]
+
+
+def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
+    """[B, 3, H, W] pixels in [-1, 1] -> PIL images: ``clamp((x + 1) * 127.5)`` truncated to uint8, exactly
+    as the release maps and saves them."""
+    array = ((images.detach().float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+    return [PIL.Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in array]
+
+
+def frame_strip(frames: Sequence[PIL.Image.Image]) -> PIL.Image.Image:
+    """The frames side by side, left to right (how the release saves a generated video)."""
+    w, h = frames[0].size
+    strip = PIL.Image.new("RGB", (w * len(frames), h))
+    for i, frame in enumerate(frames):
+        strip.paste(frame, (i * w, 0))
+    return strip
+
+
+def save_animation(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: float = 4.0) -> Path:
+    """Write an animated GIF or WebP (by suffix) that loops forever."""
+    path = Path(path)
+    if path.suffix.lower() not in {".gif", ".webp"}:
+        raise InputError(f"animation must be .gif or .webp, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    duration = int(round(1000 / fps))
+    frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=duration, loop=0)
+    return path

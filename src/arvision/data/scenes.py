@@ -1,0 +1,312 @@
+"""The vocabulary and the exact scene graph of the built-in world, and how a scene is drawn from a seed.
+
+Coordinates are fractions of the image side (x to the right, y downwards), so one graph renders at any
+resolution. Objects never overlap: their circumscribed circles keep a gap, which keeps the graph exact
+under rendering (no object hides another) and makes every pair of objects clearly left/right or
+above/below of each other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from arvision.errors import InputError
+
+# Saturated colours, far from each other and from the neutral backgrounds (>= 60 apart in RGB).
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "orange": (245, 140, 20),
+    "yellow": (240, 215, 40),
+    "green": (40, 165, 60),
+    "cyan": (40, 200, 215),
+    "blue": (40, 80, 215),
+    "purple": (140, 60, 195),
+    "pink": (240, 120, 190),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring")
+SIZES: dict[str, float] = {"small": 0.10, "large": 0.17}  # nominal half-extent, fraction of the image side
+BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
+    "white": (235, 235, 235),
+    "grey": (150, 150, 150),
+    "black": (30, 30, 30),
+    "beige": (225, 205, 170),
+}
+BACKGROUND_KINDS: tuple[str, ...] = ("gradient", "stripes", "noise")
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+# A relation holds only when the centres differ by more than this along its axis, so "left of" is never
+# a matter of a pixel. Non-overlapping objects always differ by more than this along one axis at least.
+RELATION_MARGIN = 0.1
+EDGE_PAD = 0.02  # empty border between an object and the image edge
+GAP = 0.02  # empty space between two objects' circumscribed circles
+
+# Compositional hold-out: these colour-shape pairs never appear in the train/val splits. One per colour,
+# shapes cycling, so every colour and every shape is still seen in training. The offset keeps the pairs
+# of the README's example prompts ("a red circle left of a blue square", "a green star") in training.
+DEFAULT_HELDOUT_COMBOS: tuple[tuple[str, str], ...] = tuple(
+    (colour, SHAPES[(i + 2) % len(SHAPES)]) for i, colour in enumerate(COLOURS)
+)
+
+
+def _recentred(points: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    # Put the bounding-box centre at the origin, so an object's centre is its bbox centre.
+    xs, ys = zip(*points)
+    cx, cy = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
+    return tuple((x - cx, y - cy) for x, y in points)
+
+
+def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
+    out = []
+    for k in range(2 * points):
+        radius = 1.0 if k % 2 == 0 else inner
+        angle = -math.pi / 2 + k * math.pi / points
+        out.append((radius * math.cos(angle), radius * math.sin(angle)))
+    return out
+
+
+# Polygons in units of the nominal half-extent; circle and ring are drawn as ellipses.
+POLYGONS: dict[str, tuple[tuple[float, float], ...]] = {
+    "square": _recentred([(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)]),
+    "triangle": _recentred([(0.0, -1.0), (1.0, 0.75), (-1.0, 0.75)]),
+    "star": _recentred(_star()),
+}
+RING_INNER = 0.55  # inner radius of a ring, as a fraction of its outer radius
+
+
+_CIRCLE = tuple((math.cos(2 * math.pi * k / 64), math.sin(2 * math.pi * k / 64)) for k in range(64))
+# Outline points of every shape around its centre, in units of the half-extent.
+OUTLINES: dict[str, tuple[tuple[float, float], ...]] = {s: POLYGONS.get(s, _CIRCLE) for s in SHAPES}
+CIRCUMRADIUS: dict[str, float] = {s: max(math.hypot(x, y) for x, y in OUTLINES[s]) for s in SHAPES}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object: ``centre`` and ``bbox`` (x0, y0, x1, y1) are fractions of the image side."""
+
+    shape: str
+    colour: str
+    size: str
+    centre: tuple[float, float]
+
+    @property
+    def radius(self) -> float:
+        return SIZES[self.size]
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return COLOURS[self.colour]
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        xs, ys = zip(*OUTLINES[self.shape])
+        cx, cy, r = *self.centre, self.radius
+        return (cx + r * min(xs), cy + r * min(ys), cx + r * max(xs), cy + r * max(ys))
+
+    @property
+    def reach(self) -> float:
+        """Radius of the circle around the centre that contains the whole object."""
+        return self.radius * CIRCUMRADIUS[self.shape]
+
+    def interior_point(self) -> tuple[float, float]:
+        """A point well inside the painted area (a ring's centre is background, so take its band)."""
+        if self.shape == "ring":
+            return (self.centre[0] + self.radius * (1 + RING_INNER) / 2, self.centre[1])
+        return self.centre
+
+    def moved(self, centre: tuple[float, float]) -> SceneObject:
+        return SceneObject(self.shape, self.colour, self.size, centre)
+
+
+@dataclass(frozen=True)
+class Background:
+    """A neutral base colour with a fine texture; ``seed`` fixes the texture (angle, period, noise)."""
+
+    kind: str
+    colour: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Relation:
+    """``objects[subject]`` is ``relation`` ``objects[object]``: ``Relation(0, "left of", 1)``."""
+
+    subject: int
+    relation: str
+    object: int
+
+
+def relation_between(a: SceneObject, b: SceneObject) -> list[str]:
+    """The relations of ``a`` to ``b`` that hold with a clear margin (y grows downwards)."""
+    dx, dy = b.centre[0] - a.centre[0], b.centre[1] - a.centre[1]
+    out = []
+    if dx > RELATION_MARGIN:
+        out.append("left of")
+    if dx < -RELATION_MARGIN:
+        out.append("right of")
+    if dy > RELATION_MARGIN:
+        out.append("above")
+    if dy < -RELATION_MARGIN:
+        out.append("below")
+    return out
+
+
+def main_relation(a: SceneObject, b: SceneObject) -> str:
+    """The relation of ``a`` to ``b`` along the axis where they are furthest apart."""
+    dx, dy = b.centre[0] - a.centre[0], b.centre[1] - a.centre[1]
+    if abs(dx) >= abs(dy):
+        return "left of" if dx > 0 else "right of"
+    return "above" if dy > 0 else "below"
+
+
+def position_name(point: tuple[float, float]) -> str:
+    """Which ninth of the image a point is in: "top left", "top", ..., "center", ..., "bottom right"."""
+    col = ("left", "", "right")[min(int(point[0] * 3), 2)]
+    row = ("top", "", "bottom")[min(int(point[1] * 3), 2)]
+    return " ".join(p for p in (row, col) if p) or "center"
+
+
+@dataclass(frozen=True)
+class SceneGraph:
+    """Objects (distinct colour-shape pairs, so "the red circle" names one object) on a background."""
+
+    objects: tuple[SceneObject, ...]
+    background: Background
+    relations: tuple[Relation, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        pairs = [(o.colour, o.shape) for o in self.objects]
+        for (colour, shape), obj in zip(pairs, self.objects, strict=True):
+            if colour not in COLOURS or shape not in SHAPES or obj.size not in SIZES:
+                raise InputError(f"not in the world's vocabulary: {obj.size} {colour} {shape}")
+        if len(set(pairs)) != len(pairs):
+            raise InputError(f"colour-shape pairs must be distinct within a scene, got {pairs}")
+        rels = tuple(
+            Relation(i, rel, j)
+            for i, a in enumerate(self.objects)
+            for j, b in enumerate(self.objects)
+            if i != j
+            for rel in relation_between(a, b)
+        )
+        object.__setattr__(self, "relations", rels)
+
+    def holds(self, subject: int, relation: str, obj: int) -> bool:
+        return Relation(subject, relation, obj) in self.relations
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready data (relations included for readers; :meth:`from_dict` recomputes them)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SceneGraph:
+        objects = tuple(
+            SceneObject(o["shape"], o["colour"], o["size"], (float(o["centre"][0]), float(o["centre"][1])))
+            for o in data["objects"]
+        )
+        return cls(objects, Background(**data["background"]))
+
+
+def _fits(candidate: SceneObject, placed: list[SceneObject]) -> bool:
+    return all(math.dist(candidate.centre, o.centre) >= candidate.reach + o.reach + GAP for o in placed)
+
+
+def centre_range(shape: str, size: str) -> tuple[float, float]:
+    """Where an object's centre may lie so that it stays inside the image with a border."""
+    reach = SIZES[size] * CIRCUMRADIUS[shape]
+    return reach + EDGE_PAD, 1 - reach - EDGE_PAD
+
+
+def sample_objects(
+    rng: np.random.Generator,
+    count: int,
+    combos: list[tuple[str, str]],
+    first_from: list[tuple[str, str]] | None = None,
+) -> list[SceneObject]:
+    """``count`` non-overlapping objects with distinct colour-shape pairs from ``combos``.
+
+    ``first_from`` forces the first object's pair from another list (the held-out split uses it).
+    Placement is rejection sampling; a scene that does not fit is redrawn from the same generator, so
+    the result is still a pure function of the generator's state.
+    """
+    while True:
+        pairs = []
+        if first_from:
+            pairs.append(first_from[rng.integers(len(first_from))])
+        pool = [c for c in combos if c not in pairs]
+        picks = rng.choice(len(pool), size=count - len(pairs), replace=False)
+        pairs += [pool[k] for k in picks]
+        placed: list[SceneObject] = []
+        for colour, shape in pairs:
+            size = ("small", "large")[rng.integers(2)]
+            lo, hi = centre_range(shape, size)
+            for _ in range(50):
+                obj = SceneObject(shape, colour, size, (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))))
+                if _fits(obj, placed):
+                    placed.append(obj)
+                    break
+            else:
+                break
+        if len(placed) == count:
+            return placed
+
+
+def sample_background(rng: np.random.Generator) -> Background:
+    kind = BACKGROUND_KINDS[rng.integers(len(BACKGROUND_KINDS))]
+    colour = list(BACKGROUND_COLOURS)[rng.integers(len(BACKGROUND_COLOURS))]
+    return Background(kind, colour, int(rng.integers(2**31)))
+
+
+# Motion in the built-in videos: a straight line at constant speed, in one named direction.
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+@dataclass(frozen=True)
+class VideoScene:
+    """A first frame plus, per object, a direction and the distance travelled over the whole clip."""
+
+    start: SceneGraph
+    directions: tuple[str, ...]
+    distances: tuple[float, ...]
+    num_frames: int
+
+    def frame(self, k: int) -> SceneGraph:
+        """The exact scene graph of frame ``k`` (objects moved ``k / (num_frames - 1)`` of the way)."""
+        t = k / max(self.num_frames - 1, 1)
+        objects = tuple(
+            obj.moved((obj.centre[0] + DIRECTIONS[d][0] * dist * t, obj.centre[1] + DIRECTIONS[d][1] * dist * t))
+            for obj, d, dist in zip(self.start.objects, self.directions, self.distances, strict=True)
+        )
+        return SceneGraph(objects, self.start.background)
+
+
+def sample_video_scene(
+    rng: np.random.Generator,
+    count: int,
+    combos: list[tuple[str, str]],
+    num_frames: int,
+    first_from: list[tuple[str, str]] | None = None,
+) -> VideoScene:
+    """``count`` objects, each moving 0.2-0.4 of the image in its own direction, never touching each other."""
+    while True:
+        start = sample_objects(rng, count, combos, first_from)
+        directions = tuple(list(DIRECTIONS)[rng.integers(len(DIRECTIONS))] for _ in start)
+        distances = tuple(float(rng.uniform(0.2, 0.4)) for _ in start)
+        objects = []
+        for obj, d, dist in zip(start, directions, distances, strict=True):
+            # Re-draw the start along the motion axis so that the whole path stays inside the image.
+            lo, hi = centre_range(obj.shape, obj.size)
+            axis = 0 if DIRECTIONS[d][0] else 1
+            sign = DIRECTIONS[d][axis]
+            first = float(rng.uniform(lo, hi - dist)) if sign > 0 else float(rng.uniform(lo + dist, hi))
+            centre = list(obj.centre)
+            centre[axis] = first
+            objects.append(obj.moved((centre[0], centre[1])))
+        video = VideoScene(SceneGraph(tuple(objects), sample_background(rng)), directions, distances, num_frames)
+        frames = [video.frame(k).objects for k in range(num_frames)]
+        if all(_fits(objs[i], list(objs[:i])) for objs in frames for i in range(len(objs))):
+            return video

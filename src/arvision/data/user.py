@@ -1,0 +1,253 @@
+"""The user's own data as torch datasets: captioned images, class folders, and VQA/chat JSONL for VILA-U.
+
+Listings are read once, up front; a malformed entry (bad JSON line, missing caption) is skipped there.
+Files are read lazily, and a corrupt or unreadable one is skipped when it is reached: the dataset warns
+(:class:`DataWarning`), counts it in ``skipped`` and returns the next readable item instead, so an epoch
+never dies on one bad file. With DataLoader workers each worker counts its own skips.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from arvision.data.media import is_video_path, load_video_frames
+from arvision.data.transforms import check_policy, prepare_image
+from arvision.errors import InputError
+from arvision.imaging import load_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_KEYS = ("image", "path", "file", "file_name")
+MEDIA_KEYS = (*IMAGE_KEYS, "video")
+CAPTION_KEYS = ("caption", "text", "prompt")
+
+
+class DataWarning(UserWarning):
+    """A data entry or file was skipped."""
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+class SkippingDataset(Dataset):
+    """Base for file-backed datasets: ``load(i)`` may raise :class:`InputError`; ``skipped`` counts those."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def skip(self, message: str) -> None:
+        self.skipped += 1
+        warnings.warn(f"{message} (skipped, {self.skipped} so far)", DataWarning, stacklevel=3)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        # Walk forward to the next readable item; the substitute depends only on the index, so every
+        # rank and every resumed run makes the same choice.
+        for step in range(len(self)):
+            current = (index + step) % len(self)
+            try:
+                return self.load(current)
+            except (InputError, OSError) as exc:
+                self.skip(f"unreadable item {current}: {exc}")
+        raise InputError(f"none of the {len(self)} items of the dataset can be read")
+
+
+def _resolve(path: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(path))
+    return path if path.is_absolute() else base / path
+
+
+def _first(entry: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    return next((entry[k] for k in keys if entry.get(k) not in (None, "")), None)
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """``(line_number, object)`` per non-empty line; ``None`` for a line that is not a JSON object."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    entry = None
+                yield number, entry if isinstance(entry, dict) else None
+
+
+def _require_exists(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"data not found: {path}")
+    return path
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    path: Path
+    caption: str
+
+
+class CaptionedImages(SkippingDataset):
+    """Image + caption pairs -> ``{"image": [3, size, size] in [-1, 1], "caption": str, "index": int}``.
+
+    Build it with :meth:`from_source` (a folder of ``x.png`` + ``x.txt``, a ``.jsonl`` or a ``.csv`` of
+    path and caption; relative paths are relative to the listing's folder).
+    """
+
+    def __init__(self, records: list[CaptionedImage], size: int = 256, policy: str = "center") -> None:
+        super().__init__()
+        self.records, self.size, self.policy = records, size, check_policy(policy)
+
+    @classmethod
+    def from_source(cls, source: str | os.PathLike, size: int = 256, policy: str = "center") -> CaptionedImages:
+        source = _require_exists(source)
+        records: list[CaptionedImage] = []
+        problems: list[str] = []
+        if source.is_dir():
+            for image in sorted(p for p in source.rglob("*") if _is_image(p)):
+                text = image.with_suffix(".txt")
+                caption = text.read_text(encoding="utf-8").strip() if text.is_file() else ""
+                if caption:
+                    records.append(CaptionedImage(image, caption))
+                else:
+                    problems.append(f"{image}: no caption file {text.name} (or it is empty)")
+        elif source.suffix.lower() in (".jsonl", ".csv"):
+            if source.suffix.lower() == ".jsonl":
+                rows = list(_json_lines(source))
+            else:
+                with open(source, encoding="utf-8", newline="") as f:
+                    rows = [(n, row) for n, row in enumerate(csv.DictReader(f), 2)]
+            for number, row in rows:
+                path, caption = (_first(row, IMAGE_KEYS), _first(row, CAPTION_KEYS)) if row else (None, None)
+                if isinstance(path, str) and isinstance(caption, str) and caption.strip():
+                    records.append(CaptionedImage(_resolve(path, source.parent), caption.strip()))
+                else:
+                    problems.append(f"{source}:{number}: needs an image path ({'/'.join(IMAGE_KEYS)}) and a caption")
+        else:
+            raise InputError(f"captioned data must be a folder, a .jsonl or a .csv file, got {source}")
+        dataset = cls(records, size, policy)
+        for problem in problems:
+            dataset.skip(problem)
+        if not records:
+            raise InputError(f"no usable image-caption pairs in {source}")
+        return dataset
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        image = prepare_image(load_image(record.path), self.size, self.policy)
+        return {"image": image, "caption": record.caption, "index": index}
+
+
+class ClassFolderImages(SkippingDataset):
+    """ImageNet layout ``root/<class_name>/*.jpg`` -> ``{"image": [3, size, size], "label": int, "index": int}``.
+
+    Labels number the class folders in sorted name order (``classes[label]`` is the folder name).
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int = 256, policy: str = "center") -> None:
+        super().__init__()
+        root = _require_exists(root)
+        self.size, self.policy = size, check_policy(policy)
+        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.records = [
+            (path, label)
+            for label, name in enumerate(self.classes)
+            for path in sorted(p for p in (root / name).rglob("*") if _is_image(p))
+        ]
+        if not self.records:
+            raise InputError(f"no images in class folders under {root} (expected root/<class_name>/<image>)")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> dict[str, Any]:
+        path, label = self.records[index]
+        return {"image": prepare_image(load_image(path), self.size, self.policy), "label": label, "index": index}
+
+
+@dataclass(frozen=True)
+class VQARecord:
+    media: Path
+    is_video: bool
+    turns: tuple[tuple[str, str], ...]
+
+
+def _turns(entry: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Question-answer turns from flat ``question``/``answer`` keys or LLaVA-style ``conversations``."""
+    if isinstance(entry.get("question"), str) and isinstance(entry.get("answer"), str):
+        pairs = [(entry["question"], entry["answer"])]
+    elif isinstance(entry.get("conversations"), list):
+        messages = [m for m in entry["conversations"] if isinstance(m, dict) and isinstance(m.get("value"), str)]
+        pairs = [
+            (q["value"], a["value"])
+            for q, a in zip(messages[::2], messages[1::2])
+            if q.get("from") in ("human", "user") and a.get("from") in ("gpt", "assistant")
+        ]
+    else:
+        return ()
+    # Where the visual tokens go is the chat template's business, so drop the placeholders here.
+    return tuple((q.replace("<image>", "").replace("<video>", "").strip(), a.strip()) for q, a in pairs)
+
+
+class VQADataset(SkippingDataset):
+    """VILA-U understanding data from JSONL, one JSON object per line.
+
+    A line names ``"image"`` or ``"video"`` (a video file or a folder of frames; paths relative to the
+    JSONL's folder) and either ``"question"`` + ``"answer"`` or LLaVA ``"conversations"``. Items are
+    ``{"pixels": [3, size, size] or [num_frames, 3, size, size], "is_video": bool, "turns": [(q, a), ...]}``;
+    batch them with ``collate_fn=list`` (turn lists do not stack).
+    """
+
+    def __init__(self, source: str | os.PathLike, size: int = 256, policy: str = "resize", num_frames: int = 8) -> None:
+        super().__init__()
+        source = _require_exists(source)
+        self.size, self.policy, self.num_frames = size, check_policy(policy), num_frames
+        self.records: list[VQARecord] = []
+        problems = []
+        for number, entry in _json_lines(source):
+            media = entry and _first(entry, MEDIA_KEYS)
+            turns = _turns(entry) if entry else ()
+            if isinstance(media, str) and turns:
+                path = _resolve(media, source.parent)
+                is_video = "video" in entry or is_video_path(path)
+                self.records.append(VQARecord(path, is_video, turns))
+            else:
+                problems.append(f"{source}:{number}: needs an image or video path and question/answer turns")
+        for problem in problems:
+            self.skip(problem)
+        if not self.records:
+            raise InputError(f"no usable question-answer lines in {source}")
+        if importlib.util.find_spec("av") is None and any(r.is_video and not r.media.is_dir() for r in self.records):
+            raise InputError("reading video files needs PyAV: pip install 'arvision[video]' (or pip install av)")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        if record.is_video:
+            frames = load_video_frames(record.media, self.num_frames)
+            pixels = torch.stack([prepare_image(f, self.size, self.policy) for f in frames])
+        else:
+            pixels = prepare_image(load_image(record.media), self.size, self.policy)
+        return {"pixels": pixels, "is_video": record.is_video, "turns": list(record.turns), "index": index}

@@ -1,0 +1,164 @@
+"""The built-in procedural world: an infinite, seeded stream of captioned scenes and 8-frame videos.
+
+Sample ``i`` of a split is a pure function of ``(seed, split, i)``: any worker or rank can draw it
+without shared state, and a resumed run sees the same data.
+
+Splits: ``train`` and ``val`` are disjoint random streams that never show a held-out colour-shape pair;
+``heldout`` scenes always contain one (the compositional test). :func:`held_out_single_object_prompts`
+lists the single-object prompts the evaluation uses.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from arvision.data.captions import article, scene_captions, scene_vqa, video_captions, video_vqa
+from arvision.data.render import render_scene
+from arvision.data.scenes import (
+    BACKGROUND_COLOURS,
+    BACKGROUND_KINDS,
+    COLOURS,
+    DEFAULT_HELDOUT_COMBOS,
+    SHAPES,
+    SIZES,
+    Background,
+    SceneGraph,
+    SceneObject,
+    VideoScene,
+    sample_background,
+    sample_objects,
+    sample_video_scene,
+)
+from arvision.errors import InputError
+
+SPLITS = {"train": 0, "val": 1, "heldout": 2}
+
+
+@dataclass
+class WorldConfig:
+    """How the world draws and renders scenes."""
+
+    image_size: int = 64
+    min_objects: int = 1
+    max_objects: int = 4
+    video_frames: int = 8
+    video_max_objects: int = 2
+    supersample: int = 4
+    heldout_combos: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT_COMBOS
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.image_size <= 1024:
+            raise InputError(f"image_size must be within 32..1024 pixels, got {self.image_size}")
+        if self.video_frames < 2 or self.supersample < 1:
+            raise InputError("video_frames must be at least 2 and supersample at least 1")
+        if not 1 <= self.min_objects <= self.max_objects <= 4 or not 1 <= self.video_max_objects <= 4:
+            raise InputError("object counts must satisfy 1 <= min_objects <= max_objects <= 4")
+        self.heldout_combos = tuple(tuple(c) for c in self.heldout_combos)
+        for colour, shape in self.heldout_combos:
+            if colour not in COLOURS or shape not in SHAPES:
+                raise InputError(f"unknown held-out pair {colour!r} {shape!r}")
+
+
+@dataclass(frozen=True)
+class WorldSample:
+    """One scene: the RGB image, its exact graph, several captions and question-answer pairs."""
+
+    index: int
+    image: Image.Image
+    graph: SceneGraph
+    captions: list[str]
+    vqa: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class WorldVideo:
+    """``num_frames`` RGB frames of objects in straight-line motion, with the motion's graph and words."""
+
+    index: int
+    frames: list[Image.Image]
+    scene: VideoScene
+    captions: list[str]
+    vqa: list[tuple[str, str]]
+
+
+class ProceduralWorld:
+    """Index -> sample, for one split of one seeded world. ``len`` is unbounded, so datasets pick a length."""
+
+    def __init__(self, config: WorldConfig | None = None, seed: int = 0, split: str = "train") -> None:
+        if split not in SPLITS:
+            raise InputError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
+        self.config = config or WorldConfig()
+        self.seed, self.split = seed, split
+        allowed = list(itertools.product(COLOURS, SHAPES))
+        heldout = list(self.config.heldout_combos)
+        self._combos = allowed if split == "heldout" else [c for c in allowed if c not in heldout]
+        self._forced = heldout if split == "heldout" else None
+        if split == "heldout" and not heldout:
+            raise InputError("the heldout split needs at least one held-out colour-shape pair")
+        if len(self._combos) < max(self.config.max_objects, self.config.video_max_objects):
+            raise InputError("too many held-out pairs: a scene needs one distinct colour-shape pair per object")
+
+    def rng(self, index: int, stream: int) -> np.random.Generator:
+        """The generator for sample ``index`` (stream 0: images, 1: videos, 2+: free for datasets)."""
+        if index < 0:
+            raise IndexError(f"negative sample index {index}")
+        return np.random.default_rng([self.seed, SPLITS[self.split], index, stream])
+
+    def scene(self, index: int) -> SceneGraph:
+        rng = self.rng(index, 0)
+        cfg = self.config
+        count = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+        objects = sample_objects(rng, count, self._combos, first_from=self._forced)
+        return SceneGraph(tuple(objects), sample_background(rng))
+
+    def render(self, graph: SceneGraph) -> Image.Image:
+        return render_scene(graph, self.config.image_size, self.config.supersample)
+
+    def sample(self, index: int) -> WorldSample:
+        graph = self.scene(index)
+        return WorldSample(index, self.render(graph), graph, scene_captions(graph), scene_vqa(graph))
+
+    def video_scene(self, index: int) -> VideoScene:
+        rng = self.rng(index, 1)
+        count = int(rng.integers(1, self.config.video_max_objects + 1))
+        return sample_video_scene(rng, count, self._combos, self.config.video_frames, first_from=self._forced)
+
+    def video(self, index: int) -> WorldVideo:
+        scene = self.video_scene(index)
+        frames = [self.render(scene.frame(k)) for k in range(scene.num_frames)]
+        return WorldVideo(index, frames, scene, video_captions(scene), video_vqa(scene))
+
+
+@dataclass(frozen=True)
+class PromptCase:
+    """A prompt and the exact scene graph of a reference rendering of it (object centred)."""
+
+    prompt: str
+    graph: SceneGraph
+
+
+def single_object_prompts(combos: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> list[PromptCase]:
+    """For each colour-shape pair: "a red star" (drawn large), "a small red star", "a large red star".
+
+    Backgrounds cycle through the kinds and colours, with fixed texture seeds, so the list is fixed.
+    """
+    cases = []
+    backgrounds = itertools.cycle(itertools.product(BACKGROUND_KINDS, BACKGROUND_COLOURS))
+    for k, (colour, shape) in enumerate(combos):
+        for size, prompt in (
+            ("large", article(f"{colour} {shape}")),
+            *((s, article(f"{s} {colour} {shape}")) for s in SIZES),
+        ):
+            kind, bg_colour = next(backgrounds)
+            obj = SceneObject(shape, colour, size, (0.5, 0.5))
+            cases.append(PromptCase(prompt, SceneGraph((obj,), Background(kind, bg_colour, seed=k))))
+    return cases
+
+
+def held_out_single_object_prompts(config: WorldConfig | None = None) -> list[PromptCase]:
+    """The single-object prompts for the colour-shape pairs that the train split never shows."""
+    return single_object_prompts((config or WorldConfig()).heldout_combos)

@@ -1,0 +1,276 @@
+"""VILA-U: one LLaMA for visual understanding and generation over residual-VQ vision tokens.
+
+Understanding: image -> codes -> Σ_d e_d -> ``mm_projector`` -> spliced into the prompt at ``<image>``.
+Generation: at each visual position the LLM's final normed hidden state conditions the depth
+transformer, which samples the D codes of the *next* visual token (CFG on its logits at every depth);
+their summed embedding, projected, is the LLM's next input. The LLM is a plain transformers
+``LlamaForCausalLM`` driven by an explicit loop with its KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from arvision.models.depth_transformer import DepthTransformer, DepthTransformerConfig
+from arvision.nn.sampling import guide, sample_logits
+from arvision.text.vicuna import IMAGE_TOKEN_INDEX
+from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
+
+# The release's sampling constants for visual codes (hard-coded there, arguments here).
+CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG = 1.0, 900, 0.96, 3.0
+
+
+@dataclass
+class VilaUConfig:
+    """``llm`` holds ``LlamaConfig`` keyword arguments (``rope_scaling`` included, kept as given)."""
+
+    llm: dict[str, Any]
+    tower: RQVisionTowerConfig
+    depth: DepthTransformerConfig = field(default_factory=DepthTransformerConfig)
+    num_video_frames: int = 8  # frames sampled for video understanding
+    video_generation_frames: int = 8
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.llm["vocab_size"])
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The four tokens added last to the vocabulary, in this order (ids V-4 ... V-1)."""
+
+    im_start: int
+    im_end: int
+    vi_start: int
+    vi_end: int
+
+    @classmethod
+    def for_vocab(cls, vocab_size: int) -> SpecialTokens:
+        return cls(vocab_size - 4, vocab_size - 3, vocab_size - 2, vocab_size - 1)
+
+
+class MultimodalProjector(nn.Module):
+    """``mlp2x_gelu``: Linear(C, H) -> GELU (erf) -> Linear(H, H). [..., C] -> [..., H]."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+@dataclass
+class CodeGeneration:
+    """``codes``: [n, T, D]. With a trace: ``hidden`` [T, 2n, H] (the LLM state handed to the depth
+    transformer at each step) and ``logits`` [T, D, n, vocab] (guided depth logits)."""
+
+    codes: torch.Tensor
+    hidden: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Left padding: positions count real tokens only; padded slots get 1 (as HF prepares them)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+class VilaU(nn.Module):
+    """The LLM, the vision tower, the ``mm_projector`` and the depth transformer, wired together."""
+
+    def __init__(self, config: VilaUConfig):
+        super().__init__()
+        self.config = config
+        self.llm = LlamaForCausalLM(LlamaConfig(**config.llm))
+        self.vision_tower = RQVisionTower(config.tower)
+        self.mm_projector = MultimodalProjector(config.tower.dim, self.llm.config.hidden_size)
+        self.depth_transformer = DepthTransformer(config.depth)
+        self.special = SpecialTokens.for_vocab(config.vocab_size)
+
+    # ----- vision tokens into the LLM -----
+
+    def project_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [..., D] -> LLM input embeddings [..., H]: the projected sum of the code embeddings."""
+        return self.mm_projector(self.vision_tower.codes_to_latent(codes))
+
+    def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels [B, 3, R, R] -> (codes [B, g*g, D], features [B, g*g, H]) in raster order."""
+        codes, z_q = self.vision_tower.encode(pixels)
+        return codes.flatten(1, 2), self.mm_projector(z_q.flatten(1, 2))
+
+    def splice(self, input_ids: Sequence[int] | torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+        """Text ids with ``IMAGE_TOKEN_INDEX`` placeholders -> embeddings [S', H]; the i-th placeholder is
+        replaced by the ``g*g`` rows of ``image_features[i]`` ([N, g*g, H])."""
+        ids = torch.as_tensor(input_ids, device=image_features.device)
+        slots = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+        if len(slots) != len(image_features):
+            raise ValueError(f"{len(slots)} <image> placeholder(s) for {len(image_features)} image(s)")
+        embed = self.llm.get_input_embeddings()
+        pieces, start = [], 0
+        for slot, features in zip(slots, image_features, strict=True):
+            pieces += [embed(ids[start:slot]), features]
+            start = slot + 1
+        pieces.append(embed(ids[start:]))
+        return torch.cat(pieces, dim=0)
+
+    # ----- the LLM -----
+
+    def llm_hidden(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: DynamicCache | None = None,
+    ) -> torch.Tensor:
+        """Final RMS-normed hidden states [B, S, H] (``cache``, when given, is extended in place)."""
+        # The cache goes in positionally: transformers 5 renamed ``past_key_values`` to ``cache``.
+        out = self.llm.model(
+            None, attention_mask, position_ids, cache, inputs_embeds=inputs_embeds, use_cache=cache is not None
+        )
+        return out.last_hidden_state
+
+    @torch.no_grad()
+    def generate_text(
+        self,
+        inputs_embeds: torch.Tensor,
+        *,
+        max_new_tokens: int = 512,
+        eos_token_id: int | None = 2,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_logits: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Decode after a prompt of embeddings [1, S, H]: new token ids [N] (EOS included when reached).
+
+        ``temperature == 0`` is greedy. With ``return_logits`` also the next-token logits [N, vocab].
+        """
+        cache = DynamicCache()
+        length = inputs_embeds.shape[1]
+        mask = torch.ones(1, length, dtype=torch.long, device=inputs_embeds.device)
+        hidden = self.llm_hidden(inputs_embeds, mask, positions_from_mask(mask), cache)[:, -1]
+        tokens, all_logits = [], []
+        for _ in range(max_new_tokens):
+            logits = self.llm.lm_head(hidden).float()
+            token = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            tokens.append(token)
+            all_logits.append(logits[0])
+            if eos_token_id is not None and int(token) == eos_token_id:
+                break
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            step = self.llm.get_input_embeddings()(token[:, None])
+            hidden = self.llm_hidden(step, mask, mask.sum(-1, keepdim=True) - 1, cache)[:, -1]
+        ids = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long)
+        return (ids, torch.stack(all_logits)) if return_logits else ids
+
+    # ----- visual codes out of the LLM -----
+
+    def sample_codes(
+        self,
+        hidden: torch.Tensor,
+        *,
+        cfg: float = DEFAULT_CFG,
+        temperature: float = CODE_TEMPERATURE,
+        top_k: int = CODE_TOP_K,
+        top_p: float = CODE_TOP_P,
+        generator: torch.Generator | None = None,
+        forced: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample the D codes of one visual token for ``n`` images from hidden [2n, H] = [cond; uncond].
+
+        At each depth the logits of both halves are combined with classifier-free guidance and one code
+        is drawn per image, then written to both halves. ``forced`` ([n, D]) replays given codes instead.
+        Returns (codes [n, D], guided logits [D, n, vocab]).
+        """
+        n = hidden.shape[0] // 2
+        codes = torch.zeros(n, self.config.depth.depth, dtype=torch.long, device=hidden.device)
+        cache = self.depth_transformer.new_cache()
+        code_sum, guided_all = None, []
+        for d in range(self.config.depth.depth):
+            logits = self.depth_transformer.step(hidden, code_sum, cache).float()
+            guided = guide(logits[:n], logits[n:], cfg)
+            guided_all.append(guided)
+            if forced is None:
+                code = sample_logits(guided, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            else:
+                code = forced[:, d]
+            codes[:, d] = code
+            embed = self.vision_tower.quantizer.codebook(d).embed(code.repeat(2)).to(hidden.dtype)
+            code_sum = embed if code_sum is None else code_sum + embed
+        return codes, torch.stack(guided_all)
+
+    @torch.no_grad()
+    def generate_codes(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        num_tokens: int,
+        *,
+        cfg: float = DEFAULT_CFG,
+        temperature: float = CODE_TEMPERATURE,
+        top_k: int = CODE_TOP_K,
+        top_p: float = CODE_TOP_P,
+        generator: torch.Generator | None = None,
+        forced_codes: torch.Tensor | None = None,
+        trace: bool = False,
+        on_step: Callable[[int], None] | None = None,
+    ) -> CodeGeneration:
+        """Generate ``num_tokens`` visual tokens after left-padded prompts ``input_ids`` [2n, S]
+        (rows: n conditional, then n unconditional; each ends with ``<im_start>`` or ``<vi_start>``).
+
+        ``forced_codes`` [n, T, D] replays recorded codes (teacher forcing) instead of sampling;
+        ``trace`` keeps the per-step states and logits; ``on_step(t)`` is called after each token.
+        """
+        cache = DynamicCache()
+        mask = attention_mask.long()
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        hidden = self.llm_hidden(embeds, mask, positions_from_mask(mask), cache)[:, -1]
+        codes, hiddens, logits = [], [], []
+        for t in range(num_tokens):
+            forced = None if forced_codes is None else forced_codes[:, t]
+            step_codes, step_logits = self.sample_codes(
+                hidden, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, forced=forced
+            )
+            codes.append(step_codes)
+            if trace:
+                hiddens.append(hidden)
+                logits.append(step_logits)
+            if on_step is not None:
+                on_step(t)
+            if t == num_tokens - 1:
+                break
+            # The next input is the projected sum of the codes just drawn (the same for both halves).
+            step = self.project_codes(step_codes).repeat(2, 1)[:, None].to(embeds.dtype)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            position = mask.sum(-1, keepdim=True) - 1
+            hidden = self.llm_hidden(step, mask, position, cache)[:, -1]
+        out = CodeGeneration(codes=torch.stack(codes, dim=1))
+        if trace:
+            out.hidden, out.logits = torch.stack(hiddens), torch.stack(logits)
+        return out
+
+    def visual_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Uncached recomputation of the states that condition the depth transformer.
+
+        Prompts [B, S] (left padded) followed by the visual tokens ``codes`` [B, T, D] -> [B, T, H]:
+        the state at the last prompt position and at the first T-1 visual positions.
+        """
+        steps = codes.shape[1]
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        visual = self.project_codes(codes[:, : steps - 1]).to(embeds.dtype)
+        mask = torch.cat([attention_mask.long(), attention_mask.new_ones(codes.shape[0], steps - 1).long()], dim=1)
+        hidden = self.llm_hidden(torch.cat([embeds, visual], dim=1), mask, positions_from_mask(mask))
+        return hidden[:, input_ids.shape[1] - 1 :]
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Visual tokens [n, T, D] (T = g*g, raster order) -> pixels [n, 3, R, R] in about [-1, 1]."""
+        side = math.isqrt(codes.shape[1])
+        return self.vision_tower.decode_codes(codes.reshape(codes.shape[0], side, side, -1))

@@ -1,0 +1,262 @@
+"""``VilaUPipeline``: a VILA-U checkpoint folder in, answers and PIL images out.
+
+pipe = VilaUPipeline.from_pretrained("vila-u-7b-256")
+pipe.describe("cat.jpg", "What is in the image?")
+pipe.generate_image("a red panda on a tree", n=2, cfg=3.0, seed=0)
+pipe.generate_video("waves on a beach", seed=0)      # 8 PIL frames per video
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+
+from arvision.data.media import is_video_path, load_image, load_video_frames, preprocess_image, to_pil
+from arvision.errors import CheckpointError, InputError
+from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
+from arvision.pipelines import vila_u_checkpoint as ckpt
+from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
+from arvision.text import vicuna
+
+__all__ = ["VilaUPipeline", "TextSampling", "is_vila_u_folder"]
+
+ImageInput = str | os.PathLike | PIL.Image.Image
+
+
+def _first(value: int | list[int]) -> int:
+    return int(value[0] if isinstance(value, list) else value)
+
+
+@dataclass
+class TextSampling:
+    """Text decoding settings; the defaults are the release's ``llm/generation_config.json`` values."""
+
+    temperature: float = 0.9
+    top_p: float = 0.6
+    top_k: int = 50  # transformers' default top-k, active in the release's sampling
+    max_new_tokens: int = 512
+    eos_token_id: int = 2
+
+    @classmethod
+    def from_generation_config(cls, data: dict[str, Any]) -> TextSampling:
+        sampling = cls(
+            temperature=float(data.get("temperature", 1.0)),
+            top_p=float(data.get("top_p", 1.0)),
+            top_k=int(data.get("top_k", 50)),
+            eos_token_id=_first(data.get("eos_token_id", 2)),
+        )
+        if not data.get("do_sample", False):
+            sampling.temperature = 0.0
+        return sampling
+
+    def to_generation_config(self) -> dict[str, Any]:
+        return {
+            "bos_token_id": 1,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": 0,
+            "do_sample": self.temperature > 0,
+            "temperature": self.temperature or 1.0,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_length": 4096,
+        }
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    # Build the model directly in its final dtype: a 7B LLM built in float32 first would need 28 GB.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), legacy=False)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}") from exc
+
+
+class VilaUPipeline:
+    """Understanding (``describe``) and generation (``generate_image``, ``generate_video``) with VILA-U."""
+
+    def __init__(self, model: VilaU, tokenizer: Any, text_sampling: TextSampling | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.text_sampling = text_sampling or TextSampling()
+        self.progress = True  # tqdm bar over visual tokens
+
+    # ----- loading and saving -----
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    ) -> VilaUPipeline:
+        """Load a release folder (``config.json``, ``llm/``, ``vision_tower/``, ``mm_projector/``) or one
+        written by :meth:`save_pretrained` (the same layout). ``dtype`` defaults to the stored one
+        (``model_dtype``: bfloat16 for the release)."""
+        folder = Path(folder)
+        if not ckpt.is_vila_u_folder(folder):
+            raise CheckpointError(f"{folder} is not a VILA-U folder (needs config.json naming vila_u, and llm/)")
+        config, generation = ckpt.read_config(folder)
+        tokenizer = _load_tokenizer(folder / "llm")
+        ckpt.check_special_tokens(tokenizer, config.vocab_size, folder / "llm")
+        with _default_dtype(dtype or ckpt.stored_dtype(folder)):
+            model = VilaU(config)
+        ckpt.load_weights(model, folder)
+        model.to(device=device)
+        return cls(model, tokenizer, TextSampling.from_generation_config(generation))
+
+    def save_pretrained(self, folder: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:
+        """Write the release layout (loadable here and by the official code, given ``siglip_config``)."""
+        generation = self.text_sampling.to_generation_config()
+        ckpt.save_folder(self.model, Path(folder), self.tokenizer, generation, max_shard_bytes)
+
+    @property
+    def config(self) -> VilaUConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ----- understanding -----
+
+    def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Images -> [N, 3, R, R] in [-1, 1] on the model's device and dtype."""
+        size = self.config.tower.image_size
+        batch = torch.stack([preprocess_image(load_image(image), size) for image in images])
+        return batch.to(self.device, next(self.model.parameters()).dtype)
+
+    def prompt_ids(self, question: str, num_images: int) -> list[int]:
+        return vicuna.tokenize(vicuna.understanding_prompt(question, num_images), self.tokenizer)
+
+    @torch.no_grad()
+    def describe(
+        self,
+        media: ImageInput | Sequence[ImageInput],
+        question: str,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        num_frames: int | None = None,
+    ) -> str:
+        """Answer ``question`` about an image, a video (file or folder of frames) or a list of frames.
+
+        Sampling follows the checkpoint's generation config unless overridden; ``temperature=0`` is greedy.
+        """
+        if not question or not question.strip():
+            raise InputError("the question is empty")
+        if isinstance(media, (str, os.PathLike)) and is_video_path(media):
+            frames: list[ImageInput] = load_video_frames(media, num_frames or self.config.num_video_frames)
+        elif isinstance(media, (str, os.PathLike, PIL.Image.Image)):
+            frames = [media]
+        else:
+            frames = list(media)
+        _, features = self.model.encode_images(self.pixels(frames))
+        embeds = self.model.splice(self.prompt_ids(question, len(frames)), features)
+        s = self.text_sampling
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        ids = self.model.generate_text(
+            embeds[None],
+            max_new_tokens=max_new_tokens or s.max_new_tokens,
+            eos_token_id=s.eos_token_id,
+            temperature=s.temperature if temperature is None else temperature,
+            top_k=s.top_k if top_k is None else top_k,
+            top_p=s.top_p if top_p is None else top_p,
+            generator=generator,
+        )
+        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def reconstruct(self, images: ImageInput | Sequence[ImageInput]) -> list[PIL.Image.Image]:
+        """Round trip through the vision tower (encode to codes, decode): what the tokens keep of an image."""
+        batch = [images] if isinstance(images, (str, os.PathLike, PIL.Image.Image)) else list(images)
+        codes, _ = self.model.vision_tower.encode(self.pixels(batch))
+        return to_pil(self.model.vision_tower.decode_codes(codes))
+
+    # ----- generation -----
+
+    def generation_batch(self, prompt: str, n: int, video: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """n conditional rows then n unconditional (empty user turn) rows, left padded with id 0:
+        (input_ids [2n, S], attention_mask [2n, S] bool)."""
+        cond = vicuna.tokenize(vicuna.generation_prompt(prompt, video), self.tokenizer)
+        uncond = vicuna.tokenize(vicuna.generation_prompt("", video), self.tokenizer)
+        rows = [cond] * n + [uncond] * n
+        length = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, length - len(row) :] = torch.tensor(row)
+            mask[i, length - len(row) :] = True
+        return ids.to(self.device), mask.to(self.device)
+
+    def _codes(self, prompt: str, n: int, video: bool, cfg: float, seed: int | None, sampling: dict) -> torch.Tensor:
+        if not prompt or not prompt.strip():
+            raise InputError("the prompt is empty")
+        if n < 1:
+            raise InputError(f"n must be at least 1, got {n}")
+        ids, mask = self.generation_batch(prompt, n, video)
+        tokens = self.config.tower.grid**2 * (self.config.video_generation_frames if video else 1)
+        generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+        with tqdm(total=tokens, desc="visual tokens", disable=not self.progress, leave=False) as bar:
+            out = self.model.generate_codes(
+                ids, mask, tokens, cfg=cfg, generator=generator, on_step=lambda _: bar.update(1), **sampling
+            )
+        return out.codes
+
+    @torch.no_grad()
+    def generate_image(
+        self,
+        prompt: str,
+        n: int = 1,
+        cfg: float = DEFAULT_CFG,
+        seed: int | None = None,
+        *,
+        temperature: float = CODE_TEMPERATURE,
+        top_k: int = CODE_TOP_K,
+        top_p: float = CODE_TOP_P,
+    ) -> list[PIL.Image.Image]:
+        """``n`` images for ``prompt``: R x R PIL images (R = the tower's resolution)."""
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        codes = self._codes(prompt, n, False, cfg, seed, sampling)
+        images = to_pil(self.model.decode_codes(codes))
+        return images
+
+    @torch.no_grad()
+    def generate_video(
+        self,
+        prompt: str,
+        n: int = 1,
+        cfg: float = DEFAULT_CFG,
+        seed: int | None = None,
+        *,
+        temperature: float = CODE_TEMPERATURE,
+        top_k: int = CODE_TOP_K,
+        top_p: float = CODE_TOP_P,
+    ) -> list[list[PIL.Image.Image]]:
+        """``n`` videos of ``video_generation_frames`` (8) frames: one sequence after ``<vi_start>``, each
+        frame's code map decoded on its own. Returns a list (per video) of PIL frames."""
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        codes = self._codes(prompt, n, True, cfg, seed, sampling)
+        frames = self.config.video_generation_frames
+        per_frame = codes.reshape(n * frames, -1, codes.shape[-1])
+        pixels = self.model.decode_codes(per_frame)
+        images = to_pil(pixels)
+        return [images[i * frames : (i + 1) * frames] for i in range(n)]

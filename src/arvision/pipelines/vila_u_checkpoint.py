@@ -1,0 +1,401 @@
+"""The VILA-U release layout at the edge: configs and key maps between it and :class:`VilaU`.
+
+Layout (also what :func:`save_folder` writes, so saved folders load in the official code too)::
+
+    config.json            top VILAULlamaConfig: llm_cfg / vision_tower_cfg / mm_projector_cfg, mm_use_* flags
+    llm/                   LlamaForCausalLM config, weights (single or sharded safetensors), tokenizer
+    vision_tower/          RQVAESIGLIPTransformer: "rqvaesiglip.*" (SigLIP, quantizer, decoder), "rqtransformer.*"
+    mm_projector/          "layers.0.*", "layers.2.*"
+
+Our module names differ from the release in three places, mapped here: ``rqvaesiglip.siglip_model`` is
+``vision_tower.siglip``, ``rqtransformer`` is ``depth_transformer``, and the decoder's attention blocks
+hold one fused ``qkv`` conv where the release stores ``q``, ``k``, ``v``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from arvision.checkpoint import (
+    StateDict,
+    check_state_dict,
+    find_weights_file,
+    load_checked,
+    load_state_dict,
+    read_json,
+    save_state_dict,
+    select_prefix,
+    write_json,
+)
+from arvision.errors import CheckpointError
+from arvision.models.depth_transformer import DepthTransformerConfig
+from arvision.models.vila_u import SpecialTokens, VilaU, VilaUConfig
+from arvision.text.vicuna import IM_END, IM_START, VI_END, VI_START
+from arvision.tokenizers.rq_vision_tower import PixelDecoderConfig, RQVisionTowerConfig
+from arvision.tokenizers.siglip_presets import siglip_preset
+
+FORMAT_TAG = "arvision_vila_u"
+_SIGLIP_KEYS = ("vision_config", "text_config")
+
+
+def is_vila_u_folder(folder: str | os.PathLike) -> bool:
+    """True for a folder in the VILA-U layout: a top ``config.json`` naming VILA-U plus ``llm/``."""
+    folder = Path(folder)
+    config = folder / "config.json"
+    if not config.is_file() or not (folder / "llm").is_dir():
+        return False
+    try:
+        data = read_json(config)
+    except CheckpointError:
+        return False
+    return str(data.get("model_type", "")).startswith("vila_u") or "llm_cfg" in data
+
+
+# ----- configs -----
+
+
+def _siglip_config(rq: dict[str, Any], source: Path) -> dict[str, Any]:
+    inline = rq.get("siglip_config")
+    if isinstance(inline, dict):
+        return {k: inline[k] for k in _SIGLIP_KEYS if k in inline}
+    name = rq.get("pretrained_model", "google/siglip-large-patch16-256")
+    try:
+        return siglip_preset(name)
+    except KeyError as exc:
+        raise CheckpointError(f"{source}: {exc.args[0]}; add 'siglip_config' to rqvaesiglip") from exc
+
+
+def tower_config_from_release(data: dict[str, Any], source: Path) -> tuple[RQVisionTowerConfig, DepthTransformerConfig]:
+    """``vision_tower/config.json`` (RQVAESIGLIPTransformerConfig) -> our two configs."""
+    try:
+        rq, head = data["rqvaesiglip"], data["rqtransformer"]
+        latent, code = list(rq["latent_shape"]), list(rq["code_shape"])
+        if latent[:2] != code[:2]:
+            raise CheckpointError(f"{source}: latent_shape {latent} and code_shape {code} differ spatially")
+        dd = rq["ddconfig"]
+        decoder = PixelDecoderConfig(
+            ch=dd["ch"],
+            ch_mult=tuple(dd["ch_mult"]),
+            num_res_blocks=dd["num_res_blocks"],
+            attn_resolutions=tuple(dd.get("attn_resolutions", ())),
+            z_channels=dd["z_channels"],
+            resolution=dd["resolution"],
+            out_ch=dd.get("out_ch", 3),
+            dropout=dd.get("dropout", 0.0),
+        )
+        resize = rq.get("decoder_latent_shape")
+        tower = RQVisionTowerConfig(
+            siglip=_siglip_config(rq, source),
+            n_embed=int(rq["n_embed"]),
+            depth=int(code[2]),
+            shared_codebook=bool(rq.get("shared_codebook", False)),
+            decay=float(rq.get("decay", 0.99)),
+            restart_unused_codes=bool(rq.get("restart_unused_codes", True)),
+            latent_loss_weight=float(rq.get("latent_loss_weight", 0.25)),
+            decoder=decoder,
+            decoder_latent_shape=tuple(resize) if resize else None,
+        )
+        depth = DepthTransformerConfig(
+            depth=int(head["block_size"][2]),
+            code_dim=int(head["input_embed_dim_1"]),
+            llm_dim=int(head["input_embed_dim_2"]),
+            embed_dim=int(head["embed_dim"]),
+            n_layer=int(head["head"]["n_layer"]),
+            n_head=int(head["head"]["block"]["n_head"]),
+            vocab_size=int(head["vocab_size"]),
+        )
+    except (KeyError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{source}: malformed vision tower config ({exc!r})") from exc
+    if tower.dim != latent[2] or depth.code_dim != tower.dim:
+        raise CheckpointError(f"{source}: code width {latent[2]} / {depth.code_dim} != SigLIP width {tower.dim}")
+    if depth.depth != tower.depth or depth.vocab_size != tower.n_embed:
+        raise CheckpointError(
+            f"{source}: depth transformer (D={depth.depth}, vocab {depth.vocab_size}) "
+            f"does not match the quantizer (D={tower.depth}, {tower.n_embed} codes)"
+        )
+    return tower, depth
+
+
+def tower_config_to_release(tower: RQVisionTowerConfig, depth: DepthTransformerConfig) -> dict[str, Any]:
+    g = tower.grid
+    dd = tower.decoder
+    return {
+        "architectures": ["RQVAESIGLIPTransformer"],
+        "model_type": "rqvaesigliptransformer_model",
+        "hidden_size": tower.dim,
+        "rqvaesiglip": {
+            "architectures": ["RQVAESiglipModel"],
+            "pretrained_model": "",
+            "siglip_config": {"model_type": "siglip", **tower.siglip},
+            "embed_dim": tower.dim,
+            "n_embed": tower.n_embed,
+            "latent_shape": [g, g, tower.dim],
+            "code_shape": [g, g, tower.depth],
+            "shared_codebook": tower.shared_codebook,
+            "restart_unused_codes": tower.restart_unused_codes,
+            "decay": tower.decay,
+            "latent_loss_weight": tower.latent_loss_weight,
+            "decoder_latent_shape": list(tower.decoder_latent_shape) if tower.decoder_latent_shape else None,
+            "ddconfig": {
+                "double_z": False,
+                "z_channels": dd.z_channels,
+                "resolution": dd.resolution,
+                "in_channels": 3,
+                "out_ch": dd.out_ch,
+                "ch": dd.ch,
+                "ch_mult": list(dd.ch_mult),
+                "num_res_blocks": dd.num_res_blocks,
+                "attn_resolutions": list(dd.attn_resolutions),
+                "dropout": dd.dropout,
+            },
+        },
+        "rqtransformer": {
+            "architectures": ["RQTransformer"],
+            "block_size": [g, g, depth.depth],
+            "input_embed_dim_1": depth.code_dim,
+            "input_embed_dim_2": depth.llm_dim,
+            "embed_dim": depth.embed_dim,
+            "vocab_size": depth.vocab_size,
+            "head": {"n_layer": depth.n_layer, "block": {"n_head": depth.n_head}},
+        },
+    }
+
+
+def read_config(folder: Path) -> tuple[VilaUConfig, dict[str, Any]]:
+    """Top, llm, vision tower and projector configs -> (:class:`VilaUConfig`, LLM generation defaults)."""
+    top = read_json(folder / "config.json")
+    if top.get("mm_use_im_patch_token", True):
+        # The release's builder defaults a missing flag to True and then adds <im_patch>, growing the
+        # vocabulary by one: every "vocab_size - 4" special-token id would then be off by one.
+        state = "missing" if "mm_use_im_patch_token" not in top else "true"
+        raise CheckpointError(
+            f"{folder / 'config.json'}: mm_use_im_patch_token is {state}; VILA-U weights need it false "
+            "(an <im_patch> token would shift the <im_start>...<vi_end> ids). Set it to false if the "
+            "vocabulary really ends with <im_start> <im_end> <vi_start> <vi_end>."
+        )
+    if not top.get("mm_use_im_start_end", True) or not top.get("mm_use_vi_start_end", True):
+        raise CheckpointError(f"{folder / 'config.json'}: mm_use_im_start_end and mm_use_vi_start_end must be true")
+    llm_file = folder / "llm" / "config.json"
+    llm = read_json(llm_file) if llm_file.is_file() else top.get("llm_cfg")
+    if not isinstance(llm, dict):
+        raise CheckpointError(f"no LLM config in {folder} (llm/config.json or llm_cfg)")
+    projector = read_json(folder / "mm_projector" / "config.json")
+    if projector.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+        raise CheckpointError(f"unsupported mm_projector_type {projector.get('mm_projector_type')!r}")
+    tower_file = folder / "vision_tower" / "config.json"
+    tower, depth = tower_config_from_release(read_json(tower_file), tower_file)
+    if depth.llm_dim != llm.get("hidden_size"):
+        raise CheckpointError(f"{tower_file}: input_embed_dim_2 {depth.llm_dim} != LLM hidden {llm.get('hidden_size')}")
+    gen_file = folder / "llm" / "generation_config.json"
+    generation = read_json(gen_file) if gen_file.is_file() else {}
+    config = VilaUConfig(llm=llm, tower=tower, depth=depth, num_video_frames=int(top.get("num_video_frames", 8)))
+    return config, generation
+
+
+_DTYPES = {"torch.float32": torch.float32, "torch.float16": torch.float16, "torch.bfloat16": torch.bfloat16}
+
+
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The dtype the checkpoint was saved in (top ``model_dtype``, e.g. ``"torch.bfloat16"``); float32 if unset."""
+    return _DTYPES.get(str(read_json(folder / "config.json").get("model_dtype")), torch.float32)
+
+
+def check_special_tokens(tokenizer: Any, vocab_size: int, source: Path) -> None:
+    """The four added tokens must be the last four ids of the LLM vocabulary, in release order."""
+    expected = SpecialTokens.for_vocab(vocab_size)
+    names = {IM_START: expected.im_start, IM_END: expected.im_end, VI_START: expected.vi_start, VI_END: expected.vi_end}
+    got = {name: tokenizer.convert_tokens_to_ids(name) for name in names}
+    if got != names or "<im_patch>" in tokenizer.get_vocab():
+        raise CheckpointError(
+            f"{source}: special tokens {got} do not sit at vocab_size-4..vocab_size-1 = {list(names.values())} "
+            "(was <im_patch> added, or the embeddings resized?)"
+        )
+
+
+# ----- weights -----
+
+_ATTN_QKV = re.compile(r"^(.*\.(?:attn_1|attn\.\d+))\.(q|k|v)\.(weight|bias)$")
+
+
+def _tower_key(key: str) -> str | None:
+    if key.startswith("rqtransformer."):
+        return "depth_transformer." + key[len("rqtransformer.") :]
+    if not key.startswith("rqvaesiglip."):
+        return None
+    key = key[len("rqvaesiglip.") :]
+    if key in ("logit_scale", "logit_bias"):  # an alias of siglip_model.logit_* in the release
+        key = "siglip_model." + key
+    return "vision_tower." + key.replace("siglip_model.", "siglip.", 1)
+
+
+def tower_state_from_release(state: StateDict) -> StateDict:
+    """Release vision-tower keys -> ``VilaU`` keys; aliases collapse, ``q``/``k``/``v`` convs fuse."""
+    out: StateDict = {}
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        mapped = _tower_key(key)
+        if mapped is None:
+            out[key] = value  # reported as unexpected by the checker
+            continue
+        match = _ATTN_QKV.match(mapped)
+        if match:
+            parts.setdefault((match[1], match[3]), {})[match[2]] = value
+        else:
+            out[mapped] = value
+    for (prefix, kind), qkv in parts.items():
+        if set(qkv) != {"q", "k", "v"}:
+            raise CheckpointError(f"vision tower: {prefix} has only {sorted(qkv)} of q/k/v {kind}")
+        out[f"{prefix}.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]])
+    return out
+
+
+def tower_state_to_release(model: VilaU) -> StateDict:
+    """``VilaU`` vision tower + depth transformer -> release keys (``q``/``k``/``v`` split back)."""
+    out: StateDict = {}
+    sources = {
+        "vision_tower.": model.vision_tower.state_dict(),
+        "depth_transformer.": model.depth_transformer.state_dict(),
+    }
+    for prefix, state in sources.items():
+        for key, value in state.items():
+            if prefix == "depth_transformer.":
+                out["rqtransformer." + key] = value
+                continue
+            key = "rqvaesiglip." + key.replace("siglip.", "siglip_model.", 1)
+            if key in ("rqvaesiglip.siglip_model.logit_scale", "rqvaesiglip.siglip_model.logit_bias"):
+                key = key.replace("siglip_model.", "")  # the alias transformers 4.36 keeps when saving
+            if key.endswith((".qkv.weight", ".qkv.bias")):
+                base, kind = key.rsplit(".qkv.", 1)
+                for name, chunk in zip("qkv", value.chunk(3), strict=True):
+                    out[f"{base}.{name}.{kind}"] = chunk
+            else:
+                out[key] = value
+    return out
+
+
+def _is_ema_buffer(key: str) -> bool:
+    return key.endswith((".cluster_size_ema", ".embed_ema"))
+
+
+def _weights(folder: Path) -> StateDict:
+    return load_state_dict(find_weights_file(folder))
+
+
+def _safetensors_files(path: Path) -> list[Path] | None:
+    """The safetensors files behind ``path`` (a file or a shard index), or None for other formats."""
+    if path.name.endswith(".safetensors.index.json"):
+        weight_map = read_json(path).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{path} has no 'weight_map'")
+        return [path.parent / name for name in sorted(set(weight_map.values()))]
+    return [path] if path.suffix == ".safetensors" else None
+
+
+def _load_llm(llm: torch.nn.Module, folder: Path) -> None:
+    # The 7B LLM is loaded one file at a time after checking every key and shape from the file headers,
+    # so peak memory is the model plus one shard, not the model plus a full copy of its weights.
+    path = find_weights_file(folder)
+    files = _safetensors_files(path)
+    if files is None:
+        load_checked(llm, load_state_dict(path), source=str(folder))
+        return
+    shapes: dict[str, torch.Tensor] = {}
+    for file in files:
+        if not file.is_file():
+            raise CheckpointError(f"missing weights file: {file}")
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                shapes[key] = torch.empty(handle.get_slice(key).get_shape(), device="meta")
+    check_state_dict(llm, shapes, source=str(folder))
+    for file in files:
+        llm.load_state_dict(load_file(str(file)), strict=False)
+
+
+def load_weights(model: VilaU, folder: Path) -> None:
+    """Load ``llm/``, ``mm_projector/`` and ``vision_tower/`` into ``model``; errors name bad keys/shapes."""
+    _load_llm(model.llm, folder / "llm")
+    load_checked(model.mm_projector, _weights(folder / "mm_projector"), source=str(folder / "mm_projector"))
+    tower = tower_state_from_release(_weights(folder / "vision_tower"))
+    parts = {"vision_tower.": model.vision_tower, "depth_transformer.": model.depth_transformer}
+    for prefix, module in parts.items():
+        # EMA statistics matter for training only; a checkpoint without them still loads.
+        load_checked(module, select_prefix(tower, prefix), source=str(folder / "vision_tower"), optional=_is_ema_buffer)
+    stray = [k for k in tower if not k.startswith(tuple(parts))]
+    if stray:
+        raise CheckpointError(f"{folder / 'vision_tower'}: unexpected key(s): {', '.join(stray[:8])}")
+
+
+def _save_sharded(state: StateDict, folder: Path, max_bytes: int) -> None:
+    """HF-style shards ``model-0000i-of-0000N.safetensors`` + index (one ``model.safetensors`` if it fits)."""
+    for stale in [*folder.glob("model*.safetensors"), *folder.glob("model.safetensors.index.json")]:
+        stale.unlink()
+    shards: list[StateDict] = [{}]
+    size = 0
+    for key, value in state.items():
+        nbytes = value.numel() * value.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = value
+        size += nbytes
+    if len(shards) == 1:
+        save_state_dict(shards[0], folder / "model.safetensors")
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_state_dict(shard, folder / name)
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def save_folder(
+    model: VilaU, folder: Path, tokenizer: Any, generation: dict[str, Any], max_shard_bytes: int = 5 * 2**30
+) -> None:
+    """Write ``model`` in the release layout (the LLM in shards of at most ``max_shard_bytes``)."""
+    cfg = model.config
+    tower_cfg = tower_config_to_release(cfg.tower, cfg.depth)
+    projector_cfg = {
+        "architectures": ["MultimodalProjector"],
+        "model_type": "v2l_projector",
+        "mm_projector_type": "mlp2x_gelu",
+    }
+    llm_cfg = {**cfg.llm, "architectures": ["LlamaForCausalLM"]}  # as given: rope_scaling stays as written
+    top = {
+        "architectures": ["VILAULlamaModel"],
+        "model_type": "vila_u_llama",
+        "format": FORMAT_TAG,
+        "llm_cfg": llm_cfg,
+        "vision_tower_cfg": tower_cfg,
+        "mm_projector_cfg": projector_cfg,
+        "hidden_size": model.llm.config.hidden_size,
+        "mm_hidden_size": cfg.tower.dim,
+        "image_aspect_ratio": "resize",
+        "num_video_frames": cfg.num_video_frames,
+        "mm_use_im_start_end": True,
+        "mm_use_vi_start_end": True,
+        "mm_use_im_patch_token": False,
+        "mm_vision_select_layer": -2,
+        "mm_projector_type": "mlp2x_gelu",
+        "model_dtype": str(next(model.parameters()).dtype),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer.save_pretrained(str(folder / "llm"))
+    write_json(folder / "llm" / "config.json", llm_cfg)
+    write_json(folder / "llm" / "generation_config.json", generation)
+    _save_sharded(model.llm.state_dict(), folder / "llm", max_shard_bytes)
+    write_json(folder / "mm_projector" / "config.json", projector_cfg)
+    save_state_dict(model.mm_projector.state_dict(), folder / "mm_projector" / "model.safetensors")
+    write_json(folder / "vision_tower" / "config.json", tower_cfg)
+    save_state_dict(tower_state_to_release(model), folder / "vision_tower" / "model.safetensors")
+    write_json(folder / "config.json", top)

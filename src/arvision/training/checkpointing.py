@@ -1,0 +1,156 @@
+"""Resumable training state on ``torch.distributed.checkpoint`` (DCP), written atomically.
+
+A checkpoint is a folder ``step_XXXXXXXX/`` holding the DCP shards of the model, optimizer and EMA
+weights, one RNG-state file per rank and ``trainer_state.json`` (step, scheduler, data position). It is
+written under a hidden temporary name and renamed into place once every rank has finished, so a run
+killed mid-write leaves the previous checkpoint as the latest one. The same code serves a single
+process, DDP and FSDP2 (sharded parameters are saved shard by shard).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+from arvision.checkpoint import read_json, write_json
+from arvision.errors import CheckpointError
+from arvision.training.distributed import DistInfo, barrier
+
+STEP_PREFIX = "step_"
+TMP_PREFIX = ".tmp-"
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_dirs(root: str | Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(f"{STEP_PREFIX}*") if (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(STEP_PREFIX)))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def rng_state(step_generator: torch.Generator) -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "step_generator": step_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], step_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    step_generator.set_state(state["step_generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _dcp_call(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        # DCP warns that it runs without a process group, which is exactly the single-process case.
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        return fn(*args, **kwargs)
+
+
+def save_training_state(
+    root: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: Mapping[str, torch.Tensor] | None,
+    trainer_state: Mapping[str, Any],
+    step_generator: torch.Generator,
+    info: DistInfo,
+    keep_last: int = 3,
+) -> Path:
+    """Write checkpoint ``step`` (collective: every rank must call it) and prune all but the last ``keep_last``."""
+    root = Path(root)
+    final = root / f"{STEP_PREFIX}{step:08d}"
+    tmp = root / f"{TMP_PREFIX}{final.name}"
+    if info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(info)
+    try:
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state: dict[str, Any] = {"model": model_state, "optim": optim_state}
+        if ema is not None:
+            state["ema"] = dict(ema)
+        _dcp_call(dcp.save, state, checkpoint_id=str(tmp))
+        torch.save(rng_state(step_generator), tmp / f"rng_rank{info.rank}.pt")
+        barrier(info)
+        if info.is_main:
+            write_json(tmp / STATE_FILE, dict(trainer_state))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in checkpoint_dirs(root)[:-keep_last] if keep_last > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier(info)
+    return final
+
+
+def load_training_state(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor] | None,
+    step_generator: torch.Generator,
+    info: DistInfo,
+) -> dict[str, Any]:
+    """Restore model, optimizer, EMA (in place) and this rank's RNG; return ``trainer_state.json``."""
+    path = Path(path)
+    trainer_state = read_json(path / STATE_FILE)
+    rng_file = path / f"rng_rank{info.rank}.pt"
+    if not rng_file.is_file():
+        raise CheckpointError(f"{path} has no RNG state for rank {info.rank}: was it written with another world size?")
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state: dict[str, Any] = {"model": model_state, "optim": optim_state}
+    if ema is not None:
+        state["ema"] = ema
+    try:
+        _dcp_call(dcp.load, state, checkpoint_id=str(path))
+    except Exception as exc:
+        raise CheckpointError(f"cannot restore training state from {path}: {exc}") from exc
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    # Our own file, written by save_training_state: it holds numpy/python RNG objects, not just tensors.
+    set_rng_state(torch.load(rng_file, weights_only=False), step_generator)
+    return trainer_state
+
+
+def full_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Unsharded CPU copy of the model's weights, or of ``tensors`` (e.g. EMA shards). Collective under FSDP2."""
+    if tensors is None:
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    from torch.distributed.tensor import DTensor
+
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu().clone() for k, v in tensors.items()}

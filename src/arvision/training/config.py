@@ -1,0 +1,170 @@
+"""Training configs: small (nested) dataclasses read from YAML/TOML/JSON, plus ``key=value`` overrides.
+
+``load_config(TrainConfig, "run.yaml", ["optim.lr=3e-4", "max_steps=100"])`` builds the dataclass from
+the file, applies the overrides (dotted keys reach nested dataclasses) and converts each value to the
+field's declared type. Unknown keys are errors that name the key, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from arvision.errors import InputError
+
+T = TypeVar("T")
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise InputError(f"config file must be .yaml, .toml or .json: {path}")
+    except InputError:
+        raise
+    except Exception as exc:  # each parser raises its own error type
+        raise InputError(f"cannot parse config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
+    """``["a.b=1", "--c=x"]`` -> ``{"a.b": "1", "c": "x"}``."""
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.removeprefix("--").partition("=")
+        if not sep or not key:
+            raise InputError(f"override must look like key=value, got {item!r}")
+        parsed[key] = value
+    return parsed
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (often a string from the command line) to the field type ``annotation``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_null and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except InputError:
+                continue
+        raise InputError(f"{key}: cannot read {value!r} as {annotation}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise InputError(f"{key}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list) or annotation in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.strip("[]() ").split(",") if v.strip()]
+        item_type = args[0] if args else str
+        items = [_coerce(v.strip() if isinstance(v, str) else v, item_type, key) for v in value]
+        return tuple(items) if (origin or annotation) is tuple else items
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise InputError(f"{key}: expected a mapping, got {value!r}")
+        return build_dataclass(annotation, value, prefix=f"{key}.")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise InputError(f"{key}: expected a boolean, got {value!r}")
+    if annotation is int:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError as exc:
+                raise InputError(f"{key}: cannot read {value!r} as int") from exc
+        if isinstance(number, bool) or not float(number).is_integer():
+            raise InputError(f"{key}: cannot read {value!r} as int")
+        return int(number)
+    if annotation in (float, str, Path):
+        try:
+            return annotation(value)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{key}: cannot read {value!r} as {annotation.__name__}") from exc
+    return value
+
+
+def build_dataclass(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Instantiate dataclass ``cls`` from a (nested) mapping, converting values to the field types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise InputError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; known: {sorted(fields)}")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"override {key!r} descends into a non-mapping value")
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Dataclass -> plain JSON-able dict (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def load_config(
+    cls: type[T],
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> T:
+    """``base`` dict, then the file at ``path``, then ``key=value`` overrides -> dataclass ``cls``."""
+    data = dict(base or {})
+    if path is not None:
+        data = _merge(data, read_config_file(path))
+    data = _merge(data, _nest(parse_overrides(overrides)))
+    return build_dataclass(cls, data)

@@ -1,0 +1,307 @@
+"""The training loop shared by every model: plain PyTorch on torchrun, DDP or FSDP2.
+
+AdamW with linear warmup + cosine decay, gradient clipping and accumulation, EMA of the weights, bf16
+autocast on GPU, a deterministic sharded data order, atomic resumable checkpoints (model, EMA,
+optimizer, data position and every RNG: ``resume=True`` continues bit for bit), a tqdm bar, a JSONL
+metrics log (plus TensorBoard when installed), periodic sample grids, and a clean stop on NaN.
+
+What is trained is described by a :class:`~arvision.training.tasks.TrainingTask`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from arvision.errors import ArvisionError
+from arvision.imaging import make_grid
+from arvision.training import checkpointing
+from arvision.training.config import to_dict
+from arvision.training.distributed import (
+    DistInfo,
+    Parallel,
+    all_ranks_agree,
+    init_distributed,
+    mean_over_ranks,
+    resolve_parallel,
+    shutdown,
+    unwrap,
+    wrap_model,
+)
+
+
+class TrainingDiverged(ArvisionError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``model`` and ``data`` are task-specific and parsed by the task."""
+
+    task: str = "tokenizer"
+    out_dir: str = "runs/tokenizer"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 8  # per rank and micro-step
+    grad_accum: int = 1
+    parallel: Parallel = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    ema_decay: float = 0.0  # 0 disables the EMA
+    save_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    sample_every: int = 0  # 0 disables sample grids
+    num_workers: int = 0
+    progress: bool = True
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def learning_rate(step: int, max_steps: int, optim: OptimConfig) -> float:
+    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    progress = (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cosine)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Endless per-rank batches in a data order fixed by the seed alone.
+
+    Epoch ``e`` visits ``randperm(n)`` seeded with ``seed + e``; global batch ``g`` covers positions
+    ``[g * B * world, (g + 1) * B * world)`` and rank ``r`` takes its ``B``-slice, so the union over ranks
+    equals a single process with batch ``B * world``, and ``start_batch`` resumes mid-epoch exactly.
+    """
+
+    def __init__(
+        self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0
+    ):
+        if num_items < 1:
+            raise ArvisionError("the training dataset is empty")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            self._perms = {
+                epoch: torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch))
+            }
+        return self._perms[epoch]
+
+    def batch(self, index: int) -> list[int]:
+        start = (index * self.world_size + self.rank) * self.batch_size
+        return [
+            int(self._perm(pos // self.num_items)[pos % self.num_items])
+            for pos in range(start, start + self.batch_size)
+        ]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        index = self.start_batch
+        while True:
+            yield self.batch(index)
+            index += 1
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters, keyed by parameter name (shards under FSDP2)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(list(self.shadow.values()), [p.detach() for p in self.params.values()], 1 - self.decay)
+
+
+def _move(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _move(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_move(v, device) for v in batch)
+    return batch
+
+
+class Trainer:
+    """Runs ``config`` on ``task``: ``Trainer(config, task).run(resume=True)`` -> path of the exported weights."""
+
+    def __init__(self, config: TrainConfig, task):
+        self.config = config
+        self.task = task
+        self.out_dir = Path(config.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+
+    def _autocast(self, info: DistInfo):
+        c = self.config.precision
+        use_bf16 = c == "bf16" or (c == "auto" and info.device.type == "cuda")
+        return torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    @staticmethod
+    def _sync_context(model: nn.Module, sync: bool):
+        if isinstance(model, nn.parallel.DistributedDataParallel) and not sync:
+            return model.no_sync()
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+            model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+
+    def run(self, resume: bool = False) -> Path:
+        info = init_distributed()
+        try:
+            return self._run(info, resume)
+        finally:
+            shutdown(info)
+
+    def _run(self, info: DistInfo, resume: bool) -> Path:
+        c = self.config
+        torch.manual_seed(c.seed)  # identical initial weights on every rank
+        model = self.task.build_model()
+        parallel = resolve_parallel(c.parallel, info)
+        model = wrap_model(model, parallel, info, self.task.shard_units(model) if parallel == "fsdp" else ())
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=c.optim.lr, betas=c.optim.betas, weight_decay=c.optim.weight_decay)
+        ema = EMA(unwrap(model), c.ema_decay) if c.ema_decay > 0 else None
+        step_generator = torch.Generator().manual_seed(c.seed)
+        torch.manual_seed(c.seed + info.rank)
+        step = 0
+        latest = checkpointing.latest_checkpoint(self.ckpt_dir) if resume else None
+        if latest is not None:
+            state = checkpointing.load_training_state(
+                latest, model, optimizer, ema.shadow if ema else None, step_generator, info
+            )
+            step = int(state["step"])
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(to_dict(c), indent=2) + "\n")
+
+        dataset = self.task.build_dataset()
+        sampler = ShardedBatchSampler(
+            len(dataset), c.batch_size, c.seed, info.rank, info.world_size, step * c.grad_accum
+        )
+        # Its own generator: creating the iterator must not consume the global RNG restored above.
+        loader = iter(
+            DataLoader(
+                dataset,
+                batch_sampler=sampler,
+                num_workers=c.num_workers,
+                collate_fn=self.task.collate,
+                generator=torch.Generator().manual_seed(c.seed),
+            )
+        )
+        log_file = (self.out_dir / "metrics.jsonl").open("a") if info.is_main else None
+        board = self._tensorboard() if info.is_main else None
+        bar = tqdm(total=c.max_steps, initial=step, desc=c.task, disable=not (info.is_main and c.progress), unit="step")
+        tick = time.time()
+        while step < c.max_steps:
+            lr = learning_rate(step, c.max_steps, c.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logs: dict[str, float] = {}
+            finite = True
+            for micro in range(c.grad_accum):
+                batch = _move(next(loader), info.device)
+                with self._sync_context(model, micro == c.grad_accum - 1), self._autocast(info):
+                    loss, micro_logs = self.task.loss(model, batch, step_generator)
+                finite &= bool(torch.isfinite(loss.detach()).item())
+                (loss / c.grad_accum).backward()
+                for k, v in {"loss": loss.item(), **micro_logs}.items():
+                    logs[k] = logs.get(k, 0.0) + v / c.grad_accum
+            if not all_ranks_agree(finite, info):
+                where = checkpointing.latest_checkpoint(self.ckpt_dir)
+                raise TrainingDiverged(
+                    f"loss is not finite at step {step}; stopped. Last good checkpoint: {where or 'none'}"
+                )
+            if c.optim.grad_clip > 0:
+                logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, c.optim.grad_clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update()
+            step += 1
+            bar.update()
+            if step % c.log_every == 0 or step == c.max_steps:
+                logs = {k: mean_over_ranks(v, info) for k, v in logs.items()}
+                now = time.time()
+                record = {"step": step, "lr": lr, **logs, "samples_per_s": self._throughput(info, now - tick)}
+                tick = now
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
+                if log_file is not None:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                if board is not None:
+                    for k, v in record.items():
+                        board.add_scalar(k, v, step)
+            if step % c.save_every == 0 or step == c.max_steps:
+                checkpointing.save_training_state(
+                    self.ckpt_dir,
+                    step,
+                    model,
+                    optimizer,
+                    ema.shadow if ema else None,
+                    {"step": step},
+                    step_generator,
+                    info,
+                    c.keep_last,
+                )
+            if c.sample_every and step % c.sample_every == 0:
+                self._write_samples(model, step, info)
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+        return self._export(model, ema, info)
+
+    def _throughput(self, info: DistInfo, seconds: float) -> float:
+        samples = self.config.log_every * self.config.batch_size * self.config.grad_accum * info.world_size
+        return samples / max(seconds, 1e-9)
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # TensorBoard is optional
+            return None
+        return SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+
+    def _write_samples(self, model: nn.Module, step: int, info: DistInfo) -> None:
+        images = self.task.sample_images(model)
+        if images and info.is_main:
+            folder = self.out_dir / "samples"
+            folder.mkdir(parents=True, exist_ok=True)
+            make_grid(images).save(folder / f"step_{step:08d}.png")
+
+    def _export(self, model: nn.Module, ema: EMA | None, info: DistInfo) -> Path:
+        weights = (
+            checkpointing.full_state_dict(model) if ema is None else checkpointing.full_state_dict(model, ema.shadow)
+        )
+        if ema is not None:
+            # The EMA covers trainable parameters; buffers and frozen weights come from the model.
+            weights = {**checkpointing.full_state_dict(model), **weights}
+        final = self.out_dir / "final"
+        if info.is_main:
+            self.task.export(weights, final)
+        return final

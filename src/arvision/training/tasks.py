@@ -1,0 +1,119 @@
+"""What ``arvision train <task>`` trains: each task builds its model, data and loss for the shared loop.
+
+A task receives the ``model`` and ``data`` sections of a :class:`~arvision.training.loop.TrainConfig`
+and parses them into its own dataclasses. Batch-level randomness must come from the ``generator``
+passed to :meth:`TrainingTask.loss` (identical on every rank and restored on resume); per-sample
+randomness must derive from sample indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from arvision.data.datasets import WorldImages
+from arvision.data.photos import BundledPhotoCrops
+from arvision.data.world import ProceduralWorld, WorldConfig
+from arvision.errors import InputError
+from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
+from arvision.training.config import build_dataclass
+from arvision.training.tokenizer import TokenizerLossConfig, TokenizerObjective, set_train_mode
+
+
+class TrainingTask:
+    """Interface of a training task. ``loss`` must call ``model``'s forward (so DDP/FSDP see it)."""
+
+    name: ClassVar[str]
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> Any:
+        return default_collate(items)
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        """Sub-modules that FSDP2 shards one by one (default: none, only the root)."""
+        return []
+
+    def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
+        """Write the trained weights (keys of :meth:`build_model`'s state dict) in a ``from_pretrained`` layout."""
+        raise NotImplementedError
+
+    def sample_images(self, model: nn.Module) -> list[Image.Image]:
+        return []
+
+
+@dataclass
+class TokenizerData:
+    source: str = "photos"  # "photos": crops of scikit-image's bundled photos; "world": the procedural world
+    resolution: int = 128
+    length: int = 100_000
+
+
+@dataclass
+class TokenizerModel:
+    tokenizer: HybridTokenizerConfig = field(default_factory=HybridTokenizerConfig)
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
+    init_from: str | None = None  # a tokenizer folder to fine-tune (HART: decoder-only from VAR's)
+
+
+class TokenizerTask(TrainingTask):
+    """The hybrid tokenizer: alternating continuous/discrete decoding, decoder-only or full training."""
+
+    name = "tokenizer"
+
+    def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0):
+        self.model_config = build_dataclass(TokenizerModel, model, prefix="model.")
+        self.data_config = build_dataclass(TokenizerData, data, prefix="data.")
+        self.seed = seed
+
+    def build_model(self) -> nn.Module:
+        c = self.model_config
+        tokenizer = HybridTokenizer.from_pretrained(c.init_from) if c.init_from else HybridTokenizer(c.tokenizer)
+        set_train_mode(tokenizer, c.loss.mode)
+        return TokenizerObjective(tokenizer, c.loss)
+
+    def build_dataset(self) -> Dataset:
+        d = self.data_config
+        if d.source == "photos":
+            return BundledPhotoCrops(d.resolution, length=d.length, seed=self.seed)
+        if d.source == "world":
+            world = ProceduralWorld(WorldConfig(image_size=d.resolution), seed=self.seed)
+            return WorldImages(world, length=d.length)
+        raise InputError(f"data.source {d.source!r} is not available for the tokenizer task (use 'photos' or 'world')")
+
+    def collate(self, items: list[Any]) -> torch.Tensor:
+        batch = default_collate(items)
+        return batch["image"] if isinstance(batch, dict) else batch
+
+    def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        continuous = bool(torch.rand((), generator=generator) < self.model_config.loss.continuous_prob)
+        total, terms = model(batch, continuous)
+        return total, {k: v.item() for k, v in terms.items() if k != "recon"}
+
+    def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
+        tokenizer = HybridTokenizer(self.model_config.tokenizer)
+        tokenizer.load_state_dict({k.removeprefix("tokenizer."): v for k, v in weights.items()})
+        tokenizer.save_pretrained(folder)
+
+
+TASKS: dict[str, type[TrainingTask]] = {TokenizerTask.name: TokenizerTask}
+
+
+def build_task(name: str, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0) -> TrainingTask:
+    if name not in TASKS:
+        raise InputError(f"unknown training task {name!r}; available: {sorted(TASKS)}")
+    return TASKS[name](model, data, seed=seed)

@@ -1,0 +1,150 @@
+"""VILA-U multimodal training step: text cross-entropy + visual (depth-transformer) cross-entropy.
+
+Examples use the release's training layout (images wrapped in ``<im_start> ... <im_end>``, videos in
+``<vi_start> ... <vi_end>``); the vision tower is frozen and only provides codes and input features.
+For a generated block occupying positions [a, b), the LLM states at [a-1, b-1) (from ``<im_start>``
+on) predict the D codes of the tokens at [a, b): the one-position shift of next-token prediction.
+Caption dropout (absent in the release) replaces captions by the empty prompt, so the unconditional
+branch that classifier-free guidance uses at inference is actually trained.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from arvision.models.vila_u import VilaU
+from arvision.text import vicuna
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VilaUExample:
+    """``input_ids`` with ``IMAGE_TOKEN_INDEX`` placeholders, aligned ``labels`` (``IGNORE_INDEX`` where not
+    supervised), ``pixels`` [N, 3, R, R] for the N placeholders in order, and whether those images are
+    generation targets (text -> image/video) or inputs (understanding)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    pixels: torch.Tensor
+    generate: bool
+
+
+def _supervise_reply(prompt_ids: list[int], full_ids: list[int]) -> list[int]:
+    # Everything after the rendered "... ASSISTANT:" prefix is the reply (</s> included).
+    return [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids) :]
+
+
+def generation_example(
+    tokenizer: Any,
+    caption: str,
+    pixels: torch.Tensor,
+    *,
+    caption_dropout: float = 0.0,
+    rng: random.Random | None = None,
+) -> VilaUExample:
+    """Text -> image (``pixels`` [1, 3, R, R]) or text -> video (``pixels`` [F, 3, R, R], F > 1)."""
+    if caption_dropout > 0 and (rng or random).random() < caption_dropout:
+        caption = ""
+    video = len(pixels) > 1
+    start, end = (vicuna.VI_START, vicuna.VI_END) if video else (vicuna.IM_START, vicuna.IM_END)
+    reply = start + vicuna.IMAGE_PLACEHOLDER * len(pixels) + end
+    prompt_ids = vicuna.tokenize(vicuna.render([caption, None]), tokenizer)
+    full_ids = vicuna.tokenize(vicuna.render([caption, reply]), tokenizer)
+    return VilaUExample(full_ids, _supervise_reply(prompt_ids, full_ids), pixels, generate=True)
+
+
+def understanding_example(tokenizer: Any, question: str, answer: str, pixels: torch.Tensor) -> VilaUExample:
+    """Image(s) -> text. Training wraps each image in ``<im_start> ... <im_end>`` (inference does not)."""
+    block = vicuna.IM_START + vicuna.IMAGE_PLACEHOLDER + vicuna.IM_END
+    user = "".join([block] * len(pixels)) + "\n" + question
+    prompt_ids = vicuna.tokenize(vicuna.render([user, None]), tokenizer)
+    full_ids = vicuna.tokenize(vicuna.render([user, answer]), tokenizer)
+    return VilaUExample(full_ids, _supervise_reply(prompt_ids, full_ids), pixels, generate=False)
+
+
+@dataclass
+class VilaULoss:
+    loss: torch.Tensor
+    text_loss: torch.Tensor
+    visual_loss: torch.Tensor | None
+
+
+def _expand(model: VilaU, example: VilaUExample, features: torch.Tensor, codes: torch.Tensor):
+    """Splice image features; return embeds [S, H], labels [S], and generation targets as
+    (hidden positions [T], codes [T, D])."""
+    embeds = model.splice(example.input_ids, features)
+    labels, visual_at, pos = [], [], 0
+    for token, label in zip(example.input_ids, example.labels, strict=True):
+        if token == vicuna.IMAGE_TOKEN_INDEX:
+            visual_at.append(pos)
+            labels += [IGNORE_INDEX] * features.shape[1]
+            pos += features.shape[1]
+        else:
+            labels.append(label)
+            pos += 1
+    targets = None
+    if example.generate and visual_at:
+        per_image = features.shape[1]
+        positions = torch.cat([torch.arange(p - 1, p - 1 + per_image) for p in visual_at])
+        targets = (positions, codes.reshape(-1, codes.shape[-1]))
+    return embeds, torch.tensor(labels), targets
+
+
+def vila_u_loss(model: VilaU, examples: Sequence[VilaUExample]) -> VilaULoss:
+    """Mean text CE (shifted, over supervised tokens) + mean visual CE over all (token, depth) targets."""
+    device = next(model.parameters()).device
+    rows = []
+    for example in examples:
+        with torch.no_grad():  # the vision tower is frozen in every multimodal stage
+            codes, z_q = model.vision_tower.encode(example.pixels.to(device))
+        features = model.mm_projector(z_q.flatten(1, 2))
+        rows.append(_expand(model, example, features, codes.flatten(1, 2)))
+    length = max(len(r[1]) for r in rows)
+    hidden_dim = rows[0][0].shape[-1]
+    embeds = torch.zeros(len(rows), length, hidden_dim, device=device, dtype=rows[0][0].dtype)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    for i, (e, lab, _) in enumerate(rows):  # right padding
+        embeds[i, : len(lab)], labels[i, : len(lab)], mask[i, : len(lab)] = e, lab, 1
+    positions = torch.arange(length, device=device).expand(len(rows), -1)
+    hidden = model.llm_hidden(embeds, mask, positions)
+    logits = model.llm.lm_head(hidden[:, :-1]).float()
+    text_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+    states, targets = [], []
+    for i, (_, _, target) in enumerate(rows):
+        if target is not None:
+            states.append(hidden[i, target[0].to(device)])
+            targets.append(target[1])
+    visual_loss = None
+    if states:
+        target_codes = torch.cat(targets)
+        depth_logits = model.depth_transformer(torch.cat(states), model.vision_tower.embed_codes(target_codes))
+        flat = depth_logits.reshape(-1, depth_logits.shape[-1]).float()
+        visual_loss = F.cross_entropy(flat, target_codes.reshape(-1))
+    loss = text_loss if visual_loss is None else text_loss + visual_loss
+    detached = None if visual_loss is None else visual_loss.detach()
+    return VilaULoss(loss=loss, text_loss=text_loss.detach(), visual_loss=detached)
+
+
+def freeze_vision_tower(model: VilaU) -> None:
+    """Freeze the tower and keep it in eval mode (its EMA codebooks must not move during LLM training)."""
+    model.vision_tower.requires_grad_(False)
+    model.vision_tower.eval()
+
+
+def train_step(model: VilaU, optimizer: torch.optim.Optimizer, examples: Sequence[VilaUExample]) -> VilaULoss:
+    """One optimisation step on ``examples`` (LLM, projector and depth transformer learn; the tower does not)."""
+    model.train()
+    freeze_vision_tower(model)
+    optimizer.zero_grad(set_to_none=True)
+    out = vila_u_loss(model, examples)
+    out.loss.backward()
+    optimizer.step()
+    return out

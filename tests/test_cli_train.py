@@ -1,0 +1,73 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from arvision.cli import main
+from arvision.tokenizers.hart_tokenizer import HybridTokenizer
+from arvision.training import checkpointing
+
+TINY = {
+    "max_steps": 12,
+    "batch_size": 2,
+    "save_every": 1,
+    "keep_last": 2,
+    "progress": False,
+    "model": {
+        "tokenizer": {"vocab_size": 16, "z_channels": 4, "ch": 8, "ch_mult": [1, 2], "v_patch_nums": [1, 2, 4, 8]},
+        "loss": {"mode": "full"},
+    },
+    "data": {"resolution": 16, "length": 64},
+}
+
+
+def train_cmd(config_path, out_dir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "arvision",
+        "train",
+        "tokenizer",
+        "--config",
+        str(config_path),
+        f"out_dir={out_dir}",
+        *extra,
+    ]
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    config_path = tmp_path / "tiny.json"
+    config_path.write_text(json.dumps(TINY))
+    subprocess.run(train_cmd(config_path, tmp_path / "a"), check=True, capture_output=True, timeout=300)
+
+    run = subprocess.Popen(train_cmd(config_path, tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while (
+        checkpointing.latest_checkpoint(tmp_path / "b" / "checkpoints") is None
+        or int(checkpointing.latest_checkpoint(tmp_path / "b" / "checkpoints").name.removeprefix("step_")) < 3
+    ):
+        assert run.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    killed_at = int(checkpointing.latest_checkpoint(tmp_path / "b" / "checkpoints").name.removeprefix("step_"))
+    assert 3 <= killed_at < TINY["max_steps"]
+
+    subprocess.run(train_cmd(config_path, tmp_path / "b", "--resume"), check=True, capture_output=True, timeout=300)
+    expected = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    # The export is a regular tokenizer folder.
+    assert HybridTokenizer.from_pretrained(tmp_path / "a" / "final").config.vocab_size == 16
+
+
+def test_train_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "tokenizer", f"out_dir={tmp_path}", "data.source=nowhere", "max_steps=1"]) == 2
+    assert "data.source 'nowhere'" in capsys.readouterr().err
+    assert main(["train", "tokenizer", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err

@@ -1,0 +1,34 @@
+import PIL.Image
+
+from arvision.cli import main
+from vilau_common import FIXTURE, cases
+
+
+def test_describe_prints_the_answer(tmp_path, capsys):
+    image = tmp_path / "astronaut.png"
+    PIL.Image.fromarray(cases()["img.astronaut_uint8"].numpy()).save(image)
+    code = main(
+        ["describe", str(image), "What is in the image?", "--model", str(FIXTURE), "--greedy", "--max-new-tokens", "6"]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.strip() == "startror tensor         ca?"
+
+
+def test_describe_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "x.png"
+    bad.write_text("no")
+    assert main(["describe", str(bad), "What?", "--model", str(FIXTURE)]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+
+
+def test_generate_video_writes_an_animation_and_a_strip(tmp_path, capsys):
+    out = tmp_path / "clip.gif"
+    code = main(
+        ["generate-video", "Waves on a beach.", "-o", str(out), "--model", str(FIXTURE), "--seed", "0", "--quiet"]
+    )
+    assert code == 0
+    with PIL.Image.open(out) as anim:
+        assert anim.n_frames == 8 and anim.size == (32, 32)
+    with PIL.Image.open(tmp_path / "clip.strip.png") as strip:
+        assert strip.size == (256, 32)
+    assert main(["generate-video", "x", "-o", str(tmp_path / "clip.png"), "--model", str(FIXTURE)]) == 2

@@ -1,0 +1,178 @@
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from arvision.data import CaptionedImages, ClassFolderImages, DataWarning, VQADataset, prepare_image
+from arvision.data.media import sample_frame_indices
+from arvision.errors import InputError
+
+
+def flat(path, colour, size=(12, 10)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def red_of(image: torch.Tensor) -> int:
+    return round((image[0].mean().item() + 1) * 127.5)
+
+
+def test_caption_folder_skips_corrupt_and_uncaptioned_files_with_counted_warnings(tmp_path):
+    for name, value in (("a", 10), ("b", 20), ("d", 40)):
+        flat(tmp_path / f"{name}.png", (value, 0, 0))
+        (tmp_path / f"{name}.txt").write_text(f"caption {name}\n")
+    (tmp_path / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # corrupt, but captioned
+    (tmp_path / "c.txt").write_text("caption c")
+    flat(tmp_path / "sub" / "e.jpg", (50, 0, 0))  # nested, no caption file
+    (tmp_path / "notes.md").write_text("not an image")
+    with pytest.warns(DataWarning, match="e.txt"):
+        data = CaptionedImages.from_source(tmp_path, size=8)
+    assert data.skipped == 1 and len(data) == 4
+    assert [r.path.name for r in data.records] == ["a.png", "b.png", "c.png", "d.png"]
+    with pytest.warns(DataWarning, match="c.png") as caught:
+        items = [data[i] for i in range(len(data))]
+    assert len(caught) == 1 and data.skipped == 2
+    # The corrupt item is replaced by the next readable one, the same way every time.
+    assert [it["caption"] for it in items] == ["caption a", "caption b", "caption d", "caption d"]
+    assert [red_of(it["image"]) for it in items] == [10, 20, 40, 40]
+    assert items[0]["image"].shape == (3, 8, 8)
+
+
+def test_jsonl_and_csv_listings_resolve_relative_paths_and_skip_bad_rows(tmp_path):
+    flat(tmp_path / "imgs" / "x.png", (100, 0, 0))
+    flat(tmp_path / "imgs" / "y.png", (200, 0, 0))
+    lines = [
+        json.dumps({"image": "imgs/x.png", "caption": "an x"}),
+        "{not json",
+        json.dumps({"file_name": str(tmp_path / "imgs" / "y.png"), "text": "a y"}),
+        json.dumps({"image": "imgs/x.png"}),
+        "",
+    ]
+    (tmp_path / "list.jsonl").write_text("\n".join(lines))
+    with pytest.warns(DataWarning) as caught:
+        data = CaptionedImages.from_source(tmp_path / "list.jsonl", size=4)
+    assert data.skipped == 2 and {":2:", ":4:"} == {m for w in caught for m in (":2:", ":4:") if m in str(w.message)}
+    assert [(data[i]["caption"], red_of(data[i]["image"])) for i in range(2)] == [("an x", 100), ("a y", 200)]
+
+    (tmp_path / "list.csv").write_text('path,caption\nimgs/y.png,"a y, in quotes"\nimgs/x.png,\nmissing.png,gone\n')
+    with pytest.warns(DataWarning, match="list.csv:3"):
+        data = CaptionedImages.from_source(tmp_path / "list.csv", size=4)
+    assert len(data) == 2 and data[0]["caption"] == "a y, in quotes"
+    with pytest.warns(DataWarning, match="missing.png"):
+        assert data[1]["caption"] == "a y, in quotes"  # the missing file is skipped at read time
+    assert data.skipped == 2
+
+    with pytest.raises(InputError, match="folder, a .jsonl or a .csv"):
+        CaptionedImages.from_source(tmp_path / "imgs" / "x.png")
+    with pytest.raises(InputError, match="not found"):
+        CaptionedImages.from_source(tmp_path / "nope.jsonl")
+
+
+def test_all_unreadable_is_an_error_not_a_hang(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"junk")
+    (tmp_path / "a.txt").write_text("a")
+    data = CaptionedImages.from_source(tmp_path, size=4)
+    with pytest.warns(DataWarning), pytest.raises(InputError, match="none of the 1 items"):
+        data[0]
+
+
+def test_class_folders_number_classes_in_sorted_order(tmp_path):
+    for cls, value in (("zebra", 30), ("apple", 10), ("mango", 20)):
+        flat(tmp_path / cls / "0.jpg", (value, 0, 0), size=(16, 16))
+    flat(tmp_path / "mango" / "deep" / "1.png", (25, 0, 0))
+    (tmp_path / "readme.txt").write_text("ignored")
+    data = ClassFolderImages(tmp_path, size=8)
+    assert data.classes == ["apple", "mango", "zebra"]
+    items = [data[i] for i in range(len(data))]
+    assert [it["label"] for it in items] == [0, 1, 1, 2]
+    reds = [red_of(it["image"]) for it in items]
+    assert max(abs(r - e) for r, e in zip(reds, [10, 20, 25, 30])) <= 2  # JPEG is lossy
+    with pytest.raises(InputError, match="no images"):
+        ClassFolderImages(tmp_path / "apple")
+
+
+def test_crop_policies_follow_the_official_preprocessing():
+    portrait = Image.new("RGB", (20, 80), (0, 0, 255))
+    portrait.paste((255, 0, 0), (0, 0, 20, 16))  # a red band along the top fifth
+    top = prepare_image(portrait, 10, "top")
+    centre = prepare_image(portrait, 10, "center")
+    resized = prepare_image(portrait, 10, "resize")
+    for pixels in (top, centre, resized):
+        assert pixels.shape == (3, 10, 10) and pixels.min() >= -1 and pixels.max() <= 1
+    red_rows = [(p[0, :, 5] > p[2, :, 5]).sum().item() for p in (top, centre, resized)]
+    assert red_rows == [8, 0, 2]  # the top square keeps the band (16 of 20 rows), the centre crop loses it
+    with pytest.raises(InputError, match="crop policy"):
+        prepare_image(portrait, 10, "random")
+
+
+def write_video(path, values, size=16):
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for v in values:
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), v, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def test_vqa_jsonl_with_images_frame_folders_video_files_and_chat_turns(tmp_path):
+    flat(tmp_path / "q.png", (60, 0, 0), size=(30, 20))
+    for i in range(13):  # a folder of 13 frames: frame i has red value 10 * i
+        flat(tmp_path / "clip" / f"{i:04d}.png", (10 * i, 0, 0), size=(8, 8))
+    write_video(tmp_path / "v.mp4", [20 * i for i in range(10)])
+    conversation = [
+        {"from": "human", "value": "<image>\nWhat colour?"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Sure?"},
+        {"from": "gpt", "value": "yes"},
+    ]
+    lines = [
+        {"image": "q.png", "question": "What is it?", "answer": "a square"},
+        {"video": "clip", "question": "<video>\nWhat happens?", "answer": "it brightens"},
+        {"video": "v.mp4", "conversations": conversation},
+        {"image": "q.png"},
+    ]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    with pytest.warns(DataWarning, match="qa.jsonl:4"):
+        data = VQADataset(tmp_path / "qa.jsonl", size=8, num_frames=8)
+    image, clip, video = data[0], data[1], data[2]
+    assert image["pixels"].shape == (3, 8, 8) and not image["is_video"]
+    assert image["turns"] == [("What is it?", "a square")]
+    assert clip["is_video"] and clip["pixels"].shape == (8, 3, 8, 8)
+    assert clip["turns"] == [("What happens?", "it brightens")]
+    # Frames are the official even sampling: round(linspace(0, 12, 8)) = 0, 2, 3, 5, 7, 9, 10, 12.
+    assert sample_frame_indices(13, 8) == [0, 2, 3, 5, 7, 9, 10, 12]
+    assert [red_of(f) for f in clip["pixels"]] == [10 * i for i in (0, 2, 3, 5, 7, 9, 10, 12)]
+    assert video["pixels"].shape == (8, 3, 8, 8)
+    assert video["turns"] == [("What colour?", "red"), ("Sure?", "yes")]
+    grey = [round((f.mean().item() + 1) * 127.5) for f in video["pixels"]]
+    expected = [20 * i for i in sample_frame_indices(10, 8)]
+    assert max(abs(a - b) for a, b in zip(grey, expected)) <= 4
+
+
+def test_video_files_without_pyav_get_an_install_hint(tmp_path, monkeypatch):
+    (tmp_path / "v.mp4").write_bytes(b"")
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"video": "v.mp4", "question": "q", "answer": "a"}))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a))
+    with pytest.raises(InputError, match=r"arvision\[video\]"):
+        VQADataset(tmp_path / "qa.jsonl")
+
+
+def test_unreadable_video_is_skipped(tmp_path):
+    pytest.importorskip("av")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video" * 10)
+    flat(tmp_path / "ok.png", (90, 0, 0))
+    lines = [{"video": "bad.mp4", "question": "q", "answer": "a"}, {"image": "ok.png", "question": "q2", "answer": "b"}]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    data = VQADataset(tmp_path / "qa.jsonl", size=4)
+    with pytest.warns(DataWarning, match="bad.mp4"):
+        item = data[0]
+    assert item["turns"] == [("q2", "b")] and data.skipped == 1

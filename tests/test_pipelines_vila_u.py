@@ -1,0 +1,218 @@
+import json
+import shutil
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from arvision.data.media import load_video_frames, to_pil
+from arvision.errors import CheckpointError, InputError
+from arvision.pipelines.vila_u import VilaUPipeline, is_vila_u_folder
+from arvision.pipelines.vila_u_checkpoint import tower_state_from_release, tower_state_to_release
+from test_data_media import write_video
+from vilau_common import FIXTURE, cases, fixture_pipeline
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A writable copy of the fixture checkpoint."""
+    target = tmp_path / "vila-u"
+    shutil.copytree(FIXTURE, target, ignore=shutil.ignore_patterns("cases.safetensors", "*.md"))
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+def _astronaut():
+    return PIL.Image.fromarray(cases()["img.astronaut_uint8"].numpy())
+
+
+def test_release_folder_is_detected():
+    assert is_vila_u_folder(FIXTURE)
+    assert not is_vila_u_folder(FIXTURE / "llm")
+
+
+def test_generation_config_drives_text_sampling():
+    s = fixture_pipeline().text_sampling
+    assert (s.temperature, s.top_p, s.top_k, s.eos_token_id) == (0.9, 0.6, 50, 2)
+
+
+def test_describe_greedy_reproduces_the_official_answer(tmp_path):
+    pipe = fixture_pipeline()
+    answer = pipe.describe(_astronaut(), "What is in the image?", temperature=0.0, max_new_tokens=6)
+    assert answer == pipe.tokenizer.decode(cases()["und.greedy_ids"][0].tolist(), skip_special_tokens=True).strip()
+    path = tmp_path / "astronaut.png"
+    _astronaut().save(path)
+    assert pipe.describe(path, "What is in the image?", temperature=0.0, max_new_tokens=6) == answer
+
+
+def test_describe_sampling_is_seeded_and_videos_use_one_block_per_frame(tmp_path):
+    pipe = fixture_pipeline()
+    a = pipe.describe(_astronaut(), "Describe it.", seed=1, max_new_tokens=8)
+    b = pipe.describe(_astronaut(), "Describe it.", seed=1, max_new_tokens=8)
+    assert a == b
+    video = write_video(tmp_path / "clip.mp4", [i * 20 for i in range(10)])
+    answer = pipe.describe(video, "What happens?", temperature=0.0, max_new_tokens=4, num_frames=4)
+    frames = load_video_frames(video, 4)
+    assert pipe.describe(frames, "What happens?", temperature=0.0, max_new_tokens=4) == answer
+    assert pipe.prompt_ids("What happens?", 4).count(-200) == 4
+
+
+def test_reconstruct_matches_the_official_decoding_and_accepts_any_mode():
+    c = cases()
+    pipe = fixture_pipeline()
+    (image,) = pipe.reconstruct(_astronaut())
+    official = ((c["vt.decoded"][0] + 1) * 127.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8)
+    assert (torch.from_numpy(np.array(image)).int() - official.int()).abs().max() <= 1
+    grey = _astronaut().convert("L")
+    assert pipe.reconstruct([grey, _astronaut().convert("RGBA")])[0].size == (32, 32)
+
+
+def test_generate_image_is_seeded_and_batched():
+    pipe = fixture_pipeline()
+    first = pipe.generate_image("A red panda sitting on a tree.", n=2, seed=0)
+    again = pipe.generate_image("A red panda sitting on a tree.", n=2, seed=0)
+    assert len(first) == 2 and first[0].size == (32, 32)
+    assert [im.tobytes() for im in first] == [im.tobytes() for im in again]
+
+
+def test_generate_video_returns_eight_frames_per_video():
+    pipe = fixture_pipeline()
+    videos = pipe.generate_video("Waves on a beach.", n=1, seed=0)
+    assert len(videos) == 1 and len(videos[0]) == 8 and videos[0][0].size == (32, 32)
+
+
+def test_empty_prompt_or_question_is_rejected():
+    pipe = fixture_pipeline()
+    with pytest.raises(InputError):
+        pipe.generate_image("   ")
+    with pytest.raises(InputError):
+        pipe.describe(_astronaut(), "")
+
+
+def test_non_image_and_unreadable_video_are_rejected(tmp_path):
+    pipe = fixture_pipeline()
+    bad_image = tmp_path / "photo.jpg"
+    bad_image.write_text("not an image")
+    with pytest.raises(InputError):
+        pipe.describe(bad_image, "What is it?")
+    bad_video = tmp_path / "clip.mp4"
+    bad_video.write_bytes(b"\x00" * 100)
+    with pytest.raises(InputError):
+        pipe.describe(bad_video, "What is it?")
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    pipe = fixture_pipeline()
+    pipe.save_pretrained(tmp_path / "saved", max_shard_bytes=300_000)
+    assert len(list((tmp_path / "saved" / "llm").glob("model-*-of-*.safetensors"))) > 1
+    again = VilaUPipeline.from_pretrained(tmp_path / "saved")
+    original, reloaded = pipe.model.state_dict(), again.model.state_dict()
+    assert original.keys() == reloaded.keys()
+    assert all(torch.equal(original[k], reloaded[k]) for k in original)
+    # The vision tower is written with the release's keys, identical to the fixture's file.
+    written = load_file(str(tmp_path / "saved" / "vision_tower" / "model.safetensors"))
+    release = load_file(str(FIXTURE / "vision_tower" / "model.safetensors"))
+    assert written.keys() == release.keys()
+    assert again.text_sampling == pipe.text_sampling
+
+
+def test_tower_key_map_round_trip():
+    release = load_file(str(FIXTURE / "vision_tower" / "model.safetensors"))
+    mapped = tower_state_from_release(release)
+    assert "vision_tower.decoder.mid.attn_1.qkv.weight" in mapped
+    assert "vision_tower.siglip.logit_scale" in mapped
+    back = tower_state_to_release(fixture_pipeline().model)
+    assert all(torch.equal(back[k], release[k]) for k in release)
+
+
+def test_mismatched_checkpoint_names_the_key(folder):
+    path = folder / "mm_projector" / "model.safetensors"
+    state = load_file(str(path))
+    state["layers.2.weight"] = torch.zeros(8, 64)
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=r"layers\.2\.weight"):
+        VilaUPipeline.from_pretrained(folder)
+
+
+def test_mismatched_llm_shape_is_reported_before_loading(folder):
+    path = folder / "llm" / "model.safetensors"
+    state = load_file(str(path))
+    state["lm_head.weight"] = torch.zeros(1005, 64)
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=r"lm_head\.weight: checkpoint \(1005, 64\)"):
+        VilaUPipeline.from_pretrained(folder)
+
+
+def test_missing_tower_key_is_reported(folder):
+    path = folder / "vision_tower" / "model.safetensors"
+    state = load_file(str(path))
+    del state["rqtransformer.pos_emb_d"]
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match="pos_emb_d"):
+        VilaUPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("value", [True, None])
+def test_im_patch_token_trap_is_caught(folder, value):
+    config = json.loads((folder / "config.json").read_text())
+    if value is None:
+        del config["mm_use_im_patch_token"]
+    else:
+        config["mm_use_im_patch_token"] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="mm_use_im_patch_token"):
+        VilaUPipeline.from_pretrained(folder)
+
+
+def test_special_tokens_must_end_the_vocabulary(folder):
+    added = json.loads((folder / "llm" / "added_tokens.json").read_text())
+    assert added == {"<im_start>": 1000, "<im_end>": 1001, "<vi_start>": 1002, "<vi_end>": 1003}
+    config = json.loads((folder / "llm" / "config.json").read_text())
+    config["vocab_size"] = 1005  # as if <im_patch> had grown the vocabulary
+    (folder / "llm" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="special tokens"):
+        VilaUPipeline.from_pretrained(folder)
+
+
+def test_not_a_vila_u_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="not a VILA-U folder"):
+        VilaUPipeline.from_pretrained(tmp_path)
+
+
+def test_sharded_llm_weights_load(folder):
+    path = folder / "llm" / "model.safetensors"
+    state = load_file(str(path))
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, names in shards.items():
+        save_file({k: state[k] for k in names}, str(folder / "llm" / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
+    (folder / "llm" / "model.safetensors.index.json").write_text(json.dumps(index))
+    path.unlink()
+    pipe = VilaUPipeline.from_pretrained(folder)
+    assert torch.equal(pipe.model.llm.lm_head.weight, state["lm_head.weight"])
+
+
+def test_bfloat16_loading_and_inference():
+    c = cases()
+    pipe = VilaUPipeline.from_pretrained(FIXTURE, dtype=torch.bfloat16)
+    pipe.progress = False
+    assert {v.dtype for v in pipe.model.state_dict().values()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32
+    assert isinstance(pipe.describe(_astronaut(), "What is in the image?", temperature=0.0, max_new_tokens=3), str)
+    with torch.no_grad():
+        decoded = pipe.model.vision_tower.decode(c["vt.z_q"].bfloat16()).float()
+    assert (decoded - c["vt.decoded_bf16_official"]).abs().max() < 0.1
+
+
+def test_generated_pixels_are_the_official_mapping_of_the_decoder_output():
+    c = cases()
+    model = fixture_pipeline().model
+    with torch.no_grad():
+        images = to_pil(model.decode_codes(c["e2e.image_ids"][:2]))
+    official = c["e2e.image"].permute(0, 2, 3, 1).to(torch.uint8)  # the release's astype(np.uint8)
+    ours = torch.from_numpy(np.stack([np.asarray(im) for im in images]))
+    assert (ours.int() - official.int()).abs().max() <= 1

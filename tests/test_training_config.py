@@ -1,0 +1,70 @@
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from arvision.errors import InputError
+from arvision.training.config import load_config, parse_overrides
+from arvision.training.loop import TrainConfig
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    sizes: tuple[int, ...] = (1, 2)
+    name: str | None = None
+
+
+@dataclass
+class Outer:
+    steps: int = 10
+    flag: bool = False
+    mode: Literal["a", "b"] = "a"
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_file_then_overrides_with_type_conversion(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 20\ninner:\n  lr: 0.5\n  sizes: [3, 4]\n")
+    config = load_config(Outer, path, ["inner.lr=2e-4", "--flag=true", "mode=b", "inner.sizes=5,6,7", "inner.name=x"])
+    assert config == Outer(steps=20, flag=True, mode="b", inner=Inner(lr=2e-4, sizes=(5, 6, 7), name="x"))
+
+
+@pytest.mark.parametrize(("suffix", "text"), [(".toml", "steps = 3\n[inner]\nlr = 0.1\n"), (".json", None)])
+def test_toml_and_json_files(tmp_path, suffix, text):
+    path = tmp_path / f"run{suffix}"
+    path.write_text(text or json.dumps({"steps": 3, "inner": {"lr": 0.1}}))
+    config = load_config(Outer, path)
+    assert config.steps == 3 and config.inner.lr == 0.1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stepz=1"], "unknown config key"),
+        (["inner.lrr=1"], "inner.lrr"),
+        (["steps=1.5"], "as int"),
+        (["flag=maybe"], "boolean"),
+        (["mode=c"], "one of"),
+        (["steps"], "key=value"),
+    ],
+)
+def test_bad_overrides_name_the_problem(overrides, message):
+    with pytest.raises(InputError, match=message):
+        load_config(Outer, None, overrides)
+
+
+def test_missing_and_unparsable_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_config(Outer, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(InputError, match="bad.json"):
+        load_config(Outer, bad)
+
+
+def test_train_config_keeps_task_sections_as_dicts():
+    config = load_config(TrainConfig, None, ["model.tokenizer.ch=32", "optim.lr=1e-3", "max_steps=1e3"])
+    assert config.model == {"tokenizer": {"ch": "32"}} and config.optim.lr == 1e-3 and config.max_steps == 1000
+    assert parse_overrides(["--a.b=c=d"]) == {"a.b": "c=d"}

@@ -1,0 +1,43 @@
+"""Two gloo processes under torchrun must train the same weights as one process with the doubled batch."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from arvision.training.loop import Trainer
+from toy_task import ToyTask, toy_config
+
+TOY_SCRIPT = Path(__file__).parent / "toy_task.py"
+
+
+def torchrun(out_dir: Path, parallel: str) -> None:
+    torchrun_bin = shutil.which("torchrun") or "torchrun"
+    cmd = [torchrun_bin, "--standalone", "--nproc_per_node=2", str(TOY_SCRIPT), str(out_dir), parallel, "2", "0.5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    Trainer(toy_config(out, batch_size=4, ema_decay=0.5), ToyTask()).run()
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun gloo test")
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_run_matches_single_process(tmp_path, single_process, parallel):
+    torchrun(tmp_path, parallel)
+    weights = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert weights.keys() == single_process.keys()
+    for key, value in single_process.items():
+        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-5, msg=key)
+    shards = sorted(p.name for p in (tmp_path / "checkpoints" / "step_00000005").iterdir())
+    assert "rng_rank0.pt" in shards and "rng_rank1.pt" in shards and ".metadata" in shards

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from arvision.training import checkpointing
+from arvision.training.loop import EMA, OptimConfig, ShardedBatchSampler, Trainer, TrainingDiverged, learning_rate
+from toy_task import ToyTask, toy_config
+
+
+def final_weights(out_dir):
+    return load_file(str(out_dir / "final" / "model.safetensors"))
+
+
+def test_learning_rate_warmup_then_cosine():
+    optim = OptimConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
+    assert [learning_rate(s, 104, optim) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate(54, 104, optim) == pytest.approx(0.55)
+    assert learning_rate(104, 104, optim) == pytest.approx(0.1)
+
+
+def test_batch_sampler_shards_and_resumes_exactly():
+    single = ShardedBatchSampler(10, 4, seed=3)
+    ranks = [ShardedBatchSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
+    for g in range(6):
+        assert single.batch(g) == ranks[0].batch(g) + ranks[1].batch(g)
+    first_epoch = [i for g in range(5) for i in ShardedBatchSampler(10, 2, seed=3).batch(g)]
+    assert sorted(first_epoch) == list(range(10))
+    resumed = iter(ShardedBatchSampler(10, 4, seed=3, start_batch=4))
+    assert next(resumed) == single.batch(4)
+
+
+def test_ema_follows_the_formula():
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model, decay=0.9)
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update()
+    torch.testing.assert_close(ema.shadow["weight"], 0.9 * before + 0.1 * (before + 1.0))
+
+
+def test_training_lowers_the_loss_and_logs(tmp_path):
+    config = toy_config(tmp_path, max_steps=30, log_every=5, save_every=10)
+    Trainer(config, ToyTask()).run()
+    records = [eval(line, {"nan": math.nan}) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
+    assert records[-1]["loss"] < records[0]["loss"] / 2
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == [
+        "step_00000010",
+        "step_00000020",
+        "step_00000030",
+    ]
+
+
+def test_crash_and_resume_is_bit_for_bit(tmp_path):
+    Trainer(toy_config(tmp_path / "a", save_every=2, ema_decay=0.5), ToyTask(dropout=0.2)).run()
+    crashed = toy_config(tmp_path / "b", save_every=2, ema_decay=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(crashed, ToyTask(dropout=0.2, fail_at_call=4)).run()
+    assert checkpointing.latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step_00000002"
+    Trainer(crashed, ToyTask(dropout=0.2)).run(resume=True)
+    expected, resumed = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = toy_config(tmp_path, save_every=2)
+    with pytest.raises(TrainingDiverged, match=r"step 3.*step_00000002"):
+        Trainer(config, ToyTask(nan_at_call=4)).run()
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == ["step_00000002"]
+
+
+def test_failed_checkpoint_write_leaves_previous_one_intact(tmp_path, monkeypatch):
+    config = toy_config(tmp_path, save_every=2, keep_last=1)
+    real_save, calls = checkpointing.dcp.save, []
+
+    def flaky_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.dcp, "save", flaky_save)
+    with pytest.raises(OSError, match="disk full"):
+        Trainer(config, ToyTask()).run()
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002"]
+    state = checkpointing.read_json(root / "step_00000002" / checkpointing.STATE_FILE)
+    assert state == {"step": 2}
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    Trainer(toy_config(tmp_path, max_steps=6, save_every=1, keep_last=2), ToyTask()).run()
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == [
+        "step_00000005",
+        "step_00000006",
+    ]
