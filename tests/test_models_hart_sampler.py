@@ -1,0 +1,171 @@
+import pytest
+import torch
+
+from arvision.models.hart import HartConfig, HartTransformer
+from arvision.models.hart_sampler import (
+    Condition,
+    SamplingOptions,
+    guidance_ratio,
+    official_top_k,
+    sample_latent,
+)
+from arvision.nn.sampling import guide
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def replay(hart_cases, tiny_hart, tiny_tokenizer):
+    c = hart_cases
+    steps, zs = [], []
+    hook = tiny_hart.decoder_norm.register_forward_hook(lambda m, a, out: zs.append(out))
+    diff_x, diff_out, diff_t = [], [], []
+    original_sample = tiny_hart.diffloss.sample
+
+    def traced_sample(*args, **kwargs):
+        kwargs["callback"] = lambda i, t, x, o: (diff_x.append(x), diff_out.append(o), diff_t.append(t[0].item()))
+        replay_guidance.append(kwargs["guidance"])
+        return original_sample(*args, **kwargs)
+
+    replay_guidance = []
+    tiny_hart.diffloss.sample = traced_sample
+    try:
+        f_hat = sample_latent(
+            tiny_hart,
+            tiny_tokenizer.quantize,
+            Condition(c["ctx_context"], c["ctx_mask"], c["ctx_position_ids"]),
+            SamplingOptions(cfg=float(c["inf_cfg"])),
+            index_provider=lambda si, logits: c[f"inf_idx_s{si}"],
+            diffusion_noise=(c["inf_diff_noise_init"], c["inf_diff_noise_steps"]),
+            callback=steps.append,
+            progress=False,
+        )
+    finally:
+        hook.remove()
+        del tiny_hart.diffloss.sample
+    return dict(f_hat=f_hat, steps=steps, z=zs[-1], diff_x=diff_x, diff_out=diff_out, diff_t=diff_t,
+                guidance=replay_guidance)
+
+
+def test_replayed_logits_per_scale_match_official(hart_cases, replay):
+    assert [s.si for s in replay["steps"]] == list(range(6))
+    for step in replay["steps"]:
+        torch.testing.assert_close(step.logits, hart_cases[f"inf_logits_s{step.si}"], atol=ATOL, rtol=0)
+
+
+def test_replayed_latents_per_scale_match_official(hart_cases, replay):
+    for step in replay["steps"][:-1]:
+        torch.testing.assert_close(step.f_hat, hart_cases[f"inf_fhat_s{step.si}"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(step.next_map, hart_cases[f"inf_next_s{step.si}"], atol=ATOL, rtol=0)
+
+
+def test_replayed_diffusion_matches_official(hart_cases, replay):
+    c = hart_cases
+    n = c["inf_diff_noise_init"].shape[0]
+    torch.testing.assert_close(replay["z"].flatten(0, 1), c["inf_diff_z"], atol=ATOL, rtol=0)
+    # guidance multiplies fp32 rounding of the two branches by up to 1 + 2w (~8 here): measured 1.1e-4
+    torch.testing.assert_close(torch.stack(replay["diff_x"]), c["inf_diff_x_steps"], atol=2 * ATOL, rtol=0)
+    raw = c["inf_diff_net_out_steps"]
+    w = float(c["inf_diff_cfg"])
+    eps = raw[:, :n, :8] * (1 + w) - w * raw[:, n:, :8]
+    expected = torch.cat((eps, raw[:, :n, 8:]), dim=-1)
+    torch.testing.assert_close(torch.stack(replay["diff_out"]), expected, atol=3 * ATOL, rtol=0)
+    assert replay["diff_t"] == c["inf_diff_t_steps"].tolist()
+    assert replay["guidance"] == [pytest.approx(float(c["inf_diff_cfg"]))]  # the stale ratio: 4.5 * 4/5
+
+
+def test_replayed_residual_matches_official_sample(hart_cases, replay, tiny_tokenizer):
+    c = hart_cases
+    codes = tiny_tokenizer.quantize.lookup(c["inf_idx_s5"])
+    residual = (replay["f_hat"] - c["inf_fhat_s4"] - codes).flatten(2).transpose(1, 2).reshape(-1, 8)
+    torch.testing.assert_close(residual, c["inf_diff_sample"][: residual.shape[0]], atol=ATOL, rtol=0)
+
+
+def test_replayed_final_latent_and_image_match_official(hart_cases, replay, tiny_tokenizer):
+    torch.testing.assert_close(replay["f_hat"], hart_cases["inf_fhat_final"], atol=ATOL, rtol=0)
+    with torch.no_grad():
+        image = (tiny_tokenizer.decode(replay["f_hat"]) + 1) / 2
+    torch.testing.assert_close(image, hart_cases["inf_image"], atol=ATOL, rtol=0)
+
+
+def test_seeded_token_draws_equal_the_official_cpu_generator(hart_cases, tiny_hart, tiny_tokenizer):
+    """Same multinomial stream as the official sampler's CPU generator seeded with g_seed."""
+    c, steps = hart_cases, []
+    sample_latent(
+        tiny_hart,
+        tiny_tokenizer.quantize,
+        Condition(c["ctx_context"], c["ctx_mask"], c["ctx_position_ids"]),
+        SamplingOptions(cfg=float(c["inf_cfg"])),
+        generator=torch.Generator().manual_seed(int(c["inf_g_seed"])),
+        callback=steps.append,
+        progress=False,
+    )
+    for step in steps:
+        assert torch.equal(step.indices, c[f"inf_idx_s{step.si}"])
+
+
+def test_kv_cached_logits_equal_teacher_forced(hart_cases, tiny_hart, tiny_tokenizer):
+    c, steps = hart_cases, []
+    cond = Condition(c["ctx_context"], c["ctx_mask"], c["ctx_position_ids"])
+    sample_latent(tiny_hart, tiny_tokenizer.quantize, cond, SamplingOptions(cfg=0.0, discrete_only=True),
+                  generator=torch.Generator().manual_seed(0), callback=steps.append, progress=False)
+    indices = [s.indices for s in steps]
+    x = tiny_tokenizer.quantize.indices_to_ar_input(indices, tiny_hart.config.patch_nums)
+    with torch.no_grad():
+        logits, _ = tiny_hart(x, context=cond.context, context_mask=cond.context_mask,
+                              context_position_ids=cond.position_ids)
+    cached = torch.cat([s.logits for s in steps], dim=1)
+    torch.testing.assert_close(cached, logits, atol=1e-5, rtol=0)
+
+
+def test_guidance_schedule_and_top_k():
+    assert [guidance_ratio(si, 6) for si in range(6)] == [0.0, 0.2, 0.4, 0.6, 0.8, 0.8]
+    assert guidance_ratio(13, 14) == 12 / 13
+    assert [official_top_k(si, 4096) for si in (0, 6, 7, 13)] == [600, 600, 300, 300]
+    assert official_top_k(0, 640) == 600 and official_top_k(0, 100) == 100
+    cond, uncond = torch.tensor([2.0, 1.0]), torch.tensor([1.0, 3.0])
+    t = 4.5 * 0.4
+    torch.testing.assert_close(guide(cond, uncond, 1 + t), (1 + t) * cond - t * uncond)
+
+
+def _tiny_model(num_classes=0):
+    cfg = HartConfig(embed_dim=32, depth=1, num_heads=2, context_token=4, context_dim=8, patch_nums=(1, 2, 4),
+                     vocab_size=30, latent_channels=4, diff_width=16, diff_depth=1, num_classes=num_classes)
+    torch.manual_seed(0)
+    return HartTransformer(cfg).eval()
+
+
+class _Quantizer:
+    """Minimal stand-in with the tokenizer quantizer's interface (codebook + AR assembly)."""
+
+    def __init__(self, vocab, channels):
+        from arvision.tokenizers.multiscale_quantizer import MultiScaleQuantizer
+
+        torch.manual_seed(1)
+        self.q = MultiScaleQuantizer(vocab, channels, num_tracked_scales=3)
+        self.embedding, self.channels = self.q.embedding, channels
+
+    def next_ar_input(self, *args):
+        return self.q.next_ar_input(*args)
+
+
+def test_seed_reproducibility_and_modes():
+    model, quant = _tiny_model(), _Quantizer(30, 4)
+    cond = Condition(torch.randn(2, 4, 8), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool(),
+                     torch.tensor([[0, 1, 1, 1], [0, 1, 2, 3]]))
+    def run(seed, **kw):
+        opts = SamplingOptions(cfg=2.0, **kw)
+        return sample_latent(model, quant, cond, opts, generator=torch.Generator().manual_seed(seed), progress=False)
+    a, b, other = run(1), run(1), run(2)
+    assert a.shape == (2, 4, 4, 4)
+    assert torch.equal(a, b) and not torch.equal(a, other)
+    assert torch.equal(run(3, more_smooth=True), run(3, more_smooth=True))
+    discrete = run(1, discrete_only=True)
+    assert not torch.equal(discrete, a)
+
+
+def test_class_conditional_sampling_runs():
+    model, quant = _tiny_model(num_classes=5), _Quantizer(30, 4)
+    out = sample_latent(model, quant, Condition(labels=torch.tensor([1, 4])), SamplingOptions(cfg=1.5),
+                        generator=torch.Generator().manual_seed(0), progress=False)
+    assert out.shape == (2, 4, 4, 4) and torch.isfinite(out).all()

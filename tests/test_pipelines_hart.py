@@ -1,0 +1,163 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from arvision.checkpoint import load_state_dict
+from arvision.cli import main as cli_main
+from arvision.errors import CheckpointError, InputError
+from arvision.imaging import tensor_to_pil
+from arvision.pipelines.hart import HartPipeline
+from arvision.text.base import TextEncoding
+from hart_common import HART_TINY
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return HartPipeline.from_pretrained(HART_TINY)
+
+
+@pytest.fixture(scope="module")
+def embeds(hart_cases):
+    return TextEncoding(hart_cases["ctx_context"], hart_cases["ctx_mask"], hart_cases["ctx_position_ids"])
+
+
+def test_official_layout_loads_ema_by_default(pipe):
+    ema = load_state_dict(HART_TINY / "llm" / "ema_model.bin")
+    assert torch.equal(pipe.transformer.head.weight, ema["head.weight"])
+    raw = HartPipeline.from_pretrained(HART_TINY / "llm", use_ema=False)
+    raw_state = load_state_dict(HART_TINY / "llm" / "pytorch_model.bin")
+    assert torch.equal(raw.transformer.head.weight, raw_state["head.weight"])
+
+
+def test_seeded_generation_is_reproducible(pipe, embeds):
+    a = pipe(prompt_embeds=embeds, seed=3, progress=False)
+    b = pipe(prompt_embeds=embeds, seed=3, progress=False)
+    c = pipe(prompt_embeds=embeds, seed=4, progress=False)
+    assert len(a.images) == 2 and isinstance(a.images[0], Image.Image) and a.images[0].size == (32, 32)
+    assert torch.equal(a.latents, b.latents)
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    assert not torch.equal(a.latents, c.latents)
+
+
+def test_replayed_official_image_through_the_pipeline_decoder(pipe, hart_cases):
+    """The pipeline's uint8 conversion of the official final latent equals the official image."""
+    with torch.no_grad():
+        images = pipe.tokenizer.decode(hart_cases["inf_fhat_final"])
+    expected = (hart_cases["inf_image"] * 255).to(torch.uint8).permute(0, 2, 3, 1)
+    got = torch.stack([torch.from_numpy(np.array(im)) for im in tensor_to_pil(images)])
+    assert (got.int() - expected.int()).abs().max() <= 1
+
+
+def test_save_pretrained_round_trip(pipe, embeds, tmp_path):
+    pipe.save_pretrained(tmp_path / "saved")
+    again = HartPipeline.from_pretrained(tmp_path / "saved")
+    a = pipe(prompt_embeds=embeds, seed=1, progress=False).latents
+    b = again(prompt_embeds=embeds, seed=1, progress=False).latents
+    assert torch.equal(a, b)
+
+
+def test_prompts_with_text_encoder_and_images_per_prompt(tiny_qwen2_24):
+    pipe = HartPipeline.from_pretrained(HART_TINY, text_encoder=tiny_qwen2_24)
+    out = pipe(["a red cube", "a blue ball"], num_images_per_prompt=2, seed=0, progress=False)
+    assert len(out.images) == 4 and out.latents.shape == (4, 8, 8, 8)
+    neg = pipe("a red cube", negative_prompt="blurry", seed=0, progress=False)
+    plain = pipe("a red cube", seed=0, progress=False)
+    assert not torch.equal(neg.latents, plain.latents)
+    with pytest.raises(InputError, match="empty"):
+        pipe(["a red cube", ""], progress=False)
+
+
+def test_bad_inputs_get_clear_errors(pipe, embeds):
+    with pytest.raises(InputError, match="square"):
+        pipe(prompt_embeds=embeds, height=32, width=64, progress=False)
+    with pytest.raises(InputError, match="multiple"):
+        pipe(prompt_embeds=embeds, height=30, width=30, progress=False)
+    with pytest.raises(InputError, match="at least"):
+        pipe(prompt_embeds=embeds, height=4, width=4, progress=False)
+    with pytest.raises(CheckpointError, match="no text encoder"):
+        pipe("a red cube", progress=False)
+    bad = TextEncoding(embeds.hidden[:, :8], embeds.mask[:, :8], embeds.position_ids[:, :8])
+    with pytest.raises(InputError, match="expects"):
+        pipe(prompt_embeds=bad, progress=False)
+
+
+def test_other_resolution_schedules_run(pipe, embeds):
+    """RoPE is normalised to the last scale, so any tokenizer schedule works: 64 px uses the 16x16 preset,
+    48 px a geometric 12x12 schedule."""
+    assert pipe.schedule_for(64, 64) == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    for size in (64, 48):
+        out = pipe(prompt_embeds=embeds, height=size, width=size, seed=0, progress=False, guidance_scale=0)
+        assert out.images[0].size == (size, size)
+
+
+def _copy_fixture(tmp_path):
+    folder = tmp_path / "hart"
+    shutil.copytree(HART_TINY, folder, ignore=shutil.ignore_patterns("cases.safetensors", "*.md"))
+    for f in folder.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)
+    return folder
+
+
+def test_missing_files_and_mismatches_are_reported(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        HartPipeline.from_pretrained(tmp_path / "nope")
+    folder = _copy_fixture(tmp_path)
+    (folder / "llm" / "ema_model.bin").unlink()
+    with pytest.raises(CheckpointError, match="use_ema=False"):
+        HartPipeline.from_pretrained(folder)
+    config = json.loads((folder / "llm" / "config.json").read_text())
+    (folder / "llm" / "config.json").write_text(json.dumps({**config, "depth": 3}))
+    with pytest.raises(CheckpointError, match="blocks.2"):
+        HartPipeline.from_pretrained(folder, use_ema=False)
+    (folder / "llm" / "config.json").write_text(json.dumps({**config, "context_dim": 32}))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        HartPipeline.from_pretrained(folder, use_ema=False)
+    shutil.rmtree(folder / "tokenizer")
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        HartPipeline.from_pretrained(folder, use_ema=False)
+
+
+def test_cli_generate_writes_images(tiny_qwen2_24, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    args = ["generate", "a red cube", "-n", "2", "--seed", "1", "--cfg", "3", "--quiet",
+            "--model", str(HART_TINY), "--text-encoder", str(tiny_qwen2_24), "-o", str(out)]
+    assert cli_main(args) == 0
+    written = [tmp_path / "img-000.png", tmp_path / "img-001.png"]
+    assert all(p.is_file() for p in written)
+    assert str(written[0]) in capsys.readouterr().out
+    assert cli_main([*args[:-1], str(tmp_path / "grid.png"), "--grid"]) == 0
+    assert Image.open(tmp_path / "grid.png").size == (64, 32)  # two images side by side
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    assert cli_main(["generate", "x", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "o.png")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli_main(["generate", "x", "--model", str(HART_TINY), "-o", str(tmp_path / "o.png")]) == 2
+    assert "no text encoder" in capsys.readouterr().err
+
+
+def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
+    from arvision.models.hart import HartConfig, HartTransformer
+
+    cfg = HartConfig(embed_dim=32, depth=1, num_heads=2, num_classes=10, patch_nums=(1, 2, 3, 4, 6, 8),
+                     vocab_size=640, latent_channels=8, diff_width=16, diff_depth=1)
+    torch.manual_seed(0)
+    c2i = HartPipeline(HartTransformer(cfg), pipe.tokenizer)
+    c2i.save_pretrained(tmp_path / "c2i")
+    loaded = HartPipeline.from_pretrained(tmp_path / "c2i")
+    a = c2i(class_labels=[1, 7], seed=0, progress=False)
+    b = loaded(class_labels=[1, 7], seed=0, progress=False)
+    assert len(a.images) == 2 and torch.equal(a.latents, b.latents)
+    with pytest.raises(InputError, match="class"):
+        loaded(class_labels=[10], progress=False)
+
+
+def test_reduced_precision_runs(embeds):
+    half = HartPipeline.from_pretrained(HART_TINY, torch_dtype=torch.bfloat16)
+    assert half.transformer.head.weight.dtype == torch.bfloat16
+    out = half(prompt_embeds=embeds, seed=0, progress=False)
+    assert torch.isfinite(out.latents.float()).all() and out.images[0].size == (32, 32)

