@@ -32,3 +32,16 @@ def test_generate_video_writes_an_animation_and_a_strip(tmp_path, capsys):
     with PIL.Image.open(tmp_path / "clip.strip.png") as strip:
         assert strip.size == (256, 32)
     assert main(["generate-video", "x", "-o", str(tmp_path / "clip.png"), "--model", str(FIXTURE)]) == 2
+
+
+def test_generate_dispatches_on_a_vila_u_folder(tmp_path, capsys):
+    out = tmp_path / "img.png"
+    args = ["generate", "A red circle.", "--model", str(FIXTURE), "-n", "2", "--seed", "3", "--quiet", "-o", str(out)]
+    assert main(args) == 0
+    written = [tmp_path / "img-000.png", tmp_path / "img-001.png"]
+    assert all(p.is_file() for p in written)
+    again = tmp_path / "again.png"
+    assert main([*args[:-1], str(again)]) == 0
+    assert PIL.Image.open(written[0]).tobytes() == PIL.Image.open(tmp_path / "again-000.png").tobytes()
+    assert main(["generate", "x", "--model", str(FIXTURE), "--discrete-only", "-o", str(out)]) == 2
+    assert "HART models only" in capsys.readouterr().err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from arvision.cli.common import add_device_arguments, torch_dtype
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("describe", help="answer a question about an image or a video (VILA-U)")
@@ -17,23 +19,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default 512)")
     p.add_argument("--frames", type=int, default=None, help="frames sampled from a video (default: config, 8)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="weights dtype (default: as stored, bfloat16 for the release)",
-    )
+    add_device_arguments(p, None, "weights dtype (default: as stored, bfloat16 for the release)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from arvision.pipelines.vila_u import VilaUPipeline
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
+    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))
     answer = pipe.describe(
         args.media,
         args.question,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from arvision.cli.common import add_device_arguments, torch_dtype
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate-video", help="generate a short video from text (VILA-U)")
@@ -20,13 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=4.0, help="animation frame rate (default 4)")
     p.add_argument("--no-strip", action="store_true", help="do not also save the frames side by side as PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="weights dtype (default: as stored, bfloat16 for the release)",
-    )
+    add_device_arguments(p, None, "weights dtype (default: as stored, bfloat16 for the release)")
     p.set_defaults(func=run)
 
 
@@ -35,8 +31,6 @@ def _numbered(path: Path, i: int, n: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from arvision.data.media import frame_strip, save_animation
     from arvision.errors import InputError
     from arvision.pipelines.vila_u import VilaUPipeline
@@ -44,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in {".gif", ".webp"}:
         raise InputError(f"--output must end in .gif or .webp, got {output.name}")
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
+    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))
     pipe.progress = not args.quiet
     videos = pipe.generate_video(
         args.prompt,

@@ -47,7 +47,11 @@ OFFICIAL_BUFFERS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn
 
 # Defaults of the official config class where they differ from ours (used for keys a config omits).
 _OFFICIAL_DEFAULTS = {
-    "context_token": 77, "context_dim": 768, "use_timestep_embed": False, "attn_type": "gpt2", "mlp_type": "gpt2",
+    "context_token": 77,
+    "context_dim": 768,
+    "use_timestep_embed": False,
+    "attn_type": "gpt2",
+    "mlp_type": "gpt2",
 }
 # Official config values we can reproduce; anything else is refused with a clear error.
 _SUPPORTED = {
@@ -142,7 +146,12 @@ def hart_0p7b_1024() -> HartConfig:
     """The released ``hart-0.7b-1024px`` shape (C=1536, depth 16, Qwen2-1.5B context, 732.5M params).
     The head count is not pinned by the parameter count; the release's config.json decides it."""
     return HartConfig(
-        embed_dim=1536, depth=16, num_heads=24, context_token=300, context_dim=1536, patch_nums=PATCH_NUMS[1024],
+        embed_dim=1536,
+        depth=16,
+        num_heads=24,
+        context_token=300,
+        context_dim=1536,
+        patch_nums=PATCH_NUMS[1024],
         use_timestep_embed=True,
     )
 
@@ -150,7 +159,11 @@ def hart_0p7b_1024() -> HartConfig:
 def hart_c2i(depth: int) -> HartConfig:
     """Class-conditional ImageNet-256 shapes (VAR convention: width 64*depth, depth heads)."""
     return HartConfig(
-        embed_dim=64 * depth, depth=depth, num_heads=depth, num_classes=1000, patch_nums=PATCH_NUMS[256],
+        embed_dim=64 * depth,
+        depth=depth,
+        num_heads=depth,
+        num_classes=1000,
+        patch_nums=PATCH_NUMS[256],
         use_timestep_embed=False,
     )
 
@@ -276,13 +289,21 @@ class HartTransformer(nn.Module):
         self.head = nn.Linear(C, cfg.vocab_size)
         self.decoder_norm = RMSNorm(C, cfg.norm_eps)
         self.diffloss = ResidualDiffusionHead(
-            latent_channels=cfg.latent_channels, cond_dim=C, width=cfg.diff_width, depth=cfg.diff_depth,
+            latent_channels=cfg.latent_channels,
+            cond_dim=C,
+            width=cfg.diff_width,
+            depth=cfg.diff_depth,
             num_sampling_steps=cfg.num_sampling_steps,
         )
 
     @torch.no_grad()
-    def init_weights(self, init_std: float | None = None, init_head: float = 0.02, init_adaln: float = 0.5,
-                     init_adaln_gamma: float = 1e-5) -> None:
+    def init_weights(
+        self,
+        init_std: float | None = None,
+        init_head: float = 0.02,
+        init_adaln: float = 0.5,
+        init_adaln_gamma: float = 1e-5,
+    ) -> None:
         """Training-from-scratch init (VAR recipe): truncated-normal linears/embeddings with std
         sqrt(1/(3C)) by default, a small head, near-zero AdaLN gammas so every block starts close to the
         identity, attention output projections divided by sqrt(2 depth); MAR init for the diffusion head."""
@@ -310,9 +331,7 @@ class HartTransformer(nn.Module):
         self.diffloss.net.initialize_weights()
 
     # ----- conditioning -------------------------------------------------------------------------------
-    def embed_condition(
-        self, context: torch.Tensor | None = None, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def embed_condition(self, context: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Text: context [B, T, context_dim] -> [B, T, C]. Classes: labels [B] -> [B, C]."""
         if self.config.class_conditional:
             if labels is None:

@@ -232,12 +232,23 @@ class HartPipeline:
         if generator is None and seed is not None:
             generator = torch.Generator(device).manual_seed(seed)
         options = SamplingOptions(
-            cfg=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature, more_smooth=more_smooth,
+            cfg=guidance_scale,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            more_smooth=more_smooth,
             discrete_only=discrete_only,
         )
         latents = sample_latent(
-            self.transformer, self.tokenizer.quantize, cond, options, patch_nums=patch_nums, negative=negative,
-            generator=generator, callback=callback, progress=progress,
+            self.transformer,
+            self.tokenizer.quantize,
+            cond,
+            options,
+            patch_nums=patch_nums,
+            negative=negative,
+            generator=generator,
+            callback=callback,
+            progress=progress,
         )
         images = self.tokenizer.decode(latents)
         return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)

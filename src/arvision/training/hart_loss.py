@@ -116,8 +116,13 @@ def hart_loss(
     keep = last_scale_keep(B, n_last, config, cpu_generator).to(device)
 
     logits, h_last = model(
-        x, context=cond.context, context_mask=cond.context_mask, context_position_ids=cond.position_ids,
-        labels=cond.labels, keep_last=keep, patch_nums=patch_nums,
+        x,
+        context=cond.context,
+        context_mask=cond.context_mask,
+        context_position_ids=cond.position_ids,
+        labels=cond.labels,
+        keep_last=keep,
+        patch_nums=patch_nums,
     )
     targets = torch.cat([*indices[:-1], indices[-1].gather(1, keep)], dim=1)
     ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -126,7 +131,9 @@ def hart_loss(
     with torch.no_grad():
         top_k = min(config.diffusion_top_k, model.config.vocab_size)
         sampled = sample_logits(
-            logits[:, -n_keep:].detach(), top_k=top_k, top_p=config.diffusion_top_p,
+            logits[:, -n_keep:].detach(),
+            top_k=top_k,
+            top_p=config.diffusion_top_p,
             generator=_on(generator, device),
         )
         codes = quantizer.embedding(sampled).detach()
