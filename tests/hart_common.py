@@ -36,7 +36,14 @@ def make_tiny_qwen2(folder: Path, hidden: int) -> Path:
     vocab["<|endoftext|>"] = len(vocab)
     Qwen2Tokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>", unk_token=None).save_pretrained(folder)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    config = Qwen2Config(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     Qwen2Model(config).save_pretrained(folder)
     return folder

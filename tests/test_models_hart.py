@@ -111,8 +111,17 @@ def test_class_conditional_presets_match_paper_sizes():
 
 
 def test_class_conditional_forward_shapes():
-    cfg = HartConfig(embed_dim=32, depth=2, num_heads=2, num_classes=10, patch_nums=(1, 2, 4), vocab_size=50,
-                     latent_channels=4, diff_width=16, diff_depth=1)
+    cfg = HartConfig(
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        patch_nums=(1, 2, 4),
+        vocab_size=50,
+        latent_channels=4,
+        diff_width=16,
+        diff_depth=1,
+    )
     model = HartTransformer(cfg).eval()
     x = torch.randn(3, 4 + 16, 4)
     logits, h_last = model(x, labels=torch.tensor([0, 5, 10]))
@@ -140,8 +149,18 @@ def test_config_round_trip():
 
 
 def test_init_weights_starts_blocks_near_identity():
-    cfg = HartConfig(embed_dim=32, depth=2, num_heads=2, context_token=4, context_dim=8, patch_nums=(1, 2, 4),
-                     vocab_size=50, latent_channels=4, diff_width=16, diff_depth=1)
+    cfg = HartConfig(
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        context_token=4,
+        context_dim=8,
+        patch_nums=(1, 2, 4),
+        vocab_size=50,
+        latent_channels=4,
+        diff_width=16,
+        diff_depth=1,
+    )
     model = HartTransformer(cfg)
     model.init_weights()
     assert model.blocks[0].ada_lin[1].weight[:64].abs().max() < 1e-4  # gamma rows

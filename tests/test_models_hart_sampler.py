@@ -43,8 +43,9 @@ def replay(hart_cases, tiny_hart, tiny_tokenizer):
     finally:
         hook.remove()
         del tiny_hart.diffloss.sample
-    return dict(f_hat=f_hat, steps=steps, z=zs[-1], diff_x=diff_x, diff_out=diff_out, diff_t=diff_t,
-                guidance=replay_guidance)
+    return dict(
+        f_hat=f_hat, steps=steps, z=zs[-1], diff_x=diff_x, diff_out=diff_out, diff_t=diff_t, guidance=replay_guidance
+    )
 
 
 def test_replayed_logits_per_scale_match_official(hart_cases, replay):
@@ -107,13 +108,21 @@ def test_seeded_token_draws_equal_the_official_cpu_generator(hart_cases, tiny_ha
 def test_kv_cached_logits_equal_teacher_forced(hart_cases, tiny_hart, tiny_tokenizer):
     c, steps = hart_cases, []
     cond = Condition(c["ctx_context"], c["ctx_mask"], c["ctx_position_ids"])
-    sample_latent(tiny_hart, tiny_tokenizer.quantize, cond, SamplingOptions(cfg=0.0, discrete_only=True),
-                  generator=torch.Generator().manual_seed(0), callback=steps.append, progress=False)
+    sample_latent(
+        tiny_hart,
+        tiny_tokenizer.quantize,
+        cond,
+        SamplingOptions(cfg=0.0, discrete_only=True),
+        generator=torch.Generator().manual_seed(0),
+        callback=steps.append,
+        progress=False,
+    )
     indices = [s.indices for s in steps]
     x = tiny_tokenizer.quantize.indices_to_ar_input(indices, tiny_hart.config.patch_nums)
     with torch.no_grad():
-        logits, _ = tiny_hart(x, context=cond.context, context_mask=cond.context_mask,
-                              context_position_ids=cond.position_ids)
+        logits, _ = tiny_hart(
+            x, context=cond.context, context_mask=cond.context_mask, context_position_ids=cond.position_ids
+        )
     cached = torch.cat([s.logits for s in steps], dim=1)
     torch.testing.assert_close(cached, logits, atol=1e-5, rtol=0)
 
@@ -129,8 +138,19 @@ def test_guidance_schedule_and_top_k():
 
 
 def _tiny_model(num_classes=0):
-    cfg = HartConfig(embed_dim=32, depth=1, num_heads=2, context_token=4, context_dim=8, patch_nums=(1, 2, 4),
-                     vocab_size=30, latent_channels=4, diff_width=16, diff_depth=1, num_classes=num_classes)
+    cfg = HartConfig(
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        context_token=4,
+        context_dim=8,
+        patch_nums=(1, 2, 4),
+        vocab_size=30,
+        latent_channels=4,
+        diff_width=16,
+        diff_depth=1,
+        num_classes=num_classes,
+    )
     torch.manual_seed(0)
     return HartTransformer(cfg).eval()
 
@@ -151,11 +171,16 @@ class _Quantizer:
 
 def test_seed_reproducibility_and_modes():
     model, quant = _tiny_model(), _Quantizer(30, 4)
-    cond = Condition(torch.randn(2, 4, 8), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool(),
-                     torch.tensor([[0, 1, 1, 1], [0, 1, 2, 3]]))
+    cond = Condition(
+        torch.randn(2, 4, 8),
+        torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool(),
+        torch.tensor([[0, 1, 1, 1], [0, 1, 2, 3]]),
+    )
+
     def run(seed, **kw):
         opts = SamplingOptions(cfg=2.0, **kw)
         return sample_latent(model, quant, cond, opts, generator=torch.Generator().manual_seed(seed), progress=False)
+
     a, b, other = run(1), run(1), run(2)
     assert a.shape == (2, 4, 4, 4)
     assert torch.equal(a, b) and not torch.equal(a, other)
@@ -166,6 +191,12 @@ def test_seed_reproducibility_and_modes():
 
 def test_class_conditional_sampling_runs():
     model, quant = _tiny_model(num_classes=5), _Quantizer(30, 4)
-    out = sample_latent(model, quant, Condition(labels=torch.tensor([1, 4])), SamplingOptions(cfg=1.5),
-                        generator=torch.Generator().manual_seed(0), progress=False)
+    out = sample_latent(
+        model,
+        quant,
+        Condition(labels=torch.tensor([1, 4])),
+        SamplingOptions(cfg=1.5),
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     assert out.shape == (2, 4, 4, 4) and torch.isfinite(out).all()

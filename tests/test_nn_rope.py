@@ -34,10 +34,12 @@ def test_1d_rope_preserves_norm_and_relative_positions():
     d = 8
     q = torch.randn(1, 1, 1, d)
     k = torch.randn(1, 1, 1, d)
+
     def dot(pq, pk):
         cq, sq = rope_1d(torch.tensor([[pq]]), d)
         ck, sk = rope_1d(torch.tensor([[pk]]), d)
         return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum().item()
+
     assert math.isclose(dot(3, 1), dot(10, 8), rel_tol=1e-4, abs_tol=1e-5)
     cos, sin = rope_1d(torch.tensor([[5]]), d)
     assert torch.allclose(apply_rope(q, cos, sin).norm(), q.norm(), atol=1e-5)

@@ -123,8 +123,23 @@ def test_missing_files_and_mismatches_are_reported(tmp_path):
 
 def test_cli_generate_writes_images(tiny_qwen2_24, tmp_path, capsys):
     out = tmp_path / "img.png"
-    args = ["generate", "a red cube", "-n", "2", "--seed", "1", "--cfg", "3", "--quiet",
-            "--model", str(HART_TINY), "--text-encoder", str(tiny_qwen2_24), "-o", str(out)]
+    args = [
+        "generate",
+        "a red cube",
+        "-n",
+        "2",
+        "--seed",
+        "1",
+        "--cfg",
+        "3",
+        "--quiet",
+        "--model",
+        str(HART_TINY),
+        "--text-encoder",
+        str(tiny_qwen2_24),
+        "-o",
+        str(out),
+    ]
     assert cli_main(args) == 0
     written = [tmp_path / "img-000.png", tmp_path / "img-001.png"]
     assert all(p.is_file() for p in written)
@@ -143,8 +158,17 @@ def test_cli_errors_exit_2(tmp_path, capsys):
 def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
     from arvision.models.hart import HartConfig, HartTransformer
 
-    cfg = HartConfig(embed_dim=32, depth=1, num_heads=2, num_classes=10, patch_nums=(1, 2, 3, 4, 6, 8),
-                     vocab_size=640, latent_channels=8, diff_width=16, diff_depth=1)
+    cfg = HartConfig(
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_classes=10,
+        patch_nums=(1, 2, 3, 4, 6, 8),
+        vocab_size=640,
+        latent_channels=8,
+        diff_width=16,
+        diff_depth=1,
+    )
     torch.manual_seed(0)
     c2i = HartPipeline(HartTransformer(cfg), pipe.tokenizer)
     c2i.save_pretrained(tmp_path / "c2i")

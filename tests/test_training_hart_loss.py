@@ -14,8 +14,19 @@ from arvision.training.hart_loss import (
 
 def _setup(pooling="max"):
     torch.manual_seed(0)
-    cfg = HartConfig(embed_dim=32, depth=2, num_heads=2, context_token=6, context_dim=8, patch_nums=(1, 2, 4, 8),
-                     vocab_size=40, latent_channels=4, diff_width=16, diff_depth=1, sep_aln_pooling_mode=pooling)
+    cfg = HartConfig(
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        context_token=6,
+        context_dim=8,
+        patch_nums=(1, 2, 4, 8),
+        vocab_size=40,
+        latent_channels=4,
+        diff_width=16,
+        diff_depth=1,
+        sep_aln_pooling_mode=pooling,
+    )
     model = HartTransformer(cfg)
     quant = MultiScaleQuantizer(40, 4, num_tracked_scales=4).requires_grad_(False)
     f = torch.randn(3, 4, 8, 8)
@@ -43,8 +54,9 @@ def test_one_optimizer_step_lowers_the_loss_on_a_fixed_batch():
 def test_loss_is_finite_for_all_padding_prompts(pooling):
     model, quant, indices, r_pre, cond = _setup(pooling)
     empty = Condition(torch.randn(3, 6, 8), torch.zeros(3, 6, dtype=torch.bool), torch.full((3, 6), -1))
-    out = hart_loss(model, quant, indices, r_pre, empty, HartLossConfig(cond_drop_rate=0.0),
-                    torch.Generator().manual_seed(1))
+    out = hart_loss(
+        model, quant, indices, r_pre, empty, HartLossConfig(cond_drop_rate=0.0), torch.Generator().manual_seed(1)
+    )
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -91,8 +103,17 @@ def test_lower_resolution_batches_train_the_same_model():
 
 def test_class_conditional_loss_drops_to_the_null_class():
     torch.manual_seed(0)
-    cfg = HartConfig(embed_dim=32, depth=1, num_heads=2, num_classes=5, patch_nums=(1, 2, 4), vocab_size=40,
-                     latent_channels=4, diff_width=16, diff_depth=1)
+    cfg = HartConfig(
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_classes=5,
+        patch_nums=(1, 2, 4),
+        vocab_size=40,
+        latent_channels=4,
+        diff_width=16,
+        diff_depth=1,
+    )
     model = HartTransformer(cfg)
     quant = MultiScaleQuantizer(40, 4, num_tracked_scales=3)
     indices, r_pre = quant.latent_to_indices(torch.randn(2, 4, 4, 4), cfg.patch_nums)
@@ -102,6 +123,13 @@ def test_class_conditional_loss_drops_to_the_null_class():
         seen["labels"] = args[0]
 
     model.class_emb.register_forward_hook(record)
-    out = hart_loss(model, quant, indices, r_pre, Condition(labels=torch.tensor([1, 3])),
-                    HartLossConfig(cond_drop_rate=1.0, min_keep=4), torch.Generator().manual_seed(0))
+    out = hart_loss(
+        model,
+        quant,
+        indices,
+        r_pre,
+        Condition(labels=torch.tensor([1, 3])),
+        HartLossConfig(cond_drop_rate=1.0, min_keep=4),
+        torch.Generator().manual_seed(0),
+    )
     assert torch.isfinite(out.loss) and seen["labels"].tolist() == [5, 5]

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from arvision.training.config import load_config
 from arvision.training.loop import TrainConfig, Trainer
-from arvision.training.tasks import TASKS, build_task
+from arvision.training.tasks import TASK_NAMES, build_task
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a tokenizer or generator (torchrun for several processes)")
-    p.add_argument("task", choices=sorted(TASKS), help="what to train")
+    p.add_argument("task", choices=TASK_NAMES, help="what to train")
     p.add_argument("--config", type=Path, default=None, help="YAML/TOML/JSON file with TrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
     p.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nested keys (optim.lr=3e-4)")

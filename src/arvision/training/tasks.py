@@ -110,10 +110,14 @@ class TokenizerTask(TrainingTask):
         tokenizer.save_pretrained(folder)
 
 
-TASKS: dict[str, type[TrainingTask]] = {TokenizerTask.name: TokenizerTask}
+TASK_NAMES = ("tokenizer", "hart")
 
 
 def build_task(name: str, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0) -> TrainingTask:
-    if name not in TASKS:
-        raise InputError(f"unknown training task {name!r}; available: {sorted(TASKS)}")
-    return TASKS[name](model, data, seed=seed)
+    if name == "tokenizer":
+        return TokenizerTask(model, data, seed=seed)
+    if name == "hart":
+        from arvision.training.hart_task import HartTask  # imports the text encoders only when needed
+
+        return HartTask(model, data, seed=seed)
+    raise InputError(f"unknown training task {name!r}; available: {list(TASK_NAMES)}")

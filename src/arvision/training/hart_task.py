@@ -1,0 +1,171 @@
+"""``arvision train hart``: the next-scale transformer (+ residual diffusion head) on captioned images.
+
+A frozen hybrid tokenizer turns each image into per-scale indices and the residual target; a frozen
+text encoder (offline MiniLM by default, or a Qwen2 folder) gives the context. Both stay outside the
+trained module tree, so DDP/FSDP, the EMA and the checkpoints carry only the transformer. The export is
+a :class:`~arvision.pipelines.hart.HartPipeline` folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from arvision.data.datasets import WorldImages
+from arvision.data.user import CaptionedImages
+from arvision.data.world import ProceduralWorld, WorldConfig
+from arvision.defaults import default_model_path
+from arvision.errors import InputError
+from arvision.models.hart import HartConfig, HartTransformer
+from arvision.models.hart_sampler import Condition
+from arvision.text.base import TextEncoder
+from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
+from arvision.tokenizers.hart_tokenizer import HybridTokenizer
+from arvision.training.config import build_dataclass
+from arvision.training.distributed import unwrap
+from arvision.training.hart_loss import HartLossConfig, hart_loss
+from arvision.training.tasks import TrainingTask
+
+
+@dataclass
+class HartData:
+    source: str = "world"  # "world" (the procedural world) or "captions" (a folder / JSONL / CSV at ``path``)
+    path: str | None = None
+    resolution: int = 64
+    length: int = 100_000
+
+
+@dataclass
+class HartModel:
+    """``transformer``: :class:`HartConfig` fields; the context, vocabulary and latent sizes are taken from
+    the text encoder and tokenizer, and the scale schedule from the tokenizer at ``data.resolution``."""
+
+    transformer: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = "default"  # a tokenizer folder; "default" is the embedded one
+    text_encoder: str = "minilm"  # "minilm" or a Qwen2 folder
+    context_tokens: int = 32
+    loss: HartLossConfig = field(default_factory=HartLossConfig)
+    sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
+
+
+class HartObjective(nn.Module):
+    """``forward(images [B, 3, H, W], captions)`` -> (loss, logs); trains ``transformer`` only."""
+
+    def __init__(self, transformer: HartTransformer, tokenizer: HybridTokenizer, text_encoder, loss: HartLossConfig):
+        super().__init__()
+        self.transformer = transformer
+        self.loss_config = loss
+        tokenizer.eval().requires_grad_(False)
+        self.frozen = (tokenizer, text_encoder)  # a tuple keeps them out of parameters() and state_dict()
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        tokenizer, text_encoder = self.frozen
+        tokenizer._apply(fn)
+        text_encoder.model._apply(fn)
+        return self
+
+    def forward(
+        self, images: torch.Tensor, captions: list[str], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tokenizer, text_encoder = self.frozen
+        with torch.no_grad():
+            latent = tokenizer.encode_latent(images)
+            indices, r_pre = tokenizer.quantize.latent_to_indices(latent, tokenizer.patch_nums_for(latent))
+            enc = text_encoder.encode(captions)
+        cond = Condition(enc.hidden.to(images.device), enc.mask.to(images.device), enc.position_ids.to(images.device))
+        out = hart_loss(self.transformer, tokenizer.quantize, indices, r_pre, cond, self.loss_config, generator)
+        return out.loss, {"ce": out.ce, "diffusion": out.diffusion}
+
+
+def load_text_encoder(name: str, context_tokens: int) -> TextEncoder:
+    if name == "minilm":
+        return minilm_text_encoder(context_tokens)
+    return qwen2_text_encoder(name, max_length=context_tokens)
+
+
+class HartTask(TrainingTask):
+    name = "hart"
+
+    def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0):
+        self.model_config = build_dataclass(HartModel, model, prefix="model.")
+        self.data_config = build_dataclass(HartData, data, prefix="data.")
+        self.seed = seed
+        folder = (
+            default_model_path("tokenizer") if self.model_config.tokenizer == "default" else self.model_config.tokenizer
+        )
+        self.tokenizer = HybridTokenizer.from_pretrained(folder)
+        self.text_encoder = load_text_encoder(self.model_config.text_encoder, self.model_config.context_tokens)
+        self.transformer_config = self._transformer_config()
+
+    def _transformer_config(self) -> HartConfig:
+        resolution = self.data_config.resolution
+        down = self.tokenizer.config.downsample
+        if resolution % down:
+            raise InputError(f"data.resolution {resolution} is not a multiple of the tokenizer's downsampling {down}")
+        probe = torch.zeros(1, self.tokenizer.config.z_channels, resolution // down, resolution // down)
+        derived = {
+            "context_dim": self.text_encoder.hidden_size,
+            "context_token": self.text_encoder.max_length,
+            "vocab_size": self.tokenizer.config.vocab_size,
+            "latent_channels": self.tokenizer.config.z_channels,
+            "patch_nums": list(self.tokenizer.patch_nums_for(probe)),
+        }
+        try:
+            return build_dataclass(
+                HartConfig, {**self.model_config.transformer, **derived}, prefix="model.transformer."
+            )
+        except ValueError as exc:
+            raise InputError(f"model.transformer: {exc}") from exc
+
+    def build_model(self) -> nn.Module:
+        transformer = HartTransformer(self.transformer_config)
+        transformer.init_weights()
+        return HartObjective(transformer, self.tokenizer, self.text_encoder, self.model_config.loss)
+
+    def build_dataset(self) -> Dataset:
+        d = self.data_config
+        if d.source == "world":
+            return WorldImages(ProceduralWorld(WorldConfig(image_size=d.resolution), seed=self.seed), length=d.length)
+        if d.source == "captions":
+            if not d.path:
+                raise InputError("data.source 'captions' needs data.path (an image folder, .jsonl or .csv)")
+            return CaptionedImages.from_source(d.path, size=d.resolution)
+        raise InputError(f"data.source {d.source!r} is not available for the hart task (use 'world' or 'captions')")
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return default_collate(items)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator):
+        total, terms = model(batch["image"], list(batch["caption"]), generator)
+        return total, {k: v.item() for k, v in terms.items()}
+
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.transformer.blocks)
+
+    def _pipeline(self, transformer: HartTransformer):
+        from arvision.pipelines.hart import HartPipeline
+
+        return HartPipeline(transformer, self.tokenizer, self.text_encoder, getattr(self.text_encoder, "spec", None))
+
+    def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
+        transformer = HartTransformer(self.transformer_config)
+        transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in weights.items()})
+        self._pipeline(transformer).save_pretrained(folder)
+
+    def sample_images(self, model: nn.Module) -> list[Image.Image]:
+        transformer = unwrap(model).transformer
+        was_training = transformer.training
+        size = self.data_config.resolution
+        out = self._pipeline(transformer)(
+            self.model_config.sample_prompts, height=size, width=size, seed=0, progress=False
+        )
+        transformer.train(was_training)
+        return out.images

