@@ -28,11 +28,12 @@ def test_reports_positions_and_nothing_on_plain_backgrounds():
 
 
 def test_shape_rules():
-    assert classify_shape(0.5, 0.6, 0) == "ring"
-    assert classify_shape(0.45, 0.6, 1) == "star"
-    assert classify_shape(0.95, 0.98, 1) == "square"
-    assert classify_shape(0.78, 0.97, 1) == "circle"
-    assert classify_shape(0.5, 0.95, 1) == "triangle"
+    assert classify_shape(0.5, 0.6, 0, 0.0) == "ring"
+    assert classify_shape(0.45, 0.6, 1, 0.0) == "star"
+    assert classify_shape(0.95, 0.98, 1, 1.0) == "square"
+    assert classify_shape(0.85, 0.98, 1, 0.0) == "circle"
+    assert classify_shape(0.78, 0.97, 1, 0.0) == "circle"
+    assert classify_shape(0.5, 0.95, 1, 0.5) == "triangle"
 
 
 def test_mismatched_targets_are_refused():
