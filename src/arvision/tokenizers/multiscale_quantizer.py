@@ -103,7 +103,8 @@ class MultiScaleQuantizer(nn.Module):
     @torch.no_grad()
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Codebook index nearest to each row of ``z`` ``[N, C]`` -> ``[N]``."""
-        codebook = self.embedding.weight
+        # fp32 as in the official code: reduced-precision distances change which code wins.
+        z, codebook = z.float(), self.embedding.weight.float()
         if self.using_znorm:
             return (F.normalize(z, dim=1) @ F.normalize(codebook, dim=1).T).argmax(dim=1)
         dist = z.square().sum(dim=1, keepdim=True) + codebook.square().sum(dim=1)

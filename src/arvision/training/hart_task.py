@@ -40,6 +40,7 @@ class HartData:
     path: str | None = None
     resolution: int = 64
     length: int = 100_000
+    max_objects: int = 4  # world scenes hold 1..max_objects objects
 
 
 @dataclass
@@ -76,7 +77,8 @@ class HartObjective(nn.Module):
         self, images: torch.Tensor, captions: list[str], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tokenizer, text_encoder = self.frozen
-        with torch.no_grad():
+        # The tokens are targets: computed in full precision whatever autocast the trainer uses.
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             latent = tokenizer.encode_latent(images)
             indices, r_pre = tokenizer.quantize.latent_to_indices(latent, tokenizer.patch_nums_for(latent))
             enc = text_encoder.encode(captions)
@@ -133,7 +135,8 @@ class HartTask(TrainingTask):
     def build_dataset(self) -> Dataset:
         d = self.data_config
         if d.source == "world":
-            return WorldImages(ProceduralWorld(WorldConfig(image_size=d.resolution), seed=self.seed), length=d.length)
+            world = ProceduralWorld(WorldConfig(image_size=d.resolution, max_objects=d.max_objects), seed=self.seed)
+            return WorldImages(world, length=d.length)
         if d.source == "captions":
             if not d.path:
                 raise InputError("data.source 'captions' needs data.path (an image folder, .jsonl or .csv)")
