@@ -12,9 +12,11 @@ from PIL import Image, UnidentifiedImageError
 from arvision.errors import InputError
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB, with errors that name the file."""
-    path = Path(path)
+def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+    """Open an image file (or take a PIL image) as RGB, with errors that name the file."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    path = Path(source)
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
     try:

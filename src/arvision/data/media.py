@@ -15,23 +15,10 @@ import PIL.Image
 import torch
 
 from arvision.errors import InputError
+from arvision.imaging import load_image
 
 # An animated GIF is read as an image (its first frame); convert it to a video file to describe it as one.
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-
-
-def load_image(source: str | os.PathLike | PIL.Image.Image) -> PIL.Image.Image:
-    """Open an image file (or take a PIL image) as RGB; :class:`InputError` if it is not an image."""
-    if isinstance(source, PIL.Image.Image):
-        return source.convert("RGB")
-    path = Path(source)
-    if not path.is_file():
-        raise InputError(f"image not found: {path}")
-    try:
-        with PIL.Image.open(path) as image:
-            return image.convert("RGB")
-    except (PIL.UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"not a readable image: {path} ({exc})") from exc
 
 
 def preprocess_image(image: PIL.Image.Image, size: int, *, generation_crop: bool = False) -> torch.Tensor:

@@ -19,8 +19,9 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from arvision.data.media import is_video_path, load_image, load_video_frames, preprocess_image, to_pil
+from arvision.data.media import is_video_path, load_video_frames, preprocess_image, to_pil
 from arvision.errors import CheckpointError, InputError
+from arvision.imaging import load_image
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
 from arvision.pipelines import vila_u_checkpoint as ckpt
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
