@@ -1,0 +1,36 @@
+"""How well a text-to-image pipeline draws single world objects: the right shape in the right colour.
+
+Two prompt sets: the compositional hold-out (colour-shape pairs the world's train split never shows)
+and the seen pairs (every other pair). Each prompt is generated ``images_per_prompt`` times with fixed
+seeds and read back by :mod:`arvision.eval.shapes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+
+from arvision.data.scenes import COLOURS, SHAPES
+from arvision.data.world import WorldConfig, single_object_prompts
+from arvision.eval.shapes import single_object_accuracy
+
+Generate = Callable[[Sequence[str], int], list[Image.Image]]
+
+
+def prompt_sets(config: WorldConfig | None = None) -> dict[str, list]:
+    config = config or WorldConfig()
+    held_out = set(config.heldout_combos)
+    seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in held_out]
+    return {"held_out": single_object_prompts(sorted(held_out)), "seen": single_object_prompts(seen)}
+
+
+def world_shape_accuracy(generate: Generate, images_per_prompt: int = 2, config: WorldConfig | None = None) -> dict:
+    """``generate(prompts, seed)`` -> one image per prompt. Returns accuracies per prompt set."""
+    report = {}
+    for name, cases in prompt_sets(config).items():
+        prompts = [case.prompt for case in cases]
+        targets = [(case.graph.objects[0].colour, case.graph.objects[0].shape) for case in cases]
+        images = [image for seed in range(images_per_prompt) for image in generate(prompts, seed)]
+        report[name] = {**single_object_accuracy(images, targets * images_per_prompt), "images": len(images)}
+    return report
