@@ -45,8 +45,9 @@ def main() -> None:
 
     image_s = _timed(lambda: pipe.generate_image("A red panda sitting on a tree.", n=1, seed=0), args.repeats)
     batch_s = _timed(lambda: pipe.generate_image("A red panda sitting on a tree.", n=4, seed=0), args.repeats)
-    answer_s = _timed(lambda: pipe.describe(image, "What is in the image?", temperature=0.0, max_new_tokens=32),
-                      args.repeats)
+    answer_s = _timed(
+        lambda: pipe.describe(image, "What is in the image?", temperature=0.0, max_new_tokens=32), args.repeats
+    )
     print(f"threads={args.threads} model={args.model} ({tokens} tokens/image, D={pipe.config.tower.depth})")
     print(f"generate_image n=1: {image_s:.3f} s/image ({image_s / tokens * 1000:.1f} ms/token)")
     print(f"generate_image n=4: {batch_s / 4:.3f} s/image")
