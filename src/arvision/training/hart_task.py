@@ -31,6 +31,7 @@ from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 from arvision.training.config import build_dataclass
 from arvision.training.distributed import unwrap
 from arvision.training.hart_loss import HartLossConfig, hart_loss
+from arvision.training.latent_cache import CachedTargets, tokenize_targets
 from arvision.training.tasks import TrainingTask
 
 
@@ -41,6 +42,7 @@ class HartData:
     resolution: int = 64
     length: int = 100_000
     max_objects: int = 4  # world scenes hold 1..max_objects objects
+    cache_dir: str | None = None  # tokenize the dataset once into this folder and train on the stored targets
 
 
 @dataclass
@@ -57,7 +59,7 @@ class HartModel:
 
 
 class HartObjective(nn.Module):
-    """``forward(images [B, 3, H, W], captions)`` -> (loss, logs); trains ``transformer`` only."""
+    """``forward(batch, generator)`` -> (loss, logs); trains ``transformer`` only."""
 
     def __init__(self, transformer: HartTransformer, tokenizer: HybridTokenizer, text_encoder, loss: HartLossConfig):
         super().__init__()
@@ -74,15 +76,21 @@ class HartObjective(nn.Module):
         return self
 
     def forward(
-        self, images: torch.Tensor, captions: list[str], generator: torch.Generator | None = None
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``batch``: ``{"image": [B, 3, H, W], "caption": [...]}``, or cached targets ``{"indices":
+        [B, sum pn^2], "residual": [B, C, h, w], "caption": [...]}``."""
         tokenizer, text_encoder = self.frozen
-        # The tokens are targets: computed in full precision whatever autocast the trainer uses.
-        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-            latent = tokenizer.encode_latent(images)
-            indices, r_pre = tokenizer.quantize.latent_to_indices(latent, tokenizer.patch_nums_for(latent))
-            enc = text_encoder.encode(captions)
-        cond = Condition(enc.hidden.to(images.device), enc.mask.to(images.device), enc.position_ids.to(images.device))
+        if "indices" in batch:
+            r_pre = batch["residual"]
+            sizes = [pn * pn for pn in tokenizer.patch_nums_for(r_pre)]
+            indices = list(batch["indices"].split(sizes, dim=1))
+        else:
+            indices, r_pre = tokenize_targets(tokenizer, batch["image"])
+        with torch.no_grad():
+            enc = text_encoder.encode(list(batch["caption"]))
+        device = r_pre.device
+        cond = Condition(enc.hidden.to(device), enc.mask.to(device), enc.position_ids.to(device))
         out = hart_loss(self.transformer, tokenizer.quantize, indices, r_pre, cond, self.loss_config, generator)
         return out.loss, {"ce": out.ce, "diffusion": out.diffusion}
 
@@ -136,18 +144,22 @@ class HartTask(TrainingTask):
         d = self.data_config
         if d.source == "world":
             world = ProceduralWorld(WorldConfig(image_size=d.resolution, max_objects=d.max_objects), seed=self.seed)
-            return WorldImages(world, length=d.length)
-        if d.source == "captions":
+            dataset = WorldImages(world, length=d.length)
+        elif d.source == "captions":
             if not d.path:
                 raise InputError("data.source 'captions' needs data.path (an image folder, .jsonl or .csv)")
-            return CaptionedImages.from_source(d.path, size=d.resolution)
-        raise InputError(f"data.source {d.source!r} is not available for the hart task (use 'world' or 'captions')")
+            dataset = CaptionedImages.from_source(d.path, size=d.resolution)
+        else:
+            raise InputError(f"data.source {d.source!r} is not available for the hart task (use 'world' or 'captions')")
+        if d.cache_dir is None:
+            return dataset
+        return CachedTargets.load_or_build(d.cache_dir, dataset, self.tokenizer)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return default_collate(items)
 
     def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator):
-        total, terms = model(batch["image"], list(batch["caption"]), generator)
+        total, terms = model(batch, generator)
         return total, {k: v.item() for k, v in terms.items()}
 
     def shard_units(self, model: nn.Module) -> list[nn.Module]:
