@@ -1,4 +1,3 @@
-import av
 import numpy as np
 import PIL.Image
 import pytest
@@ -14,21 +13,7 @@ from arvision.data.media import (
     to_pil,
 )
 from arvision.errors import InputError
-
-
-def write_video(path, values, size=32):
-    """A tiny MPEG-4 video whose frame i is a flat grey of value values[i]."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for v in values:
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), v, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+from media_common import write_video
 
 
 def test_frame_indices_follow_the_official_rounding():
@@ -40,7 +25,7 @@ def test_frame_indices_follow_the_official_rounding():
 
 def test_video_file_frames_are_sampled_evenly(tmp_path):
     values = [i * 15 for i in range(13)]
-    frames = load_video_frames(write_video(tmp_path / "v.mp4", values), 8)
+    frames = load_video_frames(write_video(tmp_path / "v.mp4", values, size=32), 8)
     assert len(frames) == 8 and frames[0].size == (32, 32)
     got = [int(np.asarray(f).mean()) for f in frames]
     expected = [values[i] for i in sample_frame_indices(13, 8)]

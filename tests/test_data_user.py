@@ -1,7 +1,6 @@
 import importlib.util
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -9,6 +8,7 @@ from PIL import Image
 from arvision.data import CaptionedImages, ClassFolderImages, DataWarning, VQADataset, prepare_image
 from arvision.data.media import sample_frame_indices
 from arvision.errors import InputError
+from media_common import write_video
 
 
 def flat(path, colour, size=(12, 10)):
@@ -107,19 +107,6 @@ def test_crop_policies_follow_the_official_preprocessing():
     assert red_rows == [8, 0, 2]  # the top square keeps the band (16 of 20 rows), the centre crop loses it
     with pytest.raises(InputError, match="crop policy"):
         prepare_image(portrait, 10, "random")
-
-
-def write_video(path, values, size=16):
-    av = pytest.importorskip("av")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for v in values:
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), v, np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
 
 
 def test_vqa_jsonl_with_images_frame_folders_video_files_and_chat_turns(tmp_path):

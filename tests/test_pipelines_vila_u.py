@@ -11,7 +11,7 @@ from arvision.data.media import load_video_frames, to_pil
 from arvision.errors import CheckpointError, InputError
 from arvision.pipelines.vila_u import VilaUPipeline, is_vila_u_folder
 from arvision.pipelines.vila_u_checkpoint import tower_state_from_release, tower_state_to_release
-from test_data_media import write_video
+from media_common import write_video
 from vilau_common import FIXTURE, cases, fixture_pipeline
 
 
