@@ -8,6 +8,7 @@ randomness must derive from sample indices.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,30 +28,33 @@ from arvision.training.config import build_dataclass
 from arvision.training.tokenizer import TokenizerLossConfig, TokenizerObjective, set_train_mode
 
 
-class TrainingTask:
+class TrainingTask(ABC):
     """Interface of a training task. ``loss`` must call ``model``'s forward (so DDP/FSDP see it)."""
 
     name: ClassVar[str]
 
+    @abstractmethod
     def build_model(self) -> nn.Module:
-        raise NotImplementedError
+        """The module to train (wrapped by DDP or sharded by FSDP2 afterwards)."""
 
+    @abstractmethod
     def build_dataset(self) -> Dataset:
-        raise NotImplementedError
+        """A map-style dataset; item ``i`` must not depend on global RNG state."""
 
     def collate(self, items: list[Any]) -> Any:
         return default_collate(items)
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """(scalar loss, float logs) for one micro-batch."""
 
     def shard_units(self, model: nn.Module) -> list[nn.Module]:
         """Sub-modules that FSDP2 shards one by one (default: none, only the root)."""
         return []
 
+    @abstractmethod
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         """Write the trained weights (keys of :meth:`build_model`'s state dict) in a ``from_pretrained`` layout."""
-        raise NotImplementedError
 
     def sample_images(self, model: nn.Module) -> list[Image.Image]:
         return []
