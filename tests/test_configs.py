@@ -1,0 +1,37 @@
+"""The shipped training configs parse, and the released-shape one builds the released model size."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from arvision.models.hart import HartConfig, HartTransformer
+from arvision.tokenizers.schedules import PATCH_NUMS
+from arvision.training.config import build_dataclass, load_config
+from arvision.training.hart_task import HartData, HartModel
+from arvision.training.loop import TrainConfig
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    config = load_config(TrainConfig, path)
+    assert config.task in ("tokenizer", "hart") and config.max_steps > 0
+
+
+def test_released_shape_config_builds_the_732m_model():
+    config = load_config(TrainConfig, CONFIGS / "hart_0.7b_1024px.yaml")
+    model = build_dataclass(HartModel, config.model)
+    data = build_dataclass(HartData, config.data)
+    # What HartTask derives from the released tokenizer (4096 x 32, 16x) and Qwen2-1.5B (hidden 1536).
+    derived = dict(
+        context_dim=1536,
+        context_token=model.context_tokens,
+        vocab_size=4096,
+        latent_channels=32,
+        patch_nums=PATCH_NUMS[data.resolution],
+    )
+    with torch.device("meta"):
+        transformer = HartTransformer(build_dataclass(HartConfig, {**model.transformer, **derived}))
+    assert sum(p.numel() for p in transformer.parameters()) == pytest.approx(732.5e6, rel=0.005)
