@@ -18,7 +18,9 @@ COMMANDS: list[str] = ["reconstruct", "generate", "describe", "generate_video", 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="arvision", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="arvision", description="Autoregressive visual generation and understanding (HART, VILA-U)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"arvision.cli.{name}").add_parser(sub)
