@@ -66,7 +66,9 @@ def _world(image_size: int, max_objects: int, seed: int) -> ProceduralWorld:
 @dataclass
 class TowerModel:
     init_from: str | None = None  # a VILA-U folder (required)
-    train_encoder: bool = False  # also train the SigLIP image side by gradient (else only the decoder)
+    # Also train the SigLIP image side by gradient; without it only the decoder does, and the contrastive
+    # term (which reaches the tokens through the encoder only) is logged but cannot move.
+    train_encoder: bool = False
     loss: TowerLossWeights = field(default_factory=TowerLossWeights)
 
 
