@@ -83,7 +83,9 @@ def test_batches_mix_generation_and_understanding_by_position():
 
 
 def test_only_the_chosen_parts_train_and_frozen_ones_stay_in_eval_mode():
-    objective = _task("vila-u", {"train": ["mm_projector"]}).build_model()
+    task = _task("vila-u", {"train": ["mm_projector"]})
+    objective = task.build_model()
+    assert len(task.shard_units(objective)) == 2 + 2  # the LLM's layers, the depth transformer's blocks
     trainable = {n.split(".")[1] for n, p in objective.named_parameters() if p.requires_grad}
     assert trainable == {"mm_projector"}
     objective.eval().train()

@@ -8,7 +8,7 @@ autocast does mixed precision) and export in the dtype that folder was stored in
   decoder (and with ``model.train_encoder`` the SigLIP image side) by gradient, the SigLIP text tower
   frozen. Captions reach the text tower through :mod:`arvision.text.hashed_words`, as releases ship no
   SigLIP tokenizer. Under DDP the codebooks stay identical on every rank (their EMA statistics are
-  all-reduced); FSDP2 would drop the EMA writes to sharded codebooks, so use DDP. The export is the
+  all-reduced); FSDP2 would drop the EMA writes to sharded codebooks and is refused. The export is the
   ``init_from`` folder with its ``vision_tower/`` replaced: its LLM and depth transformer were trained on
   the old codes, so ``vila-u`` comes next.
 * ``vila-u``: the LLM, projector and depth transformer (``model.train``) learn with the text + visual
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import Dataset, default_collate
 
 from arvision.checkpoint import select_prefix
@@ -129,6 +130,8 @@ class VilaUTowerTask(TrainingTask):
         return {"image": batch["image"], "text_ids": hashed_word_ids(batch["caption"], vocab_size, length, pad_id)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        if isinstance(model, FSDPModule):
+            raise InputError("vila-u-tower: FSDP2 would lose the EMA updates of sharded codebooks; use parallel=ddp")
         total, terms = model(batch["image"], batch["text_ids"])
         return total, {k: v.item() for k, v in terms.items()}
 
@@ -260,7 +263,7 @@ class VilaUTask(TrainingTask):
         return total, {k: v.item() for k, v in terms.items()}
 
     def shard_units(self, model: nn.Module) -> list[nn.Module]:
-        return [*model.vila_u.llm.model.layers, *model.vila_u.depth_transformer.blocks]
+        return [*model.vila_u.llm.model.layers, *model.vila_u.depth_transformer.head_transformer.blocks]
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         model = VilaU(self.base.config)
@@ -270,8 +273,13 @@ class VilaUTask(TrainingTask):
 
     def sample_images(self, model: nn.Module) -> list[Image.Image]:
         objective = unwrap(model)
+        sharded = isinstance(objective, FSDPModule)
+        if sharded:  # sampling calls sub-modules directly: gather the root's own shards first
+            objective.unshard()
         pipe = VilaUPipeline(objective.vila_u, self.base.tokenizer, self.base.text_sampling)  # sets eval mode
         pipe.progress = False
         images = [pipe.generate_image(prompt, seed=0)[0] for prompt in self.model_config.sample_prompts]
         objective.train()
+        if sharded:
+            objective.reshard()
         return images
