@@ -120,14 +120,15 @@ def test_vila_u_training_lowers_the_loss_and_exports_a_working_pipeline(tmp_path
     assert isinstance(pipe.describe(image, "What colour is the circle?", temperature=0, max_new_tokens=4), str)
 
 
-def test_vila_u_resume_is_bit_for_bit(tmp_path):
-    _run(_task("vila-u"), tmp_path / "a", steps=4)
-    _run(_task("vila-u"), tmp_path / "b", steps=2)
-    _run(_task("vila-u"), tmp_path / "b", steps=4, resume=True)
+@pytest.mark.parametrize("name", ["vila-u", "vila-u-tower"])
+def test_resume_is_bit_for_bit(tmp_path, name):
+    _run(_task(name), tmp_path / "a", steps=4)
+    _run(_task(name), tmp_path / "b", steps=2)
+    _run(_task(name), tmp_path / "b", steps=4, resume=True)
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
     a = VilaUPipeline.from_pretrained(tmp_path / "a" / "final").model.state_dict()
     b = VilaUPipeline.from_pretrained(tmp_path / "b" / "final").model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # codebooks and their EMA statistics included
 
 
 def test_tower_training_lowers_the_reconstruction_loss_and_exports_a_loadable_folder(tmp_path):
