@@ -160,9 +160,9 @@ class VilaUData:
 
 
 def generation_count(batch_size: int, fraction: float) -> int:
-    """How many items of a batch become generation examples: ``round(fraction * B)``, at least one when
-    ``fraction > 0``. Only generation examples reach the depth transformer, and DDP needs every trained
-    parameter to get a gradient at every step."""
+    """How many items of a rank's batch become generation examples: ``round(fraction * B)``, at least one
+    when ``fraction > 0``. Only generation examples reach the depth transformer, and DDP needs every
+    trained parameter to get a gradient at every step on every rank."""
     return max(1, round(fraction * batch_size)) if fraction > 0 else 0
 
 
@@ -178,6 +178,7 @@ class WorldCaptionsAndQuestions(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        # Each dataset renders the scene (twice in all): about 2 ms at 64 px, 35 ms at 256 px.
         return {**self.images[index], "turn": self.questions[index]["turns"][0]}
 
 
