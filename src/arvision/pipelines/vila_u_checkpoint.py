@@ -39,7 +39,7 @@ from arvision.errors import CheckpointError
 from arvision.models.depth_transformer import DepthTransformerConfig
 from arvision.models.vila_u import SpecialTokens, VilaU, VilaUConfig
 from arvision.text.vicuna import IM_END, IM_START, VI_END, VI_START
-from arvision.tokenizers.rq_vision_tower import PixelDecoderConfig, RQVisionTowerConfig
+from arvision.tokenizers.rq_vision_tower import PixelDecoderConfig, RQVisionTower, RQVisionTowerConfig
 from arvision.tokenizers.siglip_presets import siglip_preset
 
 FORMAT_TAG = "arvision_vila_u"
@@ -331,6 +331,16 @@ def load_weights(model: VilaU, folder: Path) -> None:
     stray = [k for k in tower if not k.startswith(tuple(parts))]
     if stray:
         raise CheckpointError(f"{folder / 'vision_tower'}: unexpected key(s): {', '.join(stray[:8])}")
+
+
+def load_vision_tower(folder: Path) -> RQVisionTower:
+    """Only the vision tower of a VILA-U folder, in float32: what tower training needs, without the LLM."""
+    config_file = folder / "vision_tower" / "config.json"
+    config, _ = tower_config_from_release(read_json(config_file), config_file)
+    tower = RQVisionTower(config)
+    state = select_prefix(tower_state_from_release(_weights(folder / "vision_tower")), "vision_tower.")
+    load_checked(tower, state, source=str(folder / "vision_tower"), optional=_is_ema_buffer)
+    return tower
 
 
 def _save_sharded(state: StateDict, folder: Path, max_bytes: int) -> None:

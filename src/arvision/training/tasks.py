@@ -114,7 +114,7 @@ class TokenizerTask(TrainingTask):
         tokenizer.save_pretrained(folder)
 
 
-TASK_NAMES = ("tokenizer", "hart")
+TASK_NAMES = ("tokenizer", "hart", "vila-u-tower", "vila-u")
 
 
 def build_task(name: str, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0) -> TrainingTask:
@@ -124,4 +124,9 @@ def build_task(name: str, model: Mapping[str, Any], data: Mapping[str, Any], see
         from arvision.training.hart_task import HartTask  # imports the text encoders only when needed
 
         return HartTask(model, data, seed=seed)
+    if name in ("vila-u-tower", "vila-u"):
+        from arvision.training.vila_u_task import VilaUTask, VilaUTowerTask  # imports transformers only when needed
+
+        task = VilaUTowerTask if name == "vila-u-tower" else VilaUTask
+        return task(model, data, seed=seed)
     raise InputError(f"unknown training task {name!r}; available: {list(TASK_NAMES)}")

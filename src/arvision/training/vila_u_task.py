@@ -1,0 +1,286 @@
+"""``arvision train vila-u-tower`` and ``arvision train vila-u``: VILA-U's two stages on the procedural world.
+
+Both start from a VILA-U folder (``model.init_from``), keep float32 master weights (the trainer's
+autocast does mixed precision) and export in the dtype that folder was stored in.
+
+* ``vila-u-tower``: the vision tower learns with the contrastive + reconstruction objective of
+  :mod:`arvision.training.rq_vision_tower` on world images and captions: codebooks by EMA, the pixel
+  decoder (and with ``model.train_encoder`` the SigLIP image side) by gradient, the SigLIP text tower
+  frozen. Captions reach the text tower through :mod:`arvision.text.hashed_words`, as releases ship no
+  SigLIP tokenizer. Under DDP the codebooks stay identical on every rank (their EMA statistics are
+  all-reduced); FSDP2 would drop the EMA writes to sharded codebooks and is refused. The export is the
+  ``init_from`` folder with its ``vision_tower/`` replaced: its LLM and depth transformer were trained on
+  the old codes, so ``vila-u`` comes next.
+* ``vila-u``: the LLM, projector and depth transformer (``model.train``) learn with the text + visual
+  cross-entropy of :mod:`arvision.training.vila_u` on world generation examples (caption -> image codes,
+  with caption dropout for classifier-free guidance) mixed with world VQA understanding examples; the
+  vision tower is frozen. The export is a :class:`~arvision.pipelines.vila_u.VilaUPipeline` folder.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.utils.data import Dataset, default_collate
+
+from arvision.checkpoint import select_prefix
+from arvision.data.datasets import WorldImages, WorldVQA
+from arvision.data.world import ProceduralWorld, WorldConfig
+from arvision.errors import InputError
+from arvision.models.vila_u import VilaU
+from arvision.pipelines.vila_u import VilaUPipeline
+from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder, load_vision_tower, stored_dtype
+from arvision.text.hashed_words import hashed_word_ids
+from arvision.tokenizers.rq_vision_tower import RQVisionTower
+from arvision.training.config import build_dataclass
+from arvision.training.distributed import unwrap
+from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
+from arvision.training.tasks import TrainingTask
+from arvision.training.vila_u import VilaUExample, generation_example, understanding_example, vila_u_loss
+
+VILA_U_PARTS = ("llm", "mm_projector", "depth_transformer")
+
+
+def _vila_u_folder(init_from: str | None) -> Path:
+    if not init_from:
+        raise InputError("model.init_from is required: a VILA-U folder (config.json, llm/, vision_tower/, ...)")
+    if not is_vila_u_folder(init_from):
+        raise InputError(f"model.init_from {init_from!r} is not a VILA-U folder")
+    return Path(init_from)
+
+
+def _world(image_size: int, max_objects: int, seed: int) -> ProceduralWorld:
+    return ProceduralWorld(WorldConfig(image_size=image_size, max_objects=max_objects), seed=seed)
+
+
+# ----- the vision tower -----
+
+
+@dataclass
+class TowerModel:
+    init_from: str | None = None  # a VILA-U folder (required)
+    # Also train the SigLIP image side by gradient; without it only the decoder does, and the contrastive
+    # term (which reaches the tokens through the encoder only) is logged but cannot move.
+    train_encoder: bool = False
+    loss: TowerLossWeights = field(default_factory=TowerLossWeights)
+
+
+@dataclass
+class TowerData:
+    length: int = 100_000
+    max_objects: int = 4  # world scenes hold 1..max_objects objects
+
+
+class TowerObjective(nn.Module):
+    """``forward(pixels [B, 3, R, R], text_ids [B, L])`` -> (loss, logs). Frozen parts stay in eval mode."""
+
+    def __init__(self, tower: RQVisionTower, weights: TowerLossWeights, train_encoder: bool):
+        super().__init__()
+        self.tower = tower
+        self.weights = weights
+        self.train_encoder = train_encoder
+        freeze_text_side(tower)
+        tower.siglip.vision_model.requires_grad_(train_encoder)
+        self.train()
+
+    def train(self, mode: bool = True) -> TowerObjective:
+        super().train(mode)  # the quantizer in training mode updates its codebooks by EMA
+        self.tower.siglip.text_model.eval()
+        if not self.train_encoder:
+            self.tower.siglip.vision_model.eval()
+        return self
+
+    def forward(self, pixels: torch.Tensor, text_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = tower_loss(self.tower, pixels, text_ids, self.weights)
+        return out.loss, {"contrastive": out.contrastive, "pixel": out.pixel, "commitment": out.commitment}
+
+
+class VilaUTowerTask(TrainingTask):
+    name = "vila-u-tower"
+
+    def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0):
+        self.model_config = build_dataclass(TowerModel, model, prefix="model.")
+        self.data_config = build_dataclass(TowerData, data, prefix="data.")
+        if self.model_config.loss.perceptual:
+            raise InputError("model.loss.perceptual: no perceptual network is available to this task; leave it 0")
+        self.seed = seed
+        self.init_from = _vila_u_folder(self.model_config.init_from)
+        self.tower = load_vision_tower(self.init_from)
+        text = self.tower.siglip.config.text_config
+        self.text_ids_shape = (text.vocab_size, text.max_position_embeddings, text.pad_token_id)
+
+    def build_model(self) -> nn.Module:
+        return TowerObjective(self.tower, self.model_config.loss, self.model_config.train_encoder)
+
+    def build_dataset(self) -> Dataset:
+        d = self.data_config
+        return WorldImages(_world(self.tower.config.image_size, d.max_objects, self.seed), length=d.length)
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = default_collate(items)
+        vocab_size, length, pad_id = self.text_ids_shape
+        return {"image": batch["image"], "text_ids": hashed_word_ids(batch["caption"], vocab_size, length, pad_id)}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        if isinstance(model, FSDPModule):
+            raise InputError("vila-u-tower: FSDP2 would lose the EMA updates of sharded codebooks; use parallel=ddp")
+        total, terms = model(batch["image"], batch["text_ids"])
+        return total, {k: v.item() for k, v in terms.items()}
+
+    def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
+        pipe = VilaUPipeline.from_pretrained(self.init_from)
+        pipe.model.vision_tower.load_state_dict(select_prefix(weights, "tower."))
+        pipe.save_pretrained(folder)
+
+
+# ----- the LLM, projector and depth transformer -----
+
+
+@dataclass
+class VilaUModel:
+    init_from: str | None = None  # a VILA-U folder (required)
+    train: list[str] = field(default_factory=lambda: list(VILA_U_PARTS))  # the rest stays frozen
+    sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
+
+
+@dataclass
+class VilaUData:
+    generation_fraction: float = 0.5  # share of each batch made of generation examples (the rest: VQA)
+    caption_dropout: float = 0.1  # generation captions replaced by the empty prompt (unconditional branch)
+    length: int = 100_000
+    max_objects: int = 4
+
+
+def generation_count(batch_size: int, fraction: float) -> int:
+    """How many items of a rank's batch become generation examples: ``round(fraction * B)``, at least one
+    when ``fraction > 0``. Only generation examples reach the depth transformer, and DDP needs every
+    trained parameter to get a gradient at every step on every rank."""
+    return max(1, round(fraction * batch_size)) if fraction > 0 else 0
+
+
+class WorldCaptionsAndQuestions(Dataset):
+    """Item ``i``: world scene ``i`` with one caption and one question-answer turn,
+    ``{"image": [3, R, R] in [-1, 1], "caption": str, "turn": (question, answer), "index": int}``."""
+
+    def __init__(self, world: ProceduralWorld, length: int):
+        self.images = WorldImages(world, length)
+        self.questions = WorldVQA(world, length, turns_per_item=1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # Each dataset renders the scene (twice in all): about 2 ms at 64 px, 35 ms at 256 px.
+        return {**self.images[index], "turn": self.questions[index]["turns"][0]}
+
+
+class VilaUObjective(nn.Module):
+    """``forward(examples)`` -> (loss, logs): text + visual cross-entropy. The parts of ``model`` not in
+    ``train`` (always the vision tower) are frozen and kept in eval mode: no dropout, no codebook EMA."""
+
+    def __init__(self, model: VilaU, train: Sequence[str]):
+        super().__init__()
+        self.vila_u = model
+        self.frozen_parts = [name for name in ("vision_tower", *VILA_U_PARTS) if name not in train]
+        for name in train:
+            getattr(model, name).requires_grad_(True)
+        for name in self.frozen_parts:
+            getattr(model, name).requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True) -> VilaUObjective:
+        super().train(mode)
+        for name in self.frozen_parts:
+            getattr(self.vila_u, name).eval()
+        return self
+
+    def forward(self, examples: Sequence[VilaUExample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = vila_u_loss(self.vila_u, examples)
+        logs = {"text_ce": out.text_loss}
+        if out.visual_loss is not None:
+            logs["visual_ce"] = out.visual_loss
+        return out.loss, logs
+
+
+class VilaUTask(TrainingTask):
+    name = "vila-u"
+
+    def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0):
+        self.model_config = build_dataclass(VilaUModel, model, prefix="model.")
+        self.data_config = build_dataclass(VilaUData, data, prefix="data.")
+        self.seed = seed
+        self._check()
+        self.init_from = _vila_u_folder(self.model_config.init_from)
+        self.base = VilaUPipeline.from_pretrained(self.init_from, dtype=torch.float32)
+
+    def _check(self) -> None:
+        train, d = self.model_config.train, self.data_config
+        unknown = sorted(set(train) - set(VILA_U_PARTS))
+        if unknown or not train:
+            raise InputError(f"model.train: {unknown or 'empty'}; choose from {list(VILA_U_PARTS)}")
+        for key in ("generation_fraction", "caption_dropout"):
+            if not 0 <= getattr(d, key) <= 1:
+                raise InputError(f"data.{key} must lie in [0, 1], got {getattr(d, key)}")
+        if d.generation_fraction == 0 and "depth_transformer" in train:
+            raise InputError(
+                "data.generation_fraction 0 gives the depth transformer nothing to learn; drop it from model.train"
+            )
+
+    def build_model(self) -> nn.Module:
+        return VilaUObjective(self.base.model, self.model_config.train)
+
+    def build_dataset(self) -> Dataset:
+        d = self.data_config
+        world = _world(self.base.config.tower.image_size, d.max_objects, self.seed)
+        return WorldCaptionsAndQuestions(world, d.length)
+
+    def collate(self, items: list[dict[str, Any]]) -> list[VilaUExample]:
+        """The first :func:`generation_count` items become generation examples, the rest understanding ones."""
+        d, tokenizer = self.data_config, self.base.tokenizer
+        count = generation_count(len(items), d.generation_fraction)
+        examples = []
+        for k, item in enumerate(items):
+            pixels = item["image"][None]
+            if k < count:
+                # Per-sample randomness from the sample index: the same on every rank and after a resume.
+                rng = random.Random(f"{self.seed}/{item['index']}")
+                examples.append(
+                    generation_example(tokenizer, item["caption"], pixels, caption_dropout=d.caption_dropout, rng=rng)
+                )
+            else:
+                examples.append(understanding_example(tokenizer, *item["turn"], pixels))
+        return examples
+
+    def loss(self, model: nn.Module, batch: list[VilaUExample], generator: torch.Generator):
+        total, terms = model(batch)
+        return total, {k: v.item() for k, v in terms.items()}
+
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        return [*model.vila_u.llm.model.layers, *model.vila_u.depth_transformer.head_transformer.blocks]
+
+    def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
+        model = VilaU(self.base.config)
+        model.load_state_dict(select_prefix(weights, "vila_u."))
+        model.to(stored_dtype(self.init_from))
+        VilaUPipeline(model, self.base.tokenizer, self.base.text_sampling).save_pretrained(folder)
+
+    def sample_images(self, model: nn.Module) -> list[Image.Image]:
+        objective = unwrap(model)
+        sharded = isinstance(objective, FSDPModule)
+        if sharded:  # sampling calls sub-modules directly: gather the root's own shards first
+            objective.unshard()
+        pipe = VilaUPipeline(objective.vila_u, self.base.tokenizer, self.base.text_sampling)  # sets eval mode
+        pipe.progress = False
+        images = [pipe.generate_image(prompt, seed=0)[0] for prompt in self.model_config.sample_prompts]
+        objective.train()
+        if sharded:
+            objective.reshard()
+        return images

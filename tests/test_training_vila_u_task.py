@@ -1,0 +1,164 @@
+import json
+
+import pytest
+import torch
+
+from arvision.errors import InputError
+from arvision.pipelines.vila_u import VilaUPipeline
+from arvision.pipelines.vila_u_checkpoint import load_vision_tower
+from arvision.text import vicuna
+from arvision.text.hashed_words import hashed_word_ids
+from arvision.training.loop import OptimConfig, TrainConfig, Trainer
+from arvision.training.rq_vision_tower import tower_loss
+from arvision.training.tasks import build_task
+from arvision.training.vila_u_task import VILA_U_PARTS, VilaUObjective
+from vilau_common import FIXTURE, fixture_pipeline
+
+
+def _task(name, model=None, data=None):
+    return build_task(name, {"init_from": str(FIXTURE), **(model or {})}, {"length": 2, **(data or {})})
+
+
+def _run(task, out, steps=3, resume=False, **kwargs):
+    config = TrainConfig(
+        task=task.name,
+        out_dir=str(out),
+        max_steps=steps,
+        batch_size=2,
+        save_every=steps,
+        log_every=1,
+        progress=False,
+        optim=OptimConfig(lr=2e-3, warmup_steps=0, min_lr_ratio=1.0),
+        **kwargs,
+    )
+    return Trainer(config, task).run(resume=resume)
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _changed(before: torch.nn.Module, after: torch.nn.Module) -> dict[str, bool]:
+    old, new = before.state_dict(), after.state_dict()
+    assert old.keys() == new.keys()
+    return {k: not torch.equal(old[k], new[k]) for k in old}
+
+
+def test_hashed_word_ids_are_fixed_per_word_and_padded():
+    ids = hashed_word_ids(["A red circle.", "a red, CIRCLE", "one two three four five six"], 64, 5, pad_id=1)
+    assert ids.shape == (3, 5) and ids.dtype == torch.long
+    assert torch.equal(ids[0], ids[1]) and ids[0, 3:].tolist() == [1, 1]
+    assert (ids[:, :3] != 1).all() and ids.min() >= 0 and ids.max() < 64
+    assert ids[2].tolist() == hashed_word_ids(["one two three four five"], 64, 5, pad_id=1)[0].tolist()
+
+
+def test_bad_configs_name_the_key():
+    with pytest.raises(InputError, match="model.trian"):
+        _task("vila-u", {"trian": ["llm"]})
+    with pytest.raises(InputError, match="data.generation_fractoin"):
+        _task("vila-u", data={"generation_fractoin": 0.5})
+    with pytest.raises(InputError, match="model.train"):
+        _task("vila-u", {"train": ["vision_tower"]})
+    with pytest.raises(InputError, match="depth transformer"):
+        _task("vila-u", data={"generation_fraction": 0})
+    with pytest.raises(InputError, match="model.loss.contrastiv"):
+        _task("vila-u-tower", {"loss": {"contrastiv": 1.0}})
+    with pytest.raises(InputError, match="model.loss.perceptual"):
+        _task("vila-u-tower", {"loss": {"perceptual": 1.0}})
+    with pytest.raises(InputError, match="model.init_from is required"):
+        build_task("vila-u-tower", {}, {})
+
+
+def test_batches_mix_generation_and_understanding_by_position():
+    task = _task("vila-u", data={"length": 8, "generation_fraction": 0.25, "caption_dropout": 1.0})
+    items = [task.build_dataset()[i] for i in range(4)]
+    assert items[0]["image"].shape == (3, 32, 32) and isinstance(items[0]["turn"][0], str)
+    examples = task.collate(items)
+    assert [e.generate for e in examples] == [True, False, False, False]
+    uncond = vicuna.tokenize(vicuna.generation_prompt(""), task.base.tokenizer)
+    assert examples[0].input_ids[: len(uncond)] == uncond  # caption dropout 1: the unconditional prompt
+    assert [e.generate for e in task.collate(items[:1])] == [True]  # at least one: the depth transformer learns
+    again = task.collate(items)
+    assert all(a.input_ids == b.input_ids and a.labels == b.labels for a, b in zip(examples, again, strict=True))
+
+
+def test_only_the_chosen_parts_train_and_frozen_ones_stay_in_eval_mode():
+    task = _task("vila-u", {"train": ["mm_projector"]})
+    objective = task.build_model()
+    assert len(task.shard_units(objective)) == 2 + 2  # the LLM's layers, the depth transformer's blocks
+    trainable = {n.split(".")[1] for n, p in objective.named_parameters() if p.requires_grad}
+    assert trainable == {"mm_projector"}
+    objective.eval().train()
+    assert objective.vila_u.mm_projector.training
+    assert not objective.vila_u.llm.training and not objective.vila_u.vision_tower.training
+
+
+def test_vila_u_training_lowers_the_loss_and_exports_a_working_pipeline(tmp_path):
+    task = _task("vila-u", data={"caption_dropout": 0.0})
+    dataset = task.build_dataset()
+    batch = task.collate([dataset[0], dataset[1]])  # one generation, one understanding example
+
+    def fixed_batch_loss(model):
+        with torch.no_grad():
+            return VilaUObjective(model, VILA_U_PARTS).eval()(batch)[0].item()
+
+    final = _run(task, tmp_path, sample_every=3)
+    losses = _losses(tmp_path)
+    assert len(losses) == 3 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert (tmp_path / "samples" / "step_00000003.png").is_file()
+
+    before = VilaUPipeline.from_pretrained(FIXTURE).model
+    pipe = VilaUPipeline.from_pretrained(final)
+    assert fixed_batch_loss(pipe.model) < fixed_batch_loss(before) - 1.0
+    changed = _changed(before, pipe.model)
+    assert not any(v for k, v in changed.items() if k.startswith("vision_tower."))  # frozen, EMA buffers included
+    for part in VILA_U_PARTS:
+        assert any(v for k, v in changed.items() if k.startswith(part + "."))
+    pipe.progress = False
+    image = pipe.generate_image("a red circle", seed=0)[0]
+    assert image.size == (32, 32)
+    assert isinstance(pipe.describe(image, "What colour is the circle?", temperature=0, max_new_tokens=4), str)
+
+
+@pytest.mark.parametrize("name", ["vila-u", "vila-u-tower"])
+def test_resume_is_bit_for_bit(tmp_path, name):
+    _run(_task(name), tmp_path / "a", steps=4)
+    _run(_task(name), tmp_path / "b", steps=2)
+    _run(_task(name), tmp_path / "b", steps=4, resume=True)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    a = VilaUPipeline.from_pretrained(tmp_path / "a" / "final").model.state_dict()
+    b = VilaUPipeline.from_pretrained(tmp_path / "b" / "final").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # codebooks and their EMA statistics included
+
+
+def test_tower_training_lowers_the_reconstruction_loss_and_exports_a_loadable_folder(tmp_path):
+    task = _task("vila-u-tower")
+    batch = task.collate([task.build_dataset()[i] for i in range(2)])
+
+    def fixed_batch_pixel_loss(tower):
+        with torch.no_grad():  # eval mode: the codebooks do not move
+            return tower_loss(tower.eval(), batch["image"], batch["text_ids"]).pixel.item()
+
+    final = _run(task, tmp_path)
+    assert all(map(torch.isfinite, torch.tensor(_losses(tmp_path))))
+
+    pipe = VilaUPipeline.from_pretrained(final)
+    before, after = load_vision_tower(FIXTURE), pipe.model.vision_tower
+    assert fixed_batch_pixel_loss(after) < fixed_batch_pixel_loss(before)
+    changed = _changed(before, after)
+    assert any(v for k, v in changed.items() if k.startswith("decoder."))
+    assert changed["quantizer.codebooks.0.weight"] and changed["quantizer.codebooks.0.embed_ema"]
+    frozen = ("siglip.text_model.", "siglip.vision_model.", "siglip.logit_")  # the encoder too by default
+    assert not any(v for k, v in changed.items() if k.startswith(frozen))
+    untouched = _changed(fixture_pipeline().model, pipe.model)
+    assert not any(v for k, v in untouched.items() if not k.startswith("vision_tower."))
+    pipe.progress = False
+    assert pipe.generate_image("a red circle", seed=0)[0].size == (32, 32)
+    assert pipe.reconstruct(pipe.generate_image("a blue square", seed=1))[0].size == (32, 32)
+
+
+def test_tower_can_train_its_encoder(tmp_path):
+    final = _run(_task("vila-u-tower", {"train_encoder": True}), tmp_path, steps=1)
+    changed = _changed(load_vision_tower(FIXTURE), VilaUPipeline.from_pretrained(final).model.vision_tower)
+    assert any(v for k, v in changed.items() if k.startswith("siglip.vision_model."))
+    assert not any(v for k, v in changed.items() if k.startswith("siglip.text_model."))
