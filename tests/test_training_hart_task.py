@@ -48,3 +48,41 @@ def test_training_lowers_the_loss_and_exports_a_working_pipeline(tmp_path):
     images = pipe("a red circle", height=32, width=32, seed=1, progress=False).images
     again = pipe("a red circle", height=32, width=32, seed=1, progress=False).images
     assert images[0].size == (32, 32) and images[0].tobytes() == again[0].tobytes()
+
+
+FSDP_SCRIPT = """
+import sys
+from arvision.training.loop import OptimConfig, TrainConfig, Trainer
+from arvision.training.tasks import build_task
+model = {"tokenizer": sys.argv[2], "context_tokens": 24,
+         "transformer": {"embed_dim": 64, "depth": 2, "num_heads": 4, "diff_width": 32, "diff_depth": 2}}
+task = build_task("hart", model, {"resolution": 32, "length": 8})
+config = TrainConfig(task="hart", out_dir=sys.argv[1], max_steps=2, batch_size=2, parallel="fsdp", save_every=2,
+                     sample_every=2, ema_decay=0.9, progress=False, optim=OptimConfig(lr=1e-3))
+Trainer(config, task).run()
+"""
+
+
+def test_fsdp2_run_samples_and_exports(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    script = tmp_path / "run.py"
+    script.write_text(FSDP_SCRIPT)
+    out = tmp_path / "out"
+    cmd = [
+        shutil.which("torchrun") or "torchrun",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(out),
+        str(HART_TINY / "tokenizer"),
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "samples" / "step_00000002.png").is_file()
+    pipe = HartPipeline.from_pretrained(out / "final")
+    assert pipe("a red circle", height=32, width=32, seed=0, progress=False).images[0].size == (32, 32)

@@ -6,8 +6,9 @@ backend is NCCL when CUDA is available and gloo otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -114,3 +115,27 @@ def wrap_model(
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def root_params_gathered(model: nn.Module) -> Iterator[nn.Module]:
+    """Yield the unwrapped model with the FSDP2 root's own shards gathered (a collective: every rank enters).
+
+    Needed whenever code calls sub-modules directly instead of the root's ``forward`` (sampling, for
+    instance): sharded sub-units gather themselves in their own forward, the root's parameters do not.
+    """
+    module = unwrap(model)
+    if not is_fsdp(module):
+        yield module
+        return
+    module.unshard()
+    try:
+        yield module
+    finally:
+        module.reshard()

@@ -29,7 +29,7 @@ from arvision.text.base import TextEncoder
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 from arvision.training.config import build_dataclass
-from arvision.training.distributed import unwrap
+from arvision.training.distributed import root_params_gathered
 from arvision.training.hart_loss import HartLossConfig, hart_loss
 from arvision.training.latent_cache import CachedTargets, tokenize_targets
 from arvision.training.tasks import TrainingTask
@@ -176,11 +176,11 @@ class HartTask(TrainingTask):
         self._pipeline(transformer).save_pretrained(folder)
 
     def sample_images(self, model: nn.Module) -> list[Image.Image]:
-        transformer = unwrap(model).transformer
-        was_training = transformer.training
         size = self.data_config.resolution
-        out = self._pipeline(transformer)(
-            self.model_config.sample_prompts, height=size, width=size, seed=0, progress=False
-        )
-        transformer.train(was_training)
+        with root_params_gathered(model) as objective:
+            transformer = objective.transformer
+            was_training = transformer.training
+            pipe = self._pipeline(transformer)  # sets eval mode
+            out = pipe(self.model_config.sample_prompts, height=size, width=size, seed=0, progress=False)
+            transformer.train(was_training)
         return out.images

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import Dataset, default_collate
 
 from arvision.checkpoint import select_prefix
@@ -41,7 +40,7 @@ from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder, load_vision_t
 from arvision.text.hashed_words import hashed_word_ids
 from arvision.tokenizers.rq_vision_tower import RQVisionTower
 from arvision.training.config import build_dataclass
-from arvision.training.distributed import unwrap
+from arvision.training.distributed import is_fsdp, root_params_gathered
 from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
 from arvision.training.tasks import TrainingTask
 from arvision.training.vila_u import VilaUExample, generation_example, understanding_example, vila_u_loss
@@ -130,7 +129,7 @@ class VilaUTowerTask(TrainingTask):
         return {"image": batch["image"], "text_ids": hashed_word_ids(batch["caption"], vocab_size, length, pad_id)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
-        if isinstance(model, FSDPModule):
+        if is_fsdp(model):
             raise InputError("vila-u-tower: FSDP2 would lose the EMA updates of sharded codebooks; use parallel=ddp")
         total, terms = model(batch["image"], batch["text_ids"])
         return total, {k: v.item() for k, v in terms.items()}
@@ -273,14 +272,9 @@ class VilaUTask(TrainingTask):
         VilaUPipeline(model, self.base.tokenizer, self.base.text_sampling).save_pretrained(folder)
 
     def sample_images(self, model: nn.Module) -> list[Image.Image]:
-        objective = unwrap(model)
-        sharded = isinstance(objective, FSDPModule)
-        if sharded:  # sampling calls sub-modules directly: gather the root's own shards first
-            objective.unshard()
-        pipe = VilaUPipeline(objective.vila_u, self.base.tokenizer, self.base.text_sampling)  # sets eval mode
-        pipe.progress = False
-        images = [pipe.generate_image(prompt, seed=0)[0] for prompt in self.model_config.sample_prompts]
-        objective.train()
-        if sharded:
-            objective.reshard()
+        with root_params_gathered(model) as objective:
+            pipe = VilaUPipeline(objective.vila_u, self.base.tokenizer, self.base.text_sampling)  # sets eval mode
+            pipe.progress = False
+            images = [pipe.generate_image(prompt, seed=0)[0] for prompt in self.model_config.sample_prompts]
+            objective.train()
         return images
