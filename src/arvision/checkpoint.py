@@ -117,14 +117,14 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Write ``state`` as safetensors atomically. Tied tensors are written as separate copies."""
-    seen: dict[int, str] = {}
+    seen_storages: set[int] = set()
     tensors = {}
     for key, value in state.items():
         value = value.detach().cpu()
         ptr = value.untyped_storage().data_ptr() if value.numel() else -1
-        if ptr in seen or not value.is_contiguous():
+        if ptr in seen_storages or not value.is_contiguous():
             value = value.clone().contiguous()
-        seen[ptr] = key
+        seen_storages.add(ptr)
         tensors[key] = value
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})

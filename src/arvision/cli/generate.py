@@ -82,11 +82,12 @@ def _generate_hart(folder: Path, args: argparse.Namespace) -> list:
         torch_dtype=torch_dtype(args.dtype),
         device=args.device,
     )
+    guidance = {} if args.cfg is None else {"guidance_scale": args.cfg}  # else the pipeline's default
     out = pipe(
         args.prompt,
+        **guidance,
         height=args.size,
         width=args.size,
-        guidance_scale=4.5 if args.cfg is None else args.cfg,
         num_images_per_prompt=args.num_images,
         seed=args.seed,
         negative_prompt=args.negative_prompt,

@@ -15,7 +15,7 @@ import PIL.Image
 import torch
 
 from arvision.errors import InputError
-from arvision.imaging import load_image
+from arvision.imaging import load_image, make_grid
 
 # An animated GIF is read as an image (its first frame); convert it to a video file to describe it as one.
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -93,11 +93,7 @@ def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
 
 def frame_strip(frames: Sequence[PIL.Image.Image]) -> PIL.Image.Image:
     """The frames side by side, left to right (how the release saves a generated video)."""
-    w, h = frames[0].size
-    strip = PIL.Image.new("RGB", (w * len(frames), h))
-    for i, frame in enumerate(frames):
-        strip.paste(frame, (i * w, 0))
-    return strip
+    return make_grid(list(frames), columns=len(frames))
 
 
 def save_animation(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: float = 4.0) -> Path:
