@@ -86,3 +86,24 @@ def test_fsdp2_run_samples_and_exports(tmp_path):
     assert (out / "samples" / "step_00000002.png").is_file()
     pipe = HartPipeline.from_pretrained(out / "final")
     assert pipe("a red circle", height=32, width=32, seed=0, progress=False).images[0].size == (32, 32)
+
+
+def test_init_from_starts_from_a_saved_pipeline(tmp_path):
+    task = build_task("hart", TINY_MODEL, {"resolution": 32, "length": 4})
+    torch.manual_seed(5)
+    saved = task.build_model().transformer
+    task._pipeline(saved).save_pretrained(tmp_path / "pipe")
+    resumed = build_task("hart", {**TINY_MODEL, "init_from": str(tmp_path / "pipe")}, {"resolution": 32})
+    torch.manual_seed(6)  # another seed: only the loaded weights can make them equal
+    loaded = resumed.build_model().transformer
+    for (name, a), b in zip(saved.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    wider = {
+        **TINY_MODEL,
+        "transformer": {**TINY_MODEL["transformer"], "depth": 3},
+        "init_from": str(tmp_path / "pipe"),
+    }
+    with pytest.raises(InputError, match="another transformer shape.*depth"):
+        build_task("hart", wider, {"resolution": 32}).build_model()
+    with pytest.raises(InputError, match="not a HartPipeline folder"):
+        build_task("hart", {**TINY_MODEL, "init_from": str(tmp_path)}, {"resolution": 32}).build_model()

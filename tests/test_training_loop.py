@@ -71,7 +71,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = toy_config(tmp_path, save_every=2)
     with pytest.raises(TrainingDiverged, match=r"step 3.*step_00000002"):
         Trainer(config, ToyTask(nan_at_call=4)).run()
-    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == ["step_00000002"]
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == ["step_00000003"]
 
 
 def test_failed_checkpoint_write_leaves_previous_one_intact(tmp_path, monkeypatch):
@@ -88,7 +88,7 @@ def test_failed_checkpoint_write_leaves_previous_one_intact(tmp_path, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         Trainer(config, ToyTask()).run()
     root = tmp_path / "checkpoints"
-    assert sorted(p.name for p in root.iterdir()) == ["step_00000002"]
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000003"]
     state = checkpointing.read_json(root / "step_00000002" / checkpointing.STATE_FILE)
     assert state == {"step": 2}
 
@@ -99,3 +99,23 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
         "step_00000005",
         "step_00000006",
     ]
+
+
+def test_time_limit_stops_checkpoints_and_exports(tmp_path, monkeypatch):
+    import arvision.training.loop as loop
+
+    clock = iter(range(0, 10_000, 10))  # every reading of the clock advances it by 10 s
+    monkeypatch.setattr(loop.time, "time", lambda: float(next(clock)))
+    config = toy_config(tmp_path, max_steps=30, log_every=50, save_every=50, max_time_s=25)
+    final = Trainer(config, ToyTask()).run()
+    records = [eval(line, {"nan": math.nan}) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [
+        3
+    ]  # clock 10, 20, 30 s: the third step is past 25 s; the stopping step is logged even off the log_every grid
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == ["step_00000003"]
+    assert (final / "model.safetensors").is_file()
+    # the schedule still spans max_steps: --resume continues the same run to the end
+    monkeypatch.setattr(loop.time, "time", lambda: 0.0)
+    config.max_time_s = 0
+    Trainer(config, ToyTask()).run(resume=True)
+    assert checkpointing.checkpoint_dirs(tmp_path / "checkpoints")[-1].name == "step_00000030"

@@ -110,3 +110,41 @@ def test_discriminator_loads_official_keys(hart_fixture_dir):
     disc = PatchDiscriminator(ndf=8, n_layers=2)
     load_checked(disc, state, source="fixture")
     assert disc(fixed_batch()).shape == (4, 1, 6, 6)
+
+
+def test_dead_codes_restart_onto_quantized_vectors():
+    tok = make_tokenizer()
+    quantize = tok.quantize
+    with torch.no_grad():  # every code but the first is far away from any latent: a collapsed codebook
+        quantize.embedding.weight[1:] = 1e3
+        quantize.embedding.weight[0] = 0.0
+    tok.train()
+    latent = tok.encode_latent(fixed_batch())
+    patch_nums = tok.patch_nums_for(latent)
+    quantize(latent, patch_nums, continuous=False)
+    assert torch.all(quantize.embedding.weight[1:] == 1e3)  # restarts are off by default
+    quantize.ema_vocab_hit_SV.zero_()
+    rests: list = []
+    quantize._residual_quantize(latent.detach(), patch_nums, phi_on_last=True, rests=rests)
+    candidates = torch.cat(rests)
+    quantize(latent, patch_nums, continuous=False, restart_below=0.5)
+    moved = quantize.embedding.weight[1:]
+    assert not torch.any(moved == 1e3)
+    # each restarted code is one of the vectors that were quantized in this batch
+    distance = (moved[:, None] - candidates[None]).norm(dim=-1).min(dim=1).values
+    assert distance.max() < 1e-5
+    # restarted codes get a grace share of the usage statistics, so they are not restarted again at once
+    hits = quantize.ema_vocab_hit_SV
+    torch.testing.assert_close(hits[:, 1:], (hits[:, :1] / 32).expand(-1, 31))  # code 0 took every hit
+    used = len(torch.cat([i.flatten() for i in tok.encode(fixed_batch()).indices]).unique())
+    assert used > 1
+
+
+def test_restarts_apply_in_full_mode_only():
+    frozen = make_tokenizer()
+    with torch.no_grad():
+        frozen.quantize.embedding.weight[1:] = 1e3
+    trainer = TokenizerTrainer(frozen, TokenizerLossConfig(mode="decoder", restart_dead_codes=0.5))
+    trainer.step(fixed_batch())
+    trainer.step(fixed_batch())
+    assert torch.all(frozen.quantize.embedding.weight[1:] == 1e3)

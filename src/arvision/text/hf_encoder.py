@@ -60,17 +60,14 @@ class HFTextEncoder:
         return next(self.model.parameters()).device
 
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
-        ids = []
-        for prompt in prompts:
-            full = self.tokenizer(prompt, truncation=False)["input_ids"]
-            if len(full) > self.max_length:
+        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
+        for prompt, length in zip(prompts, lengths):
+            if length > self.max_length:
                 warnings.warn(
-                    f"prompt truncated from {len(full)} to {self.max_length} tokens: {prompt[:60]!r}...",
-                    stacklevel=3,
+                    f"prompt truncated from {length} to {self.max_length} tokens: {prompt[:60]!r}...", stacklevel=3
                 )
-            out = self.tokenizer(prompt, padding="max_length", max_length=self.max_length, truncation=True)
-            ids.append(out["input_ids"])
-        return torch.tensor(ids, dtype=torch.long, device=self.device)
+        out = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True)
+        return torch.tensor(out["input_ids"], dtype=torch.long, device=self.device)
 
     @torch.no_grad()
     def encode(self, prompts: str | Sequence[str]) -> TextEncoding:

@@ -197,13 +197,18 @@ class HybridTokenizer(nn.Module):
             return self.decode(out.latent)
         return self.decode(out.latent - out.residual)
 
-    def training_forward(self, images: torch.Tensor, continuous: bool) -> tuple[torch.Tensor, QuantizerOutput]:
+    def training_forward(
+        self, images: torch.Tensor, continuous: bool, restart_below: float = 0.0
+    ) -> tuple[torch.Tensor, QuantizerOutput]:
         """Decoder-training pass (reference hart.md 3.4): returns (raw reconstruction, quantizer output).
 
-        ``continuous`` alternates HART's two decoder inputs: the full latent or its discrete part.
+        ``continuous`` alternates HART's two decoder inputs: the full latent or its discrete part;
+        ``restart_below`` is the quantizer's dead-code restart threshold (0: off, as in HART's recipe).
         """
         latent = self.encode_latent(images)
-        quantized = self.quantize(latent, self.patch_nums_for(latent), continuous=continuous)
+        quantized = self.quantize(
+            latent, self.patch_nums_for(latent), continuous=continuous, restart_below=restart_below
+        )
         return self.decode(quantized.latent, clamp=False), quantized
 
     # -- persistence ------------------------------------------------------------------------------------

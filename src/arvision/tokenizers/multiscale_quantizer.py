@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -119,9 +120,10 @@ class MultiScaleQuantizer(nn.Module):
 
     # -- encoding -----------------------------------------------------------------------------------
     def _residual_quantize(
-        self, f: torch.Tensor, patch_nums: Sequence[int], phi_on_last: bool
+        self, f: torch.Tensor, patch_nums: Sequence[int], phi_on_last: bool, rests: list | None = None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """Returns (indices per scale, cumulative f_hat per scale, residual before the last scale)."""
+        """Returns (indices per scale, cumulative f_hat per scale, residual before the last scale).
+        ``rests``, when given, collects the ``[N, C]`` vectors quantized at each scale."""
         b, c, h, w = f.shape
         num_scales = len(patch_nums)
         f_rest = f.detach()
@@ -131,7 +133,10 @@ class MultiScaleQuantizer(nn.Module):
         for si, pn in enumerate(patch_nums):
             last = si == num_scales - 1
             rest = f_rest if last else F.interpolate(f_rest, size=(pn, pn), mode="area")
-            idx = self.nearest(rest.permute(0, 2, 3, 1).reshape(-1, c)).view(b, pn * pn)
+            vectors = rest.permute(0, 2, 3, 1).reshape(-1, c)
+            if rests is not None:
+                rests.append(vectors)
+            idx = self.nearest(vectors).view(b, pn * pn)
             codes = self.lookup(idx)
             if last:
                 rest_before_last = f_rest
@@ -159,15 +164,25 @@ class MultiScaleQuantizer(nn.Module):
         """Cumulative discrete latents after each scale, ``phi`` on every scale (VAR/decoder-training path)."""
         return self._residual_quantize(f, patch_nums, phi_on_last=True)[1]
 
-    def forward(self, f: torch.Tensor, patch_nums: Sequence[int], continuous: bool) -> QuantizerOutput:
+    def forward(
+        self, f: torch.Tensor, patch_nums: Sequence[int], continuous: bool, restart_below: float = 0.0
+    ) -> QuantizerOutput:
         """Decoder-training pass: ``continuous`` feeds the decoder ``f`` itself (discrete + residual),
-        otherwise the discrete sum with a straight-through gradient to the encoder."""
-        indices, f_hats, _ = self._residual_quantize(f, patch_nums, phi_on_last=True)
+        otherwise the discrete sum with a straight-through gradient to the encoder.
+
+        In training mode, ``restart_below > 0`` moves every code hit less than that fraction of a uniform
+        share (usage EMA) onto a random vector quantized in this batch: a from-scratch codebook otherwise
+        collapses onto a handful of codes (observed: 10 of 512 in use on the procedural world).
+        """
+        rests: list[torch.Tensor] = []
+        indices, f_hats, _ = self._residual_quantize(f, patch_nums, phi_on_last=True, rests=rests)
         vq_loss = sum(self.beta * F.mse_loss(fh.detach(), f) + F.mse_loss(fh, f.detach()) for fh in f_hats) / len(
             f_hats
         )
         if self.training:
             self._track_usage(indices)
+            if restart_below > 0:
+                self._restart_dead_codes(torch.cat(rests), restart_below)
         latent = f if continuous else f_hats[-1].detach() - f.detach() + f
         return QuantizerOutput(latent=latent, vq_loss=vq_loss, indices=indices)
 
@@ -175,10 +190,25 @@ class MultiScaleQuantizer(nn.Module):
     def _track_usage(self, indices: list[torch.Tensor], decay: float = 0.99) -> None:
         if len(indices) != self.ema_vocab_hit_SV.shape[0]:
             return
-        for si, idx in enumerate(indices):
-            hits = torch.bincount(idx.flatten(), minlength=self.vocab_size).float()
-            row = self.ema_vocab_hit_SV[si]
-            row.copy_(hits if row.sum() == 0 else row * decay + hits * (1 - decay))
+        hits = torch.stack([torch.bincount(idx.flatten(), minlength=self.vocab_size).float() for idx in indices])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(hits)  # identical statistics on every rank, so restarts pick the same codes
+        first = self.ema_vocab_hit_SV.sum() == 0
+        self.ema_vocab_hit_SV.copy_(hits if first else self.ema_vocab_hit_SV * decay + hits * (1 - decay))
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, candidates: torch.Tensor, below: float) -> None:
+        hits = self.ema_vocab_hit_SV.sum(dim=0)
+        dead = (hits < below * hits.sum() / self.vocab_size).nonzero().flatten()
+        if hits.sum() == 0 or dead.numel() == 0:
+            return
+        picks = torch.randint(len(candidates), (dead.numel(),), device=candidates.device)
+        fresh = candidates[picks].to(self.embedding.weight.dtype)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(fresh, 0)
+        self.embedding.weight[dead] = fresh
+        # A grace period: a restarted code counts as used at a uniform share until the EMA says otherwise.
+        self.ema_vocab_hit_SV[:, dead] = self.ema_vocab_hit_SV.sum(dim=1, keepdim=True) / self.vocab_size
 
     @torch.no_grad()
     def codebook_usage(self, threshold: float = 0.08) -> float:

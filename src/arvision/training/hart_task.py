@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from arvision import checkpoint
 from arvision.data.datasets import WorldImages
 from arvision.data.user import CaptionedImages
 from arvision.data.world import ProceduralWorld, WorldConfig
@@ -43,6 +44,7 @@ class HartData:
     length: int = 100_000
     max_objects: int = 4  # world scenes hold 1..max_objects objects
     cache_dir: str | None = None  # tokenize the dataset once into this folder and train on the stored targets
+    cache_workers: int = 0  # DataLoader workers that render/load images while the cache is built
 
 
 @dataclass
@@ -52,6 +54,7 @@ class HartModel:
 
     transformer: dict[str, Any] = field(default_factory=dict)
     tokenizer: str = "default"  # a tokenizer folder; "default" is the embedded one
+    init_from: str | None = None  # a HartPipeline folder whose transformer weights start the run (fine-tuning)
     text_encoder: str = "minilm"  # "minilm" or a Qwen2 folder
     context_tokens: int = 32
     loss: HartLossConfig = field(default_factory=HartLossConfig)
@@ -138,7 +141,23 @@ class HartTask(TrainingTask):
     def build_model(self) -> nn.Module:
         transformer = HartTransformer(self.transformer_config)
         transformer.init_weights()
+        if self.model_config.init_from:
+            self._load_initial_weights(transformer, Path(self.model_config.init_from))
         return HartObjective(transformer, self.tokenizer, self.text_encoder, self.model_config.loss)
+
+    @staticmethod
+    def _load_initial_weights(transformer: HartTransformer, folder: Path) -> None:
+        """Weights of a saved pipeline's transformer; its config must describe the same shapes."""
+        config_path = folder / "transformer" / "config.json"
+        if not config_path.is_file():
+            raise InputError(f"model.init_from {folder} is not a HartPipeline folder (no transformer/config.json)")
+        saved = HartConfig.from_dict(checkpoint.read_json(config_path))
+        if saved != transformer.config:
+            diff = {k: (v, getattr(transformer.config, k)) for k, v in vars(saved).items()}
+            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+            raise InputError(f"model.init_from {folder} has another transformer shape: {diff} (saved, configured)")
+        weights = checkpoint.find_weights_file(folder / "transformer")
+        checkpoint.load_checked(transformer, checkpoint.load_state_dict(weights), source=str(weights))
 
     def build_dataset(self) -> Dataset:
         d = self.data_config
@@ -153,7 +172,7 @@ class HartTask(TrainingTask):
             raise InputError(f"data.source {d.source!r} is not available for the hart task (use 'world' or 'captions')")
         if d.cache_dir is None:
             return dataset
-        return CachedTargets.load_or_build(d.cache_dir, dataset, self.tokenizer)
+        return CachedTargets.load_or_build(d.cache_dir, dataset, self.tokenizer, num_workers=d.cache_workers)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return default_collate(items)

@@ -69,6 +69,7 @@ class CachedTargets(Dataset):
         tokenizer: HybridTokenizer,
         batch_size: int = 32,
         progress: bool = True,
+        num_workers: int = 0,
     ) -> CachedTargets:
         """Load the cache in ``folder`` if it was built from ``dataset``'s length and this tokenizer, else
         build it from ``dataset`` items ``{"image": [3, H, W], "caption": str}``."""
@@ -81,11 +82,12 @@ class CachedTargets(Dataset):
                 tensors = checkpoint.load_state_dict(folder / TARGETS_FILE)
                 return cls(tensors["indices"], tensors["residual"], meta["captions"])
         indices, residuals, captions = [], [], []
-        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_collate)
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_collate, num_workers=num_workers)
+        device = next(tokenizer.parameters()).device
         for batch in tqdm(loader, desc="tokenizing", disable=not progress, unit="batch"):
-            scales, residual = tokenize_targets(tokenizer, batch["image"])
-            indices.append(torch.cat(scales, dim=1))
-            residuals.append(residual)
+            scales, residual = tokenize_targets(tokenizer, batch["image"].to(device))
+            indices.append(torch.cat(scales, dim=1).cpu())
+            residuals.append(residual.cpu())
             captions.extend(batch["caption"])
         cache = cls(torch.cat(indices), torch.cat(residuals), captions)
         checkpoint.save_state_dict({"indices": cache.indices, "residual": cache.residual}, folder / TARGETS_FILE)

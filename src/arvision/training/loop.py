@@ -63,6 +63,9 @@ class TrainConfig:
     out_dir: str = "runs/tokenizer"
     seed: int = 0
     max_steps: int = 1000
+    # > 0: stop (checkpoint + export) at the first step past this many seconds; the learning-rate schedule
+    # still spans max_steps, and --resume continues to max_steps.
+    max_time_s: float = 0.0
     batch_size: int = 8  # per rank and micro-step
     grad_accum: int = 1
     parallel: Parallel = "auto"
@@ -217,7 +220,8 @@ class Trainer:
         log_file = (self.out_dir / "metrics.jsonl").open("a") if info.is_main else None
         board = self._tensorboard() if info.is_main else None
         bar = tqdm(total=c.max_steps, initial=step, desc=c.task, disable=not (info.is_main and c.progress), unit="step")
-        tick = time.time()
+        tick = started = time.time()
+        logged_step = step
         while step < c.max_steps:
             lr = learning_rate(step, c.max_steps, c.optim)
             for group in optimizer.param_groups:
@@ -245,11 +249,16 @@ class Trainer:
                 ema.update()
             step += 1
             bar.update()
-            if step % c.log_every == 0 or step == c.max_steps:
+            # Stop on every rank at the same step once any rank's clock has run out.
+            out_of_time = c.max_time_s > 0 and not all_ranks_agree(time.time() - started < c.max_time_s, info)
+            if out_of_time and info.is_main:
+                tqdm.write(f"max_time_s={c.max_time_s:g} reached after {step} steps; saving and exporting")
+            if step % c.log_every == 0 or step == c.max_steps or out_of_time:
                 logs = {k: mean_over_ranks(v, info) for k, v in logs.items()}
                 now = time.time()
-                record = {"step": step, "lr": lr, **logs, "samples_per_s": self._throughput(info, now - tick)}
-                tick = now
+                throughput = self._throughput(info, step - logged_step, now - tick)
+                record = {"step": step, "lr": lr, **logs, "samples_per_s": throughput}
+                tick, logged_step = now, step
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
                 if log_file is not None:
                     log_file.write(json.dumps(record) + "\n")
@@ -257,7 +266,7 @@ class Trainer:
                 if board is not None:
                     for k, v in record.items():
                         board.add_scalar(k, v, step)
-            if step % c.save_every == 0 or step == c.max_steps:
+            if step % c.save_every == 0 or step == c.max_steps or out_of_time:
                 checkpointing.save_training_state(
                     self.ckpt_dir,
                     step,
@@ -271,6 +280,8 @@ class Trainer:
                 )
             if c.sample_every and step % c.sample_every == 0:
                 self._write_samples(model, step, info)
+            if out_of_time:
+                break
         bar.close()
         if log_file is not None:
             log_file.close()
@@ -278,8 +289,8 @@ class Trainer:
             board.close()
         return self._export(model, ema, info)
 
-    def _throughput(self, info: DistInfo, seconds: float) -> float:
-        samples = self.config.log_every * self.config.batch_size * self.config.grad_accum * info.world_size
+    def _throughput(self, info: DistInfo, steps: int, seconds: float) -> float:
+        samples = steps * self.config.batch_size * self.config.grad_accum * info.world_size
         return samples / max(seconds, 1e-9)
 
     def _tensorboard(self):

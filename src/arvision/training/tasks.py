@@ -25,6 +25,7 @@ from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
 from arvision.training.config import build_dataclass
+from arvision.training.distributed import unwrap
 from arvision.training.tokenizer import TokenizerLossConfig, TokenizerObjective, set_train_mode
 
 
@@ -106,7 +107,10 @@ class TokenizerTask(TrainingTask):
     def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         continuous = bool(torch.rand((), generator=generator) < self.model_config.loss.continuous_prob)
         total, terms = model(batch, continuous)
-        return total, {k: v.item() for k, v in terms.items() if k != "recon"}
+        logs = {k: v.item() for k, v in terms.items() if k != "recon"}
+        if self.model_config.loss.mode == "full":
+            logs["codebook_usage"] = unwrap(model).tokenizer.quantize.codebook_usage()
+        return total, logs
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         tokenizer = HybridTokenizer(self.model_config.tokenizer)

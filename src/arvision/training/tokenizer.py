@@ -65,6 +65,8 @@ class TokenizerLossConfig:
     gan_start: int = 0
     continuous_prob: float = 0.5
     mode: Literal["decoder", "full"] = "decoder"
+    # "full" mode: restart codes hit less than this fraction of a uniform share (0 disables restarts).
+    restart_dead_codes: float = 0.0
 
 
 class TokenizerObjective(nn.Module):
@@ -91,7 +93,8 @@ class TokenizerObjective(nn.Module):
         self, images: torch.Tensor, continuous: bool, use_gan: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
-        recon, quantized = self.tokenizer.training_forward(images, continuous=continuous)
+        restart = c.restart_dead_codes if c.mode == "full" else 0.0
+        recon, quantized = self.tokenizer.training_forward(images, continuous=continuous, restart_below=restart)
         terms = {"l1": F.l1_loss(recon, images), "l2": F.mse_loss(recon, images), "vq": quantized.vq_loss}
         total = c.l1_weight * terms["l1"] + c.l2_weight * terms["l2"] + c.vq_weight * terms["vq"]
         if self.perceptual is not None:
