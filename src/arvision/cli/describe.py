@@ -1,17 +1,19 @@
-"""``arvision describe IMAGE_OR_VIDEO "question" --model FOLDER``: VILA-U visual question answering."""
+"""``arvision describe IMAGE_OR_VIDEO "question" [--model FOLDER]``: VILA-U visual question answering
+(the embedded default VILA-U when no folder is given)."""
 
 from __future__ import annotations
 
 import argparse
 
 from arvision.cli.common import add_device_arguments, torch_dtype
+from arvision.defaults import default_model_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("describe", help="answer a question about an image or a video (VILA-U)")
     p.add_argument("media", help="image file, video file, or folder of video frames")
     p.add_argument("question", help="what to ask about it")
-    p.add_argument("--model", required=True, help="VILA-U checkpoint folder (release layout)")
+    p.add_argument("--model", default=None, help="VILA-U folder (release layout; default: the embedded one)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling")
     p.add_argument("--temperature", type=float, default=None, help="text temperature (default: the model's, 0.9)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus mass (default: the model's, 0.6)")
@@ -26,7 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from arvision.pipelines.vila_u import VilaUPipeline
 
-    pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))
+    folder = args.model or default_model_path("vila-u")
+    pipe = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
     answer = pipe.describe(
         args.media,
         args.question,

@@ -7,16 +7,9 @@ import argparse
 from pathlib import Path
 
 from arvision.cli.common import add_device_arguments, torch_dtype
-from arvision.defaults import DEFAULTS_DIR
-from arvision.errors import CheckpointError, InputError
+from arvision.defaults import default_model_path
+from arvision.errors import InputError
 from arvision.imaging import make_grid
-
-
-def default_model_folder() -> Path:
-    folder = DEFAULTS_DIR / "hart"
-    if not (folder / "model_index.json").is_file():
-        raise CheckpointError(f"no default HART model is installed at {folder} yet; pass --model FOLDER")
-    return folder
 
 
 def add_parser(subparsers) -> None:
@@ -56,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_images < 1:
         raise InputError("-n must be at least 1")
-    folder = args.model or default_model_folder()
+    folder = args.model or default_model_path("hart")
     generate = _generate_vila_u if is_vila_u_folder(folder) else _generate_hart
     images = generate(folder, args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
