@@ -3,10 +3,14 @@ from PIL import Image
 
 from arvision.cli import main
 from arvision.cli.reconstruct import SAMPLE_PHOTO
+from arvision.data.scenes import COLOURS
+from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.defaults import DEFAULTS_DIR, default_model_path
 from arvision.eval.reconstruction import reconstruction_metrics
+from arvision.eval.vila_u_world import first_word
 from arvision.imaging import load_image, pil_to_tensor, resize_center_crop
 from arvision.pipelines.hart import HartPipeline
+from arvision.pipelines.vila_u import VilaUPipeline
 from arvision.tokenizers import HybridTokenizer
 
 
@@ -30,3 +34,14 @@ def test_embedded_hart_generates_from_a_prompt_with_no_model_given(tmp_path, cap
     assert again.tobytes() == image.convert("RGB").tobytes()  # the CLI is the pipeline with the same seed
     other = pipe("a blue square", seed=0, progress=False).images[0]
     assert other.tobytes() != again.tobytes()
+
+
+def test_embedded_vila_u_answers_a_world_question_with_no_model_given(tmp_path, capsys):
+    world = ProceduralWorld(WorldConfig(image_size=32, max_objects=1), split="val")
+    image = tmp_path / "scene.png"
+    world.sample(0).image.save(image)
+    assert main(["describe", str(image), "What color is the object?", "--greedy", "--max-new-tokens", "4"]) == 0
+    answer = capsys.readouterr().out.strip()
+    assert first_word(answer) in COLOURS  # a colour word; whether it is the right one is the model card's number
+    pipe = VilaUPipeline.from_pretrained(default_model_path("vila-u"))
+    assert pipe.describe(str(image), "What color is the object?", temperature=0, max_new_tokens=4) == answer

@@ -162,3 +162,21 @@ def test_tower_can_train_its_encoder(tmp_path):
     changed = _changed(load_vision_tower(FIXTURE), VilaUPipeline.from_pretrained(final).model.vision_tower)
     assert any(v for k, v in changed.items() if k.startswith("siglip.vision_model."))
     assert not any(v for k, v in changed.items() if k.startswith("siglip.text_model."))
+
+
+def test_a_fresh_llm_of_another_size_trains_on_the_same_tower_and_exports(tmp_path):
+    llm = {"hidden_size": "96", "intermediate_size": 160, "num_hidden_layers": 3}  # strings: as from the CLI
+    task = _task("vila-u", model={"llm": llm})
+    final = _run(task, tmp_path, steps=2)
+    pipe = VilaUPipeline.from_pretrained(final)
+    config = pipe.model.llm.config
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (96, 160, 3)
+    assert pipe.config.depth.llm_dim == 96 and pipe.model.mm_projector.layers[0].out_features == 96
+    base = VilaUPipeline.from_pretrained(FIXTURE).model
+    for key, value in base.vision_tower.state_dict().items():
+        assert torch.equal(value, pipe.model.vision_tower.state_dict()[key]), key  # the tower is kept, frozen
+    assert pipe.tokenizer.vocab_size == VilaUPipeline.from_pretrained(FIXTURE).tokenizer.vocab_size
+    with pytest.raises(InputError, match="model.train must name them all"):
+        _task("vila-u", model={"llm": llm, "train": ["llm"]})
+    with pytest.raises(InputError, match="model.llm"):
+        _task("vila-u", model={"llm": {"hidden_size": 100, "num_attention_heads": 3}})

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, default_collate
@@ -146,6 +147,9 @@ class VilaUTowerTask(TrainingTask):
 @dataclass
 class VilaUModel:
     init_from: str | None = None  # a VILA-U folder (required)
+    # LlamaConfig fields (hidden_size, num_hidden_layers, ...): start a fresh LLM of that size, with a fresh
+    # projector and depth transformer to match, on init_from's tokenizer and vision tower.
+    llm: dict[str, Any] = field(default_factory=dict)
     train: list[str] = field(default_factory=lambda: list(VILA_U_PARTS))  # the rest stays frozen
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
 
@@ -219,6 +223,22 @@ class VilaUTask(TrainingTask):
         self._check()
         self.init_from = _vila_u_folder(self.model_config.init_from)
         self.base = VilaUPipeline.from_pretrained(self.init_from, dtype=torch.float32)
+        if self.model_config.llm:
+            self.base = self._fresh_language_side(self.base, self.model_config.llm)
+
+    def _fresh_language_side(self, base: VilaUPipeline, llm_overrides: dict[str, Any]) -> VilaUPipeline:
+        if set(VILA_U_PARTS) - set(self.model_config.train):
+            raise InputError(f"model.llm starts {list(VILA_U_PARTS)} afresh, so model.train must name them all")
+        # Command-line overrides arrive as strings; LlamaConfig checks types strictly.
+        parsed = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in llm_overrides.items()}
+        llm = {**base.config.llm, **parsed}
+        try:
+            depth = replace(base.config.depth, llm_dim=int(llm["hidden_size"]))
+            model = VilaU(replace(base.config, llm=llm, depth=depth))
+        except Exception as exc:  # transformers raises several error types for a bad config
+            raise InputError(f"model.llm {parsed}: {exc}") from exc
+        model.vision_tower.load_state_dict(base.model.vision_tower.state_dict())
+        return VilaUPipeline(model.float(), base.tokenizer, base.text_sampling)
 
     def _check(self) -> None:
         train, d = self.model_config.train, self.data_config
