@@ -71,7 +71,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = toy_config(tmp_path, save_every=2)
     with pytest.raises(TrainingDiverged, match=r"step 3.*step_00000002"):
         Trainer(config, ToyTask(nan_at_call=4)).run()
-    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == ["step_00000003"]
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == ["step_00000002"]
 
 
 def test_failed_checkpoint_write_leaves_previous_one_intact(tmp_path, monkeypatch):
@@ -88,7 +88,7 @@ def test_failed_checkpoint_write_leaves_previous_one_intact(tmp_path, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         Trainer(config, ToyTask()).run()
     root = tmp_path / "checkpoints"
-    assert sorted(p.name for p in root.iterdir()) == ["step_00000003"]
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002"]
     state = checkpointing.read_json(root / "step_00000002" / checkpointing.STATE_FILE)
     assert state == {"step": 2}
 
@@ -109,9 +109,8 @@ def test_time_limit_stops_checkpoints_and_exports(tmp_path, monkeypatch):
     config = toy_config(tmp_path, max_steps=30, log_every=50, save_every=50, max_time_s=25)
     final = Trainer(config, ToyTask()).run()
     records = [eval(line, {"nan": math.nan}) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [
-        3
-    ]  # clock 10, 20, 30 s: the third step is past 25 s; the stopping step is logged even off the log_every grid
+    # the clock reads 10, 20, 30 s after steps 1-3: step 3 is past 25 s, and is logged off the log_every grid
+    assert [r["step"] for r in records] == [3]
     assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == ["step_00000003"]
     assert (final / "model.safetensors").is_file()
     # the schedule still spans max_steps: --resume continues the same run to the end
