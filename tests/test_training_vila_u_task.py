@@ -180,3 +180,21 @@ def test_a_fresh_llm_of_another_size_trains_on_the_same_tower_and_exports(tmp_pa
         _task("vila-u", model={"llm": llm, "train": ["llm"]})
     with pytest.raises(InputError, match="model.llm"):
         _task("vila-u", model={"llm": {"hidden_size": 100, "num_attention_heads": 3}})
+
+
+def test_a_fresh_tower_for_larger_images_exports_a_folder_that_works_at_that_size(tmp_path):
+    task = _task("vila-u-tower", model={"image_size": 64, "train_encoder": True})
+    assert task.build_dataset()[0]["image"].shape == (3, 64, 64)
+    final = _run(task, tmp_path, steps=2)
+    pipe = VilaUPipeline.from_pretrained(final)
+    assert pipe.config.tower.image_size == 64 and pipe.config.tower.grid == 8
+    assert pipe.config.tower.decoder.resolution == 64 and pipe.config.tower.decoder.attn_resolutions == (8,)
+    base = VilaUPipeline.from_pretrained(FIXTURE).model
+    for key, value in base.llm.state_dict().items():
+        assert torch.equal(value, pipe.model.llm.state_dict()[key]), key  # the LLM side is kept
+    pipe.progress = False
+    assert pipe.generate_image("a red circle", seed=0)[0].size == (64, 64)
+    codes, _ = pipe.model.encode_images(pipe.pixels([pipe.generate_image("a red circle", seed=1)[0]]))
+    assert codes.shape[1] == 64  # 8 x 8 tokens per image
+    with pytest.raises(InputError, match="multiple of the patch size"):
+        _task("vila-u-tower", model={"image_size": 60})

@@ -39,7 +39,7 @@ from arvision.models.vila_u import VilaU
 from arvision.pipelines.vila_u import VilaUPipeline
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder, load_vision_tower, stored_dtype
 from arvision.text.hashed_words import hashed_word_ids
-from arvision.tokenizers.rq_vision_tower import RQVisionTower
+from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
 from arvision.training.config import build_dataclass
 from arvision.training.distributed import is_fsdp, root_params_gathered
 from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
@@ -64,9 +64,32 @@ def _world(image_size: int, max_objects: int, seed: int) -> ProceduralWorld:
 # ----- the vision tower -----
 
 
+def resized_tower_config(config: RQVisionTowerConfig, image_size: int) -> RQVisionTowerConfig:
+    """``config`` for ``image_size`` pixels: SigLIP's position table and the decoder's resolution follow,
+    and decoder attention stays at the same levels. The size must be a multiple of the patch size."""
+    vision = config.siglip["vision_config"]
+    patch, old = int(vision["patch_size"]), config.image_size
+    if image_size < patch or image_size % patch:
+        raise InputError(f"model.image_size {image_size} must be a positive multiple of the patch size {patch}")
+    if config.decoder_latent_shape is not None:
+        raise InputError("model.image_size: towers that resize their latent grid before decoding are not supported")
+    decoder = config.decoder
+    scale = image_size / old
+    decoder = replace(
+        decoder,
+        resolution=round(decoder.resolution * scale),
+        attn_resolutions=tuple(round(r * scale) for r in decoder.attn_resolutions),
+    )
+    siglip = {**config.siglip, "vision_config": {**vision, "image_size": image_size}}
+    return replace(config, siglip=siglip, decoder=decoder)
+
+
 @dataclass
 class TowerModel:
     init_from: str | None = None  # a VILA-U folder (required)
+    # A fresh tower (random weights, init_from's shapes otherwise) for images of this size: more tokens per
+    # image (size // patch per side) and a decoder that draws at that size. None keeps init_from's tower.
+    image_size: int | None = None
     # Also train the SigLIP image side by gradient; without it only the decoder does, and the contrastive
     # term (which reaches the tokens through the encoder only) is logged but cannot move.
     train_encoder: bool = False
@@ -114,15 +137,22 @@ class VilaUTowerTask(TrainingTask):
         self.seed = seed
         self.init_from = _vila_u_folder(self.model_config.init_from)
         self.tower = load_vision_tower(self.init_from)
+        self.resized = self.model_config.image_size is not None
+        if self.resized:
+            self.tower_config = resized_tower_config(self.tower.config, self.model_config.image_size)
+        else:
+            self.tower_config = self.tower.config
         text = self.tower.siglip.config.text_config
         self.text_ids_shape = (text.vocab_size, text.max_position_embeddings, text.pad_token_id)
 
     def build_model(self) -> nn.Module:
+        if self.resized:
+            self.tower = RQVisionTower(self.tower_config)  # built here, after the trainer has seeded the RNG
         return TowerObjective(self.tower, self.model_config.loss, self.model_config.train_encoder)
 
     def build_dataset(self) -> Dataset:
         d = self.data_config
-        return WorldImages(_world(self.tower.config.image_size, d.max_objects, self.seed), length=d.length)
+        return WorldImages(_world(self.tower_config.image_size, d.max_objects, self.seed), length=d.length)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = default_collate(items)
@@ -137,6 +167,12 @@ class VilaUTowerTask(TrainingTask):
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         pipe = VilaUPipeline.from_pretrained(self.init_from)
+        if self.resized:
+            # A resized tower: the LLM side is kept as it was (it predates the new codes either way).
+            model = VilaU(replace(pipe.config, tower=self.tower_config)).to(next(pipe.model.parameters()).dtype)
+            kept = {k: v for k, v in pipe.model.state_dict().items() if not k.startswith("vision_tower.")}
+            model.load_state_dict(kept, strict=False)
+            pipe = VilaUPipeline(model, pipe.tokenizer, pipe.text_sampling)
         pipe.model.vision_tower.load_state_dict(select_prefix(weights, "tower."))
         pipe.save_pretrained(folder)
 
