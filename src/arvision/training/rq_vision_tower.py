@@ -2,8 +2,9 @@
 
 ``L = w_contra * L_contra + w_recon * (pixel loss + latent_loss_weight * commitment [+ perceptual])``.
 ``L_contra`` is SigLIP's pairwise sigmoid loss between the pooled embedding of the *quantised*
-features and a frozen SigLIP text tower, with the checkpoint's stored logit scale and bias (frozen
-too). Codebooks learn by EMA inside the quantiser; everything else on the image side by gradient.
+features and the captions' text embeddings (the frozen SigLIP text tower, or any frozen sentence encoder
+through a trained projection), with the checkpoint's stored logit scale and bias (frozen too).
+Codebooks learn by EMA inside the quantiser; everything else on the image side by gradient.
 The paper's exact reconstruction terms are unpublished (RQ-VAE used MSE + LPIPS + a PatchGAN); a
 perceptual loss can be passed in, a GAN term is left to the caller.
 """
@@ -55,16 +56,14 @@ def freeze_text_side(tower: RQVisionTower) -> None:
 def tower_loss(
     tower: RQVisionTower,
     pixels: torch.Tensor,
-    text_ids: torch.Tensor,
+    text_embeds: torch.Tensor,
     weights: TowerLossWeights | None = None,
     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> TowerLoss:
-    """pixels [B, 3, R, R] in [-1, 1] with their captions' SigLIP token ids [B, L] -> losses."""
+    """pixels [B, 3, R, R] in [-1, 1] with their captions' pooled text embeddings [B, C] -> losses."""
     weights = weights or TowerLossWeights()
     out = tower.quantize(tower.features(pixels))
-    with torch.no_grad():
-        text = tower.text_embeds(text_ids)
-    contrastive = siglip_sigmoid_loss(tower.image_embeds(out.z_q), text, tower.logit_scale, tower.logit_bias)
+    contrastive = siglip_sigmoid_loss(tower.image_embeds(out.z_q), text_embeds, tower.logit_scale, tower.logit_bias)
     recon = tower.decode(out.z_q)
     if recon.shape[-2:] != pixels.shape[-2:]:
         # The 384 tower decodes 24 x 16 = 384 pixels from the 378 pixels SigLIP actually saw.
@@ -91,7 +90,9 @@ def tower_train_step(
     tower.train()
     freeze_text_side(tower)
     optimizer.zero_grad(set_to_none=True)
-    out = tower_loss(tower, pixels, text_ids, weights, perceptual)
+    with torch.no_grad():
+        text_embeds = tower.text_embeds(text_ids)
+    out = tower_loss(tower, pixels, text_embeds, weights, perceptual)
     out.loss.backward()
     optimizer.step()
     return out

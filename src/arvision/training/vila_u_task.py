@@ -38,7 +38,9 @@ from arvision.errors import InputError
 from arvision.models.vila_u import VilaU
 from arvision.pipelines.vila_u import VilaUPipeline
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder, load_vision_tower, stored_dtype
+from arvision.text.base import TextEncoder
 from arvision.text.hashed_words import hashed_word_ids
+from arvision.text.hf_encoder import minilm_text_encoder
 from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
 from arvision.training.config import build_dataclass
 from arvision.training.distributed import is_fsdp, root_params_gathered
@@ -93,6 +95,9 @@ class TowerModel:
     # Also train the SigLIP image side by gradient; without it only the decoder does, and the contrastive
     # term (which reaches the tokens through the encoder only) is logged but cannot move.
     train_encoder: bool = False
+    # The text side of the contrastive loss: "siglip" (the tower's own text tower, fed hashed word ids:
+    # releases ship no SigLIP tokenizer) or "minilm" (the frozen offline MiniLM, through a trained projection).
+    text_encoder: str = "siglip"
     loss: TowerLossWeights = field(default_factory=TowerLossWeights)
 
 
@@ -103,16 +108,35 @@ class TowerData:
 
 
 class TowerObjective(nn.Module):
-    """``forward(pixels [B, 3, R, R], text_ids [B, L])`` -> (loss, logs). Frozen parts stay in eval mode."""
+    """``forward(pixels [B, 3, R, R], text)`` -> (loss, logs). ``text``: SigLIP token ids [B, L], or the
+    captions when a frozen ``text_encoder`` (e.g. MiniLM) gives the text side: its masked-mean sentence
+    embedding then goes through a trained linear ``text_projection`` (not exported: inference never needs it).
+    Frozen parts stay in eval mode."""
 
-    def __init__(self, tower: RQVisionTower, weights: TowerLossWeights, train_encoder: bool):
+    def __init__(
+        self,
+        tower: RQVisionTower,
+        weights: TowerLossWeights,
+        train_encoder: bool,
+        text_encoder: TextEncoder | None = None,
+    ):
         super().__init__()
         self.tower = tower
         self.weights = weights
         self.train_encoder = train_encoder
+        self.text_projection = nn.Linear(text_encoder.hidden_size, tower.config.dim) if text_encoder else None
+        self.frozen = (text_encoder,) if text_encoder else ()  # a tuple keeps it out of parameters()
+        for encoder in self.frozen:
+            encoder.model.requires_grad_(False)
         freeze_text_side(tower)
         tower.siglip.vision_model.requires_grad_(train_encoder)
         self.train()
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        for encoder in self.frozen:
+            encoder.model._apply(fn)
+        return self
 
     def train(self, mode: bool = True) -> TowerObjective:
         super().train(mode)  # the quantizer in training mode updates its codebooks by EMA
@@ -121,8 +145,18 @@ class TowerObjective(nn.Module):
             self.tower.siglip.vision_model.eval()
         return self
 
-    def forward(self, pixels: torch.Tensor, text_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = tower_loss(self.tower, pixels, text_ids, self.weights)
+    def text_embeds(self, text: torch.Tensor | Sequence[str]) -> torch.Tensor:
+        if self.text_projection is None:
+            with torch.no_grad():
+                return self.tower.text_embeds(text)
+        with torch.no_grad():
+            enc = self.frozen[0].encode(list(text))
+            mask = enc.mask[..., None].to(enc.hidden.dtype)
+            pooled = (enc.hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.text_projection(pooled.to(self.text_projection.weight.device))
+
+    def forward(self, pixels: torch.Tensor, text) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = tower_loss(self.tower, pixels, self.text_embeds(text), self.weights)
         return out.loss, {"contrastive": out.contrastive, "pixel": out.pixel, "commitment": out.commitment}
 
 
@@ -144,25 +178,31 @@ class VilaUTowerTask(TrainingTask):
             self.tower_config = self.tower.config
         text = self.tower.siglip.config.text_config
         self.text_ids_shape = (text.vocab_size, text.max_position_embeddings, text.pad_token_id)
+        if self.model_config.text_encoder not in ("siglip", "minilm"):
+            raise InputError(f"model.text_encoder must be 'siglip' or 'minilm', got {self.model_config.text_encoder!r}")
+        self.text_encoder = minilm_text_encoder(max_length=32) if self.model_config.text_encoder == "minilm" else None
 
     def build_model(self) -> nn.Module:
         if self.resized:
             self.tower = RQVisionTower(self.tower_config)  # built here, after the trainer has seeded the RNG
-        return TowerObjective(self.tower, self.model_config.loss, self.model_config.train_encoder)
+        return TowerObjective(self.tower, self.model_config.loss, self.model_config.train_encoder, self.text_encoder)
 
     def build_dataset(self) -> Dataset:
         d = self.data_config
         return WorldImages(_world(self.tower_config.image_size, d.max_objects, self.seed), length=d.length)
 
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """``{"image": [B, 3, R, R], "text": SigLIP ids [B, L] or the captions (for a MiniLM text side)}``."""
         batch = default_collate(items)
+        if self.text_encoder is not None:
+            return {"image": batch["image"], "text": list(batch["caption"])}
         vocab_size, length, pad_id = self.text_ids_shape
-        return {"image": batch["image"], "text_ids": hashed_word_ids(batch["caption"], vocab_size, length, pad_id)}
+        return {"image": batch["image"], "text": hashed_word_ids(batch["caption"], vocab_size, length, pad_id)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
         if is_fsdp(model):
             raise InputError("vila-u-tower: FSDP2 would lose the EMA updates of sharded codebooks; use parallel=ddp")
-        total, terms = model(batch["image"], batch["text_ids"])
+        total, terms = model(batch["image"], batch["text"])
         return total, {k: v.item() for k, v in terms.items()}
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
