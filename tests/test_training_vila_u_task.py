@@ -213,6 +213,7 @@ def test_tower_contrastive_loss_can_use_the_frozen_minilm(tmp_path):
     loss, _ = objective(batch["image"], batch["text"])
     loss.backward()
     assert projection.weight.grad.abs().sum() > 0  # the projection learns with the image side
+    assert objective.tower.logit_scale.grad is not None and objective.tower.logit_bias.grad is not None
     assert objective.tower.siglip.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
     final = _run(task, tmp_path, steps=2)
     contrastive = [json.loads(line)["contrastive"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

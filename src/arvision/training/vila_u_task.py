@@ -110,7 +110,8 @@ class TowerData:
 class TowerObjective(nn.Module):
     """``forward(pixels [B, 3, R, R], text)`` -> (loss, logs). ``text``: SigLIP token ids [B, L], or the
     captions when a frozen ``text_encoder`` (e.g. MiniLM) gives the text side: its masked-mean sentence
-    embedding then goes through a trained linear ``text_projection`` (not exported: inference never needs it).
+    embedding then goes through a trained linear ``text_projection`` (not exported: inference never needs it),
+    and SigLIP's logit scale and bias learn with it.
     Frozen parts stay in eval mode."""
 
     def __init__(
@@ -129,6 +130,10 @@ class TowerObjective(nn.Module):
         for encoder in self.frozen:
             encoder.model.requires_grad_(False)
         freeze_text_side(tower)
+        if text_encoder is not None:
+            # A new text side: SigLIP's stored temperature and bias were fitted to the old one, so they learn too.
+            tower.logit_scale.requires_grad_(True)
+            tower.logit_bias.requires_grad_(True)
         tower.siglip.vision_model.requires_grad_(train_encoder)
         self.train()
 
