@@ -208,7 +208,7 @@ def test_tower_contrastive_loss_can_use_the_frozen_minilm(tmp_path):
     objective = task.build_model()
     projection = objective.text_projection
     assert (projection.in_features, projection.out_features) == (384, task.tower.config.dim)
-    assert not any(p.requires_grad for p in objective.frozen[0].model.parameters())
+    assert not any(p.requires_grad for p in objective.text_encoder.model.parameters())
     assert not any(name.startswith("frozen") for name, _ in objective.named_parameters())
     loss, _ = objective(batch["image"], batch["text"])
     loss.backward()

@@ -126,8 +126,8 @@ class HartPipeline:
     @classmethod
     def _load_own(cls, folder, text_encoder, dtype, device) -> HartPipeline:
         index = checkpoint.read_json(folder / INDEX_FILE)
-        config = HartConfig.from_dict(checkpoint.read_json(folder / "transformer" / "config.json"))
-        transformer = _load_transformer(config, checkpoint.find_weights_file(folder / "transformer"))
+        transformer = load_saved_transformer(folder / "transformer")
+        config = transformer.config
         tokenizer = HybridTokenizer.from_pretrained(folder / "tokenizer")
         spec = index.get("text_encoder")
         if text_encoder is None and spec is not None:
@@ -288,6 +288,12 @@ class HartPipeline:
                 f"text encoder gives {encoder.max_length} tokens x {encoder.hidden_size} dims, the model expects "
                 f"{cfg.context_token} x {cfg.context_dim}"
             )
+
+
+def load_saved_transformer(folder: Path) -> HartTransformer:
+    """The ``transformer/`` folder written by :meth:`HartPipeline.save_pretrained` (config + weights), in eval mode."""
+    config = HartConfig.from_dict(checkpoint.read_json(folder / "config.json"))
+    return _load_transformer(config, checkpoint.find_weights_file(folder))
 
 
 def _load_transformer(config: HartConfig, weights: Path) -> HartTransformer:

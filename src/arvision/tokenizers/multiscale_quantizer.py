@@ -174,14 +174,15 @@ class MultiScaleQuantizer(nn.Module):
         share (usage EMA) onto a random vector quantized in this batch: a from-scratch codebook otherwise
         collapses onto a handful of codes (observed: 10 of 512 in use on the procedural world).
         """
-        rests: list[torch.Tensor] = []
+        restart = self.training and restart_below > 0
+        rests: list[torch.Tensor] | None = [] if restart else None
         indices, f_hats, _ = self._residual_quantize(f, patch_nums, phi_on_last=True, rests=rests)
         vq_loss = sum(self.beta * F.mse_loss(fh.detach(), f) + F.mse_loss(fh, f.detach()) for fh in f_hats) / len(
             f_hats
         )
         if self.training:
             self._track_usage(indices)
-            if restart_below > 0:
+            if restart:
                 self._restart_dead_codes(torch.cat(rests), restart_below)
         latent = f if continuous else f_hats[-1].detach() - f.detach() + f
         return QuantizerOutput(latent=latent, vq_loss=vq_loss, indices=indices)

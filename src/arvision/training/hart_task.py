@@ -18,7 +18,6 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from arvision import checkpoint
 from arvision.data.datasets import WorldImages
 from arvision.data.user import CaptionedImages
 from arvision.data.world import ProceduralWorld, WorldConfig
@@ -33,7 +32,7 @@ from arvision.training.config import build_dataclass
 from arvision.training.distributed import root_params_gathered
 from arvision.training.hart_loss import HartLossConfig, hart_loss
 from arvision.training.latent_cache import CachedTargets, tokenize_targets
-from arvision.training.tasks import TrainingTask
+from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
 
 
 @dataclass
@@ -61,7 +60,7 @@ class HartModel:
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
 
 
-class HartObjective(nn.Module):
+class HartObjective(ObjectiveWithFrozenHelpers):
     """``forward(batch, generator)`` -> (loss, logs); trains ``transformer`` only."""
 
     def __init__(self, transformer: HartTransformer, tokenizer: HybridTokenizer, text_encoder, loss: HartLossConfig):
@@ -71,12 +70,9 @@ class HartObjective(nn.Module):
         tokenizer.eval().requires_grad_(False)
         self.frozen = (tokenizer, text_encoder)  # a tuple keeps them out of parameters() and state_dict()
 
-    def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
+    def frozen_modules(self) -> tuple[nn.Module, ...]:
         tokenizer, text_encoder = self.frozen
-        tokenizer._apply(fn)
-        text_encoder.model._apply(fn)
-        return self
+        return tokenizer, text_encoder.model
 
     def forward(
         self, batch: dict[str, Any], generator: torch.Generator | None = None
@@ -139,25 +135,25 @@ class HartTask(TrainingTask):
             raise InputError(f"model.transformer: {exc}") from exc
 
     def build_model(self) -> nn.Module:
-        transformer = HartTransformer(self.transformer_config)
-        transformer.init_weights()
         if self.model_config.init_from:
-            self._load_initial_weights(transformer, Path(self.model_config.init_from))
+            transformer = self._initial_transformer(Path(self.model_config.init_from))
+        else:
+            transformer = HartTransformer(self.transformer_config)
+            transformer.init_weights()
         return HartObjective(transformer, self.tokenizer, self.text_encoder, self.model_config.loss)
 
-    @staticmethod
-    def _load_initial_weights(transformer: HartTransformer, folder: Path) -> None:
-        """Weights of a saved pipeline's transformer; its config must describe the same shapes."""
-        config_path = folder / "transformer" / "config.json"
-        if not config_path.is_file():
+    def _initial_transformer(self, folder: Path) -> HartTransformer:
+        """A saved pipeline's transformer, to fine-tune; its config must describe the configured shapes."""
+        from arvision.pipelines.hart import load_saved_transformer
+
+        if not (folder / "transformer" / "config.json").is_file():
             raise InputError(f"model.init_from {folder} is not a HartPipeline folder (no transformer/config.json)")
-        saved = HartConfig.from_dict(checkpoint.read_json(config_path))
-        if saved != transformer.config:
-            diff = {k: (v, getattr(transformer.config, k)) for k, v in vars(saved).items()}
-            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+        transformer = load_saved_transformer(folder / "transformer")
+        saved, configured = vars(transformer.config), vars(self.transformer_config)
+        diff = {k: (v, configured[k]) for k, v in saved.items() if v != configured[k]}
+        if diff:
             raise InputError(f"model.init_from {folder} has another transformer shape: {diff} (saved, configured)")
-        weights = checkpoint.find_weights_file(folder / "transformer")
-        checkpoint.load_checked(transformer, checkpoint.load_state_dict(weights), source=str(weights))
+        return transformer.train()
 
     def build_dataset(self) -> Dataset:
         d = self.data_config

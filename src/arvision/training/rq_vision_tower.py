@@ -2,8 +2,9 @@
 
 ``L = w_contra * L_contra + w_recon * (pixel loss + latent_loss_weight * commitment [+ perceptual])``.
 ``L_contra`` is SigLIP's pairwise sigmoid loss between the pooled embedding of the *quantised*
-features and the captions' text embeddings (the frozen SigLIP text tower, or any frozen sentence encoder
-through a trained projection), with the checkpoint's stored logit scale and bias (frozen too).
+features and the captions' text embeddings, with SigLIP's logit scale and bias: the frozen SigLIP text
+tower with the checkpoint's stored scale and bias (frozen too), or any frozen sentence encoder through a
+trained projection, the scale and bias then learning with it.
 Codebooks learn by EMA inside the quantiser; everything else on the image side by gradient.
 The paper's exact reconstruction terms are unpublished (RQ-VAE used MSE + LPIPS + a PatchGAN); a
 perceptual loss can be passed in, a GAN term is left to the caller.

@@ -61,6 +61,21 @@ class TrainingTask(ABC):
         return []
 
 
+class ObjectiveWithFrozenHelpers(nn.Module):
+    """Base of training objectives that use frozen helpers (a tokenizer, a text encoder's model) kept out of
+    ``parameters()`` and the state dict, so DDP/FSDP, the EMA and checkpoints carry only what trains, while
+    ``.to()`` / ``.cuda()`` still move them. Subclasses name the helpers in :meth:`frozen_modules`."""
+
+    def frozen_modules(self) -> tuple[nn.Module, ...]:
+        return ()
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        for module in self.frozen_modules():
+            module._apply(fn)
+        return self
+
+
 @dataclass
 class TokenizerData:
     source: str = "photos"  # "photos": crops of scikit-image's bundled photos; "world": the procedural world

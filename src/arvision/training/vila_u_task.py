@@ -45,7 +45,7 @@ from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConf
 from arvision.training.config import build_dataclass
 from arvision.training.distributed import is_fsdp, root_params_gathered
 from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
-from arvision.training.tasks import TrainingTask
+from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
 from arvision.training.vila_u import VilaUExample, generation_example, understanding_example, vila_u_loss
 
 VILA_U_PARTS = ("llm", "mm_projector", "depth_transformer")
@@ -75,12 +75,11 @@ def resized_tower_config(config: RQVisionTowerConfig, image_size: int) -> RQVisi
         raise InputError(f"model.image_size {image_size} must be a positive multiple of the patch size {patch}")
     if config.decoder_latent_shape is not None:
         raise InputError("model.image_size: towers that resize their latent grid before decoding are not supported")
-    decoder = config.decoder
     scale = image_size / old
     decoder = replace(
-        decoder,
-        resolution=round(decoder.resolution * scale),
-        attn_resolutions=tuple(round(r * scale) for r in decoder.attn_resolutions),
+        config.decoder,
+        resolution=round(config.decoder.resolution * scale),
+        attn_resolutions=tuple(round(r * scale) for r in config.decoder.attn_resolutions),
     )
     siglip = {**config.siglip, "vision_config": {**vision, "image_size": image_size}}
     return replace(config, siglip=siglip, decoder=decoder)
@@ -107,7 +106,7 @@ class TowerData:
     max_objects: int = 4  # world scenes hold 1..max_objects objects
 
 
-class TowerObjective(nn.Module):
+class TowerObjective(ObjectiveWithFrozenHelpers):
     """``forward(pixels [B, 3, R, R], text)`` -> (loss, logs). ``text``: SigLIP token ids [B, L], or the
     captions when a frozen ``text_encoder`` (e.g. MiniLM) gives the text side: its masked-mean sentence
     embedding then goes through a trained linear ``text_projection`` (not exported: inference never needs it),
@@ -126,9 +125,9 @@ class TowerObjective(nn.Module):
         self.weights = weights
         self.train_encoder = train_encoder
         self.text_projection = nn.Linear(text_encoder.hidden_size, tower.config.dim) if text_encoder else None
-        self.frozen = (text_encoder,) if text_encoder else ()  # a tuple keeps it out of parameters()
-        for encoder in self.frozen:
-            encoder.model.requires_grad_(False)
+        self.text_encoder = text_encoder  # not an nn.Module: stays out of parameters() and the state dict
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
         freeze_text_side(tower)
         if text_encoder is not None:
             # A new text side: SigLIP's stored temperature and bias were fitted to the old one, so they learn too.
@@ -137,11 +136,8 @@ class TowerObjective(nn.Module):
         tower.siglip.vision_model.requires_grad_(train_encoder)
         self.train()
 
-    def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
-        for encoder in self.frozen:
-            encoder.model._apply(fn)
-        return self
+    def frozen_modules(self) -> tuple[nn.Module, ...]:
+        return (self.text_encoder.model,) if self.text_encoder is not None else ()
 
     def train(self, mode: bool = True) -> TowerObjective:
         super().train(mode)  # the quantizer in training mode updates its codebooks by EMA
@@ -155,7 +151,7 @@ class TowerObjective(nn.Module):
             with torch.no_grad():
                 return self.tower.text_embeds(text)
         with torch.no_grad():
-            enc = self.frozen[0].encode(list(text))
+            enc = self.text_encoder.encode(list(text))
             mask = enc.mask[..., None].to(enc.hidden.dtype)
             pooled = (enc.hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.text_projection(pooled.to(self.text_projection.weight.device))
