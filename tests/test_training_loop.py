@@ -31,14 +31,21 @@ def test_batch_sampler_shards_and_resumes_exactly():
     assert next(resumed) == single.batch(4)
 
 
-def test_ema_follows_the_formula():
+def test_ema_follows_the_formula_with_a_warmed_up_decay():
     model = torch.nn.Linear(2, 1)
     ema = EMA(model, decay=0.9)
+    assert [ema.decay_at(s) for s in (0, 8, 80, 1000)] == [0.1, 0.5, 0.9, 0.9]
     before = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    ema.update()
+    ema.update(step=1000)
     torch.testing.assert_close(ema.shadow["weight"], 0.9 * before + 0.1 * (before + 1.0))
+    # Early on the average follows the weights closely: 9/10 of the first update is the new weights.
+    fresh = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    fresh.update(step=0)
+    torch.testing.assert_close(fresh.shadow["weight"], 0.1 * (before + 1.0) + 0.9 * (before + 2.0))
 
 
 def test_training_lowers_the_loss_and_logs(tmp_path):

@@ -130,16 +130,24 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
 
 class EMA:
-    """Exponential moving average of the trainable parameters, keyed by parameter name (shards under FSDP2)."""
+    """Exponential moving average of the trainable parameters, keyed by parameter name (shards under FSDP2).
+
+    The decay warms up as ``min(decay, (1 + step) / (10 + step))``: with a constant 0.999 a run stopped
+    after 1200 steps would keep 30% of its random initial weights in the average."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(list(self.shadow.values()), [p.detach() for p in self.params.values()], 1 - self.decay)
+    def update(self, step: int) -> None:
+        """Fold in the weights after optimizer step ``step`` (0-based)."""
+        weight = 1 - self.decay_at(step)
+        torch._foreach_lerp_(list(self.shadow.values()), [p.detach() for p in self.params.values()], weight)
 
 
 def _move(batch: Any, device: torch.device) -> Any:
@@ -246,7 +254,7 @@ class Trainer:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update()
+                ema.update(step)
             step += 1
             bar.update()
             # Stop on every rank at the same step once any rank's clock has run out.
