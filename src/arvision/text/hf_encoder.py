@@ -60,14 +60,19 @@ class HFTextEncoder:
         return next(self.model.parameters()).device
 
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
-        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
-        for prompt, length in zip(prompts, lengths):
-            if length > self.max_length:
+        encoded = self.tokenizer(prompts, truncation=False)["input_ids"]
+        for index, ids in enumerate(encoded):
+            if len(ids) > self.max_length:
                 warnings.warn(
-                    f"prompt truncated from {length} to {self.max_length} tokens: {prompt[:60]!r}...", stacklevel=3
+                    f"prompt truncated from {len(ids)} to {self.max_length} tokens: {prompts[index][:60]!r}...",
+                    stacklevel=3,
                 )
-        out = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True)
-        return torch.tensor(out["input_ids"], dtype=torch.long, device=self.device)
+                # The tokenizer truncates, so that its end-of-text token (if any) is kept.
+                encoded[index] = self.tokenizer(prompts[index], truncation=True, max_length=self.max_length)[
+                    "input_ids"
+                ]
+        padded = self.tokenizer.pad({"input_ids": encoded}, padding="max_length", max_length=self.max_length)
+        return torch.tensor(padded["input_ids"], dtype=torch.long, device=self.device)
 
     @torch.no_grad()
     def encode(self, prompts: str | Sequence[str]) -> TextEncoding:
