@@ -56,7 +56,7 @@ def test_training_steps_lower_the_loss_and_keep_the_tower_frozen():
     pixels = torch.rand(1, 3, 16, 16) * 2 - 1
     examples = [
         generation_example(tok, "A red cube.", pixels),
-        understanding_example(tok, "What is it?", "A red cube.", pixels),
+        understanding_example(tok, [("What is it?", "A red cube.")], pixels),
     ]
     tower_before = {k: v.clone() for k, v in model.vision_tower.state_dict().items()}
     trainable = [p for n, p in model.named_parameters() if not n.startswith("vision_tower.")]
@@ -72,7 +72,7 @@ def test_training_steps_lower_the_loss_and_keep_the_tower_frozen():
 
 def test_understanding_only_batch_has_no_visual_loss():
     model = tiny_vila_u()
-    ex = understanding_example(_tokenizer(), "What?", "Nothing.", torch.zeros(2, 3, 16, 16))
+    ex = understanding_example(_tokenizer(), [("What?", "Nothing.")], torch.zeros(2, 3, 16, 16))
     assert ex.input_ids.count(1000) == 2
     out = vila_u_loss(model, [ex])
     assert out.visual_loss is None and torch.isfinite(out.loss)

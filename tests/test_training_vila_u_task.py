@@ -71,8 +71,12 @@ def test_bad_configs_name_the_key():
 
 def test_batches_mix_generation_and_understanding_by_position():
     task = _task("vila-u", data={"length": 8, "generation_fraction": 0.25, "caption_dropout": 1.0})
-    items = [task.build_dataset()[i] for i in range(4)]
-    assert items[0]["image"].shape == (3, 32, 32) and isinstance(items[0]["turn"][0], str)
+    dataset = task.build_dataset()
+    items = [dataset[i] for i in range(4)]
+    pixels, caption = dataset.generation_item(0)
+    assert pixels.shape == (1, 3, 32, 32) and isinstance(caption, str)
+    pixels, turns, video = dataset.understanding_item(1)
+    assert pixels.shape == (1, 3, 32, 32) and len(turns) == 1 and not video
     examples = task.collate(items)
     assert [e.generate for e in examples] == [True, False, False, False]
     uncond = vicuna.tokenize(vicuna.generation_prompt(""), task.base.tokenizer)
@@ -80,6 +84,66 @@ def test_batches_mix_generation_and_understanding_by_position():
     assert [e.generate for e in task.collate(items[:1])] == [True]  # at least one: the depth transformer learns
     again = task.collate(items)
     assert all(a.input_ids == b.input_ids and a.labels == b.labels for a, b in zip(examples, again, strict=True))
+
+
+def _user_files(folder):
+    """Two captioned images (and one corrupt file), and a VQA JSONL: a two-turn image chat, a 3-frame video."""
+    from PIL import Image
+
+    (folder / "gen").mkdir()
+    for name, colour in (("a", "red"), ("b", "blue")):
+        Image.new("RGB", (40, 30), colour).save(folder / "gen" / f"{name}.png")
+        (folder / "gen" / f"{name}.txt").write_text(f"a {colour} picture")
+    (folder / "gen" / "c.png").write_bytes(b"not a png")
+    (folder / "gen" / "c.txt").write_text("broken")
+    (folder / "clip").mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (80 * i, 0, 0)).save(folder / "clip" / f"{i:02d}.png")
+    Image.new("RGB", (20, 20), "green").save(folder / "q.png")
+    lines = [
+        {
+            "image": "q.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour is it?"},
+                {"from": "gpt", "value": "Green."},
+                {"from": "human", "value": "Is it round?"},
+                {"from": "gpt", "value": "No."},
+            ],
+        },
+        {"video": "clip", "question": "What happens?", "answer": "It gets redder."},
+    ]
+    (folder / "qa.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+
+
+def test_user_files_train_generation_on_captions_and_understanding_on_chats_and_videos(tmp_path):
+    _user_files(tmp_path)
+    data = {"source": "files", "captions": str(tmp_path / "gen"), "vqa": str(tmp_path / "qa.jsonl")}
+    task = _task("vila-u", data={**data, "generation_fraction": 0.5, "caption_dropout": 0.0, "num_frames": 3})
+    dataset = task.build_dataset()
+    assert len(dataset) == 3  # the larger source: three captioned images, the VQA file cycling
+    with pytest.warns(UserWarning, match="skipped"):  # c.png is corrupt: the next readable image stands in
+        examples = task.collate([2, 1, 0, 1])
+    assert [e.generate for e in examples] == [True, True, False, False]
+    assert examples[0].pixels.shape == (1, 3, 32, 32)
+    tokenizer = task.base.tokenizer
+    chat, video = examples[2], examples[3]
+    supervised = [t for t, label in zip(chat.input_ids, chat.labels, strict=True) if label != -100]
+    # Both answers with their </s>, nothing of the questions.
+    assert tokenizer.decode(supervised).replace(" ", "") == "Green.</s>No.</s>"
+    assert supervised.count(tokenizer.eos_token_id) == 2
+    assert chat.input_ids.count(vicuna.IMAGE_TOKEN_INDEX) == 1
+    assert video.pixels.shape == (3, 3, 32, 32) and video.input_ids.count(vicuna.IMAGE_TOKEN_INDEX) == 3
+    loss, _ = task.build_model()(examples)
+    assert torch.isfinite(loss)
+
+
+def test_user_files_need_the_sources_their_mix_uses(tmp_path):
+    with pytest.raises(InputError, match="data.vqa"):
+        _task("vila-u", data={"source": "files", "captions": str(tmp_path), "generation_fraction": 0.5})
+    with pytest.raises(InputError, match="data.captions"):
+        _task("vila-u", data={"source": "files", "vqa": str(tmp_path / "qa.jsonl"), "generation_fraction": 0.5})
+    with pytest.raises(InputError, match="data.source"):
+        _task("vila-u", data={"source": "web"})
 
 
 def test_only_the_chosen_parts_train_and_frozen_ones_stay_in_eval_mode():

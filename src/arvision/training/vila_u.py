@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from arvision.errors import InputError
 from arvision.models.vila_u import VilaU
 from arvision.text import vicuna
 
@@ -60,13 +61,28 @@ def generation_example(
     return VilaUExample(full_ids, _supervise_reply(prompt_ids, full_ids), pixels, generate=True)
 
 
-def understanding_example(tokenizer: Any, question: str, answer: str, pixels: torch.Tensor) -> VilaUExample:
-    """Image(s) -> text. Training wraps each image in ``<im_start> ... <im_end>`` (inference does not)."""
-    block = vicuna.IM_START + vicuna.IMAGE_PLACEHOLDER + vicuna.IM_END
-    user = "".join([block] * len(pixels)) + "\n" + question
-    prompt_ids = vicuna.tokenize(vicuna.render([user, None]), tokenizer)
-    full_ids = vicuna.tokenize(vicuna.render([user, answer]), tokenizer)
-    return VilaUExample(full_ids, _supervise_reply(prompt_ids, full_ids), pixels, generate=False)
+def understanding_example(
+    tokenizer: Any, turns: Sequence[tuple[str, str]], pixels: torch.Tensor, video: bool = False
+) -> VilaUExample:
+    """Image(s) [N, 3, R, R] and question-answer ``turns`` -> text, every answer supervised. The visual
+    blocks open the first question: ``<im_start><image><im_end>`` per image (training wraps them, inference
+    does not), or for a video ``<image>\n`` per frame, as the release's video QA data has them."""
+    if not turns:
+        raise InputError("an understanding example needs at least one question-answer turn")
+    if video:
+        visual = (vicuna.IMAGE_PLACEHOLDER + "\n") * len(pixels)
+    else:
+        visual = (vicuna.IM_START + vicuna.IMAGE_PLACEHOLDER + vicuna.IM_END) * len(pixels) + "\n"
+    messages = [m for question, answer in turns for m in (question, answer)]
+    messages[0] = visual + messages[0]
+    input_ids = vicuna.tokenize(vicuna.render(messages), tokenizer)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    # Each reply spans from its open "ASSISTANT:" prompt to the end of the conversation rendered up to it.
+    for k in range(1, len(messages), 2):
+        start = len(vicuna.tokenize(vicuna.render([*messages[:k], None]), tokenizer))
+        end = len(vicuna.tokenize(vicuna.render(messages[: k + 1]), tokenizer))
+        labels[start:end] = input_ids[start:end]
+    return VilaUExample(input_ids, labels, pixels, generate=False)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, default_collate
 
 from arvision.checkpoint import select_prefix
 from arvision.data.datasets import WorldImages, WorldVQA
+from arvision.data.user import CaptionedImages, VQADataset
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
 from arvision.models.vila_u import VilaU
@@ -233,9 +234,16 @@ class VilaUModel:
 
 @dataclass
 class VilaUData:
+    # "world" (the procedural world) or "files": understanding turns from the JSONL at ``vqa`` (images or
+    # videos; see arvision.data.VQADataset) and text-to-image pairs from ``captions`` (an image folder with
+    # .txt captions, a .jsonl or a .csv). An epoch of files is the larger of the two, the other cycling.
+    source: str = "world"
+    vqa: str | None = None
+    captions: str | None = None
+    num_frames: int = 8  # frames read from each video of the VQA file
     generation_fraction: float = 0.5  # share of each batch made of generation examples (the rest: VQA)
     caption_dropout: float = 0.1  # generation captions replaced by the empty prompt (unconditional branch)
-    length: int = 100_000
+    length: int = 100_000  # one epoch of world scenes
     max_objects: int = 4
 
 
@@ -246,20 +254,33 @@ def generation_count(batch_size: int, fraction: float) -> int:
     return max(1, round(fraction * batch_size)) if fraction > 0 else 0
 
 
-class WorldCaptionsAndQuestions(Dataset):
-    """Item ``i``: world scene ``i`` with one caption and one question-answer turn,
-    ``{"image": [3, R, R] in [-1, 1], "caption": str, "turn": (question, answer), "index": int}``."""
+class GenerationAndUnderstanding(Dataset):
+    """Index ``i`` stands for item ``i`` of a text-to-image source (items ``{"image": [3, R, R], "caption"}``)
+    and of an understanding source (items ``{"pixels": [3, R, R] or [F, 3, R, R], "is_video", "turns"}``),
+    each cycled over ``length``. Items are the indices themselves: the task's collate loads each one as the
+    kind of example its batch slot needs, so no item is loaded twice."""
 
-    def __init__(self, world: ProceduralWorld, length: int):
-        self.images = WorldImages(world, length)
-        self.questions = WorldVQA(world, length, turns_per_item=1)
+    def __init__(self, captions: Dataset | None, questions: Dataset | None, length: int):
+        self.captions, self.questions, self.length = captions, questions, length
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.length
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        # Each dataset renders the scene (twice in all): about 2 ms at 64 px, 35 ms at 256 px.
-        return {**self.images[index], "turn": self.questions[index]["turns"][0]}
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return index
+
+    def generation_item(self, index: int) -> tuple[torch.Tensor, str]:
+        """(pixels [1, 3, R, R], caption)."""
+        item = self.captions[index % len(self.captions)]
+        return item["image"][None], item["caption"]
+
+    def understanding_item(self, index: int) -> tuple[torch.Tensor, list[tuple[str, str]], bool]:
+        """(pixels [N, 3, R, R] (N frames of a video, else 1), turns, is_video)."""
+        item = self.questions[index % len(self.questions)]
+        pixels = item["pixels"] if item["is_video"] else item["pixels"][None]
+        return pixels, list(item["turns"]), item["is_video"]
 
 
 class VilaUObjective(nn.Module):
@@ -298,6 +319,7 @@ class VilaUTask(TrainingTask):
         self.data_config = build_dataclass(VilaUData, data, prefix="data.")
         self.seed = seed
         self._check()
+        self.dataset: GenerationAndUnderstanding | None = None  # set by build_dataset, read by collate
         self.init_from = _vila_u_folder(self.model_config.init_from)
         self.base = VilaUPipeline.from_pretrained(self.init_from, dtype=torch.float32)
         if self.model_config.llm:
@@ -329,30 +351,49 @@ class VilaUTask(TrainingTask):
             raise InputError(
                 "data.generation_fraction 0 gives the depth transformer nothing to learn; drop it from model.train"
             )
+        if d.source not in ("world", "files"):
+            raise InputError(f"data.source must be 'world' or 'files', got {d.source!r}")
+        if d.source == "files":
+            if d.generation_fraction > 0 and not d.captions:
+                raise InputError("data.source 'files' with data.generation_fraction > 0 needs data.captions")
+            if d.generation_fraction < 1 and not d.vqa:
+                raise InputError("data.source 'files' with data.generation_fraction < 1 needs data.vqa")
 
     def build_model(self) -> nn.Module:
         return VilaUObjective(self.base.model, self.model_config.train)
 
     def build_dataset(self) -> Dataset:
-        d = self.data_config
-        world = _world(self.base.config.tower.image_size, d.max_objects, self.seed)
-        return WorldCaptionsAndQuestions(world, d.length)
+        d, size = self.data_config, self.base.config.tower.image_size
+        if d.source == "world":
+            world = _world(size, d.max_objects, self.seed)
+            captions, questions = WorldImages(world, d.length), WorldVQA(world, d.length, turns_per_item=1)
+            self.dataset = GenerationAndUnderstanding(captions, questions, d.length)
+            return self.dataset
+        # The release's preprocessing: a straight resize for understanding, the top/centre square for generation.
+        captions = CaptionedImages.from_source(d.captions, size, policy="top") if d.generation_fraction > 0 else None
+        questions = (
+            VQADataset(d.vqa, size, policy="resize", num_frames=d.num_frames) if d.generation_fraction < 1 else None
+        )
+        length = max(len(source) for source in (captions, questions) if source is not None)
+        self.dataset = GenerationAndUnderstanding(captions, questions, length)
+        return self.dataset
 
-    def collate(self, items: list[dict[str, Any]]) -> list[VilaUExample]:
-        """The first :func:`generation_count` items become generation examples, the rest understanding ones."""
+    def collate(self, indices: list[int]) -> list[VilaUExample]:
+        """The first :func:`generation_count` indices become generation examples, the rest understanding ones."""
         d, tokenizer = self.data_config, self.base.tokenizer
-        count = generation_count(len(items), d.generation_fraction)
+        count = generation_count(len(indices), d.generation_fraction)
         examples = []
-        for k, item in enumerate(items):
-            pixels = item["image"][None]
+        for k, index in enumerate(indices):
             if k < count:
+                pixels, caption = self.dataset.generation_item(index)
                 # Per-sample randomness from the sample index: the same on every rank and after a resume.
-                rng = random.Random(f"{self.seed}/{item['index']}")
+                rng = random.Random(f"{self.seed}/{index}")
                 examples.append(
-                    generation_example(tokenizer, item["caption"], pixels, caption_dropout=d.caption_dropout, rng=rng)
+                    generation_example(tokenizer, caption, pixels, caption_dropout=d.caption_dropout, rng=rng)
                 )
             else:
-                examples.append(understanding_example(tokenizer, *item["turn"], pixels))
+                pixels, turns, video = self.dataset.understanding_item(index)
+                examples.append(understanding_example(tokenizer, turns, pixels, video=video))
         return examples
 
     def loss(self, model: nn.Module, batch: list[VilaUExample], generator: torch.Generator):
