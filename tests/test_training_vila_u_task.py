@@ -144,6 +144,18 @@ def test_user_files_need_the_sources_their_mix_uses(tmp_path):
         _task("vila-u", data={"source": "files", "vqa": str(tmp_path / "qa.jsonl"), "generation_fraction": 0.5})
     with pytest.raises(InputError, match="data.source"):
         _task("vila-u", data={"source": "web"})
+    with pytest.raises(InputError, match="data.turns_per_item"):
+        _task("vila-u", data={"turns_per_item": 0})
+
+
+def test_world_questions_can_come_several_to_an_image():
+    task = _task("vila-u", data={"generation_fraction": 0.5, "turns_per_item": 3})
+    dataset = task.build_dataset()
+    _, turns, _ = dataset.understanding_item(1)
+    assert len(turns) == 3 and len(set(turns)) == 3
+    example = task.collate([0, 1])[1]
+    supervised = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != -100]
+    assert supervised.count(task.base.tokenizer.eos_token_id) == 3  # every answer is a target
 
 
 def test_only_the_chosen_parts_train_and_frozen_ones_stay_in_eval_mode():

@@ -245,6 +245,7 @@ class VilaUData:
     caption_dropout: float = 0.1  # generation captions replaced by the empty prompt (unconditional branch)
     length: int = 100_000  # one epoch of world scenes
     max_objects: int = 4
+    turns_per_item: int = 1  # question-answer turns per world understanding example (all supervised)
 
 
 def generation_count(batch_size: int, fraction: float) -> int:
@@ -351,6 +352,8 @@ class VilaUTask(TrainingTask):
             raise InputError(
                 "data.generation_fraction 0 gives the depth transformer nothing to learn; drop it from model.train"
             )
+        if d.turns_per_item < 1:
+            raise InputError(f"data.turns_per_item must be at least 1, got {d.turns_per_item}")
         if d.source not in ("world", "files"):
             raise InputError(f"data.source must be 'world' or 'files', got {d.source!r}")
         if d.source == "files":
@@ -366,7 +369,7 @@ class VilaUTask(TrainingTask):
         d, size = self.data_config, self.base.config.tower.image_size
         if d.source == "world":
             world = _world(size, d.max_objects, self.seed)
-            captions, questions = WorldImages(world, d.length), WorldVQA(world, d.length, turns_per_item=1)
+            captions, questions = WorldImages(world, d.length), WorldVQA(world, d.length, d.turns_per_item)
             self.dataset = GenerationAndUnderstanding(captions, questions, d.length)
             return self.dataset
         # The release's preprocessing: a straight resize for understanding, the top/centre square for generation.
