@@ -1,6 +1,7 @@
 """Shape-and-colour accuracy of a HART pipeline on single-object world prompts (held-out and seen pairs).
 
 python scripts/eval_hart_world.py --model src/arvision/defaults/hart [--size 64] [--cfg 4.5] [--grid grid.png]
+    [--caption-use 64]   (also: per-scale cross-entropy of 64 real scenes with right / shuffled / no captions)
 """
 
 from __future__ import annotations
@@ -10,10 +11,31 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from arvision.cli.common import add_device_arguments, torch_dtype
+from arvision.data.world import ProceduralWorld, WorldConfig
+from arvision.eval.caption_use import caption_use
 from arvision.eval.hart_world import prompt_sets, world_shape_accuracy
-from arvision.imaging import make_grid
+from arvision.imaging import make_grid, pil_to_tensor
+from arvision.models.hart_sampler import Condition
 from arvision.pipelines.hart import HartPipeline
+from arvision.training.latent_cache import tokenize_targets
+
+
+def caption_use_report(pipe: HartPipeline, scenes: int, size: int) -> dict:
+    """Per-scale cross-entropy of single-object val scenes under right, shuffled and no captions."""
+    world = ProceduralWorld(WorldConfig(image_size=size, max_objects=1), split="val")
+    samples = [world.sample(i) for i in range(scenes)]
+    dtype = next(pipe.transformer.parameters()).dtype
+    images = pil_to_tensor([s.image for s in samples]).to(pipe.device, dtype)
+    with torch.no_grad():
+        indices, _ = tokenize_targets(pipe.tokenizer, images)
+    enc = pipe.text_encoder.encode([s.captions[0] for s in samples])
+    cond = Condition(enc.hidden.to(dtype), enc.mask, enc.position_ids)
+    use = caption_use(pipe.transformer, pipe.tokenizer.quantize, indices, cond)
+    rounded = {k: [round(v, 3) for v in getattr(use, k)] for k in ("right", "shuffled", "unconditional")}
+    return {"patch_nums": list(use.patch_nums), **rounded}
 
 
 def main() -> None:
@@ -23,6 +45,7 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=4.5)
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--grid", type=Path, help="also save the held-out images of the first seed as one PNG grid")
+    parser.add_argument("--caption-use", type=int, default=0, metavar="N", help="also report caption use on N scenes")
     add_device_arguments(parser, None, "weights dtype (default: float32)")
     args = parser.parse_args()
 
@@ -37,6 +60,8 @@ def main() -> None:
     if args.grid:
         held_out = [case.prompt for case in prompt_sets()["held_out"]]
         make_grid(generate(held_out, 0)).save(args.grid)
+    if args.caption_use:
+        report["caption_use"] = caption_use_report(pipe, args.caption_use, args.size)
     report["seconds"] = round(time.time() - start, 1)
     report.update(model=str(args.model), size=args.size, cfg=args.cfg)
     print(json.dumps(report, indent=2))
