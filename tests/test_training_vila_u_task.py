@@ -148,6 +148,19 @@ def test_user_files_need_the_sources_their_mix_uses(tmp_path):
         _task("vila-u", data={"turns_per_item": 0})
 
 
+def test_world_videos_fill_the_first_generation_slots():
+    task = _task("vila-u", data={"generation_fraction": 0.5, "video_fraction": 0.5, "length": 4})
+    frames = task.base.config.video_generation_frames
+    examples = task.collate([task.build_dataset()[i] for i in range(4)])
+    assert [e.generate for e in examples] == [True, True, False, False]
+    assert examples[0].pixels.shape == (frames, 3, 32, 32) and examples[1].pixels.shape == (1, 3, 32, 32)
+    assert vicuna.tokenize(vicuna.VI_START, task.base.tokenizer)[-1] in examples[0].input_ids
+    loss, logs = task.build_model()(examples)
+    assert torch.isfinite(loss) and "visual_ce" in logs
+    with pytest.raises(InputError, match="video_fraction"):
+        _task("vila-u", data={"source": "files", "captions": "x", "vqa": "y", "video_fraction": 0.5})
+
+
 def test_world_questions_can_come_several_to_an_image():
     task = _task("vila-u", data={"generation_fraction": 0.5, "turns_per_item": 3})
     dataset = task.build_dataset()

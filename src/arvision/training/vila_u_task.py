@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from arvision.checkpoint import select_prefix
-from arvision.data.datasets import WorldImages, WorldVQA
+from arvision.data.datasets import WorldImages, WorldVideos, WorldVQA
 from arvision.data.user import CaptionedImages, VQADataset
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
@@ -242,6 +242,7 @@ class VilaUData:
     captions: str | None = None
     num_frames: int = 8  # frames read from each video of the VQA file
     generation_fraction: float = 0.5  # share of each batch made of generation examples (the rest: VQA)
+    video_fraction: float = 0.0  # share of the generation examples that are world videos (text -> frames)
     caption_dropout: float = 0.1  # generation captions replaced by the empty prompt (unconditional branch)
     length: int = 100_000  # one epoch of world scenes
     max_objects: int = 4
@@ -256,13 +257,14 @@ def generation_count(batch_size: int, fraction: float) -> int:
 
 
 class GenerationAndUnderstanding(Dataset):
-    """Index ``i`` stands for item ``i`` of a text-to-image source (items ``{"image": [3, R, R], "caption"}``)
-    and of an understanding source (items ``{"pixels": [3, R, R] or [F, 3, R, R], "is_video", "turns"}``),
-    each cycled over ``length``. Items are the indices themselves: the task's collate loads each one as the
+    """Index ``i`` stands for item ``i`` of a text-to-image source (items ``{"image": [3, R, R], "caption"}``),
+    of an understanding source (items ``{"pixels": [3, R, R] or [F, 3, R, R], "is_video", "turns"}``) and
+    optionally of a text-to-video source (items ``{"frames": [F, 3, R, R], "caption"}``), each cycled over
+    ``length``. Items are the indices themselves: the task's collate loads each one as the
     kind of example its batch slot needs, so no item is loaded twice."""
 
-    def __init__(self, captions: Dataset | None, questions: Dataset | None, length: int):
-        self.captions, self.questions, self.length = captions, questions, length
+    def __init__(self, captions: Dataset | None, questions: Dataset | None, length: int, videos: Dataset | None = None):
+        self.captions, self.questions, self.videos, self.length = captions, questions, videos, length
 
     def __len__(self) -> int:
         return self.length
@@ -276,6 +278,11 @@ class GenerationAndUnderstanding(Dataset):
         """(pixels [1, 3, R, R], caption)."""
         item = self.captions[index % len(self.captions)]
         return item["image"][None], item["caption"]
+
+    def video_item(self, index: int) -> tuple[torch.Tensor, str]:
+        """(frames [F, 3, R, R], caption)."""
+        item = self.videos[index % len(self.videos)]
+        return item["frames"], item["caption"]
 
     def understanding_item(self, index: int) -> tuple[torch.Tensor, list[tuple[str, str]], bool]:
         """(pixels [N, 3, R, R] (N frames of a video, else 1), turns, is_video)."""
@@ -345,7 +352,7 @@ class VilaUTask(TrainingTask):
         unknown = sorted(set(train) - set(VILA_U_PARTS))
         if unknown or not train:
             raise InputError(f"model.train: {unknown or 'empty'}; choose from {list(VILA_U_PARTS)}")
-        for key in ("generation_fraction", "caption_dropout"):
+        for key in ("generation_fraction", "video_fraction", "caption_dropout"):
             if not 0 <= getattr(d, key) <= 1:
                 raise InputError(f"data.{key} must lie in [0, 1], got {getattr(d, key)}")
         if d.generation_fraction == 0 and "depth_transformer" in train:
@@ -357,6 +364,8 @@ class VilaUTask(TrainingTask):
         if d.source not in ("world", "files"):
             raise InputError(f"data.source must be 'world' or 'files', got {d.source!r}")
         if d.source == "files":
+            if d.video_fraction > 0:
+                raise InputError("data.video_fraction: text-to-video examples come from the world only")
             if d.generation_fraction > 0 and not d.captions:
                 raise InputError("data.source 'files' with data.generation_fraction > 0 needs data.captions")
             if d.generation_fraction < 1 and not d.vqa:
@@ -370,7 +379,13 @@ class VilaUTask(TrainingTask):
         if d.source == "world":
             world = _world(size, d.max_objects, self.seed)
             captions, questions = WorldImages(world, d.length), WorldVQA(world, d.length, d.turns_per_item)
-            self.dataset = GenerationAndUnderstanding(captions, questions, d.length)
+            videos = None
+            if d.video_fraction > 0:
+                frames = self.base.config.video_generation_frames
+                videos = WorldVideos(
+                    ProceduralWorld(replace(world.config, video_frames=frames), seed=self.seed), d.length
+                )
+            self.dataset = GenerationAndUnderstanding(captions, questions, d.length, videos)
             return self.dataset
         # The release's preprocessing: a straight resize for understanding, the top/centre square for generation.
         captions = CaptionedImages.from_source(d.captions, size, policy="top") if d.generation_fraction > 0 else None
@@ -382,13 +397,16 @@ class VilaUTask(TrainingTask):
         return self.dataset
 
     def collate(self, indices: list[int]) -> list[VilaUExample]:
-        """The first :func:`generation_count` indices become generation examples, the rest understanding ones."""
+        """The first :func:`generation_count` indices become generation examples (videos first, their share
+        ``video_fraction`` of those rounded), the rest understanding ones."""
         d, tokenizer = self.data_config, self.base.tokenizer
         count = generation_count(len(indices), d.generation_fraction)
+        videos = round(d.video_fraction * count)
         examples = []
         for k, index in enumerate(indices):
             if k < count:
-                pixels, caption = self.dataset.generation_item(index)
+                item = self.dataset.video_item if k < videos else self.dataset.generation_item
+                pixels, caption = item(index)
                 # Per-sample randomness from the sample index: the same on every rank and after a resume.
                 rng = random.Random(f"{self.seed}/{index}")
                 examples.append(
