@@ -31,5 +31,17 @@ def test_an_oracle_scores_one_and_a_constant_answer_scores_its_share():
     constant = world_vqa_accuracy(lambda images, qs: ["red"] * len(qs), image_size=32, scenes=8)
     seen = [c.answer for c in colour_shape_cases("val", scenes=8, image_size=32)]
     assert constant["seen"]["accuracy"] == pytest.approx(seen.count("red") / len(seen))
+    colours = [
+        c.answer for c in colour_shape_cases("val", scenes=8, image_size=32) if c.question.startswith("What color")
+    ]
+    assert constant["seen"]["colour"] == {
+        "accuracy": pytest.approx(colours.count("red") / len(colours)),
+        "questions": len(colours),
+    }
+    assert constant["seen"]["shape"]["accuracy"] == 0.0
+    assert (
+        report["held_out"]["colour"]["questions"] + report["held_out"]["shape"]["questions"]
+        == report["held_out"]["questions"]
+    )
     with pytest.raises(InputError, match="answers"):
         world_vqa_accuracy(lambda images, qs: [], image_size=32, scenes=2)

@@ -48,7 +48,8 @@ def first_word(text: str) -> str:
 
 
 def world_vqa_accuracy(answer: Answer, image_size: int, scenes: int = 50, max_objects: int = 2) -> dict:
-    """``answer(images, questions)`` -> one answer per question. Returns accuracy and counts per set."""
+    """``answer(images, questions)`` -> one answer per question. Returns accuracy and counts per set, in
+    all and for the colour and the shape questions apart."""
     report = {}
     for name, split in (("held_out", "heldout"), ("seen", "val")):
         cases = colour_shape_cases(split, scenes, image_size, max_objects)
@@ -57,4 +58,7 @@ def world_vqa_accuracy(answer: Answer, image_size: int, scenes: int = 50, max_ob
             raise InputError(f"expected {len(cases)} answers, got {len(replies)}")
         right = [first_word(r) == c.answer for r, c in zip(replies, cases)]
         report[name] = {"accuracy": sum(right) / len(right), "questions": len(right)}
+        for kind, prefix in zip(("colour", "shape"), COLOUR_SHAPE_PREFIXES):
+            picked = [ok for ok, c in zip(right, cases) if c.question.startswith(prefix)]
+            report[name][kind] = {"accuracy": sum(picked) / max(len(picked), 1), "questions": len(picked)}
     return report
