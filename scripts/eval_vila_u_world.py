@@ -1,6 +1,10 @@
 """Colour/shape question accuracy of a VILA-U folder on procedural-world scenes (held-out and seen pairs).
 
-python scripts/eval_vila_u_world.py --model src/arvision/defaults/vila-u [--scenes 50]
+python scripts/eval_vila_u_world.py --model src/arvision/defaults/vila-u [--scenes 50] [--tower-scenes 200]
+
+``--tower-scenes N`` also reports what the vision tower's codes keep: N single-object scenes per split go
+through the tower (encode to codes, decode) and colour and shape are read back from the reconstructions
+by arvision.eval.shapes.
 """
 
 from __future__ import annotations
@@ -11,14 +15,31 @@ import time
 from pathlib import Path
 
 from arvision.cli.common import add_device_arguments, torch_dtype
+from arvision.data.world import ProceduralWorld, WorldConfig
+from arvision.eval.shapes import single_object_accuracy
 from arvision.eval.vila_u_world import world_vqa_accuracy
 from arvision.pipelines.vila_u import VilaUPipeline
+
+
+def tower_read_back(pipe: VilaUPipeline, scenes: int) -> dict:
+    size, report = pipe.config.tower.image_size, {}
+    for name, split in (("held_out", "heldout"), ("seen", "val")):
+        world = ProceduralWorld(WorldConfig(image_size=size, max_objects=1), split=split)
+        samples = [world.sample(i) for i in range(scenes)]
+        images = [s.image for s in samples]
+        targets = [(s.graph.objects[0].colour, s.graph.objects[0].shape) for s in samples]
+        report[name] = {
+            "originals": single_object_accuracy(images, targets),
+            "reconstructions": single_object_accuracy(pipe.reconstruct(images), targets),
+        }
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--scenes", type=int, default=50, help="scenes per split (all their colour/shape questions)")
+    parser.add_argument("--tower-scenes", type=int, default=0, metavar="N", help="also read back N tower round trips")
     add_device_arguments(parser, None, "weights dtype (default: float32)")
     args = parser.parse_args()
 
@@ -29,6 +50,8 @@ def main() -> None:
 
     start = time.time()
     report = world_vqa_accuracy(answer, pipe.config.tower.image_size, scenes=args.scenes)
+    if args.tower_scenes:
+        report["tower_read_back"] = tower_read_back(pipe, args.tower_scenes)
     report.update(model=str(args.model), seconds=round(time.time() - start, 1))
     print(json.dumps(report, indent=2))
 
