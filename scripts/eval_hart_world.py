@@ -31,7 +31,7 @@ def caption_use_report(pipe: HartPipeline, scenes: int, size: int) -> dict:
     images = pil_to_tensor([s.image for s in samples]).to(pipe.device, dtype)
     with torch.no_grad():
         indices, _ = tokenize_targets(pipe.tokenizer, images)
-    enc = pipe.text_encoder.encode([s.captions[0] for s in samples])
+    enc = pipe.encode_prompts([s.captions[0] for s in samples])
     cond = Condition(enc.hidden.to(dtype), enc.mask, enc.position_ids)
     use = caption_use(pipe.transformer, pipe.tokenizer.quantize, indices, cond)
     rounded = {k: [round(v, 3) for v in getattr(use, k)] for k in ("right", "shuffled", "unconditional")}

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from arvision.models.hart import HartTransformer
 from arvision.models.hart_sampler import Condition, unconditional
+from arvision.tokenizers.schedules import schedule_of
 
 
 @dataclass
@@ -33,7 +34,7 @@ def per_scale_cross_entropy(
     transformer: HartTransformer, quantizer, indices: Sequence[torch.Tensor], cond: Condition
 ) -> list[float]:
     """Teacher-forced cross-entropy of the per-scale targets ``indices`` ([B, pn^2] each), averaged per scale."""
-    patch_nums = tuple(int(round(idx.shape[1] ** 0.5)) for idx in indices)
+    patch_nums = schedule_of(indices)
     x = quantizer.indices_to_ar_input(list(indices), patch_nums)
     everything = torch.arange(patch_nums[-1] ** 2, device=x.device).expand(len(x), -1)
     logits, _ = transformer(
@@ -58,7 +59,7 @@ def caption_use(
         raise ValueError("caption_use needs at least two images, to shuffle their captions")
     shuffled = Condition(*(t.roll(-1, dims=0) for t in (cond.context, cond.context_mask, cond.position_ids)))
     return CaptionUse(
-        patch_nums=tuple(int(round(idx.shape[1] ** 0.5)) for idx in indices),
+        patch_nums=schedule_of(indices),
         right=per_scale_cross_entropy(transformer, quantizer, indices, cond),
         shuffled=per_scale_cross_entropy(transformer, quantizer, indices, shuffled),
         unconditional=per_scale_cross_entropy(transformer, quantizer, indices, unconditional(transformer, cond)),

@@ -22,7 +22,7 @@ from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
 from arvision.nn.vqgan import Decoder, Encoder
 from arvision.tokenizers.multiscale_quantizer import MultiScaleQuantizer, QuantizerOutput
-from arvision.tokenizers.schedules import PATCH_NUMS, schedule_for_latent, validate_schedule
+from arvision.tokenizers.schedules import PATCH_NUMS, schedule_for_latent, schedule_of, validate_schedule
 
 WEIGHT_PREFIX = "vae."
 DISCRIMINATOR_PREFIX = "disc."
@@ -170,7 +170,7 @@ class HybridTokenizer(nn.Module):
     ) -> torch.Tensor:
         """Assemble the latent ``[B, C, h, w]`` from per-scale indices, plus the residual if given."""
         if patch_nums is None:
-            patch_nums = tuple(int(round(idx.shape[1] ** 0.5)) for idx in indices)
+            patch_nums = schedule_of(indices)
         patch_nums = validate_schedule(patch_nums)
         if len(indices) != len(patch_nums):
             raise InputError(f"got {len(indices)} index maps for {len(patch_nums)} scales")

@@ -18,6 +18,11 @@ PATCH_NUMS: dict[int, tuple[int, ...]] = {
 }
 
 
+def schedule_of(indices: Sequence) -> tuple[int, ...]:
+    """The schedule of per-scale token maps ``[B, pn^2]`` (their square sizes give it back)."""
+    return tuple(int(round(idx.shape[1] ** 0.5)) for idx in indices)
+
+
 def geometric_schedule(latent_size: int) -> tuple[int, ...]:
     """A schedule for grids without a preset: 1, 2, 3, 4, then x1.5 per scale, ending at ``latent_size``."""
     if latent_size < 2:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from arvision.models.hart import HartTransformer
 from arvision.models.hart_sampler import Condition, unconditional
 from arvision.nn.sampling import sample_logits
+from arvision.tokenizers.schedules import schedule_of
 
 
 @dataclass
@@ -103,7 +104,7 @@ def hart_loss(
     on any device; token draws on an accelerator then use the global RNG of that device).
     """
     config = config or HartLossConfig()
-    patch_nums = tuple(int(round(idx.shape[1] ** 0.5)) for idx in indices)
+    patch_nums = schedule_of(indices)
     B, device = indices[0].shape[0], indices[0].device
     n_last = patch_nums[-1] ** 2
 

@@ -377,14 +377,12 @@ class VilaUTask(TrainingTask):
     def build_dataset(self) -> Dataset:
         d, size = self.data_config, self.base.config.tower.image_size
         if d.source == "world":
-            world = _world(size, d.max_objects, self.seed)
+            # Clips have the model's frame count; stills and questions do not depend on it.
+            frames = self.base.config.video_generation_frames
+            config = WorldConfig(image_size=size, max_objects=d.max_objects, video_frames=frames)
+            world = ProceduralWorld(config, seed=self.seed)
             captions, questions = WorldImages(world, d.length), WorldVQA(world, d.length, d.turns_per_item)
-            videos = None
-            if d.video_fraction > 0:
-                frames = self.base.config.video_generation_frames
-                videos = WorldVideos(
-                    ProceduralWorld(replace(world.config, video_frames=frames), seed=self.seed), d.length
-                )
+            videos = WorldVideos(world, d.length) if d.video_fraction > 0 else None
             self.dataset = GenerationAndUnderstanding(captions, questions, d.length, videos)
             return self.dataset
         # The release's preprocessing: a straight resize for understanding, the top/centre square for generation.
