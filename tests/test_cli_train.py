@@ -64,6 +64,10 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
     # The export is a regular tokenizer folder.
     assert HybridTokenizer.from_pretrained(tmp_path / "a" / "final").config.vocab_size == 16
+    # So is a checkpoint written out with --export (the latest one holds the final weights).
+    assert main(["train", "tokenizer", "--config", str(config_path), f"out_dir={tmp_path / 'a'}", "--export"]) == 0
+    exported = load_file(str(tmp_path / "a" / "exports" / "step_00000012" / "model.safetensors"))
+    assert all(torch.equal(expected[k], exported[k]) for k in expected)
 
 
 def test_train_cli_errors_are_one_line(tmp_path, capsys):

@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from arvision.errors import CheckpointError
 from arvision.training import checkpointing
 from arvision.training.loop import EMA, OptimConfig, ShardedBatchSampler, Trainer, TrainingDiverged, learning_rate
 from toy_task import ToyTask, toy_config
@@ -72,6 +73,22 @@ def test_crash_and_resume_is_bit_for_bit(tmp_path):
     assert expected.keys() == resumed.keys()
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
+
+
+def test_export_writes_a_checkpoints_weights_with_its_ema(tmp_path):
+    config = toy_config(tmp_path, max_steps=4, save_every=2, ema_decay=0.5)
+    Trainer(config, ToyTask(dropout=0.2)).run()
+    last = Trainer(config, ToyTask(dropout=0.2)).export()
+    assert last == tmp_path / "exports" / "step_00000004"
+    final, exported = final_weights(tmp_path), load_file(str(last / "model.safetensors"))
+    assert final.keys() == exported.keys()
+    assert all(torch.equal(final[k], exported[k]) for k in final)
+    earlier = Trainer(config, ToyTask()).export(tmp_path / "checkpoints" / "step_00000002", tmp_path / "at2")
+    assert not torch.equal(load_file(str(earlier / "model.safetensors"))["blocks.1.weight"], final["blocks.1.weight"])
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        Trainer(config, ToyTask()).export(tmp_path / "exports")
+    with pytest.raises(CheckpointError, match="no checkpoint to export"):
+        Trainer(toy_config(tmp_path / "empty"), ToyTask()).export()
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -1,5 +1,8 @@
 """``arvision train TASK --config FILE [key=value ...] [--resume]``: run the shared training loop.
 
+``--export [CHECKPOINT]`` trains nothing: it writes a saved checkpoint (default: the run's latest) as a
+model folder that ``from_pretrained`` and ``--model`` take, to look at a run before it ends.
+
 Launch with ``torchrun --nproc_per_node=N -m arvision train ...`` for DDP/FSDP2 on several processes.
 """
 
@@ -18,6 +21,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("task", choices=TASK_NAMES, help="what to train")
     p.add_argument("--config", type=Path, default=None, help="YAML/TOML/JSON file with TrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    p.add_argument(
+        "--export",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="only write a checkpoint (default: the latest in out_dir) as a model folder",
+    )
+    p.add_argument("-o", "--output", type=Path, default=None, help="with --export: the folder to write")
     p.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nested keys (optim.lr=3e-4)")
     p.set_defaults(func=run)
 
@@ -26,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(TrainConfig, args.config, args.overrides, base={"task": args.task})
     config.task = args.task  # the command line names the task, whatever the file says
     task = build_task(config.task, config.model, config.data, seed=config.seed)
-    final = Trainer(config, task).run(resume=args.resume)
+    trainer = Trainer(config, task)
+    if args.export is not None:
+        folder = trainer.export(None if args.export == "latest" else args.export, args.output)
+        print(f"checkpoint exported to {folder}")
+        return 0
+    final = trainer.run(resume=args.resume)
     print(f"trained weights written to {final}")
     return 0

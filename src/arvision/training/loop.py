@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from arvision.errors import ArvisionError
+from arvision.errors import ArvisionError, CheckpointError
 from arvision.imaging import make_grid
 from arvision.training import checkpointing
 from arvision.training.config import to_dict
@@ -189,7 +189,24 @@ class Trainer:
         finally:
             shutdown(info)
 
-    def _run(self, info: DistInfo, resume: bool) -> Path:
+    def export(self, checkpoint: str | Path | None = None, folder: str | Path | None = None) -> Path:
+        """Write the weights of a saved checkpoint (default: the latest) as a model folder, EMA applied
+        as at the end of a run, to ``folder`` (default: ``out_dir/exports/<checkpoint name>``)."""
+        path = Path(checkpoint) if checkpoint is not None else checkpointing.latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            raise CheckpointError(f"no checkpoint to export in {self.ckpt_dir}")
+        if not (path / checkpointing.STATE_FILE).is_file():
+            raise CheckpointError(f"{path} is not a training checkpoint (no {checkpointing.STATE_FILE})")
+        info = init_distributed()
+        try:
+            model, _, optimizer, ema, step_generator = self._build(info)
+            checkpointing.load_training_state(path, model, optimizer, ema.shadow if ema else None, step_generator, info)
+            return self._export(model, ema, info, Path(folder) if folder else self.out_dir / "exports" / path.name)
+        finally:
+            shutdown(info)
+
+    def _build(self, info: DistInfo):
+        """(model, trainable params, optimizer, EMA or None, step generator), fresh, before any checkpoint."""
         c = self.config
         torch.manual_seed(c.seed)  # identical initial weights on every rank
         model = self.task.build_model()
@@ -198,7 +215,11 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.optim.lr, betas=c.optim.betas, weight_decay=c.optim.weight_decay)
         ema = EMA(unwrap(model), c.ema_decay) if c.ema_decay > 0 else None
-        step_generator = torch.Generator().manual_seed(c.seed)
+        return model, params, optimizer, ema, torch.Generator().manual_seed(c.seed)
+
+    def _run(self, info: DistInfo, resume: bool) -> Path:
+        c = self.config
+        model, params, optimizer, ema, step_generator = self._build(info)
         torch.manual_seed(c.seed + info.rank)
         step = 0
         latest = checkpointing.latest_checkpoint(self.ckpt_dir) if resume else None
@@ -295,7 +316,7 @@ class Trainer:
             log_file.close()
         if board is not None:
             board.close()
-        return self._export(model, ema, info)
+        return self._export(model, ema, info, self.out_dir / "final")
 
     def _throughput(self, info: DistInfo, steps: int, seconds: float) -> float:
         samples = steps * self.config.batch_size * self.config.grad_accum * info.world_size
@@ -315,12 +336,11 @@ class Trainer:
             folder.mkdir(parents=True, exist_ok=True)
             make_grid(images).save(folder / f"step_{step:08d}.png")
 
-    def _export(self, model: nn.Module, ema: EMA | None, info: DistInfo) -> Path:
+    def _export(self, model: nn.Module, ema: EMA | None, info: DistInfo, folder: Path) -> Path:
         weights = checkpointing.full_state_dict(model)
         if ema is not None:
             # The EMA covers trainable parameters; buffers and frozen weights come from the model.
             weights.update(checkpointing.full_state_dict(model, ema.shadow))
-        final = self.out_dir / "final"
         if info.is_main:
-            self.task.export(weights, final)
-        return final
+            self.task.export(weights, folder)
+        return folder
