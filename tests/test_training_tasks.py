@@ -19,3 +19,52 @@ def test_unknown_task_and_keys_are_named():
         build_task("gan", {}, {})
     with pytest.raises(InputError, match="model.tokenizer.chh"):
         build_task("tokenizer", {"tokenizer": {"chh": 3}}, {})
+
+
+def test_tokenizer_fine_tune_with_a_gan_starts_from_and_exports_the_discriminator(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from arvision.tokenizers.discriminator import PatchDiscriminator
+    from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
+    from arvision.training.loop import OptimConfig, TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    config = HybridTokenizerConfig(vocab_size=16, z_channels=4, ch=8, ch_mult=(1, 2), v_patch_nums=(1, 2, 4, 8))
+    start, disc = HybridTokenizer(config), PatchDiscriminator(ndf=8, n_layers=2)
+    start.save_pretrained(tmp_path / "start", discriminator=disc.state_dict())
+    model = {
+        "init_from": str(tmp_path / "start"),
+        "discriminator": {"ndf": 8, "n_layers": 2},
+        "loss": {"mode": "decoder", "gan_start": 2},
+    }
+    task = build_task("tokenizer", model, {"source": "photos", "resolution": 16, "length": 16})
+    built = task.build_model()
+    assert all(torch.equal(built.discriminator.state_dict()[k], v) for k, v in disc.state_dict().items())
+
+    train = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=3, batch_size=2, log_every=1, progress=False)
+    train.optim = OptimConfig(lr=1e-2)
+    final = Trainer(train, task).run()
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # The discriminator learns from the first batch; its term on the tokenizer starts at gan_start.
+    assert ["gan_g" in r for r in logs] == [False, False, True] and all("gan_d" in r for r in logs)
+    tuned = HybridTokenizer.from_pretrained(final)
+    assert tuned.config == config
+    assert torch.equal(tuned.encoder.conv_in.weight, start.encoder.conv_in.weight)  # decoder-only recipe
+    assert not torch.equal(tuned.decoder.conv_out.weight, start.decoder.conv_out.weight)
+    saved = load_file(str(final / "model.safetensors"))
+    weights = [k for k, v in disc.state_dict().items() if v.is_floating_point()]
+    assert any(not torch.equal(saved[f"disc.{k}"], disc.state_dict()[k]) for k in weights)  # it trained
+
+
+def test_tokenizer_discriminator_of_the_wrong_shape_is_named(tmp_path):
+    from arvision.errors import CheckpointError
+    from arvision.tokenizers.discriminator import PatchDiscriminator
+    from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
+
+    config = HybridTokenizerConfig(vocab_size=16, z_channels=4, ch=8, ch_mult=(1, 2), v_patch_nums=(1, 2, 4, 8))
+    HybridTokenizer(config).save_pretrained(tmp_path, discriminator=PatchDiscriminator(ndf=8, n_layers=2).state_dict())
+    task = build_task("tokenizer", {"init_from": str(tmp_path), "discriminator": {"ndf": 16, "n_layers": 2}}, {})
+    with pytest.raises(CheckpointError, match=r"disc\."):
+        task.build_model()

@@ -8,6 +8,7 @@ from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerC
 from arvision.training.tokenizer import (
     PerceptualLoss,
     TokenizerLossConfig,
+    TokenizerObjective,
     TokenizerTrainer,
     hinge_discriminator_loss,
     hinge_generator_loss,
@@ -86,9 +87,29 @@ def test_gan_terms_train_the_discriminator():
     trainer = TokenizerTrainer(tok, TokenizerLossConfig(gan_start=1), discriminator=disc, lr=1e-3)
     images = fixed_batch()
     first = trainer.step(images)
-    assert "gan_d" not in first and "gan_g" not in first  # GAN off before gan_start
+    assert "gan_d" in first and "gan_g" not in first  # the tokenizer feels the GAN from gan_start on
+    before = {k: v.clone() for k, v in disc.state_dict().items()}
     second = trainer.step(images)
     assert torch.isfinite(torch.tensor([second["gan_d"], second["gan_g"]])).all()
+    assert any(not torch.equal(before[k], v) for k, v in disc.state_dict().items())
+
+
+def test_each_gan_term_moves_only_its_own_side():
+    tok, disc = make_tokenizer(), PatchDiscriminator(ndf=8, n_layers=2)
+    objective = TokenizerObjective(tok, TokenizerLossConfig(mode="full"), discriminator=disc)
+    total, terms = objective(fixed_batch(), continuous=True)
+    tok_params, disc_params = list(tok.parameters()), list(disc.parameters())
+
+    def grads(loss, params):
+        found = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(found, params)]
+
+    assert all(torch.all(g == 0) for g in grads(terms["gan_g"], disc_params))
+    assert all(torch.all(g == 0) for g in grads(terms["gan_d"], tok_params))
+    assert any(torch.any(g != 0) for g in grads(terms["gan_g"], tok_params))
+    for a, b in zip(grads(total, disc_params), grads(terms["gan_d"], disc_params)):
+        torch.testing.assert_close(a, b)
+    assert objective.batches_seen.item() == 1
 
 
 def test_hinge_losses():

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+from arvision import checkpoint
+
+DISCRIMINATOR_PREFIX = "disc."
 
 
 class PatchDiscriminator(nn.Module):
@@ -29,3 +35,14 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.main(images)
+
+
+def load_discriminator(discriminator: PatchDiscriminator, folder: str | os.PathLike) -> bool:
+    """Load the ``disc.`` weights of a tokenizer folder into ``discriminator``, shape-checked.
+    Returns False, leaving it as it is, when the folder has none."""
+    weights = checkpoint.find_weights_file(folder)
+    state = checkpoint.select_prefix(checkpoint.load_state_dict(weights), DISCRIMINATOR_PREFIX)
+    if not state:
+        return False
+    checkpoint.load_checked(discriminator, state, source=f"{weights} ({DISCRIMINATOR_PREFIX}*)")
+    return True

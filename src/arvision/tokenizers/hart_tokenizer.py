@@ -21,11 +21,11 @@ from torch import nn
 from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
 from arvision.nn.vqgan import Decoder, Encoder
+from arvision.tokenizers.discriminator import DISCRIMINATOR_PREFIX
 from arvision.tokenizers.multiscale_quantizer import MultiScaleQuantizer, QuantizerOutput
 from arvision.tokenizers.schedules import PATCH_NUMS, schedule_for_latent, schedule_of, validate_schedule
 
 WEIGHT_PREFIX = "vae."
-DISCRIMINATOR_PREFIX = "disc."
 
 
 @dataclass

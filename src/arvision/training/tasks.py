@@ -19,10 +19,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from arvision.checkpoint import read_json, select_prefix
 from arvision.data.datasets import WorldImages
 from arvision.data.photos import BundledPhotoCrops
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
+from arvision.tokenizers.discriminator import PatchDiscriminator, load_discriminator
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
 from arvision.training.config import build_dataclass
 from arvision.training.distributed import unwrap
@@ -84,10 +86,21 @@ class TokenizerData:
 
 
 @dataclass
+class DiscriminatorConfig:
+    """A PatchGAN (:class:`~arvision.tokenizers.discriminator.PatchDiscriminator`) against the tokenizer."""
+
+    ndf: int = 64
+    n_layers: int = 3
+
+
+@dataclass
 class TokenizerModel:
     tokenizer: HybridTokenizerConfig = field(default_factory=HybridTokenizerConfig)
     loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
     init_from: str | None = None  # a tokenizer folder to fine-tune (HART: decoder-only from VAR's)
+    # None: no GAN. Its weights start from init_from's ``disc.`` keys when that folder has them, and are
+    # exported there too, as the official tokenizer checkpoint keeps them.
+    discriminator: DiscriminatorConfig | None = None
 
 
 class TokenizerTask(TrainingTask):
@@ -104,7 +117,12 @@ class TokenizerTask(TrainingTask):
         c = self.model_config
         tokenizer = HybridTokenizer.from_pretrained(c.init_from) if c.init_from else HybridTokenizer(c.tokenizer)
         set_train_mode(tokenizer, c.loss.mode)
-        return TokenizerObjective(tokenizer, c.loss)
+        discriminator = None
+        if c.discriminator is not None:
+            discriminator = PatchDiscriminator(ndf=c.discriminator.ndf, n_layers=c.discriminator.n_layers)
+            if c.init_from:
+                load_discriminator(discriminator, c.init_from)
+        return TokenizerObjective(tokenizer, c.loss, discriminator=discriminator)
 
     def build_dataset(self) -> Dataset:
         d = self.data_config
@@ -128,9 +146,14 @@ class TokenizerTask(TrainingTask):
         return total, logs
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
-        tokenizer = HybridTokenizer(self.model_config.tokenizer)
-        tokenizer.load_state_dict({k.removeprefix("tokenizer."): v for k, v in weights.items()})
-        tokenizer.save_pretrained(folder)
+        c = self.model_config
+        # A fine-tuned tokenizer keeps the architecture of the folder it started from.
+        config = c.tokenizer
+        if c.init_from:
+            config = HybridTokenizerConfig.from_dict(read_json(Path(c.init_from) / "config.json"))
+        tokenizer = HybridTokenizer(config)
+        tokenizer.load_state_dict(select_prefix(weights, "tokenizer."))
+        tokenizer.save_pretrained(folder, discriminator=select_prefix(weights, "discriminator.") or None)
 
 
 TASK_NAMES = ("tokenizer", "hart", "vila-u-tower", "vila-u")

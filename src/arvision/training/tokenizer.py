@@ -1,7 +1,12 @@
 """Training objective and optimisation step of the hybrid tokenizer.
 
-Loss = pixel L1/L2 + perceptual (pluggable) + VQ/commitment + hinge-GAN generator term, with HART's
-alternation between decoding the full latent (continuous) and its discrete part, 50/50 per step.
+Loss = pixel L1/L2 + perceptual (pluggable) + VQ/commitment + hinge GAN, with HART's alternation between
+decoding the full latent (continuous) and its discrete part, 50/50 per step.
+
+The GAN trains in the same backward pass as the tokenizer, so one optimiser (and the shared loop's
+checkpoints, DDP and EMA) covers both: the generator term sees the discriminator through detached weights,
+so it moves only the tokenizer, and the discriminator term sees detached reconstructions, so it moves only
+the discriminator.
 
 Two modes:
 
@@ -19,6 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from arvision.tokenizers.discriminator import PatchDiscriminator
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
@@ -55,7 +61,8 @@ def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TokenizerLossConfig:
-    """Loss weights and schedule. ``gan_start`` is the step from which the GAN terms switch on."""
+    """Loss weights and schedule. The discriminator learns from the first batch; its push on the tokenizer
+    (the generator term) starts at micro-batch ``gan_start``."""
 
     l1_weight: float = 1.0
     l2_weight: float = 1.0
@@ -70,9 +77,12 @@ class TokenizerLossConfig:
 
 
 class TokenizerObjective(nn.Module):
-    """The generator-side loss as a module (so DDP/FSDP wrap its forward).
+    """The training loss as a module (so DDP/FSDP wrap its forward); the optional ``discriminator`` is a
+    submodule, trained and checkpointed with the tokenizer.
 
-    ``forward(images [B, 3, H, W], continuous, use_gan)`` -> ``(total loss, {term: tensor, "recon": images})``.
+    ``forward(images [B, 3, H, W], continuous)`` -> ``(total loss, {term: tensor, "recon": images})``.
+    ``batches_seen`` counts training forwards (with gradients); a buffer, so a resumed run knows when the
+    GAN's generator term starts.
     """
 
     def __init__(
@@ -86,12 +96,14 @@ class TokenizerObjective(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.perceptual = perceptual
-        # Kept out of the module tree: the discriminator has its own optimiser and is not wrapped.
-        self._discriminator = [discriminator] if discriminator is not None else []
+        self.discriminator = discriminator
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
-    def forward(
-        self, images: torch.Tensor, continuous: bool, use_gan: bool = False
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @property
+    def generator_gan_active(self) -> bool:
+        return self.discriminator is not None and int(self.batches_seen) >= self.config.gan_start
+
+    def forward(self, images: torch.Tensor, continuous: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
         restart = c.restart_dead_codes if c.mode == "full" else 0.0
         recon, quantized = self.tokenizer.training_forward(images, continuous=continuous, restart_below=restart)
@@ -100,9 +112,16 @@ class TokenizerObjective(nn.Module):
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(recon, images)
             total = total + c.perceptual_weight * terms["perceptual"]
-        if use_gan and self._discriminator:
-            terms["gan_g"] = hinge_generator_loss(self._discriminator[0](recon))
-            total = total + c.gan_weight * terms["gan_g"]
+        if self.discriminator is not None:
+            if self.generator_gan_active:
+                detached = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+                terms["gan_g"] = hinge_generator_loss(functional_call(self.discriminator, detached, (recon,)))
+                total = total + c.gan_weight * terms["gan_g"]
+            real, fake = self.discriminator(images), self.discriminator(recon.detach())
+            terms["gan_d"] = hinge_discriminator_loss(real, fake)
+            total = total + terms["gan_d"]
+        if self.training and torch.is_grad_enabled():
+            self.batches_seen += 1
         return total, {**terms, "recon": recon}
 
 
@@ -121,8 +140,9 @@ def set_train_mode(tokenizer: HybridTokenizer, mode: str) -> None:
 
 
 class TokenizerTrainer:
-    """Single-process tokenizer optimisation with an optional GAN discriminator (the distributed, resumable
-    loop is :class:`arvision.training.loop.Trainer`).
+    """Single-process tokenizer optimisation (the distributed, resumable loop is
+    :class:`arvision.training.loop.Trainer`): one AdamW over the tokenizer's trainable weights and the
+    optional discriminator.
 
     ``step(images)`` takes a ``[B, 3, H, W]`` batch in [-1, 1] and returns a dict of float losses.
     """
@@ -141,28 +161,17 @@ class TokenizerTrainer:
         self.tokenizer = tokenizer
         self.config = config or TokenizerLossConfig()
         self.objective = TokenizerObjective(tokenizer, self.config, perceptual, discriminator)
-        self.discriminator = discriminator
         self.generator = generator or torch.Generator().manual_seed(0)
-        self.step_count = 0
         set_train_mode(tokenizer, self.config.mode)
-        params = [p for p in tokenizer.parameters() if p.requires_grad]
+        params = [p for p in self.objective.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.0)
-        self.disc_optimizer = (
-            torch.optim.AdamW(discriminator.parameters(), lr=lr, betas=betas, weight_decay=0.0)
-            if discriminator is not None
-            else None
-        )
-
-    @property
-    def gan_active(self) -> bool:
-        return self.discriminator is not None and self.step_count >= self.config.gan_start
 
     def losses(self, images: torch.Tensor, continuous: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Generator-side objective for one batch: (total, named terms)."""
-        return self.objective(images, continuous, use_gan=self.gan_active)
+        """The objective for one batch: (total, named terms)."""
+        return self.objective(images, continuous)
 
     def step(self, images: torch.Tensor) -> dict[str, float]:
-        """One optimisation step (generator, then discriminator once the GAN is on)."""
+        """One optimisation step of the tokenizer and the discriminator."""
         set_train_mode(self.tokenizer, self.config.mode)
         continuous = bool(torch.rand((), generator=self.generator) < self.config.continuous_prob)
         total, terms = self.losses(images, continuous)
@@ -172,13 +181,6 @@ class TokenizerTrainer:
         logs = {k: v.item() for k, v in terms.items() if k != "recon"}
         logs["loss"] = total.item()
         logs["continuous"] = float(continuous)
-        if self.gan_active:
-            d_loss = hinge_discriminator_loss(self.discriminator(images), self.discriminator(terms["recon"].detach()))
-            self.disc_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.disc_optimizer.step()
-            logs["gan_d"] = d_loss.item()
         if self.config.mode == "full":
             logs["codebook_usage"] = self.tokenizer.quantize.codebook_usage()
-        self.step_count += 1
         return logs
