@@ -1,10 +1,12 @@
 """Colour/shape question accuracy of a VILA-U folder on procedural-world scenes (held-out and seen pairs).
 
 python scripts/eval_vila_u_world.py --model src/arvision/defaults/vila-u [--scenes 50] [--tower-scenes 200]
+    [--probe-steps 1500]
 
 ``--tower-scenes N`` also reports what the vision tower's codes keep: N single-object scenes per split go
 through the tower (encode to codes, decode) and colour and shape are read back from the reconstructions
-by arvision.eval.shapes.
+by arvision.eval.shapes. ``--probe-steps N`` reports what can be read from the features the LLM gets (the
+tower's z_q): an attention probe (arvision.eval.feature_probe) trained N steps on 4000 train-split scenes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from arvision.cli.common import add_device_arguments, torch_dtype
 from arvision.data.world import ProceduralWorld, WorldConfig
+from arvision.eval.feature_probe import attribute_probe
 from arvision.eval.shapes import single_object_accuracy
 from arvision.eval.vila_u_world import world_vqa_accuracy
 from arvision.pipelines.vila_u import VilaUPipeline
@@ -35,11 +38,22 @@ def tower_read_back(pipe: VilaUPipeline, scenes: int) -> dict:
     return report
 
 
+def llm_input_features(pipe: VilaUPipeline):
+    """pixels [B, 3, R, R] -> the tower's z_q [B, g*g, C], what the projector hands the LLM."""
+
+    def encode(pixels):
+        return pipe.model.vision_tower.encode(pixels)[1].flatten(1, 2)
+
+    return encode
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--scenes", type=int, default=50, help="scenes per split (all their colour/shape questions)")
     parser.add_argument("--tower-scenes", type=int, default=0, metavar="N", help="also read back N tower round trips")
+    parser.add_argument("--probe-steps", type=int, default=0, metavar="N", help="also probe the tower's features")
+    parser.add_argument("--skip-vqa", action="store_true", help="only the tower reports (a tower-only folder)")
     add_device_arguments(parser, None, "weights dtype (default: float32)")
     args = parser.parse_args()
 
@@ -49,9 +63,12 @@ def main() -> None:
         return [pipe.describe(im, q, temperature=0, max_new_tokens=8) for im, q in zip(images, questions)]
 
     start = time.time()
-    report = world_vqa_accuracy(answer, pipe.config.tower.image_size, scenes=args.scenes)
+    size = pipe.config.tower.image_size
+    report = {} if args.skip_vqa else world_vqa_accuracy(answer, size, scenes=args.scenes)
     if args.tower_scenes:
         report["tower_read_back"] = tower_read_back(pipe, args.tower_scenes)
+    if args.probe_steps:
+        report["feature_probe"] = attribute_probe(llm_input_features(pipe), size, steps=args.probe_steps)
     report.update(model=str(args.model), seconds=round(time.time() - start, 1))
     print(json.dumps(report, indent=2))
 
