@@ -1,16 +1,20 @@
-"""Every shipped training config parses into the dataclasses of its task (key names and value types)."""
+"""The shipped training configs parse into their task's dataclasses (key names and value types), and the
+released-shape one builds the released model size."""
 
 from pathlib import Path
 
 import pytest
+import torch
 
+from arvision.models.hart import HartConfig, HartTransformer
+from arvision.tokenizers.schedules import PATCH_NUMS
 from arvision.training.config import build_dataclass, load_config
 from arvision.training.hart_task import HartData, HartModel
 from arvision.training.loop import TrainConfig
 from arvision.training.tasks import TASK_NAMES, TokenizerData, TokenizerModel
 from arvision.training.vila_u_task import TowerData, TowerModel, VilaUData, VilaUModel
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+CONFIGS = Path(__file__).parents[1] / "configs"
 SECTIONS = {
     "tokenizer": (TokenizerModel, TokenizerData),
     "hart": (HartModel, HartData),
@@ -23,12 +27,28 @@ def test_every_task_has_its_sections_listed():
     assert set(SECTIONS) == set(TASK_NAMES)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_shipped_config_parses(path):
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
     config = load_config(TrainConfig, path)
-    assert config.task in SECTIONS, f"{path.name}: task {config.task!r}"
+    assert config.task in TASK_NAMES and config.max_steps > config.optim.warmup_steps
     assert config.out_dir.startswith("runs/"), "runs write under runs/ (ignored by git)"
     model_cls, data_cls = SECTIONS[config.task]
     build_dataclass(model_cls, config.model, prefix="model.")
     build_dataclass(data_cls, config.data, prefix="data.")
-    assert config.optim.warmup_steps < config.max_steps
+
+
+def test_released_shape_config_builds_the_732m_model():
+    config = load_config(TrainConfig, CONFIGS / "hart_0.7b_1024px.yaml")
+    model = build_dataclass(HartModel, config.model)
+    data = build_dataclass(HartData, config.data)
+    # What HartTask derives from the released tokenizer (4096 x 32, 16x) and Qwen2-1.5B (hidden 1536).
+    derived = dict(
+        context_dim=1536,
+        context_token=model.context_tokens,
+        vocab_size=4096,
+        latent_channels=32,
+        patch_nums=PATCH_NUMS[data.resolution],
+    )
+    with torch.device("meta"):
+        transformer = HartTransformer(build_dataclass(HartConfig, {**model.transformer, **derived}))
+    assert sum(p.numel() for p in transformer.parameters()) == pytest.approx(732.5e6, rel=0.005)
