@@ -290,11 +290,45 @@ def test_torch_datasets_are_deterministic_per_index(world, samples):
     assert [images[i]["caption"] for i in range(10)] == first
     assert len(set(first)) > 1
     turns = vqa[5]["turns"]
-    assert len(turns) == 3 and set(turns) <= set(samples[5].vqa) and vqa[5]["turns"] == turns
+    assert 1 <= len(turns) <= 3 and set(turns) <= set(samples[5].vqa) and vqa[5]["turns"] == turns
     frames = videos[2]["frames"]
     assert frames.shape == (8, 3, SIZE, SIZE) and videos[2]["caption"] in world.video(2).captions
     with pytest.raises(IndexError):
         images[10]
+
+
+def test_multi_turn_items_never_give_a_colour_or_shape_answer_away(world):
+    vqa = WorldVQA(world, length=200, turns_per_item=8)
+    attribute_turns = dropped = 0
+    for index in range(200):
+        graph, turns = world.sample(index).graph, vqa[index]["turns"]
+        full_names = [f"{o.colour} {o.shape}" for o in graph.objects]
+        earlier = ""
+        for question, answer in turns:
+            shape_asked = re.fullmatch(rf"What color is the ({SHP})\?", question)
+            colour_asked = re.fullmatch(rf"What shape is the ({COL}) object\?", question)
+            if shape_asked or colour_asked:
+                attribute_turns += 1
+                word = (shape_asked or colour_asked).group(1)
+                subject = next(n for n in full_names if word in n.split())
+                # neither the object's full name nor the other attribute's answer came before
+                assert subject not in earlier, (question, earlier)
+                other = subject.split()[0] if shape_asked else subject.split()[1]
+                assert f"{other} object?" not in earlier and f"the {other}?" not in earlier
+            earlier += f" {question} {answer}"
+        dropped += min(8, len(world.sample(index).vqa)) - len(turns)
+    assert attribute_turns > 100 and dropped > 0  # the check ran, and the rule had work to do
+
+
+def test_attribute_subject_names_the_object_asked_about():
+    from arvision.data.captions import attribute_subject
+
+    objects = [SceneObject("circle", "red", "small", (0.3, 0.5)), SceneObject("star", "blue", "large", (0.7, 0.5))]
+    assert attribute_subject("What color is the star?", objects) == 1
+    assert attribute_subject("What shape is the red object?", objects) == 0
+    assert attribute_subject("What color is the object?", objects[:1]) == 0
+    assert attribute_subject("What color is the background?", objects) is None
+    assert attribute_subject("Is there a red circle?", objects) is None
 
 
 def test_graphs_reject_words_outside_the_vocabulary_and_ambiguous_objects():

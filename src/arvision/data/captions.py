@@ -6,6 +6,9 @@ word), so a checker can compare strings.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 from arvision.data.scenes import COLOURS, SHAPES, SceneGraph, SceneObject, VideoScene, main_relation, position_name
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
@@ -105,6 +108,37 @@ def scene_vqa(graph: SceneGraph, spatial: bool = True) -> list[tuple[str, str]]:
                 qa.append((f"Is the {b.name} {rel} the {a.name}?", "no"))
     qa.append(("What color is the background?", graph.background.colour))
     return qa
+
+
+_ATTRIBUTE_QUESTION = re.compile(r"What (?:color|shape) is the (\w+)(?: object)?\?")
+
+
+def attribute_subject(question: str, objects: Sequence[SceneObject]) -> int | None:
+    """Index of the object a colour or shape question of :func:`scene_vqa` asks about ("What color is the
+    star?", "What shape is the red object?", "What color is the object?"); None for any other question."""
+    match = _ATTRIBUTE_QUESTION.fullmatch(question)
+    if match is None or match.group(1) == "background":
+        return None
+    word = match.group(1)
+    if word == "object":
+        return 0 if len(objects) == 1 else None
+    return next((i for i, o in enumerate(objects) if word in (o.shape, o.colour)), None)
+
+
+def without_answer_leaks(turns: Sequence[tuple[str, str]], graph: SceneGraph) -> list[tuple[str, str]]:
+    """The turns of one conversation about ``graph``, ordered so that no colour or shape answer can be read
+    off an earlier turn: the colour/shape questions first, at most one per object (the others dropped:
+    "What shape is the red object? star" gives away "What color is the star?"), then the rest, whose
+    questions name objects in full ("Is there a red star?")."""
+    attribute, other, asked = [], [], set()
+    for question, answer in turns:
+        subject = attribute_subject(question, graph.objects)
+        if subject is None:
+            other.append((question, answer))
+        elif subject not in asked:
+            asked.add(subject)
+            attribute.append((question, answer))
+    return attribute + other
 
 
 def video_captions(video: VideoScene) -> list[str]:
