@@ -320,6 +320,24 @@ def test_multi_turn_items_never_give_a_colour_or_shape_answer_away(world):
     assert attribute_turns > 100 and dropped > 0  # the check ran, and the rule had work to do
 
 
+def test_attribute_fraction_sets_the_share_of_colour_and_shape_only_items(world):
+    from arvision.data.captions import attribute_subject
+
+    plain, focused = WorldVQA(world, length=300, turns_per_item=2), WorldVQA(world, 300, 2, attribute_fraction=0.5)
+
+    def attribute_only(item) -> bool:
+        objects = world.sample(item["index"]).graph.objects
+        return all(attribute_subject(q, objects) is not None for q, _ in item["turns"])
+
+    share = sum(attribute_only(focused[i]) for i in range(300)) / 300
+    assert 0.5 < share < 0.75  # half by the draw, plus plain draws that happen to hit two such questions
+    assert sum(attribute_only(plain[i]) for i in range(300)) / 300 < 0.1
+    assert [plain[i]["turns"] for i in range(20)] == [WorldVQA(world, 300, 2)[i]["turns"] for i in range(20)]
+    assert [focused[i]["turns"] for i in range(20)] == [focused[i]["turns"] for i in range(20)]
+    with pytest.raises(InputError, match="attribute_fraction"):
+        WorldVQA(world, 10, 1, attribute_fraction=1.5)
+
+
 def test_attribute_subject_names_the_object_asked_about():
     from arvision.data.captions import attribute_subject
 

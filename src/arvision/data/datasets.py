@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from arvision.data.captions import without_answer_leaks
+from arvision.data.captions import attribute_subject, without_answer_leaks
 from arvision.data.world import ProceduralWorld
+from arvision.errors import InputError
 from arvision.imaging import pil_to_tensor
 
 CAPTION_STREAM, VQA_STREAM, VIDEO_CAPTION_STREAM = 2, 3, 4  # generator streams next to the world's own 0 and 1
@@ -46,19 +47,29 @@ class WorldVQA(_WorldDataset):
     ``{"pixels": [3, H, W], "is_video": False, "turns": [(question, answer), ...], "index": int}`` with
     up to ``turns_per_item`` question-answer pairs drawn per index, ordered so that no colour or shape answer
     can be read off an earlier turn (:func:`~arvision.data.captions.without_answer_leaks`; without it, 40% of
-    those answers in 8-turn items were). Batch with ``collate_fn=list``.
+    those answers in 8-turn items were). ``attribute_fraction`` of the items (drawn per index) ask only
+    colour and shape questions, the ones a model must look hardest to answer; at 0 the draws are those of
+    earlier versions. Batch with ``collate_fn=list``.
     """
 
-    def __init__(self, world: ProceduralWorld, length: int = 100_000, turns_per_item: int = 3) -> None:
+    def __init__(
+        self, world: ProceduralWorld, length: int = 100_000, turns_per_item: int = 3, attribute_fraction: float = 0.0
+    ) -> None:
         super().__init__(world, length)
-        self.turns_per_item = turns_per_item
+        if not 0.0 <= attribute_fraction <= 1.0:
+            raise InputError(f"attribute_fraction must be in [0, 1], got {attribute_fraction}")
+        self.turns_per_item, self.attribute_fraction = turns_per_item, attribute_fraction
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         self._check(index)
         sample = self.world.sample(index)
         rng = self.world.rng(index, VQA_STREAM)
-        picks = rng.choice(len(sample.vqa), size=min(self.turns_per_item, len(sample.vqa)), replace=False)
-        turns = without_answer_leaks([sample.vqa[k] for k in picks], sample.graph)
+        pool = sample.vqa
+        if self.attribute_fraction > 0 and rng.random() < self.attribute_fraction:
+            # A scene can have none (two shapes in two colours each): it keeps all its questions.
+            pool = [qa for qa in sample.vqa if attribute_subject(qa[0], sample.graph.objects) is not None] or pool
+        picks = rng.choice(len(pool), size=min(self.turns_per_item, len(pool)), replace=False)
+        turns = without_answer_leaks([pool[k] for k in picks], sample.graph)
         return {"pixels": pil_to_tensor(sample.image)[0], "is_video": False, "turns": turns, "index": index}
 
 

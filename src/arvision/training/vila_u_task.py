@@ -247,6 +247,7 @@ class VilaUData:
     length: int = 100_000  # one epoch of world scenes
     max_objects: int = 4
     turns_per_item: int = 1  # question-answer turns per world understanding example (all supervised)
+    attribute_fraction: float = 0.0  # world understanding examples that ask only colour/shape questions
 
 
 def generation_count(batch_size: int, fraction: float) -> int:
@@ -381,7 +382,8 @@ class VilaUTask(TrainingTask):
             frames = self.base.config.video_generation_frames
             config = WorldConfig(image_size=size, max_objects=d.max_objects, video_frames=frames)
             world = ProceduralWorld(config, seed=self.seed)
-            captions, questions = WorldImages(world, d.length), WorldVQA(world, d.length, d.turns_per_item)
+            captions = WorldImages(world, d.length)
+            questions = WorldVQA(world, d.length, d.turns_per_item, d.attribute_fraction)
             videos = WorldVideos(world, d.length) if d.video_fraction > 0 else None
             self.dataset = GenerationAndUnderstanding(captions, questions, d.length, videos)
             return self.dataset
