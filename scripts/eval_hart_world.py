@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from arvision.cli.common import add_device_arguments, torch_dtype
-from arvision.data.world import ProceduralWorld, WorldConfig
+from arvision.data.world import single_object_scenes
 from arvision.eval.caption_use import caption_use
 from arvision.eval.hart_world import prompt_sets, world_shape_accuracy
 from arvision.imaging import make_grid, pil_to_tensor
@@ -25,8 +25,7 @@ from arvision.training.latent_cache import tokenize_targets
 
 def caption_use_report(pipe: HartPipeline, scenes: int, size: int) -> dict:
     """Per-scale cross-entropy of single-object val scenes under right, shuffled and no captions."""
-    world = ProceduralWorld(WorldConfig(image_size=size, max_objects=1), split="val")
-    samples = [world.sample(i) for i in range(scenes)]
+    samples = single_object_scenes(size, "val", scenes)
     dtype = next(pipe.transformer.parameters()).dtype
     images = pil_to_tensor([s.image for s in samples]).to(pipe.device, dtype)
     with torch.no_grad():

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from arvision.cli.common import add_device_arguments, torch_dtype
-from arvision.data.world import ProceduralWorld, WorldConfig
+from arvision.data.world import single_object_scenes
 from arvision.eval.feature_probe import attribute_probe
 from arvision.eval.shapes import single_object_accuracy
 from arvision.eval.vila_u_world import world_vqa_accuracy
@@ -27,8 +27,7 @@ from arvision.pipelines.vila_u import VilaUPipeline
 def tower_read_back(pipe: VilaUPipeline, scenes: int) -> dict:
     size, report = pipe.config.tower.image_size, {}
     for name, split in (("held_out", "heldout"), ("seen", "val")):
-        world = ProceduralWorld(WorldConfig(image_size=size, max_objects=1), split=split)
-        samples = [world.sample(i) for i in range(scenes)]
+        samples = single_object_scenes(size, split, scenes)
         images = [s.image for s in samples]
         targets = [(s.graph.objects[0].colour, s.graph.objects[0].shape) for s in samples]
         report[name] = {

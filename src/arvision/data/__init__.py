@@ -35,6 +35,7 @@ from arvision.data.world import (
     WorldVideo,
     held_out_single_object_prompts,
     single_object_prompts,
+    single_object_scenes,
 )
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "WorldVideo",
     "WorldVideos",
     "held_out_single_object_prompts",
+    "single_object_scenes",
     "prepare_image",
     "single_object_prompts",
 ]

@@ -162,3 +162,9 @@ def single_object_prompts(combos: tuple[tuple[str, str], ...] | list[tuple[str, 
 def held_out_single_object_prompts(config: WorldConfig | None = None) -> list[PromptCase]:
     """The single-object prompts for the colour-shape pairs that the train split never shows."""
     return single_object_prompts((config or WorldConfig()).heldout_combos)
+
+
+def single_object_scenes(image_size: int, split: str, count: int) -> list[WorldSample]:
+    """The first ``count`` scenes of ``split`` with one object each (the evaluations' reference sets)."""
+    world = ProceduralWorld(WorldConfig(image_size=image_size, max_objects=1), split=split)
+    return [world.sample(i) for i in range(count)]

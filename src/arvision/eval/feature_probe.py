@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arvision.data.scenes import COLOURS, SHAPES
-from arvision.data.world import ProceduralWorld, WorldConfig
+from arvision.data.world import single_object_scenes
 from arvision.errors import InputError
 from arvision.imaging import pil_to_tensor
 
@@ -37,8 +37,7 @@ def single_object_features(
     encode: Encode, image_size: int, split: str, scenes: int, batch: int = 256
 ) -> LabelledFeatures:
     """The features of the first ``scenes`` single-object scenes of ``split``, with their labels."""
-    world = ProceduralWorld(WorldConfig(image_size=image_size, max_objects=1), split=split)
-    samples = [world.sample(i) for i in range(scenes)]
+    samples = single_object_scenes(image_size, split, scenes)
     features = []
     with torch.no_grad():
         for start in range(0, scenes, batch):
