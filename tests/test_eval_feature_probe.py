@@ -1,18 +1,21 @@
 import pytest
 import torch
-from einops import rearrange
 
 from arvision.errors import InputError
-from arvision.eval.feature_probe import COLOUR_NAMES, attribute_probe, single_object_features
+from arvision.eval.feature_probe import COLOUR_NAMES, attribute_probe, pixel_patches, single_object_features
 
 
-def pixel_patches(pixels: torch.Tensor) -> torch.Tensor:
-    """The image itself as 8x8 patch tokens: everything a reader could want."""
-    return rearrange(pixels, "b c (h p) (w q) -> b (h w) (p q c)", p=8, q=8)
+def test_pixel_patches_tile_the_image():
+    pixels = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    patches = pixel_patches(4)(pixels)
+    assert patches.shape == (2, 4, 48)
+    # Token 1 is the top-right 4x4 patch; its features run over rows, then columns, then channels.
+    assert torch.equal(patches[1, 1, :3], pixels[1, :, 0, 4])
+    assert torch.equal(patches[0, 3, -3:], pixels[0, :, 7, 7])
 
 
 def test_features_come_with_the_scene_labels():
-    data = single_object_features(pixel_patches, 32, "heldout", 12, batch=5)
+    data = single_object_features(pixel_patches(8), 32, "heldout", 12, batch=5)
     assert data.features.shape == (12, 16, 192)
     assert data.colours.shape == data.shapes.shape == (12,)
     assert int(data.colours.max()) < len(COLOUR_NAMES)
@@ -20,7 +23,7 @@ def test_features_come_with_the_scene_labels():
 
 def test_probe_reads_colour_from_pixels_and_nothing_from_noise():
     kwargs = dict(image_size=32, train_scenes=300, eval_scenes=80, steps=200, batch_size=32)
-    readable = attribute_probe(pixel_patches, **kwargs)
+    readable = attribute_probe(pixel_patches(8), **kwargs)
     assert readable["val"]["colour"] > 0.6 and readable["held_out"]["colour"] > 0.6  # chance: 1/8
 
     def noise(pixels: torch.Tensor) -> torch.Tensor:
@@ -32,4 +35,4 @@ def test_probe_reads_colour_from_pixels_and_nothing_from_noise():
 
 def test_probe_rejects_empty_budgets():
     with pytest.raises(InputError, match="steps"):
-        attribute_probe(pixel_patches, 32, steps=0)
+        attribute_probe(pixel_patches(8), 32, steps=0)

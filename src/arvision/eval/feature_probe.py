@@ -4,8 +4,9 @@ An attention probe for vision towers: the features of single-object procedural-w
 split) teach a two-layer transformer with two learned queries (one per attribute) to name the object's
 colour and shape; it is scored on scenes of the ``val`` split (colour-shape pairs seen in training) and
 of the ``heldout`` split (pairs never seen). It separates what the features hold from what a language
-model trained on them manages to read: a tower whose features this probe cannot read on held-out pairs
-cannot give an LLM that can.
+model trained on them manages to read. Run it on :func:`pixel_patches` too, the same reader on the image
+itself: held-out pairs are hard for any reader trained without them (it learns which shapes each colour
+comes with), so a tower's figures mean something only next to that baseline.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from arvision.data.scenes import COLOURS, SHAPES
@@ -24,6 +26,15 @@ from arvision.imaging import pil_to_tensor
 
 Encode = Callable[[torch.Tensor], torch.Tensor]  # pixels [B, 3, R, R] in [-1, 1] -> features [B, N, C]
 COLOUR_NAMES = tuple(COLOURS)
+
+
+def pixel_patches(patch: int) -> Encode:
+    """The image itself as features: pixels [B, 3, R, R] -> non-overlapping patches [B, (R/p)^2, p*p*3]."""
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        return rearrange(pixels, "b c (h p) (w q) -> b (h w) (p q c)", p=patch, q=patch)
+
+    return encode
 
 
 @dataclass(frozen=True)
