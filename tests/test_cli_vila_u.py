@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import PIL.Image
 
 from arvision.cli import main
+from arvision.cli.common import numbered_paths
 from vilau_common import FIXTURE, cases
 
 
@@ -32,6 +35,12 @@ def test_generate_video_writes_an_animation_and_a_strip(tmp_path, capsys):
     with PIL.Image.open(tmp_path / "clip.strip.png") as strip:
         assert strip.size == (256, 32)
     assert main(["generate-video", "x", "-o", str(tmp_path / "clip.png"), "--model", str(FIXTURE)]) == 2
+
+
+def test_numbered_paths_keep_one_name_and_number_several():
+    out = Path("runs/clip.gif")
+    assert numbered_paths(out, 1) == [out]
+    assert numbered_paths(out, 2) == [Path("runs/clip-000.gif"), Path("runs/clip-001.gif")]
 
 
 def test_generate_dispatches_on_a_vila_u_folder(tmp_path, capsys):

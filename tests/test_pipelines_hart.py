@@ -153,6 +153,8 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert cli_main(["generate", "x", "--model", str(HART_TINY), "-o", str(tmp_path / "o.png")]) == 2
     assert "no text encoder" in capsys.readouterr().err
+    assert cli_main(["generate", "x", "--model", str(HART_TINY), "-o", str(tmp_path / "image")]) == 2
+    assert "--output must end in one of .png" in capsys.readouterr().err
 
 
 def test_class_conditional_pipeline_round_trip(pipe, tmp_path):

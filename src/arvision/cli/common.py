@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -21,3 +22,10 @@ def add_device_arguments(p: argparse.ArgumentParser, dtype_default: str | None, 
 
 def torch_dtype(name: str | None) -> torch.dtype | None:
     return DTYPES[name] if name else None
+
+
+def numbered_paths(output: Path, count: int) -> list[Path]:
+    """``output`` itself for one file, else ``stem-000.ext``, ``stem-001.ext``, ... beside it."""
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i:03d}{output.suffix}") for i in range(count)]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arvision.cli.common import add_device_arguments, torch_dtype
+from arvision.cli.common import add_device_arguments, numbered_paths, torch_dtype
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
 from arvision.imaging import make_grid
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def add_parser(subparsers) -> None:
@@ -38,17 +40,13 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def output_paths(output: Path, count: int) -> list[Path]:
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i:03d}{output.suffix or '.png'}") for i in range(count)]
-
-
 def run(args: argparse.Namespace) -> int:
     from arvision.pipelines.vila_u import is_vila_u_folder
 
     if args.num_images < 1:
         raise InputError("-n must be at least 1")
+    if args.output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"--output must end in one of {', '.join(IMAGE_SUFFIXES)}, got {args.output.name}")
     folder = args.model or default_model_path("hart")
     generate = _generate_vila_u if is_vila_u_folder(folder) else _generate_hart
     images = generate(folder, args)
@@ -57,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         make_grid(images).save(args.output)
         written = [args.output]
     else:
-        written = output_paths(args.output, len(images))
+        written = numbered_paths(args.output, len(images))
         for image, path in zip(images, written):
             image.save(path)
     for path in written:

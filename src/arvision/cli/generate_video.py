@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arvision.cli.common import add_device_arguments, torch_dtype
+from arvision.cli.common import add_device_arguments, numbered_paths, torch_dtype
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="video.gif", help="animated .gif or .webp (default video.gif)")
     p.add_argument("--model", required=True, help="VILA-U checkpoint folder (release layout)")
-    p.add_argument("-n", "--num", type=int, default=1, help="videos to generate (files get _0, _1, ...)")
+    p.add_argument("-n", "--num-videos", type=int, default=1, help="videos to generate (files get -000, -001, ...)")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--temperature", type=float, default=1.0, help="code sampling temperature (default 1.0)")
@@ -24,10 +24,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_arguments(p, None, "weights dtype (default: as stored, bfloat16 for the release)")
     p.set_defaults(func=run)
-
-
-def _numbered(path: Path, i: int, n: int) -> Path:
-    return path if n == 1 else path.with_name(f"{path.stem}_{i}{path.suffix}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,15 +38,15 @@ def run(args: argparse.Namespace) -> int:
     pipe.progress = not args.quiet
     videos = pipe.generate_video(
         args.prompt,
-        n=args.num,
+        n=args.num_videos,
         cfg=args.cfg,
         seed=args.seed,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
     )
-    for i, frames in enumerate(videos):
-        path = save_animation(frames, _numbered(output, i, len(videos)), fps=args.fps)
+    for frames, numbered in zip(videos, numbered_paths(output, len(videos))):
+        path = save_animation(frames, numbered, fps=args.fps)
         print(path)
         if not args.no_strip:
             strip = path.with_name(f"{path.stem}.strip.png")
