@@ -21,6 +21,13 @@ def test_unknown_task_and_keys_are_named():
         build_task("tokenizer", {"tokenizer": {"chh": 3}}, {})
 
 
+def test_tokenizer_task_names_a_missing_init_from_before_training(tmp_path):
+    from arvision.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="missing file: .*config.json"):
+        build_task("tokenizer", {"init_from": str(tmp_path / "nowhere")}, {})
+
+
 def test_tokenizer_fine_tune_with_a_gan_starts_from_and_exports_the_discriminator(tmp_path):
     import json
 

@@ -112,6 +112,11 @@ class TokenizerTask(TrainingTask):
         self.model_config = build_dataclass(TokenizerModel, model, prefix="model.")
         self.data_config = build_dataclass(TokenizerData, data, prefix="data.")
         self.seed = seed
+        c = self.model_config
+        # A fine-tuned tokenizer keeps the architecture of the folder it starts from; model.tokenizer is then unused.
+        self.architecture = c.tokenizer
+        if c.init_from:
+            self.architecture = HybridTokenizerConfig.from_dict(read_json(Path(c.init_from) / "config.json"))
 
     def build_model(self) -> nn.Module:
         c = self.model_config
@@ -146,12 +151,7 @@ class TokenizerTask(TrainingTask):
         return total, logs
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
-        c = self.model_config
-        # A fine-tuned tokenizer keeps the architecture of the folder it started from.
-        config = c.tokenizer
-        if c.init_from:
-            config = HybridTokenizerConfig.from_dict(read_json(Path(c.init_from) / "config.json"))
-        tokenizer = HybridTokenizer(config)
+        tokenizer = HybridTokenizer(self.architecture)
         tokenizer.load_state_dict(select_prefix(weights, "tokenizer."))
         tokenizer.save_pretrained(folder, discriminator=select_prefix(weights, "discriminator.") or None)
 
