@@ -1,7 +1,9 @@
 import random
 
+import pytest
 import torch
 
+from arvision.errors import InputError
 from arvision.text import vicuna
 from arvision.training.vila_u import (
     IGNORE_INDEX,
@@ -76,3 +78,23 @@ def test_understanding_only_batch_has_no_visual_loss():
     assert ex.input_ids.count(1000) == 2
     out = vila_u_loss(model, [ex])
     assert out.visual_loss is None and torch.isfinite(out.loss)
+
+
+def test_batched_tower_pass_keeps_each_example_with_its_own_images():
+    model = tiny_vila_u().eval()
+    g = torch.Generator().manual_seed(0)
+    video = generation_example(_tokenizer(), "Waves.", torch.rand(2, 3, 16, 16, generator=g) * 2 - 1)
+    image = understanding_example(_tokenizer(), [("What?", "A dot.")], torch.rand(1, 3, 16, 16, generator=g) * 2 - 1)
+    still = generation_example(_tokenizer(), "A dot.", torch.rand(1, 3, 16, 16, generator=g) * 2 - 1)
+    forward, backward = vila_u_loss(model, [video, image, still]), vila_u_loss(model, [still, image, video])
+    # Text and visual losses are means over the batch's targets, so the order of the examples cannot matter.
+    assert torch.allclose(forward.text_loss, backward.text_loss, atol=1e-5)
+    assert torch.allclose(forward.visual_loss, backward.visual_loss, atol=1e-5)
+
+
+def test_examples_of_different_image_sizes_are_named():
+    model = tiny_vila_u()
+    small = understanding_example(_tokenizer(), [("What?", "No.")], torch.zeros(1, 3, 16, 16))
+    large = understanding_example(_tokenizer(), [("What?", "No.")], torch.zeros(1, 3, 32, 32))
+    with pytest.raises(InputError, match="one image size"):
+        vila_u_loss(model, [small, large])

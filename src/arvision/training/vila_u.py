@@ -116,12 +116,18 @@ def _expand(model: VilaU, example: VilaUExample, features: torch.Tensor, codes: 
 def vila_u_loss(model: VilaU, examples: Sequence[VilaUExample]) -> VilaULoss:
     """Mean text CE (shifted, over supervised tokens) + mean visual CE over all (token, depth) targets."""
     device = next(model.parameters()).device
-    rows = []
-    for example in examples:
-        with torch.no_grad():  # the vision tower is frozen in every multimodal stage
-            codes, z_q = model.vision_tower.encode(example.pixels.to(device))
-        features = model.mm_projector(z_q.flatten(1, 2))
-        rows.append(_expand(model, example, features, codes.flatten(1, 2)))
+    sizes = {tuple(e.pixels.shape[1:]) for e in examples}
+    if len(sizes) != 1:
+        raise InputError(f"the examples of one batch must share one image size, got {sorted(sizes)}")
+    # One tower and projector pass for every image of the batch: per-example passes are launch-bound on a GPU.
+    with torch.no_grad():  # the vision tower is frozen in every multimodal stage
+        codes, z_q = model.vision_tower.encode(torch.cat([e.pixels for e in examples]).to(device))
+    features = model.mm_projector(z_q.flatten(1, 2))
+    counts = [len(e.pixels) for e in examples]
+    rows = [
+        _expand(model, example, f, c)
+        for example, f, c in zip(examples, features.split(counts), codes.flatten(1, 2).split(counts), strict=True)
+    ]
     length = max(len(r[1]) for r in rows)
     hidden_dim = rows[0][0].shape[-1]
     embeds = torch.zeros(len(rows), length, hidden_dim, device=device, dtype=rows[0][0].dtype)
