@@ -61,8 +61,14 @@ def main() -> None:
 
     pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))
 
-    def answer(images, questions):
-        return [pipe.describe(im, q, temperature=0, max_new_tokens=8) for im, q in zip(images, questions)]
+    def answer(images, questions, chunk=64):
+        return [
+            reply
+            for start in range(0, len(questions), chunk)
+            for reply in pipe.describe_batch(
+                images[start : start + chunk], questions[start : start + chunk], temperature=0, max_new_tokens=8
+            )
+        ]
 
     start = time.time()
     size = pipe.config.tower.image_size

@@ -119,6 +119,37 @@ def test_fixture_understanding_embeddings_prefill_and_greedy_decoding():
     assert max_abs(scores, c["und.greedy_scores"][:, 0]) < 1e-4
 
 
+def test_batched_decoding_of_left_padded_prompts_matches_one_prompt_at_a_time():
+    c = cases()
+    model = fixture_pipeline().model
+    with torch.no_grad():
+        _, features = model.encode_images(c["und.pixel_values"])
+        long = model.splice(c["und.input_ids"][0], features)
+        short = long[5:] + 0.1  # another, shorter prompt
+    embeds = torch.zeros(2, len(long), long.shape[-1])
+    embeds[0], embeds[1, 5:] = long, short
+    mask = torch.ones(2, len(long), dtype=torch.long)
+    mask[1, :5] = 0
+    ids, logits = model.generate_text_batch(embeds, mask, max_new_tokens=5, eos_token_id=None)
+    for row, prompt in enumerate((long, short)):
+        kwargs = dict(max_new_tokens=5, eos_token_id=None, return_logits=True)
+        alone_ids, alone_logits = model.generate_text(prompt[None], **kwargs)
+        assert torch.equal(ids[row], alone_ids)
+        assert max_abs(logits[row], alone_logits) < 1e-4
+
+
+def test_batched_decoding_cuts_each_row_at_its_own_eos():
+    model = fixture_pipeline().model
+    embeds = torch.randn(3, 4, model.llm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    free, _ = model.generate_text_batch(embeds, max_new_tokens=6, eos_token_id=None)
+    eos = int(free[1][2])  # make the third token of row 1 its end of sequence
+    ids, logits = model.generate_text_batch(embeds, max_new_tokens=6, eos_token_id=eos)
+    for row in range(3):
+        stop = next((k + 1 for k, t in enumerate(free[row].tolist()) if t == eos), 6)
+        assert torch.equal(ids[row], free[row][:stop]) and len(logits[row]) == stop
+    assert len(ids[1]) <= 3
+
+
 def test_fixture_depth_generation_replay_and_code_filtering():
     c = cases()
     model = fixture_pipeline().model

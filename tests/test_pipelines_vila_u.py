@@ -48,6 +48,20 @@ def test_describe_greedy_reproduces_the_official_answer(tmp_path):
     assert pipe.describe(path, "What is in the image?", temperature=0.0, max_new_tokens=6) == answer
 
 
+def test_describe_batch_answers_as_describe_does_one_by_one():
+    pipe = fixture_pipeline()
+    image = _astronaut()
+    frames = [image, image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)]
+    media = [image, frames, image.rotate(90)]
+    questions = ["What is in the image?", "What happens?", "Describe the colours of this picture in detail."]
+    alone = [pipe.describe(m, q, temperature=0.0, max_new_tokens=6) for m, q in zip(media, questions)]
+    assert pipe.describe_batch(media, questions, temperature=0.0, max_new_tokens=6) == alone
+    with pytest.raises(InputError, match="2 images or videos for 1 questions"):
+        pipe.describe_batch([image, image], ["What?"])
+    with pytest.raises(InputError, match="no questions"):
+        pipe.describe_batch([], [])
+
+
 def test_describe_sampling_is_seeded_and_videos_use_one_block_per_frame(tmp_path):
     pipe = fixture_pipeline()
     a = pipe.describe(_astronaut(), "Describe it.", seed=1, max_new_tokens=8)

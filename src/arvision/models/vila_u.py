@@ -153,23 +153,63 @@ class VilaU(nn.Module):
 
         ``temperature == 0`` is greedy. With ``return_logits`` also the next-token logits [N, vocab].
         """
+        ids, logits = self.generate_text_batch(
+            inputs_embeds,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+        )
+        return (ids[0], logits[0]) if return_logits else ids[0]
+
+    @torch.no_grad()
+    def generate_text_batch(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 512,
+        eos_token_id: int | None = 2,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Decode B prompts at once: embeddings [B, S, H], left padded where ``attention_mask`` [B, S] is 0.
+
+        Returns per row the new token ids [N_b] (up to and including its first EOS) and their next-token
+        logits [N_b, vocab]. Decoding stops when every row has reached EOS or ``max_new_tokens``.
+        """
+        batch, length = inputs_embeds.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+        mask = attention_mask.long()
         cache = DynamicCache()
-        length = inputs_embeds.shape[1]
-        mask = torch.ones(1, length, dtype=torch.long, device=inputs_embeds.device)
         hidden = self.llm_hidden(inputs_embeds, mask, positions_from_mask(mask), cache)[:, -1]
         tokens, all_logits = [], []
+        finished = torch.zeros(batch, dtype=torch.bool, device=inputs_embeds.device)
         for _ in range(max_new_tokens):
             logits = self.llm.lm_head(hidden).float()
             token = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             tokens.append(token)
-            all_logits.append(logits[0])
-            if eos_token_id is not None and int(token) == eos_token_id:
-                break
-            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            all_logits.append(logits)
+            if eos_token_id is not None:
+                finished |= token == eos_token_id
+                if bool(finished.all()):
+                    break
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             step = self.llm.get_input_embeddings()(token[:, None])
             hidden = self.llm_hidden(step, mask, mask.sum(-1, keepdim=True) - 1, cache)[:, -1]
-        ids = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long)
-        return (ids, torch.stack(all_logits)) if return_logits else ids
+        if not tokens:
+            empty = torch.zeros(0, dtype=torch.long, device=inputs_embeds.device)
+            return [empty] * batch, [torch.zeros(0, self.llm.lm_head.out_features)] * batch
+        ids, logits = torch.stack(tokens, dim=1), torch.stack(all_logits, dim=1)  # [B, N], [B, N, vocab]
+        ends = [ids.shape[1]] * batch
+        if eos_token_id is not None:
+            ends = [int(row.nonzero()[0]) + 1 if row.any() else ids.shape[1] for row in ids == eos_token_id]
+        return [ids[b, :end] for b, end in enumerate(ends)], [logits[b, :end] for b, end in enumerate(ends)]
 
     # ----- visual codes out of the LLM -----
 

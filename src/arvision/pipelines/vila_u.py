@@ -145,7 +145,6 @@ class VilaUPipeline:
     def prompt_ids(self, question: str, num_images: int) -> list[int]:
         return vicuna.tokenize(vicuna.understanding_prompt(question, num_images), self.tokenizer)
 
-    @torch.no_grad()
     def describe(
         self,
         media: ImageInput | Sequence[ImageInput],
@@ -162,20 +161,53 @@ class VilaUPipeline:
 
         Sampling follows the checkpoint's generation config unless overridden; ``temperature=0`` is greedy.
         """
-        if not question or not question.strip():
+        return self.describe_batch(
+            [media],
+            [question],
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            num_frames=num_frames,
+        )[0]
+
+    @torch.no_grad()
+    def describe_batch(
+        self,
+        media: Sequence[ImageInput | Sequence[ImageInput]],
+        questions: Sequence[str],
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        num_frames: int | None = None,
+    ) -> list[str]:
+        """One answer per (media, question) pair, decoded together (prompts left padded): what
+        :meth:`describe` answers for each, in one pass of the LLM per new token instead of one per pair."""
+        if len(media) != len(questions):
+            raise InputError(f"{len(media)} images or videos for {len(questions)} questions")
+        if not questions:
+            raise InputError("no questions to answer")
+        if any(not q or not q.strip() for q in questions):
             raise InputError("the question is empty")
-        if isinstance(media, (str, os.PathLike)) and is_video_path(media):
-            frames: list[ImageInput] = load_video_frames(media, num_frames or self.config.num_video_frames)
-        elif isinstance(media, (str, os.PathLike, PIL.Image.Image)):
-            frames = [media]
-        else:
-            frames = list(media)
-        _, features = self.model.encode_images(self.pixels(frames))
-        embeds = self.model.splice(self.prompt_ids(question, len(frames)), features)
+        prompts = []
+        for item, question in zip(media, questions):
+            frames = self._frames(item, num_frames)
+            _, features = self.model.encode_images(self.pixels(frames))
+            prompts.append(self.model.splice(self.prompt_ids(question, len(frames)), features))
+        length = max(len(p) for p in prompts)
+        embeds = prompts[0].new_zeros(len(prompts), length, prompts[0].shape[-1])
+        mask = torch.zeros(len(prompts), length, dtype=torch.long, device=embeds.device)
+        for row, prompt in enumerate(prompts):
+            embeds[row, length - len(prompt) :], mask[row, length - len(prompt) :] = prompt, 1
         s = self.text_sampling
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        ids = self.model.generate_text(
-            embeds[None],
+        ids, _ = self.model.generate_text_batch(
+            embeds,
+            mask,
             max_new_tokens=max_new_tokens or s.max_new_tokens,
             eos_token_id=s.eos_token_id,
             temperature=s.temperature if temperature is None else temperature,
@@ -183,7 +215,15 @@ class VilaUPipeline:
             top_p=s.top_p if top_p is None else top_p,
             generator=generator,
         )
-        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
+        return [self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in ids]
+
+    def _frames(self, media: ImageInput | Sequence[ImageInput], num_frames: int | None) -> list[ImageInput]:
+        """An image, a video file or frame folder (``num_frames`` sampled), or a list of frames -> frames."""
+        if isinstance(media, (str, os.PathLike)) and is_video_path(media):
+            return load_video_frames(media, num_frames or self.config.num_video_frames)
+        if isinstance(media, (str, os.PathLike, PIL.Image.Image)):
+            return [media]
+        return list(media)
 
     @torch.no_grad()
     def reconstruct(self, images: ImageInput | Sequence[ImageInput]) -> list[PIL.Image.Image]:
