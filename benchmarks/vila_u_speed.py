@@ -1,4 +1,5 @@
-"""CPU speed of VILA-U on small models: seconds per generated image and per understanding answer.
+"""CPU speed of VILA-U on small models: seconds per generated image and per understanding answer
+(one question at a time, and 16 at once with ``describe_batch`` against the same 16 one by one).
 
     PYTHONPATH=src python benchmarks/vila_u_speed.py [--model FOLDER] [--threads N]
 
@@ -48,10 +49,18 @@ def main() -> None:
     answer_s = _timed(
         lambda: pipe.describe(image, "What is in the image?", temperature=0.0, max_new_tokens=32), args.repeats
     )
+    questions = [f"What is in the image? Answer in {k + 1} words." for k in range(16)]
+    greedy = {"temperature": 0.0, "max_new_tokens": 16}
+    one_by_one_s = _timed(lambda: [pipe.describe(image, q, **greedy) for q in questions], args.repeats)
+    batched_s = _timed(lambda: pipe.describe_batch([image] * len(questions), questions, **greedy), args.repeats)
     print(f"threads={args.threads} model={args.model} ({tokens} tokens/image, D={pipe.config.tower.depth})")
     print(f"generate_image n=1: {image_s:.3f} s/image ({image_s / tokens * 1000:.1f} ms/token)")
     print(f"generate_image n=4: {batch_s / 4:.3f} s/image")
     print(f"describe (<= 32 new tokens, greedy): {answer_s:.3f} s/answer")
+    print(
+        f"16 questions (<= 16 new tokens, greedy): one by one {one_by_one_s:.3f} s, describe_batch {batched_s:.3f} s"
+        f" ({one_by_one_s / batched_s:.1f}x)"
+    )
 
 
 if __name__ == "__main__":
