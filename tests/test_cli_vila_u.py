@@ -15,6 +15,12 @@ def test_describe_prints_the_answer(tmp_path, capsys):
     )
     assert code == 0
     assert capsys.readouterr().out.strip() == "startror tensor         ca?"
+    options = ["--model", str(FIXTURE), "--greedy", "--max-new-tokens", "6"]
+    assert main(["describe", str(image), "What is in the image?", "Describe it.", *options]) == 0
+    first, second = capsys.readouterr().out.strip().split("\n\n")
+    assert first == "startror tensor         ca?"
+    assert main(["describe", str(image), "Describe it.", *options]) == 0
+    assert capsys.readouterr().out.strip() == second
 
 
 def test_describe_reports_bad_input_without_a_traceback(tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""``arvision describe IMAGE_OR_VIDEO "question" [--model FOLDER]``: VILA-U visual question answering
-(the embedded default VILA-U when no folder is given)."""
+"""``arvision describe IMAGE_OR_VIDEO "question" ["another question" ...] [--model FOLDER]``: VILA-U visual
+question answering (the embedded default VILA-U when no folder is given): the answers in the order of the
+questions, separated by blank lines."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from arvision.defaults import default_model_path
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("describe", help="answer a question about an image or a video (VILA-U)")
     p.add_argument("media", help="image file, video file, or folder of video frames")
-    p.add_argument("question", help="what to ask about it")
+    p.add_argument("questions", nargs="+", metavar="question", help="what to ask about it (several: answered together)")
     p.add_argument("--model", default=None, help="VILA-U folder (release layout; default: the embedded one)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling")
     p.add_argument("--temperature", type=float, default=None, help="text temperature (default: the model's, 0.9)")
@@ -30,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
     folder = args.model or default_model_path("vila-u")
     pipe = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
-    answer = pipe.describe(
-        args.media,
-        args.question,
+    answers = pipe.describe_batch(
+        [args.media] * len(args.questions),
+        args.questions,
         temperature=0.0 if args.greedy else args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
@@ -40,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_frames=args.frames,
     )
-    print(answer)
+    print("\n\n".join(answers))
     return 0
