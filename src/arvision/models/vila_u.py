@@ -204,7 +204,7 @@ class VilaU(nn.Module):
             hidden = self.llm_hidden(step, mask, mask.sum(-1, keepdim=True) - 1, cache)[:, -1]
         if not tokens:
             empty = torch.zeros(0, dtype=torch.long, device=inputs_embeds.device)
-            return [empty] * batch, [torch.zeros(0, self.llm.lm_head.out_features)] * batch
+            return [empty] * batch, [torch.zeros(0, self.llm.lm_head.out_features, device=empty.device)] * batch
         ids, logits = torch.stack(tokens, dim=1), torch.stack(all_logits, dim=1)  # [B, N], [B, N, vocab]
         ends = [ids.shape[1]] * batch
         if eos_token_id is not None:

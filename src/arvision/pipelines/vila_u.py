@@ -185,8 +185,9 @@ class VilaUPipeline:
         seed: int | None = None,
         num_frames: int | None = None,
     ) -> list[str]:
-        """One answer per (media, question) pair, decoded together (prompts left padded): what
-        :meth:`describe` answers for each, in one pass of the LLM per new token instead of one per pair."""
+        """One answer per (media, question) pair, decoded together (prompts left padded), one pass of the LLM
+        per new token instead of one per pair. Greedy answers are :meth:`describe`'s; sampled ones draw from
+        one generator for the whole batch, so a seed reproduces the batch, not each answer alone."""
         if len(media) != len(questions):
             raise InputError(f"{len(media)} images or videos for {len(questions)} questions")
         if not questions:
