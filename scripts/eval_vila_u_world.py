@@ -52,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--scenes", type=int, default=50, help="scenes per split (all their colour/shape questions)")
+    parser.add_argument("--max-objects", type=int, default=2, help="scenes of 1..N objects (the bar's set: 2)")
     parser.add_argument("--tower-scenes", type=int, default=0, metavar="N", help="also read back N tower round trips")
     parser.add_argument("--probe-steps", type=int, default=0, metavar="N", help="also probe the tower's features")
     parser.add_argument("--probe-scenes", type=int, default=4000, help="train-split scenes the probe learns from")
@@ -72,7 +73,7 @@ def main() -> None:
 
     start = time.time()
     size = pipe.config.tower.image_size
-    report = {} if args.skip_vqa else world_vqa_accuracy(answer, size, scenes=args.scenes)
+    report = {} if args.skip_vqa else world_vqa_accuracy(answer, size, scenes=args.scenes, max_objects=args.max_objects)
     if args.tower_scenes:
         report["tower_read_back"] = tower_read_back(pipe, args.tower_scenes)
     if args.probe_steps:
