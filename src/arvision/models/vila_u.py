@@ -136,32 +136,15 @@ class VilaU(nn.Module):
         )
         return out.last_hidden_state
 
-    @torch.no_grad()
     def generate_text(
-        self,
-        inputs_embeds: torch.Tensor,
-        *,
-        max_new_tokens: int = 512,
-        eos_token_id: int | None = 2,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        generator: torch.Generator | None = None,
-        return_logits: bool = False,
+        self, inputs_embeds: torch.Tensor, *, return_logits: bool = False, **sampling: Any
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Decode after a prompt of embeddings [1, S, H]: new token ids [N] (EOS included when reached).
 
-        ``temperature == 0`` is greedy. With ``return_logits`` also the next-token logits [N, vocab].
+        ``sampling``: the keyword arguments of :meth:`generate_text_batch` (``temperature == 0``, the
+        default, is greedy). With ``return_logits`` also the next-token logits [N, vocab].
         """
-        ids, logits = self.generate_text_batch(
-            inputs_embeds,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-        )
+        ids, logits = self.generate_text_batch(inputs_embeds, **sampling)
         return (ids[0], logits[0]) if return_logits else ids[0]
 
     @torch.no_grad()

@@ -145,32 +145,14 @@ class VilaUPipeline:
     def prompt_ids(self, question: str, num_images: int) -> list[int]:
         return vicuna.tokenize(vicuna.understanding_prompt(question, num_images), self.tokenizer)
 
-    def describe(
-        self,
-        media: ImageInput | Sequence[ImageInput],
-        question: str,
-        *,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        max_new_tokens: int | None = None,
-        seed: int | None = None,
-        num_frames: int | None = None,
-    ) -> str:
+    def describe(self, media: ImageInput | Sequence[ImageInput], question: str, **options: Any) -> str:
         """Answer ``question`` about an image, a video (file or folder of frames) or a list of frames.
 
-        Sampling follows the checkpoint's generation config unless overridden; ``temperature=0`` is greedy.
+        ``options``: the keyword arguments of :meth:`describe_batch` (``temperature``, ``top_p``, ``top_k``,
+        ``max_new_tokens``, ``seed``, ``num_frames``). Sampling follows the checkpoint's generation config
+        unless overridden; ``temperature=0`` is greedy.
         """
-        return self.describe_batch(
-            [media],
-            [question],
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            num_frames=num_frames,
-        )[0]
+        return self.describe_batch([media], [question], **options)[0]
 
     @torch.no_grad()
     def describe_batch(
