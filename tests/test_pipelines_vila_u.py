@@ -48,7 +48,7 @@ def test_describe_greedy_reproduces_the_official_answer(tmp_path):
     assert pipe.describe(path, "What is in the image?", temperature=0.0, max_new_tokens=6) == answer
 
 
-def test_describe_batch_answers_as_describe_does_one_by_one():
+def test_describe_batch_answers_as_describe_does_one_by_one(monkeypatch):
     pipe = fixture_pipeline()
     image = _astronaut()
     frames = [image, image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)]
@@ -56,6 +56,11 @@ def test_describe_batch_answers_as_describe_does_one_by_one():
     questions = ["What is in the image?", "What happens?", "Describe the colours of this picture in detail."]
     alone = [pipe.describe(m, q, temperature=0.0, max_new_tokens=6) for m, q in zip(media, questions)]
     assert pipe.describe_batch(media, questions, temperature=0.0, max_new_tokens=6) == alone
+    reads = []
+    read = VilaUPipeline._frames
+    monkeypatch.setattr(pipe, "_frames", lambda item, num_frames: reads.append(item) or read(pipe, item, num_frames))
+    twice = pipe.describe_batch([frames, frames], questions[:2], temperature=0.0, max_new_tokens=6)
+    assert twice[1] == alone[1] and len(reads) == 1  # one read and one encoding for the shared video
     with pytest.raises(InputError, match="2 images or videos for 1 questions"):
         pipe.describe_batch([image, image], ["What?"])
     with pytest.raises(InputError, match="no questions"):

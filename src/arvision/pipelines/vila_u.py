@@ -176,11 +176,14 @@ class VilaUPipeline:
             raise InputError("no questions to answer")
         if any(not q or not q.strip() for q in questions):
             raise InputError("the question is empty")
+        # Several questions about one image or video (the same object, as the CLI passes it) read and encode it once.
+        encoded: dict[int, torch.Tensor] = {}
         prompts = []
         for item, question in zip(media, questions):
-            frames = self._frames(item, num_frames)
-            _, features = self.model.encode_images(self.pixels(frames))
-            prompts.append(self.model.splice(self.prompt_ids(question, len(frames)), features))
+            if id(item) not in encoded:
+                encoded[id(item)] = self.model.encode_images(self.pixels(self._frames(item, num_frames)))[1]
+            features = encoded[id(item)]
+            prompts.append(self.model.splice(self.prompt_ids(question, len(features)), features))
         length = max(len(p) for p in prompts)
         embeds = prompts[0].new_zeros(len(prompts), length, prompts[0].shape[-1])
         mask = torch.zeros(len(prompts), length, dtype=torch.long, device=embeds.device)
