@@ -52,7 +52,7 @@ def single_object_features(
     features = []
     with torch.no_grad():
         for start in range(0, scenes, batch):
-            pixels = torch.cat([pil_to_tensor(s.image) for s in samples[start : start + batch]])
+            pixels = pil_to_tensor([s.image for s in samples[start : start + batch]])
             features.append(encode(pixels).float())
     objects = [s.graph.objects[0] for s in samples]
     colours = torch.tensor([COLOUR_NAMES.index(o.colour) for o in objects])
