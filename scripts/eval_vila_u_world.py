@@ -1,14 +1,15 @@
 """Colour/shape question accuracy of a VILA-U folder on procedural-world scenes (held-out and seen pairs).
 
 python scripts/eval_vila_u_world.py --model src/arvision/defaults/vila-u [--scenes 50] [--tower-scenes 200]
-    [--probe-steps 1500 [--probe-scenes 4000]]
+    [--probe-steps 1500 [--probe-scenes 4000] [--probe-unnamed 8000]]
 
 ``--tower-scenes N`` also reports what the vision tower's codes keep: N single-object scenes per split go
 through the tower (encode to codes, decode) and colour and shape are read back from the reconstructions
 by arvision.eval.shapes. ``--probe-steps N`` reports what can be read from the features the LLM gets (the
 tower's z_q): an attention probe (arvision.eval.feature_probe) trained N steps on ``--probe-scenes``
 train-split scenes, next to the same probe trained on the images' own pixels (patches of the tower's patch
-size), the baseline that says how much of what is readable the tower keeps.
+size), the baseline that says how much of what is readable the tower keeps. ``--probe-unnamed N`` adds N
+train scenes whose object is in an unnamed colour (shape supervision with no colour to tie it to).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--tower-scenes", type=int, default=0, metavar="N", help="also read back N tower round trips")
     parser.add_argument("--probe-steps", type=int, default=0, metavar="N", help="also probe the tower's features")
     parser.add_argument("--probe-scenes", type=int, default=4000, help="train-split scenes the probe learns from")
+    parser.add_argument("--probe-unnamed", type=int, default=0, help="unnamed-colour scenes added to the probe's")
     parser.add_argument("--skip-vqa", action="store_true", help="only the tower reports (a tower-only folder)")
     add_device_arguments(parser, None, "weights dtype (default: float32)")
     args = parser.parse_args()
@@ -79,7 +81,9 @@ def main() -> None:
     if args.probe_steps:
         patch = int(pipe.config.tower.siglip["vision_config"]["patch_size"])
         report["feature_probe"] = {
-            name: attribute_probe(encode, size, train_scenes=args.probe_scenes, steps=args.probe_steps)
+            name: attribute_probe(
+                encode, size, train_scenes=args.probe_scenes, steps=args.probe_steps, unnamed_scenes=args.probe_unnamed
+            )
             for name, encode in (("tower", llm_input_features(pipe)), ("pixels", pixel_patches(patch)))
         }
     report.update(model=str(args.model), seconds=round(time.time() - start, 1))

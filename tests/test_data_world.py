@@ -21,7 +21,8 @@ from arvision.errors import InputError
 
 SIZE = 64
 COL, SHP = "|".join(COLOURS), "|".join(SHAPES)
-OBJ = rf"an? (?:(small|large) )?({COL}) ({SHP})"
+NAME = rf"(?:({COL}) )?({SHP})"  # objects in unnamed colours are named by their shape alone
+OBJ = rf"an? (?:(small|large) )?{NAME}"
 NUMBER_WORDS = ["zero", "one", "two", "three", "four"]
 
 
@@ -35,7 +36,17 @@ def samples(world):
     return [world.sample(i) for i in range(40)]
 
 
+@pytest.fixture(scope="module", params=["named", "unnamed"])
+def both_kinds(request, samples):
+    """The named samples, then scenes whose objects are all in unnamed colours."""
+    if request.param == "named":
+        return samples
+    world = ProceduralWorld(WorldConfig(image_size=SIZE, unnamed_colour_fraction=1.0), seed=3)
+    return [world.sample(i) for i in range(30)]
+
+
 def find(graph: SceneGraph, colour: str, shape: str) -> int:
+    colour = colour or None  # re.findall gives "" for an absent colour word, a match object None
     matches = [i for i, o in enumerate(graph.objects) if (o.colour, o.shape) == (colour, shape)]
     assert len(matches) == 1, f"{colour} {shape} should name exactly one object"
     return matches[0]
@@ -81,7 +92,8 @@ def test_scenes_use_the_whole_vocabulary(samples):
     assert {s.graph.background.kind for s in samples} == {"gradient", "stripes", "noise"}
 
 
-def test_objects_are_drawn_where_the_graph_says_in_their_colour_without_overlap(samples):
+def test_objects_are_drawn_where_the_graph_says_in_their_colour_without_overlap(both_kinds):
+    samples = both_kinds
     for s in samples:
         image = np.asarray(s.image)
         objs = s.graph.objects
@@ -125,7 +137,8 @@ def test_each_shape_fills_its_box_as_that_shape_does(shape, fill):
     assert (tuple(image[64, 64]) == obj.rgb) == (shape != "ring")
 
 
-def test_captions_mention_exactly_the_graph(samples):
+def test_captions_mention_exactly_the_graph(both_kinds):
+    samples = both_kinds
     for s in samples:
         g = s.graph
         assert len(s.captions) >= 3 and len(set(s.captions)) == len(s.captions)
@@ -164,16 +177,16 @@ def oracle(graph: SceneGraph, question: str, directions=None) -> str:
     if m := re.fullmatch(rf"What shape is the ({COL}) object\?", question):
         (obj,) = [o for o in objs if o.colour == m[1]]
         return obj.shape
-    if m := re.fullmatch(rf"Is the ({COL}) ({SHP}) large or small\?", question):
+    if m := re.fullmatch(rf"Is the {NAME} large or small\?", question):
         return objs[find(graph, m[1], m[2])].size
-    if m := re.fullmatch(rf"Where is the ({COL}) ({SHP})\?", question):
+    if m := re.fullmatch(rf"Where is the {NAME}\?", question):
         x, y = objs[find(graph, m[1], m[2])].centre
         row = "top " if y < 1 / 3 else "bottom " if y > 2 / 3 else ""
         col = "left" if x < 1 / 3 else "right" if x > 2 / 3 else ""
         return (row + col).strip() or "center"
-    if m := re.fullmatch(rf"Is there an? ({COL}) ({SHP})\?", question):
+    if m := re.fullmatch(rf"Is there an? {NAME}\?", question):
         return "yes" if any((o.colour, o.shape) == (m[1], m[2]) for o in objs) else "no"
-    if m := re.fullmatch(rf"Is the ({COL}) ({SHP}) (left of|right of|above|below) the ({COL}) ({SHP})\?", question):
+    if m := re.fullmatch(rf"Is the {NAME} (left of|right of|above|below) the {NAME}\?", question):
         a, b = objs[find(graph, m[1], m[2])].centre, objs[find(graph, m[4], m[5])].centre
         diff = {"left of": b[0] - a[0], "right of": a[0] - b[0], "above": b[1] - a[1], "below": a[1] - b[1]}[m[3]]
         assert abs(diff) > RELATION_MARGIN, "yes/no relation questions must be decisive"
@@ -189,7 +202,8 @@ def oracle(graph: SceneGraph, question: str, directions=None) -> str:
     raise AssertionError(f"unexpected question: {question}")
 
 
-def test_every_vqa_answer_follows_from_the_graph(samples):
+def test_every_vqa_answer_follows_from_the_graph(both_kinds):
+    samples = both_kinds
     kinds = set()
     for s in samples:
         for question, answer in s.vqa:
@@ -378,3 +392,44 @@ def test_graphs_round_trip_through_json(samples):
         data = json.loads(json.dumps(s.graph.to_dict()))
         assert SceneGraph.from_dict(data) == s.graph
         assert len(data["relations"]) == len(s.graph.relations) and data["objects"][0]["colour"] in COLOURS
+
+
+def test_unnamed_colour_scenes_name_shapes_only_and_leave_the_other_scenes_as_they_were():
+    from arvision.data.scenes import is_unnamed_paint
+
+    plain = ProceduralWorld(WorldConfig(image_size=32), seed=5)
+    mixed = ProceduralWorld(WorldConfig(image_size=32, unnamed_colour_fraction=0.3), seed=5)
+    unnamed = 0
+    for i in range(200):
+        graph = mixed.scene(i)
+        if graph.objects[0].colour is not None:
+            assert graph == plain.scene(i)
+            continue
+        unnamed += 1
+        assert all(o.colour is None and is_unnamed_paint(o.paint) for o in graph.objects)
+        assert len({o.shape for o in graph.objects}) == len(graph.objects)
+        sample = mixed.sample(i)
+        words = " ".join(sample.captions + [a for _, a in sample.vqa]).split()
+        assert not set(words) & set(COLOURS), sample.captions
+        assert not any(q.startswith("What color is the") and "background" not in q for q, _ in sample.vqa)
+    assert 40 <= unnamed <= 80  # 30% of 200
+    held_out = ProceduralWorld(WorldConfig(image_size=32, unnamed_colour_fraction=1.0), split="heldout")
+    pairs = set(WorldConfig().heldout_combos)
+    assert all((held_out.scene(i).objects[0].colour, held_out.scene(i).objects[0].shape) in pairs for i in range(20))
+
+
+def test_unnamed_paints_are_checked():
+    from arvision.data.scenes import Background
+
+    bg = Background("noise", "grey", 0)
+    ok = SceneObject("star", None, "small", (0.5, 0.5), paint=(120, 60, 20))
+    assert SceneGraph.from_dict(SceneGraph((ok,), bg).to_dict()).objects[0] == ok
+    for obj, message in (
+        (SceneObject("star", None, "small", (0.5, 0.5), paint=(225, 45, 35)), "within 60"),  # next to red
+        (SceneObject("star", "red", "small", (0.5, 0.5), paint=(120, 60, 20)), "not both"),
+        (SceneObject("star", None, "small", (0.5, 0.5)), "or neither"),
+    ):
+        with pytest.raises(InputError, match=message):
+            SceneGraph((obj,), bg)
+    with pytest.raises(InputError, match="unnamed_colour_fraction"):
+        WorldConfig(unnamed_colour_fraction=1.5)

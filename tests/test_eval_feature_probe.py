@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from arvision.errors import InputError
-from arvision.eval.feature_probe import COLOUR_NAMES, attribute_probe, pixel_patches, single_object_features
+from arvision.eval.feature_probe import (
+    COLOUR_NAMES,
+    NO_COLOUR,
+    attribute_probe,
+    pixel_patches,
+    single_object_features,
+)
 
 
 def test_pixel_patches_tile_the_image():
@@ -19,6 +25,10 @@ def test_features_come_with_the_scene_labels():
     assert data.features.shape == (12, 16, 192)
     assert data.colours.shape == data.shapes.shape == (12,)
     assert int(data.colours.max()) < len(COLOUR_NAMES)
+    unnamed = single_object_features(pixel_patches(8), 32, "train", 6, unnamed=True)
+    assert (unnamed.colours == NO_COLOUR).all() and unnamed.shapes.shape == (6,)
+    both = data + unnamed
+    assert both.features.shape == (18, 16, 192) and torch.equal(both.shapes[12:], unnamed.shapes)
 
 
 def test_probe_reads_colour_from_pixels_and_nothing_from_noise():
@@ -28,6 +38,10 @@ def test_probe_reads_colour_from_pixels_and_nothing_from_noise():
 
     def noise(pixels: torch.Tensor) -> torch.Tensor:
         return torch.randn(len(pixels), 16, 192, generator=torch.Generator().manual_seed(len(pixels)))
+
+    # Scenes in unnamed colours teach shape only: colour is still learnt from the named ones.
+    mixed = attribute_probe(pixel_patches(8), unnamed_scenes=300, **kwargs)
+    assert mixed["val"]["colour"] > 0.6 and mixed["held_out"]["colour"] > 0.6
 
     blind = attribute_probe(noise, **kwargs)
     assert blind["val"]["colour"] < 0.4 and blind["held_out"]["colour"] < 0.4

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from arvision.data.scenes import COLOURS
 from arvision.errors import InputError
 from arvision.pipelines.hart import HartPipeline
 from arvision.training.loop import OptimConfig, TrainConfig, Trainer
@@ -107,3 +108,14 @@ def test_init_from_starts_from_a_saved_pipeline(tmp_path):
         build_task("hart", wider, {"resolution": 32}).build_model()
     with pytest.raises(InputError, match="not a HartPipeline folder"):
         build_task("hart", {**TINY_MODEL, "init_from": str(tmp_path)}, {"resolution": 32}).build_model()
+
+
+def test_world_scenes_in_unnamed_colours_reach_the_captions():
+    def captions(fraction):
+        task = build_task("hart", TINY_MODEL, {"resolution": 32, "unnamed_colour_fraction": fraction})
+        dataset = task.build_dataset()
+        return [dataset[i]["caption"] for i in range(6)]
+
+    colour_words = set(COLOURS)
+    assert all(colour_words & set(c.split()) for c in captions(0.0))
+    assert not any(colour_words & set(c.split()) for c in captions(1.0))

@@ -310,3 +310,16 @@ def test_tower_contrastive_loss_can_use_the_frozen_minilm(tmp_path):
     assert VilaUPipeline.from_pretrained(final).config.tower.image_size == 32  # exported without the projection
     with pytest.raises(InputError, match="model.text_encoder"):
         _task("vila-u-tower", model={"text_encoder": "clip"})
+
+
+@pytest.mark.parametrize("name", ["vila-u", "vila-u-tower"])
+def test_world_scenes_in_unnamed_colours_reach_the_training_data(name):
+    def colours(task):
+        dataset = task.build_dataset()
+        images = dataset if name == "vila-u-tower" else dataset.captions  # the VQA part shares its world
+        return {o.colour for i in range(12) for o in images.world.scene(i).objects}
+
+    assert None not in colours(_task(name, data={"length": 12}))
+    assert colours(_task(name, data={"length": 12, "unnamed_colour_fraction": 1.0})) == {None}
+    with pytest.raises(InputError, match="unnamed_colour_fraction"):
+        _task(name, data={"unnamed_colour_fraction": -0.1}).build_dataset()

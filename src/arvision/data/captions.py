@@ -86,9 +86,11 @@ def scene_vqa(graph: SceneGraph, spatial: bool = True) -> list[tuple[str, str]]:
         if shape in shapes or shape == _first_absent(SHAPES, shapes):
             qa.append((f"How many {_plural(shape)} are there?", str(shapes.count(shape))))
     for o in objs:
-        if shapes.count(o.shape) == 1:
+        # An object in an unnamed colour (o.colour None) is asked nothing about its colour; the near miss
+        # below ("Is there a red star?" "no") still holds for it.
+        if shapes.count(o.shape) == 1 and o.colour is not None:
             qa.append((f"What color is the {o.shape}?", o.colour))
-        if colours.count(o.colour) == 1:
+        if colours.count(o.colour) == 1 and o.colour is not None:
             qa.append((f"What shape is the {o.colour} object?", o.shape))
         qa.append((f"Is the {o.name} large or small?", o.size))
         if spatial:
@@ -99,7 +101,9 @@ def scene_vqa(graph: SceneGraph, spatial: bool = True) -> list[tuple[str, str]]:
         qa.append((f"Is there {article(f'{other} {o.shape}')}?", "no"))
     if len(objs) == 1:
         o = objs[0]
-        qa += [("What color is the object?", o.colour), ("What shape is the object?", o.shape)]
+        if o.colour is not None:
+            qa.append(("What color is the object?", o.colour))
+        qa.append(("What shape is the object?", o.shape))
     for i, a in enumerate(objs):
         for j, b in enumerate(objs):
             if spatial and i < j:

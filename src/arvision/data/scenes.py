@@ -9,7 +9,7 @@ above/below of each other.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -35,6 +35,9 @@ BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
     "beige": (225, 205, 170),
 }
 BACKGROUND_KINDS: tuple[str, ...] = ("gradient", "stripes", "noise")
+# Objects in *unnamed* colours (captions and answers name their shape only) stay at least this far in RGB
+# from every named and background colour, so no such object could pass for a named colour.
+UNNAMED_MIN_DISTANCE = 60.0
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 # A relation holds only when the centres differ by more than this along its axis, so "left of" is never
 # a matter of a pixel. Non-overlapping objects always differ by more than this along one axis at least.
@@ -83,12 +86,17 @@ CIRCUMRADIUS: dict[str, float] = {s: max(math.hypot(x, y) for x, y in OUTLINES[s
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One object: ``centre`` and ``bbox`` (x0, y0, x1, y1) are fractions of the image side."""
+    """One object: ``centre`` and ``bbox`` (x0, y0, x1, y1) are fractions of the image side.
+
+    ``colour`` names one of :data:`COLOURS`; or it is None and ``paint`` holds an unnamed RGB colour (see
+    :func:`sample_unnamed_paint`), and words about the object name its shape only ("a triangle").
+    """
 
     shape: str
-    colour: str
+    colour: str | None
     size: str
     centre: tuple[float, float]
+    paint: tuple[int, int, int] | None = None
 
     @property
     def radius(self) -> float:
@@ -96,11 +104,11 @@ class SceneObject:
 
     @property
     def rgb(self) -> tuple[int, int, int]:
-        return COLOURS[self.colour]
+        return self.paint if self.colour is None else COLOURS[self.colour]
 
     @property
     def name(self) -> str:
-        return f"{self.colour} {self.shape}"
+        return self.shape if self.colour is None else f"{self.colour} {self.shape}"
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -120,7 +128,7 @@ class SceneObject:
         return self.centre
 
     def moved(self, centre: tuple[float, float]) -> SceneObject:
-        return SceneObject(self.shape, self.colour, self.size, centre)
+        return replace(self, centre=centre)
 
 
 @dataclass(frozen=True)
@@ -182,8 +190,12 @@ class SceneGraph:
     def __post_init__(self) -> None:
         pairs = [(o.colour, o.shape) for o in self.objects]
         for (colour, shape), obj in zip(pairs, self.objects, strict=True):
-            if colour not in COLOURS or shape not in SHAPES or obj.size not in SIZES:
+            if colour not in (*COLOURS, None) or shape not in SHAPES or obj.size not in SIZES:
                 raise InputError(f"not in the world's vocabulary: {obj.size} {colour} {shape}")
+            if (colour is None) == (obj.paint is None):
+                raise InputError(f"a {obj.shape} needs a named colour or an unnamed paint, not both or neither")
+            if obj.paint is not None and not is_unnamed_paint(obj.paint):
+                raise InputError(f"paint {obj.paint} is within {UNNAMED_MIN_DISTANCE} of a named or background colour")
         if len(set(pairs)) != len(pairs):
             raise InputError(f"colour-shape pairs must be distinct within a scene, got {pairs}")
         rels = tuple(
@@ -205,7 +217,13 @@ class SceneGraph:
     @classmethod
     def from_dict(cls, data: dict) -> SceneGraph:
         objects = tuple(
-            SceneObject(o["shape"], o["colour"], o["size"], (float(o["centre"][0]), float(o["centre"][1])))
+            SceneObject(
+                o["shape"],
+                o["colour"],
+                o["size"],
+                (float(o["centre"][0]), float(o["centre"][1])),
+                tuple(o["paint"]) if o.get("paint") is not None else None,
+            )
             for o in data["objects"]
         )
         return cls(objects, Background(**data["background"]))
@@ -224,7 +242,7 @@ def centre_range(shape: str, size: str) -> tuple[float, float]:
 def sample_objects(
     rng: np.random.Generator,
     count: int,
-    combos: list[tuple[str, str]],
+    combos: list[tuple[str | None, str]],
     first_from: list[tuple[str, str]] | None = None,
 ) -> list[SceneObject]:
     """``count`` non-overlapping objects with distinct colour-shape pairs from ``combos``.
@@ -253,6 +271,35 @@ def sample_objects(
                 break
         if len(placed) == count:
             return placed
+
+
+_RESERVED_RGB = np.array([*COLOURS.values(), *BACKGROUND_COLOURS.values()], dtype=np.float64)
+
+
+def is_unnamed_paint(rgb: tuple[int, int, int]) -> bool:
+    """Whether ``rgb`` is at least :data:`UNNAMED_MIN_DISTANCE` from every named and background colour."""
+    return bool(np.linalg.norm(_RESERVED_RGB - np.asarray(rgb, dtype=np.float64), axis=1).min() >= UNNAMED_MIN_DISTANCE)
+
+
+def sample_unnamed_paint(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A uniformly drawn RGB colour that :func:`is_unnamed_paint` accepts (rejection sampling)."""
+    while True:
+        rgb = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if is_unnamed_paint(rgb):
+            return rgb
+
+
+def sample_unnamed_objects(rng: np.random.Generator, count: int, paint_rng: np.random.Generator) -> list[SceneObject]:
+    """``count`` objects of distinct shapes, placed as :func:`sample_objects` places them, each painted in its
+    own unnamed colour drawn from ``paint_rng``.
+
+    Shape supervision that no colour name comes with: a reader trained on it cannot tie shapes to the
+    colours they were seen in, which is what fails on held-out colour-shape pairs otherwise.
+    """
+    if count > len(SHAPES):
+        raise InputError(f"at most {len(SHAPES)} objects of distinct shapes, got {count}")
+    placed = sample_objects(rng, count, [(None, shape) for shape in SHAPES])
+    return [replace(obj, paint=sample_unnamed_paint(paint_rng)) for obj in placed]
 
 
 def sample_background(rng: np.random.Generator) -> Background:

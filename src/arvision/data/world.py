@@ -31,11 +31,13 @@ from arvision.data.scenes import (
     VideoScene,
     sample_background,
     sample_objects,
+    sample_unnamed_objects,
     sample_video_scene,
 )
 from arvision.errors import InputError
 
 SPLITS = {"train": 0, "val": 1, "heldout": 2}
+UNNAMED_STREAM = 100  # the world's own generator streams: 0 scenes, 1 videos, this one; datasets use 2..99
 
 
 @dataclass
@@ -49,6 +51,10 @@ class WorldConfig:
     video_max_objects: int = 2
     supersample: int = 4
     heldout_combos: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT_COMBOS
+    # Share of train/val scenes whose objects are painted in unnamed colours, their words naming shapes only
+    # (scenes.sample_unnamed_objects). The held-out split never has them; at 0 the scenes are those of
+    # earlier versions, and at any value the other scenes keep their draws.
+    unnamed_colour_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not 32 <= self.image_size <= 1024:
@@ -57,6 +63,8 @@ class WorldConfig:
             raise InputError("video_frames must be at least 2 and supersample at least 1")
         if not 1 <= self.min_objects <= self.max_objects <= 4 or not 1 <= self.video_max_objects <= 4:
             raise InputError("object counts must satisfy 1 <= min_objects <= max_objects <= 4")
+        if not 0.0 <= self.unnamed_colour_fraction <= 1.0:
+            raise InputError(f"unnamed_colour_fraction must be in [0, 1], got {self.unnamed_colour_fraction}")
         self.heldout_combos = tuple(tuple(c) for c in self.heldout_combos)
         for colour, shape in self.heldout_combos:
             if colour not in COLOURS or shape not in SHAPES:
@@ -112,7 +120,11 @@ class ProceduralWorld:
         rng = self.rng(index, 0)
         cfg = self.config
         count = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-        objects = sample_objects(rng, count, self._combos, first_from=self._forced)
+        paint_rng = self.rng(index, UNNAMED_STREAM)
+        if self.split != "heldout" and paint_rng.random() < cfg.unnamed_colour_fraction:
+            objects = sample_unnamed_objects(rng, count, paint_rng)
+        else:
+            objects = sample_objects(rng, count, self._combos, first_from=self._forced)
         return SceneGraph(tuple(objects), sample_background(rng))
 
     def render(self, graph: SceneGraph) -> Image.Image:
@@ -164,7 +176,9 @@ def held_out_single_object_prompts(config: WorldConfig | None = None) -> list[Pr
     return single_object_prompts((config or WorldConfig()).heldout_combos)
 
 
-def single_object_scenes(image_size: int, split: str, count: int) -> list[WorldSample]:
-    """The first ``count`` scenes of ``split`` with one object each (the evaluations' reference sets)."""
-    world = ProceduralWorld(WorldConfig(image_size=image_size, max_objects=1), split=split)
+def single_object_scenes(image_size: int, split: str, count: int, unnamed: bool = False) -> list[WorldSample]:
+    """The first ``count`` scenes of ``split`` with one object each (the evaluations' reference sets); with
+    ``unnamed``, every object in an unnamed colour (``split`` train or val)."""
+    config = WorldConfig(image_size=image_size, max_objects=1, unnamed_colour_fraction=float(unnamed))
+    world = ProceduralWorld(config, split=split)
     return [world.sample(i) for i in range(count)]

@@ -37,25 +37,32 @@ def pixel_patches(patch: int) -> Encode:
     return encode
 
 
+NO_COLOUR = -100  # the colour label of an object in an unnamed colour: cross_entropy's default ignore_index
+
+
 @dataclass(frozen=True)
 class LabelledFeatures:
     features: torch.Tensor  # [S, N, C]
-    colours: torch.Tensor  # [S] indices into COLOUR_NAMES
+    colours: torch.Tensor  # [S] indices into COLOUR_NAMES, or NO_COLOUR
     shapes: torch.Tensor  # [S] indices into SHAPES
+
+    def __add__(self, other: LabelledFeatures) -> LabelledFeatures:
+        return LabelledFeatures(*(torch.cat(pair) for pair in zip(vars(self).values(), vars(other).values())))
 
 
 def single_object_features(
-    encode: Encode, image_size: int, split: str, scenes: int, batch: int = 256
+    encode: Encode, image_size: int, split: str, scenes: int, batch: int = 256, unnamed: bool = False
 ) -> LabelledFeatures:
-    """The features of the first ``scenes`` single-object scenes of ``split``, with their labels."""
-    samples = single_object_scenes(image_size, split, scenes)
+    """The features of the first ``scenes`` single-object scenes of ``split``, with their labels; ``unnamed``:
+    scenes whose object is in an unnamed colour (labelled NO_COLOUR)."""
+    samples = single_object_scenes(image_size, split, scenes, unnamed=unnamed)
     features = []
     with torch.no_grad():
         for start in range(0, scenes, batch):
             pixels = pil_to_tensor([s.image for s in samples[start : start + batch]])
             features.append(encode(pixels).float())
     objects = [s.graph.objects[0] for s in samples]
-    colours = torch.tensor([COLOUR_NAMES.index(o.colour) for o in objects])
+    colours = torch.tensor([NO_COLOUR if o.colour is None else COLOUR_NAMES.index(o.colour) for o in objects])
     shapes = torch.tensor([SHAPES.index(o.shape) for o in objects])
     return LabelledFeatures(torch.cat(features), colours, shapes)
 
@@ -98,12 +105,18 @@ def attribute_probe(
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
+    unnamed_scenes: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Train an :class:`AttributeReader` on ``encode``'s features of train-split scenes; return its colour
-    and shape accuracy on ``val`` (seen pairs) and ``held_out`` scenes. Chance: 1/8 colour, 1/5 shape."""
-    if min(train_scenes, eval_scenes, steps, batch_size) < 1:
-        raise InputError("train_scenes, eval_scenes, steps and batch_size must all be >= 1")
+    and shape accuracy on ``val`` (seen pairs) and ``held_out`` scenes. Chance: 1/8 colour, 1/5 shape.
+
+    ``unnamed_scenes`` adds that many train scenes whose object is in an unnamed colour, which teach shape
+    only: the reader can no longer learn its shapes per colour."""
+    if min(train_scenes, eval_scenes, steps, batch_size) < 1 or unnamed_scenes < 0:
+        raise InputError("train_scenes, eval_scenes, steps and batch_size must all be >= 1, unnamed_scenes >= 0")
     train = single_object_features(encode, image_size, "train", train_scenes)
+    if unnamed_scenes:
+        train = train + single_object_features(encode, image_size, "train", unnamed_scenes, unnamed=True)
     mean, std = train.features.mean(dim=(0, 1)), train.features.std(dim=(0, 1)).clamp(min=1e-6)
 
     def standardised(data: LabelledFeatures) -> LabelledFeatures:
@@ -117,7 +130,9 @@ def attribute_probe(
     for _ in range(steps):
         pick = torch.randint(0, len(train.features), (batch_size,), generator=generator)
         colour, shape = reader(train.features[pick])
-        loss = F.cross_entropy(colour, train.colours[pick]) + F.cross_entropy(shape, train.shapes[pick])
+        named = train.colours[pick] != NO_COLOUR
+        colour_loss = F.cross_entropy(colour[named], train.colours[pick][named]) if named.any() else 0.0
+        loss = colour_loss + F.cross_entropy(shape, train.shapes[pick])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -42,6 +42,7 @@ class HartData:
     resolution: int = 64
     length: int = 100_000
     max_objects: int = 4  # world scenes hold 1..max_objects objects
+    unnamed_colour_fraction: float = 0.0  # world scenes in unnamed colours, captions naming shapes only
     cache_dir: str | None = None  # tokenize the dataset once into this folder and train on the stored targets
     cache_workers: int = 0  # DataLoader workers that render/load images while the cache is built
 
@@ -158,7 +159,10 @@ class HartTask(TrainingTask):
     def build_dataset(self) -> Dataset:
         d = self.data_config
         if d.source == "world":
-            world = ProceduralWorld(WorldConfig(image_size=d.resolution, max_objects=d.max_objects), seed=self.seed)
+            config = WorldConfig(
+                d.resolution, max_objects=d.max_objects, unnamed_colour_fraction=d.unnamed_colour_fraction
+            )
+            world = ProceduralWorld(config, seed=self.seed)
             dataset = WorldImages(world, length=d.length)
         elif d.source == "captions":
             if not d.path:

@@ -60,10 +60,6 @@ def _vila_u_folder(init_from: str | None) -> Path:
     return Path(init_from)
 
 
-def _world(image_size: int, max_objects: int, seed: int) -> ProceduralWorld:
-    return ProceduralWorld(WorldConfig(image_size=image_size, max_objects=max_objects), seed=seed)
-
-
 # ----- the vision tower -----
 
 
@@ -105,6 +101,7 @@ class TowerModel:
 class TowerData:
     length: int = 100_000
     max_objects: int = 4  # world scenes hold 1..max_objects objects
+    unnamed_colour_fraction: float = 0.0  # world scenes in unnamed colours, captions naming shapes only
 
 
 class TowerObjective(ObjectiveWithFrozenHelpers):
@@ -191,7 +188,10 @@ class VilaUTowerTask(TrainingTask):
 
     def build_dataset(self) -> Dataset:
         d = self.data_config
-        return WorldImages(_world(self.tower_config.image_size, d.max_objects, self.seed), length=d.length)
+        config = WorldConfig(
+            self.tower_config.image_size, max_objects=d.max_objects, unnamed_colour_fraction=d.unnamed_colour_fraction
+        )
+        return WorldImages(ProceduralWorld(config, seed=self.seed), length=d.length)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """``{"image": [B, 3, R, R], "text": SigLIP ids [B, L] or the captions (for a MiniLM text side)}``."""
@@ -248,6 +248,9 @@ class VilaUData:
     max_objects: int = 4
     turns_per_item: int = 1  # question-answer turns per world understanding example (all supervised)
     attribute_fraction: float = 0.0  # world understanding examples that ask only colour/shape questions
+    # World scenes in unnamed colours: their captions and answers name shapes only, which keeps a model from
+    # learning shapes per colour (what fails on held-out colour-shape pairs; see the VILA-U model card).
+    unnamed_colour_fraction: float = 0.0
 
 
 def generation_count(batch_size: int, fraction: float) -> int:
@@ -380,7 +383,9 @@ class VilaUTask(TrainingTask):
         if d.source == "world":
             # Clips have the model's frame count; stills and questions do not depend on it.
             frames = self.base.config.video_generation_frames
-            config = WorldConfig(image_size=size, max_objects=d.max_objects, video_frames=frames)
+            config = WorldConfig(
+                size, max_objects=d.max_objects, video_frames=frames, unnamed_colour_fraction=d.unnamed_colour_fraction
+            )
             world = ProceduralWorld(config, seed=self.seed)
             captions = WorldImages(world, d.length)
             questions = WorldVQA(world, d.length, d.turns_per_item, d.attribute_fraction)
