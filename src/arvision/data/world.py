@@ -5,7 +5,10 @@ without shared state, and a resumed run sees the same data.
 
 Splits: ``train`` and ``val`` are disjoint random streams that never show a held-out colour-shape pair;
 ``heldout`` scenes always contain one (the compositional test). :func:`held_out_single_object_prompts`
-lists the single-object prompts the evaluation uses.
+lists the single-object prompts the evaluation uses. ``WorldConfig.unnamed_colour_fraction`` mixes in
+train/val scenes whose objects are painted in colours that have no name, their words naming shapes only:
+shape supervision that cannot be tied to a colour, the lever that lets readers name the shape of held-out
+pairs (see the VILA-U model card).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ colour and shape; it is scored on scenes of the ``val`` split (colour-shape pair
 of the ``heldout`` split (pairs never seen). It separates what the features hold from what a language
 model trained on them manages to read. Run it on :func:`pixel_patches` too, the same reader on the image
 itself: held-out pairs are hard for any reader trained without them (it learns which shapes each colour
-comes with), so a tower's figures mean something only next to that baseline.
+comes with), so a tower's figures mean something only next to that baseline. ``unnamed_scenes`` adds scenes
+whose object is in an unnamed colour, shape supervision that no colour comes with.
 """
 
 from __future__ import annotations
