@@ -1,7 +1,7 @@
 """Colour/shape question accuracy of a VILA-U folder on procedural-world scenes (held-out and seen pairs).
 
 python scripts/eval_vila_u_world.py --model src/arvision/defaults/vila-u [--scenes 50] [--tower-scenes 200]
-    [--probe-steps 1500 [--probe-scenes 4000] [--probe-unnamed 8000]]
+    [--probe-steps 1500 [--probe-scenes 4000] [--probe-unnamed 8000] [--probe-centred]]
 
 ``--tower-scenes N`` also reports what the vision tower's codes keep: N single-object scenes per split go
 through the tower (encode to codes, decode) and colour and shape are read back from the reconstructions
@@ -9,7 +9,8 @@ by arvision.eval.shapes. ``--probe-steps N`` reports what can be read from the f
 tower's z_q): an attention probe (arvision.eval.feature_probe) trained N steps on ``--probe-scenes``
 train-split scenes, next to the same probe trained on the images' own pixels (patches of the tower's patch
 size), the baseline that says how much of what is readable the tower keeps. ``--probe-unnamed N`` adds N
-train scenes whose object is in an unnamed colour (shape supervision with no colour to tie it to).
+train scenes whose object is in an unnamed colour (shape supervision with no colour to tie it to);
+``--probe-centred`` also probes the tower's tokens with each image's mean token subtracted.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from arvision.cli.common import add_device_arguments, torch_dtype
 from arvision.data.world import single_object_scenes
-from arvision.eval.feature_probe import attribute_probe, pixel_patches
+from arvision.eval.feature_probe import attribute_probe, centred, pixel_patches
 from arvision.eval.shapes import single_object_accuracy
 from arvision.eval.vila_u_world import world_vqa_accuracy
 from arvision.pipelines.vila_u import VilaUPipeline
@@ -57,7 +58,8 @@ def main() -> None:
     parser.add_argument("--tower-scenes", type=int, default=0, metavar="N", help="also read back N tower round trips")
     parser.add_argument("--probe-steps", type=int, default=0, metavar="N", help="also probe the tower's features")
     parser.add_argument("--probe-scenes", type=int, default=4000, help="train-split scenes the probe learns from")
-    parser.add_argument("--probe-unnamed", type=int, default=0, help="unnamed-colour scenes added to the probe's")
+    parser.add_argument("--probe-unnamed", type=int, default=0, help="unnamed-colour scenes added to its train set")
+    parser.add_argument("--probe-centred", action="store_true", help="also probe the tokens minus their image mean")
     parser.add_argument("--skip-vqa", action="store_true", help="only the tower reports (a tower-only folder)")
     add_device_arguments(parser, None, "weights dtype (default: float32)")
     args = parser.parse_args()
@@ -80,11 +82,14 @@ def main() -> None:
         report["tower_read_back"] = tower_read_back(pipe, args.tower_scenes)
     if args.probe_steps:
         patch = int(pipe.config.tower.siglip["vision_config"]["patch_size"])
+        readers = {"tower": llm_input_features(pipe), "pixels": pixel_patches(patch)}
+        if args.probe_centred:
+            readers["tower_centred"] = centred(readers["tower"])
         report["feature_probe"] = {
             name: attribute_probe(
                 encode, size, train_scenes=args.probe_scenes, steps=args.probe_steps, unnamed_scenes=args.probe_unnamed
             )
-            for name, encode in (("tower", llm_input_features(pipe)), ("pixels", pixel_patches(patch)))
+            for name, encode in readers.items()
         }
     report.update(model=str(args.model), seconds=round(time.time() - start, 1))
     print(json.dumps(report, indent=2))

@@ -6,6 +6,7 @@ from arvision.eval.feature_probe import (
     COLOUR_NAMES,
     NO_COLOUR,
     attribute_probe,
+    centred,
     pixel_patches,
     single_object_features,
 )
@@ -18,6 +19,14 @@ def test_pixel_patches_tile_the_image():
     # Token 1 is the top-right 4x4 patch; its features run over rows, then columns, then channels.
     assert torch.equal(patches[1, 1, :3], pixels[1, :, 0, 4])
     assert torch.equal(patches[0, 3, -3:], pixels[0, :, 7, 7])
+
+
+def test_centred_features_have_zero_mean_per_image_and_keep_the_differences():
+    pixels = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain, centred_patches = pixel_patches(8)(pixels), centred(pixel_patches(8))(pixels)
+    assert centred_patches.shape == plain.shape == (3, 4, 192)
+    assert torch.allclose(centred_patches.mean(dim=1), torch.zeros(3, 192), atol=1e-6)
+    assert torch.allclose(centred_patches[:, 1] - centred_patches[:, 0], plain[:, 1] - plain[:, 0], atol=1e-6)
 
 
 def test_features_come_with_the_scene_labels():

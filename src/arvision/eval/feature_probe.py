@@ -41,6 +41,17 @@ def pixel_patches(patch: int) -> Encode:
 NO_COLOUR = -100  # the colour label of an object in an unnamed colour: cross_entropy's default ignore_index
 
 
+def centred(encode: Encode) -> Encode:
+    """``encode`` with each image's mean token subtracted from its tokens: what is left is what differs
+    from place to place in the image, without the image-wide vector a tower may write over every token."""
+
+    def encode_centred(pixels: torch.Tensor) -> torch.Tensor:
+        features = encode(pixels)
+        return features - features.mean(dim=1, keepdim=True)
+
+    return encode_centred
+
+
 @dataclass(frozen=True)
 class LabelledFeatures:
     features: torch.Tensor  # [S, N, C]
