@@ -114,7 +114,7 @@ class ProceduralWorld:
             raise InputError("too many held-out pairs: a scene needs one distinct colour-shape pair per object")
 
     def rng(self, index: int, stream: int) -> np.random.Generator:
-        """The generator for sample ``index`` (stream 0: images, 1: videos, 2+: free for datasets)."""
+        """The generator for sample ``index`` (stream 0: scenes, 1: videos, UNNAMED_STREAM; 2..99: datasets)."""
         if index < 0:
             raise IndexError(f"negative sample index {index}")
         return np.random.default_rng([self.seed, SPLITS[self.split], index, stream])
