@@ -91,6 +91,16 @@ def _load_tokenizer(folder: Path) -> Any:
         raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}") from exc
 
 
+def left_padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [L_i, ...] -> (zeros on the left then each row [B, max L_i, ...], attention mask [B, max L_i] bool)."""
+    length = max(len(row) for row in rows)
+    padded = rows[0].new_zeros(len(rows), length, *rows[0].shape[1:])
+    mask = torch.zeros(len(rows), length, dtype=torch.bool, device=padded.device)
+    for i, row in enumerate(rows):
+        padded[i, length - len(row) :], mask[i, length - len(row) :] = row, True
+    return padded, mask
+
+
 class VilaUPipeline:
     """Understanding (``describe``) and generation (``generate_image``, ``generate_video``) with VILA-U."""
 
@@ -184,11 +194,7 @@ class VilaUPipeline:
                 encoded[id(item)] = self.model.encode_images(self.pixels(self._frames(item, num_frames)))[1]
             features = encoded[id(item)]
             prompts.append(self.model.splice(self.prompt_ids(question, len(features)), features))
-        length = max(len(p) for p in prompts)
-        embeds = prompts[0].new_zeros(len(prompts), length, prompts[0].shape[-1])
-        mask = torch.zeros(len(prompts), length, dtype=torch.long, device=embeds.device)
-        for row, prompt in enumerate(prompts):
-            embeds[row, length - len(prompt) :], mask[row, length - len(prompt) :] = prompt, 1
+        embeds, mask = left_padded(prompts)
         s = self.text_sampling
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         ids, _ = self.model.generate_text_batch(
@@ -225,13 +231,7 @@ class VilaUPipeline:
         (input_ids [2n, S], attention_mask [2n, S] bool)."""
         cond = vicuna.tokenize(vicuna.generation_prompt(prompt, video), self.tokenizer)
         uncond = vicuna.tokenize(vicuna.generation_prompt("", video), self.tokenizer)
-        rows = [cond] * n + [uncond] * n
-        length = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), length, dtype=torch.long)
-        mask = torch.zeros(len(rows), length, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, length - len(row) :] = torch.tensor(row)
-            mask[i, length - len(row) :] = True
+        ids, mask = left_padded([torch.tensor(row) for row in [cond] * n + [uncond] * n])
         return ids.to(self.device), mask.to(self.device)
 
     def _codes(self, prompt: str, n: int, video: bool, cfg: float, seed: int | None, sampling: dict) -> torch.Tensor:
