@@ -38,7 +38,7 @@ def pixel_patches(patch: int) -> Encode:
     return encode
 
 
-NO_COLOUR = -100  # the colour label of an object in an unnamed colour: cross_entropy's default ignore_index
+NO_COLOUR = -100  # the colour label of an object in an unnamed colour: masked out of the colour loss
 
 
 def centred(encode: Encode) -> Encode:
