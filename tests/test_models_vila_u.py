@@ -1,3 +1,6 @@
+import copy
+
+import pytest
 import torch
 
 from arvision.models.vila_u import SpecialTokens, positions_from_mask
@@ -20,6 +23,20 @@ def test_projector_keys_and_exact_gelu():
         "layers.2.weight",
     ]
     assert model.mm_projector.layers[1].approximate == "none"
+
+
+def test_projector_standardisation_is_folded_into_its_first_layer():
+    projector = tiny_vila_u().mm_projector
+    reference = copy.deepcopy(projector)
+    channels = projector.layers[0].in_features
+    generator = torch.Generator().manual_seed(0)
+    mean, std = torch.randn(channels, generator=generator), torch.rand(channels, generator=generator) + 0.5
+    x = torch.randn(3, 5, channels, generator=generator)
+    projector.standardise_inputs(mean, std)
+    torch.testing.assert_close(projector(x), reference((x - mean) / std), rtol=1e-5, atol=1e-5)
+    assert sorted(projector.state_dict()) == sorted(reference.state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        projector.standardise_inputs(mean[:-1], std)
 
 
 def test_rope_scaling_is_kept_from_the_llm_config():

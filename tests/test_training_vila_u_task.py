@@ -271,6 +271,26 @@ def test_a_fresh_llm_of_another_size_trains_on_the_same_tower_and_exports(tmp_pa
         _task("vila-u", model={"llm": {"hidden_size": 100, "num_attention_heads": 3}})
 
 
+def test_a_fresh_projector_can_start_by_standardising_the_tower_features():
+    llm = {"hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 2}
+    fresh = {}
+    for init in ("default", "standardise"):
+        torch.manual_seed(0)  # the same fresh weights for both
+        task = _task("vila-u", model={"llm": llm, "projector_init": init}, data={"length": 8})
+        fresh[init] = task.build_model().vila_u
+    pixels = torch.cat([task.dataset.understanding_item(index)[0] for index in range(8)])
+    with torch.no_grad():
+        z_q = fresh["default"].vision_tower.encode(pixels)[1].flatten(1, 2)
+        standardised = (z_q - z_q.mean((0, 1))) / z_q.std((0, 1))
+        expected = fresh["default"].mm_projector(standardised)
+        got = fresh["standardise"].mm_projector(z_q)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="needs model.llm"):
+        _task("vila-u", model={"projector_init": "standardise"})
+    with pytest.raises(InputError, match="model.projector_init"):
+        _task("vila-u", model={"llm": llm, "projector_init": "whiten"})
+
+
 def test_a_fresh_tower_for_larger_images_exports_a_folder_that_works_at_that_size(tmp_path):
     task = _task("vila-u-tower", model={"image_size": 64, "train_encoder": True})
     assert task.build_dataset()[0]["image"].shape == (3, 64, 64)

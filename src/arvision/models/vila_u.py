@@ -66,6 +66,17 @@ class MultimodalProjector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
+    @torch.no_grad()
+    def standardise_inputs(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Fold ``(x - mean) / std`` (per channel, [C] each) into the first layer, so that it reads
+        standardised features while the projector stays an ``mlp2x_gelu`` (same keys, same shapes)."""
+        first = self.layers[0]
+        if mean.shape != (first.in_features,) or std.shape != (first.in_features,):
+            raise ValueError(f"mean and std must have shape ({first.in_features},), got {mean.shape} / {std.shape}")
+        scaled = first.weight / std.to(first.weight)
+        first.bias.sub_(scaled @ mean.to(first.weight))
+        first.weight.copy_(scaled)
+
 
 @dataclass
 class CodeGeneration:

@@ -50,6 +50,7 @@ from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
 from arvision.training.vila_u import VilaUExample, generation_example, understanding_example, vila_u_loss
 
 VILA_U_PARTS = ("llm", "mm_projector", "depth_transformer")
+PROJECTOR_STATISTICS_IMAGES = 512
 
 
 def _vila_u_folder(init_from: str | None) -> Path:
@@ -229,6 +230,10 @@ class VilaUModel:
     # projector and depth transformer to match, on init_from's tokenizer and vision tower.
     llm: dict[str, Any] = field(default_factory=dict)
     train: list[str] = field(default_factory=lambda: list(VILA_U_PARTS))  # the rest stays frozen
+    # "standardise": the fresh projector's first layer starts by standardising each channel of the tower's
+    # features (statistics of PROJECTOR_STATISTICS_IMAGES training images); "default": PyTorch's init. Towers
+    # write a large image-wide vector over every token (see the VILA-U model card), which standardising evens out.
+    projector_init: str = "default"
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
 
 
@@ -363,6 +368,12 @@ class VilaUTask(TrainingTask):
             raise InputError(
                 "data.generation_fraction 0 gives the depth transformer nothing to learn; drop it from model.train"
             )
+        if self.model_config.projector_init not in ("default", "standardise"):
+            raise InputError(
+                f"model.projector_init must be 'default' or 'standardise', got {self.model_config.projector_init!r}"
+            )
+        if self.model_config.projector_init == "standardise" and not self.model_config.llm:
+            raise InputError("model.projector_init 'standardise' starts a fresh projector: it needs model.llm")
         if d.turns_per_item < 1:
             raise InputError(f"data.turns_per_item must be at least 1, got {d.turns_per_item}")
         if d.source not in ("world", "files"):
@@ -376,9 +387,24 @@ class VilaUTask(TrainingTask):
                 raise InputError("data.source 'files' with data.generation_fraction < 1 needs data.vqa")
 
     def build_model(self) -> nn.Module:
+        if self.model_config.projector_init == "standardise":
+            self.base.model.mm_projector.standardise_inputs(*self._feature_statistics(PROJECTOR_STATISTICS_IMAGES))
         return VilaUObjective(self.base.model, self.model_config.train)
 
+    @torch.no_grad()
+    def _feature_statistics(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std [C] of the tower's ``z_q`` over the images of the first ``count`` training
+        items (understanding items, or generation ones for a generation-only source)."""
+        dataset = self.build_dataset()
+        load = dataset.understanding_item if dataset.questions is not None else dataset.generation_item
+        images = torch.cat([load(index)[0] for index in range(min(count, len(dataset)))])
+        tower = self.base.model.vision_tower.eval()
+        z_q = torch.cat([tower.encode(chunk)[1].flatten(1, 2) for chunk in images.split(64)])
+        return z_q.mean((0, 1)), z_q.std((0, 1)).clamp(min=1e-6)
+
     def build_dataset(self) -> Dataset:
+        if self.dataset is not None:
+            return self.dataset
         d, size = self.data_config, self.base.config.tower.image_size
         if d.source == "world":
             # Clips have the model's frame count; stills and questions do not depend on it.
