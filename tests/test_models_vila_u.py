@@ -25,18 +25,18 @@ def test_projector_keys_and_exact_gelu():
     assert model.mm_projector.layers[1].approximate == "none"
 
 
-def test_projector_standardisation_is_folded_into_its_first_layer():
+def test_an_input_transform_is_folded_into_the_projectors_first_layer():
     projector = tiny_vila_u().mm_projector
     reference = copy.deepcopy(projector)
     channels = projector.layers[0].in_features
     generator = torch.Generator().manual_seed(0)
-    mean, std = torch.randn(channels, generator=generator), torch.rand(channels, generator=generator) + 0.5
+    mean, transform = torch.randn(channels, generator=generator), torch.randn(channels, channels, generator=generator)
     x = torch.randn(3, 5, channels, generator=generator)
-    projector.standardise_inputs(mean, std)
-    torch.testing.assert_close(projector(x), reference((x - mean) / std), rtol=1e-5, atol=1e-5)
+    projector.fold_input_transform(mean, transform)
+    torch.testing.assert_close(projector(x), reference((x - mean) @ transform.T), rtol=1e-4, atol=1e-4)
     assert sorted(projector.state_dict()) == sorted(reference.state_dict())
-    with pytest.raises(ValueError, match="shape"):
-        projector.standardise_inputs(mean[:-1], std)
+    with pytest.raises(ValueError, match="shapes"):
+        projector.fold_input_transform(mean[:-1], transform)
 
 
 def test_rope_scaling_is_kept_from_the_llm_config():

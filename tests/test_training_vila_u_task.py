@@ -11,7 +11,7 @@ from arvision.text.hashed_words import hashed_word_ids
 from arvision.training.loop import OptimConfig, TrainConfig, Trainer
 from arvision.training.rq_vision_tower import tower_loss
 from arvision.training.tasks import build_task
-from arvision.training.vila_u_task import VILA_U_PARTS, VilaUObjective
+from arvision.training.vila_u_task import VILA_U_PARTS, VilaUObjective, input_transform
 from vilau_common import FIXTURE, fixture_pipeline
 
 
@@ -271,24 +271,43 @@ def test_a_fresh_llm_of_another_size_trains_on_the_same_tower_and_exports(tmp_pa
         _task("vila-u", model={"llm": {"hidden_size": 100, "num_attention_heads": 3}})
 
 
-def test_a_fresh_projector_can_start_by_standardising_the_tower_features():
+def test_input_transforms_standardise_or_whiten_features():
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(6, 6, generator=generator) * torch.logspace(0, 1, 6)  # correlated, scales 1 to 10
+    features = torch.randn(4000, 6, generator=generator) @ mixing.T + 5.0
+    for mode in ("standardise", "whiten"):
+        mean, transform = input_transform(features, mode)
+        transformed = (features - mean) @ transform.T
+        torch.testing.assert_close(transformed.mean(0), torch.zeros(6), atol=1e-4, rtol=0)
+        covariance = torch.cov(transformed.T)
+        torch.testing.assert_close(covariance.diagonal(), torch.ones(6), atol=1e-4, rtol=0)
+        off_diagonal = (covariance - torch.diag(covariance.diagonal())).abs().max()
+        assert (off_diagonal < 1e-4) == (mode == "whiten")  # standardising keeps the correlations
+    # A direction with no variance is floored, not divided by zero.
+    _, transform = input_transform(torch.cat([features[:, :5], torch.zeros(4000, 1)], 1), "whiten")
+    assert torch.isfinite(transform).all()
+
+
+@pytest.mark.parametrize("init", ["standardise", "whiten"])
+def test_a_fresh_projector_can_start_by_evening_out_the_tower_features(init):
     llm = {"hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 2}
     fresh = {}
-    for init in ("default", "standardise"):
+    for mode in ("default", init):
         torch.manual_seed(0)  # the same fresh weights for both
-        task = _task("vila-u", model={"llm": llm, "projector_init": init}, data={"length": 8})
-        fresh[init] = task.build_model().vila_u
+        task = _task("vila-u", model={"llm": llm, "projector_init": mode}, data={"length": 8})
+        fresh[mode] = task.build_model().vila_u
     pixels = torch.cat([task.dataset.understanding_item(index)[0] for index in range(8)])
     with torch.no_grad():
         z_q = fresh["default"].vision_tower.encode(pixels)[1].flatten(1, 2)
-        standardised = (z_q - z_q.mean((0, 1))) / z_q.std((0, 1))
-        expected = fresh["default"].mm_projector(standardised)
-        got = fresh["standardise"].mm_projector(z_q)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        transformed = fresh["default"].mm_projector.layers[0](
+            (z_q - z_q.mean((0, 1))) @ input_transform(z_q.flatten(0, 1), init)[1].T
+        )
+        got = fresh[init].mm_projector.layers[0](z_q)
+    torch.testing.assert_close(got, transformed, rtol=1e-3, atol=1e-3)
     with pytest.raises(InputError, match="needs model.llm"):
-        _task("vila-u", model={"projector_init": "standardise"})
+        _task("vila-u", model={"projector_init": init})
     with pytest.raises(InputError, match="model.projector_init"):
-        _task("vila-u", model={"llm": llm, "projector_init": "whiten"})
+        _task("vila-u", model={"llm": llm, "projector_init": "pca"})
 
 
 def test_a_fresh_tower_for_larger_images_exports_a_folder_that_works_at_that_size(tmp_path):

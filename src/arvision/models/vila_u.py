@@ -67,15 +67,20 @@ class MultimodalProjector(nn.Module):
         return self.layers(x)
 
     @torch.no_grad()
-    def standardise_inputs(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Fold ``(x - mean) / std`` (per channel, [C] each) into the first layer, so that it reads
-        standardised features while the projector stays an ``mlp2x_gelu`` (same keys, same shapes)."""
+    def fold_input_transform(self, mean: torch.Tensor, transform: torch.Tensor) -> None:
+        """Fold ``transform @ (x - mean)`` (``mean`` [C], ``transform`` [C, C], e.g. a per-channel
+        standardisation or a whitening) into the first layer, so that it reads transformed features while the
+        projector stays an ``mlp2x_gelu`` (same keys, same shapes)."""
         first = self.layers[0]
-        if mean.shape != (first.in_features,) or std.shape != (first.in_features,):
-            raise ValueError(f"mean and std must have shape ({first.in_features},), got {mean.shape} / {std.shape}")
-        scaled = first.weight / std.to(first.weight)
-        first.bias.sub_(scaled @ mean.to(first.weight))
-        first.weight.copy_(scaled)
+        channels = first.in_features
+        if mean.shape != (channels,) or transform.shape != (channels, channels):
+            raise ValueError(
+                f"mean and transform must have shapes ({channels},) and ({channels}, {channels}), "
+                f"got {tuple(mean.shape)} and {tuple(transform.shape)}"
+            )
+        folded = first.weight @ transform.to(first.weight)
+        first.bias.sub_(folded @ mean.to(first.weight))
+        first.weight.copy_(folded)
 
 
 @dataclass

@@ -51,6 +51,21 @@ from arvision.training.vila_u import VilaUExample, generation_example, understan
 
 VILA_U_PARTS = ("llm", "mm_projector", "depth_transformer")
 PROJECTOR_STATISTICS_IMAGES = 512
+PROJECTOR_INITS = ("default", "standardise", "whiten")
+# Whitening floors each eigenvalue at this share of the largest, so near-empty directions are not blown up.
+WHITENING_FLOOR = 1e-4
+
+
+def input_transform(features: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, C] -> (mean [C], transform [C, C]) such that ``transform @ (x - mean)`` has unit variance
+    per channel ("standardise") or identity covariance ("whiten", ZCA, eigenvalues floored)."""
+    features = features.double()
+    mean = features.mean(0)
+    if mode == "standardise":
+        return mean.float(), torch.diag(1 / features.std(0).clamp(min=1e-6)).float()
+    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(features.T))
+    eigenvalues = eigenvalues.clamp(min=WHITENING_FLOOR * eigenvalues.max())
+    return mean.float(), (eigenvectors @ torch.diag(eigenvalues.rsqrt()) @ eigenvectors.T).float()
 
 
 def _vila_u_folder(init_from: str | None) -> Path:
@@ -230,9 +245,10 @@ class VilaUModel:
     # projector and depth transformer to match, on init_from's tokenizer and vision tower.
     llm: dict[str, Any] = field(default_factory=dict)
     train: list[str] = field(default_factory=lambda: list(VILA_U_PARTS))  # the rest stays frozen
-    # "standardise": the fresh projector's first layer starts by standardising each channel of the tower's
-    # features (statistics of PROJECTOR_STATISTICS_IMAGES training images); "default": PyTorch's init. Towers
-    # write a large image-wide vector over every token (see the VILA-U model card), which standardising evens out.
+    # "standardise" / "whiten": the fresh projector's first layer starts by standardising each channel of the
+    # tower's features / whitening them (statistics of PROJECTOR_STATISTICS_IMAGES training images); "default":
+    # PyTorch's init. Towers write a large image-wide vector over every token (see the VILA-U model card), which
+    # drowns the local detail unless the inputs are evened out.
     projector_init: str = "default"
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
 
@@ -368,12 +384,11 @@ class VilaUTask(TrainingTask):
             raise InputError(
                 "data.generation_fraction 0 gives the depth transformer nothing to learn; drop it from model.train"
             )
-        if self.model_config.projector_init not in ("default", "standardise"):
-            raise InputError(
-                f"model.projector_init must be 'default' or 'standardise', got {self.model_config.projector_init!r}"
-            )
-        if self.model_config.projector_init == "standardise" and not self.model_config.llm:
-            raise InputError("model.projector_init 'standardise' starts a fresh projector: it needs model.llm")
+        init = self.model_config.projector_init
+        if init not in PROJECTOR_INITS:
+            raise InputError(f"model.projector_init must be one of {list(PROJECTOR_INITS)}, got {init!r}")
+        if init != "default" and not self.model_config.llm:
+            raise InputError(f"model.projector_init {init!r} starts a fresh projector: it needs model.llm")
         if d.turns_per_item < 1:
             raise InputError(f"data.turns_per_item must be at least 1, got {d.turns_per_item}")
         if d.source not in ("world", "files"):
@@ -387,20 +402,21 @@ class VilaUTask(TrainingTask):
                 raise InputError("data.source 'files' with data.generation_fraction < 1 needs data.vqa")
 
     def build_model(self) -> nn.Module:
-        if self.model_config.projector_init == "standardise":
-            self.base.model.mm_projector.standardise_inputs(*self._feature_statistics(PROJECTOR_STATISTICS_IMAGES))
+        if self.model_config.projector_init != "default":
+            features = self._tower_features(PROJECTOR_STATISTICS_IMAGES)
+            mean, transform = input_transform(features, self.model_config.projector_init)
+            self.base.model.mm_projector.fold_input_transform(mean, transform)
         return VilaUObjective(self.base.model, self.model_config.train)
 
     @torch.no_grad()
-    def _feature_statistics(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and std [C] of the tower's ``z_q`` over the images of the first ``count`` training
-        items (understanding items, or generation ones for a generation-only source)."""
+    def _tower_features(self, count: int) -> torch.Tensor:
+        """The tower's ``z_q`` [count * g*g, C] for the images of the first ``count`` training items
+        (understanding items, or generation ones for a generation-only source)."""
         dataset = self.build_dataset()
         load = dataset.understanding_item if dataset.questions is not None else dataset.generation_item
         images = torch.cat([load(index)[0] for index in range(min(count, len(dataset)))])
         tower = self.base.model.vision_tower.eval()
-        z_q = torch.cat([tower.encode(chunk)[1].flatten(1, 2) for chunk in images.split(64)])
-        return z_q.mean((0, 1)), z_q.std((0, 1)).clamp(min=1e-6)
+        return torch.cat([tower.encode(chunk)[1].flatten(0, 2) for chunk in images.split(64)])
 
     def build_dataset(self) -> Dataset:
         if self.dataset is not None:
