@@ -37,11 +37,11 @@ def test_embedded_hart_generates_from_a_prompt_with_no_model_given(tmp_path, cap
 
 
 def test_embedded_vila_u_answers_a_world_question_with_no_model_given(tmp_path, capsys):
-    world = ProceduralWorld(WorldConfig(image_size=32, max_objects=1), split="val")
+    pipe = VilaUPipeline.from_pretrained(default_model_path("vila-u"))
+    world = ProceduralWorld(WorldConfig(image_size=pipe.config.tower.image_size, max_objects=1), split="val")
     image = tmp_path / "scene.png"
     world.sample(0).image.save(image)
     assert main(["describe", str(image), "What color is the object?", "--greedy", "--max-new-tokens", "4"]) == 0
     answer = capsys.readouterr().out.strip()
     assert first_word(answer) in COLOURS  # a colour word; whether it is the right one is the model card's number
-    pipe = VilaUPipeline.from_pretrained(default_model_path("vila-u"))
     assert pipe.describe(str(image), "What color is the object?", temperature=0, max_new_tokens=4) == answer
