@@ -286,6 +286,8 @@ def test_input_transforms_standardise_or_whiten_features():
     # A direction with no variance is floored, not divided by zero.
     _, transform = input_transform(torch.cat([features[:, :5], torch.zeros(4000, 1)], 1), "whiten")
     assert torch.isfinite(transform).all()
+    with pytest.raises(ValueError, match="mode"):
+        input_transform(features, "default")
 
 
 @pytest.mark.parametrize("init", ["standardise", "whiten"])

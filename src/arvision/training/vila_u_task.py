@@ -59,6 +59,8 @@ WHITENING_FLOOR = 1e-4
 def input_transform(features: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Features [N, C] -> (mean [C], transform [C, C]) such that ``transform @ (x - mean)`` has unit variance
     per channel ("standardise") or identity covariance ("whiten", ZCA, eigenvalues floored)."""
+    if mode not in ("standardise", "whiten"):
+        raise ValueError(f"input_transform mode must be 'standardise' or 'whiten', got {mode!r}")
     features = features.double()
     mean = features.mean(0)
     if mode == "standardise":
