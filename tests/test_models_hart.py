@@ -64,6 +64,23 @@ def test_subsampled_last_scale_matches_official(hart_cases, tiny_hart):
     torch.testing.assert_close(logits[:, :-n], hart_cases["tf_logits"][:, :-64], atol=ATOL, rtol=0)
 
 
+def test_pass_over_the_first_scales_equals_the_head_of_the_full_pass(hart_cases, tiny_hart):
+    full, _ = tf_forward(tiny_hart, hart_cases)
+    patch_nums = tiny_hart.config.patch_nums
+    for scales in range(1, len(patch_nums)):
+        rows = sum(p * p for p in patch_nums[:scales])
+        logits, h_last = tf_forward(tiny_hart, hart_cases, scales=scales)
+        assert logits.shape[1] == rows and h_last.shape[1] == patch_nums[scales - 1] ** 2
+        torch.testing.assert_close(logits, full[:, :rows], atol=1e-5, rtol=0)
+
+
+def test_pass_over_the_first_scales_rejects_bad_requests(hart_cases, tiny_hart):
+    with pytest.raises(ValueError, match="scales must be between 1 and"):
+        tf_forward(tiny_hart, hart_cases, scales=0)
+    with pytest.raises(ValueError, match="keep_last"):
+        tf_forward(tiny_hart, hart_cases, scales=2, keep_last=hart_cases["tf_sub_keep_idx"])
+
+
 def test_raw_weights_match_official(hart_cases):
     logits, _ = tf_forward(load_tiny_hart("pytorch_model.bin"), hart_cases)
     torch.testing.assert_close(logits[:, :14], hart_cases["tf_raw_logits_head"], atol=ATOL, rtol=0)

@@ -50,6 +50,31 @@ def test_one_optimizer_step_lowers_the_loss_on_a_fixed_batch():
     assert torch.equal(first.kept_last, second.kept_last)
 
 
+def test_coarse_scale_loss_is_the_cross_entropy_of_the_full_pass_first_scales():
+    model, quant, indices, r_pre, cond = _setup()
+    config = HartLossConfig(cond_drop_rate=0.0, train_scales=3)
+    out = hart_loss(model, quant, indices, r_pre, cond, config, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = quant.indices_to_ar_input(list(indices), model.config.patch_nums)
+        logits, _ = model(
+            x, context=cond.context, context_mask=cond.context_mask, context_position_ids=cond.position_ids
+        )
+    rows = 1 + 4 + 16  # scales 1, 2, 4 of (1, 2, 4, 8)
+    expected = torch.nn.functional.cross_entropy(logits[:, :rows].flatten(0, 1), torch.cat(indices[:3], 1).flatten())
+    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=0)
+    assert out.diffusion == 0 and out.kept_last.shape == (3, 0)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.diffloss.parameters())
+    assert model.blocks[0].attn.qkv_proj.weight.grad is not None
+
+
+def test_train_scales_outside_the_schedule_is_refused():
+    model, quant, indices, r_pre, cond = _setup()
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="train_scales must be between 1 and 4"):
+            hart_loss(model, quant, indices, r_pre, cond, HartLossConfig(train_scales=bad))
+
+
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 def test_loss_is_finite_for_all_padding_prompts(pooling):
     model, quant, indices, r_pre, cond = _setup(pooling)

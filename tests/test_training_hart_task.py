@@ -27,6 +27,8 @@ def test_hart_task_derives_shapes_from_tokenizer_and_text_encoder():
         build_task("hart", TINY_MODEL, {"resolution": 30})
     with pytest.raises(InputError, match="model.transformer"):
         build_task("hart", {**TINY_MODEL, "transformer": {"embed_dim": 63, "num_heads": 4}}, {"resolution": 32})
+    with pytest.raises(InputError, match="train_scales must be between 1 and 6"):
+        build_task("hart", {**TINY_MODEL, "loss": {"train_scales": 7}}, {"resolution": 32})
 
 
 def test_training_lowers_the_loss_and_exports_a_working_pipeline(tmp_path):
@@ -51,26 +53,29 @@ def test_training_lowers_the_loss_and_exports_a_working_pipeline(tmp_path):
     assert images[0].size == (32, 32) and images[0].tobytes() == again[0].tobytes()
 
 
-FSDP_SCRIPT = """
-import sys
+TORCHRUN_SCRIPT = """
+import json, sys
 from arvision.training.loop import OptimConfig, TrainConfig, Trainer
 from arvision.training.tasks import build_task
 model = {"tokenizer": sys.argv[2], "context_tokens": 24,
-         "transformer": {"embed_dim": 64, "depth": 2, "num_heads": 4, "diff_width": 32, "diff_depth": 2}}
+         "transformer": {"embed_dim": 64, "depth": 2, "num_heads": 4, "diff_width": 32, "diff_depth": 2},
+         "loss": json.loads(sys.argv[4])}
 task = build_task("hart", model, {"resolution": 32, "length": 8})
-config = TrainConfig(task="hart", out_dir=sys.argv[1], max_steps=2, batch_size=2, parallel="fsdp", save_every=2,
+config = TrainConfig(task="hart", out_dir=sys.argv[1], max_steps=2, batch_size=2, parallel=sys.argv[3], save_every=2,
                      sample_every=2, ema_decay=0.9, progress=False, optim=OptimConfig(lr=1e-3))
 Trainer(config, task).run()
 """
 
 
-def test_fsdp2_run_samples_and_exports(tmp_path):
+def _torchrun_hart(tmp_path, parallel: str, loss: dict):
+    """Trains the tiny HART for 2 steps on 2 gloo processes; returns the run folder."""
+    import json
     import os
     import shutil
     import subprocess
 
     script = tmp_path / "run.py"
-    script.write_text(FSDP_SCRIPT)
+    script.write_text(TORCHRUN_SCRIPT)
     out = tmp_path / "out"
     cmd = [
         shutil.which("torchrun") or "torchrun",
@@ -79,14 +84,32 @@ def test_fsdp2_run_samples_and_exports(tmp_path):
         str(script),
         str(out),
         str(HART_TINY / "tokenizer"),
+        parallel,
+        json.dumps(loss),
     ]
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_fsdp2_run_samples_and_exports(tmp_path):
+    out = _torchrun_hart(tmp_path, "fsdp", {})
     assert (out / "samples" / "step_00000002.png").is_file()
     pipe = HartPipeline.from_pretrained(out / "final")
     assert pipe("a red circle", height=32, width=32, seed=0, progress=False).images[0].size == (32, 32)
+
+
+def test_coarse_scale_ddp_run_trains_the_transformer_and_leaves_the_diffusion_head(tmp_path):
+    out = _torchrun_hart(tmp_path, "ddp", {"train_scales": 3})
+    trained = HartPipeline.from_pretrained(out / "final").transformer.state_dict()
+    task = build_task("hart", TINY_MODEL, {"resolution": 32})
+    torch.manual_seed(0)  # the trainer's seed: the initial weights of the run
+    initial = task.build_model().transformer.state_dict()
+    head = [k for k in initial if k.startswith(("diffloss.", "decoder_norm."))]
+    assert head and all(torch.equal(trained[k], initial[k]) for k in head)
+    assert not torch.equal(trained["blocks.0.attn.qkv_proj.weight"], initial["blocks.0.attn.qkv_proj.weight"])
 
 
 def test_init_from_starts_from_a_saved_pipeline(tmp_path):

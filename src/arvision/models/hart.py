@@ -419,25 +419,34 @@ class HartTransformer(nn.Module):
         labels: torch.Tensor | None = None,
         keep_last: torch.Tensor | None = None,
         patch_nums: Sequence[int] | None = None,
+        scales: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced pass over all scales.
+        """Teacher-forced pass over all scales, or over the first ``scales`` of them.
 
         x_BLCv: [B, sum_{s>=1} pn_s^2, Cvae] inputs of scales 1..K-1 (``indices_to_ar_input``).
         patch_nums: the schedule of x_BLCv if not the config's (e.g. lower-resolution pre-training).
         keep_last: optional sorted [B, n] indices of the last-scale tokens to keep (token subsampling:
         the others are removed from the sequence, kept ones keep their 2-D positions).
+        scales: run only the first ``scales`` scales (of x_BLCv, the inputs of scales 1..scales-1 are read).
+        Positions stay those of the full schedule and the mask is block-causal, so the logits equal the
+        first rows of a full pass, at a fraction of its cost (coarse-scale training).
         Returns logits [B, 1 + sum_{1<=s<K} pn_s^2 (or n on the last scale), V] (row j predicts the j-th
         target token) and the last-scale residual stream [B, pn_K^2 or n, C] before the head norm.
         """
         cfg = self.config
         B, device = x_BLCv.shape[0], x_BLCv.device
-        pn = tuple(patch_nums or cfg.patch_nums)
+        full = tuple(patch_nums or cfg.patch_nums)
+        if scales is not None and not 1 <= scales <= len(full):
+            raise ValueError(f"scales must be between 1 and {len(full)}, got {scales}")
+        pn = full if scales is None else full[:scales]
+        if keep_last is not None and len(pn) < len(full):
+            raise ValueError("keep_last subsamples the last scale, which a pass over fewer scales does not reach")
         cond_BD = self.embed_condition(context, labels)
         cond_blocks, cond_head = self.pooled_conditions(cond_BD, context_mask)
 
         lengths = [cfg.prefix_len] + [p * p for p in pn[1:]]
-        img_pos = self.image_positions(pn[1:], pn[-1], self.image_offset(context_position_ids), B, device)
-        maps = x_BLCv
+        img_pos = self.image_positions(pn[1:], full[-1], self.image_offset(context_position_ids), B, device)
+        maps = x_BLCv[:, : sum(lengths[1:])]
         if keep_last is not None:
             n_last = pn[-1] ** 2
             gather = keep_last[..., None]

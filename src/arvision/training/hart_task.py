@@ -68,6 +68,10 @@ class HartObjective(ObjectiveWithFrozenHelpers):
         super().__init__()
         self.transformer = transformer
         self.loss_config = loss
+        if loss.train_scales is not None and loss.train_scales < len(transformer.config.patch_nums):
+            # no diffusion loss reaches them, and DDP would wait for their gradients
+            transformer.diffloss.requires_grad_(False)
+            transformer.decoder_norm.requires_grad_(False)
         tokenizer.eval().requires_grad_(False)
         self.frozen = (tokenizer, text_encoder)  # a tuple keeps them out of parameters() and state_dict()
 
@@ -114,6 +118,12 @@ class HartTask(TrainingTask):
         self.tokenizer = HybridTokenizer.from_pretrained(folder)
         self.text_encoder = load_text_encoder(self.model_config.text_encoder, self.model_config.context_tokens)
         self.transformer_config = self._transformer_config()
+        scales, schedule = self.model_config.loss.train_scales, self.transformer_config.patch_nums
+        if scales is not None and not 1 <= scales <= len(schedule):
+            raise InputError(
+                f"model.loss.train_scales must be between 1 and {len(schedule)} (the schedule at data.resolution "
+                f"{self.data_config.resolution} is {schedule}), got {scales}"
+            )
 
     def _transformer_config(self) -> HartConfig:
         resolution = self.data_config.resolution
