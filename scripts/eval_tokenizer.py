@@ -2,6 +2,10 @@
 procedural-world images (the paper's central tokenizer claim, at small scale).
 
     python scripts/eval_tokenizer.py --model src/arvision/defaults/tokenizer
+    python scripts/eval_tokenizer.py --model src/arvision/defaults/hart/tokenizer --size 64 --scale-readback
+
+``--scale-readback`` adds which scales carry an object: the single-object prompts' reference scenes of
+every colour-shape pair, decoded from the codes of the first K scales, read back for colour and shape.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from pathlib import Path
 import torch
 
 from arvision.data.photos import bundled_photo
-from arvision.data.world import ProceduralWorld, WorldConfig
-from arvision.eval.reconstruction import reconstruction_metrics
+from arvision.data.render import render_scene
+from arvision.data.scenes import COLOURS, SHAPES
+from arvision.data.world import ProceduralWorld, WorldConfig, single_object_prompts
+from arvision.eval.reconstruction import readback_by_scales, reconstruction_metrics
 from arvision.imaging import pil_to_tensor, resize_center_crop
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 
@@ -24,6 +30,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--world-images", type=int, default=16)
+    parser.add_argument("--scale-readback", action="store_true", help="colour/shape read back per scale prefix")
     args = parser.parse_args()
 
     tokenizer = HybridTokenizer.from_pretrained(args.model)
@@ -36,6 +43,11 @@ def main() -> None:
         "astronaut": reconstruction_metrics(tokenizer, astronaut),
         "world_val": reconstruction_metrics(tokenizer, scenes),
     }
+    if args.scale_readback:
+        cases = single_object_prompts([(colour, shape) for colour in COLOURS for shape in SHAPES])
+        images = [render_scene(case.graph, args.size) for case in cases]
+        targets = [(case.graph.objects[0].colour, case.graph.objects[0].shape) for case in cases]
+        report["scale_readback"] = readback_by_scales(tokenizer, images, targets)
     print(json.dumps(report, indent=2))
 
 

@@ -110,6 +110,24 @@ def test_hybrid_round_trip_recovers_encoder_latent():
         torch.testing.assert_close(tok.reconstruct(images, "discrete"), tok.decode(out.latent - out.residual))
 
 
+def test_reconstruction_from_the_first_scales_decodes_their_cumulative_codes():
+    torch.manual_seed(0)
+    tok = HybridTokenizer(tiny_config()).eval()
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    out = tok.encode(images)
+    with torch.no_grad():
+        fhats = tok.quantize.latent_to_fhats(out.latent, out.patch_nums)  # phi on every scale, as in a prefix
+        for scales in range(1, len(out.patch_nums)):
+            expected = tok.decode(fhats[scales - 1])
+            torch.testing.assert_close(tok.reconstruct(images, "discrete", scales=scales), expected, atol=1e-4, rtol=0)
+    full = tok.reconstruct(images, "discrete", scales=len(out.patch_nums))
+    torch.testing.assert_close(full, tok.reconstruct(images, "discrete"), atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="mode='discrete'"):
+        tok.reconstruct(images, "hybrid", scales=2)
+    with pytest.raises(InputError, match="scales must be between 1 and"):
+        tok.reconstruct(images, "discrete", scales=0)
+
+
 def test_continuous_residual_is_the_distance_to_the_nearest_code():
     torch.manual_seed(0)
     tok = HybridTokenizer(tiny_config(vocab_size=256)).eval()

@@ -188,14 +188,24 @@ class HybridTokenizer(nn.Module):
         images: torch.Tensor,
         mode: Literal["hybrid", "discrete"] = "hybrid",
         patch_nums: Sequence[int] | None = None,
+        scales: int | None = None,
     ) -> torch.Tensor:
-        """Encode and decode: ``hybrid`` keeps the continuous residual, ``discrete`` drops it."""
+        """Encode and decode: ``hybrid`` keeps the continuous residual, ``discrete`` drops it.
+        ``scales`` (discrete only) decodes the codes of the first ``scales`` scales, to see what they carry."""
         if mode not in ("hybrid", "discrete"):
             raise InputError(f"mode must be 'hybrid' or 'discrete', got {mode!r}")
+        if scales is not None and mode != "discrete":
+            raise InputError("scales needs mode='discrete': the continuous residual completes all the scales")
         out = self.encode(images, patch_nums)
         if mode == "hybrid":
             return self.decode(out.latent)
-        return self.decode(out.latent - out.residual)
+        if scales is None:
+            return self.decode(out.latent - out.residual)
+        if not 1 <= scales <= len(out.patch_nums):
+            raise InputError(
+                f"scales must be between 1 and {len(out.patch_nums)} (schedule {out.patch_nums}), got {scales}"
+            )
+        return self.decode(self.quantize.indices_to_latent(out.indices[:scales], out.patch_nums))
 
     def training_forward(
         self, images: torch.Tensor, continuous: bool, restart_below: float = 0.0
