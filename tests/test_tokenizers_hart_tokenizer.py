@@ -94,11 +94,16 @@ def test_shapes_for_each_preset_schedule(resolution):
         assert tok.decode(out.latent).shape == images.shape
 
 
-def test_hybrid_round_trip_recovers_encoder_latent():
+def _tiny_encoded():
+    """A random tiny tokenizer, two random 64 px images and their encoding."""
     torch.manual_seed(0)
     tok = HybridTokenizer(tiny_config()).eval()
     images = torch.rand(2, 3, 64, 64) * 2 - 1
-    out = tok.encode(images)
+    return tok, images, tok.encode(images)
+
+
+def test_hybrid_round_trip_recovers_encoder_latent():
+    tok, images, out = _tiny_encoded()
     with torch.no_grad():
         rebuilt = tok.indices_to_latent(out.indices, out.residual)
         torch.testing.assert_close(rebuilt, out.latent, atol=1e-5, rtol=0)
@@ -111,10 +116,7 @@ def test_hybrid_round_trip_recovers_encoder_latent():
 
 
 def test_reconstruction_from_the_first_scales_decodes_their_cumulative_codes():
-    torch.manual_seed(0)
-    tok = HybridTokenizer(tiny_config()).eval()
-    images = torch.rand(2, 3, 64, 64) * 2 - 1
-    out = tok.encode(images)
+    tok, images, out = _tiny_encoded()
     with torch.no_grad():
         fhats = tok.quantize.latent_to_fhats(out.latent, out.patch_nums)  # phi on every scale, as in a prefix
         for scales in range(1, len(out.patch_nums)):
