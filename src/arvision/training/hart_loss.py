@@ -13,7 +13,8 @@ diffusion loss on the (subsampled) last scale.
 * ``train_scales`` (not in the released recipe) trains the cross-entropy of the first scales only: the
   block-causal mask makes their logits the same as in the full pass, the diffusion loss is off (it needs
   the last scale), and at 64 px the first 7 of 10 scales are a quarter of the sequence. It spends a small
-  budget on the coarse scales, which decide what is drawn where.
+  budget on the coarse scales, which decide the colours and where they go; the shapes are drawn by the
+  last scales (``scripts/eval_tokenizer.py --scale-readback``).
 """
 
 from __future__ import annotations
