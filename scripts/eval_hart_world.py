@@ -2,6 +2,7 @@
 
 python scripts/eval_hart_world.py --model src/arvision/defaults/hart [--size 64] [--cfg 4.5] [--grid grid.png]
     [--caption-use 64]   (also: per-scale cross-entropy of 64 real scenes with right / shuffled / no captions)
+    [--images-per-prompt 0]   (skips the generation accuracy)
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--cfg", type=float, default=4.5)
-    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--images-per-prompt", type=int, default=2, help="0 skips the generation accuracy")
     parser.add_argument("--grid", type=Path, help="also save the held-out images of the first seed as one PNG grid")
     parser.add_argument("--caption-use", type=int, default=0, metavar="N", help="also report caption use on N scenes")
     add_device_arguments(parser, None, "weights dtype (default: float32)")
@@ -55,7 +56,7 @@ def main() -> None:
         return out.images
 
     start = time.time()
-    report = world_shape_accuracy(generate, args.images_per_prompt)
+    report = world_shape_accuracy(generate, args.images_per_prompt) if args.images_per_prompt > 0 else {}
     if args.grid:
         held_out = [case.prompt for case in prompt_sets()["held_out"]]
         make_grid(generate(held_out, 0)).save(args.grid)
