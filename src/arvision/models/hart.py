@@ -467,4 +467,5 @@ class HartTransformer(nn.Module):
 
         h = self.run_blocks(x, cond_blocks, cos, sin, mask)
         logits = self.logits(h[:, cfg.prefix_len - 1 :], cond_head)
-        return logits, h[:, -lengths[-1] :]
+        # the last scale's rows; with one scale that is the position that predicts its token
+        return logits, h[:, -(lengths[-1] if len(pn) > 1 else 1) :]

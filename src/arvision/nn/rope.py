@@ -53,4 +53,4 @@ def grid_positions(patch_nums: Sequence[int], final: int, device: torch.device |
         axis = torch.arange(pn, device=device) / pn * final
         rows, cols = torch.meshgrid(axis, axis, indexing="ij")
         coords.append(torch.stack((rows, cols), dim=-1).reshape(-1, 2))
-    return torch.cat(coords, dim=0)
+    return torch.cat(coords, dim=0) if coords else torch.zeros(0, 2, device=device)
