@@ -35,11 +35,10 @@ def readback_by_scales(
     (with their (colour, shape) targets) are decoded from the codes of the first K scales for every K
     (``"scales_K"``) and in hybrid mode (``"hybrid"``), and read back by
     :func:`~arvision.eval.shapes.single_object_accuracy`."""
-    batch = pil_to_tensor(list(images))
-    num_scales = len(tokenizer.encode(batch[:1]).patch_nums)
+    encoded = tokenizer.encode(pil_to_tensor(list(images)))
     report = {}
-    for scales in range(1, num_scales + 1):
-        decoded = tensor_to_pil(tokenizer.reconstruct(batch, "discrete", scales=scales))
+    for scales in range(1, len(encoded.patch_nums) + 1):
+        decoded = tensor_to_pil(tokenizer.decode_first_scales(encoded, scales))
         report[f"scales_{scales}"] = single_object_accuracy(decoded, targets)
-    report["hybrid"] = single_object_accuracy(tensor_to_pil(tokenizer.reconstruct(batch, "hybrid")), targets)
+    report["hybrid"] = single_object_accuracy(tensor_to_pil(tokenizer.decode(encoded.latent)), targets)
     return report

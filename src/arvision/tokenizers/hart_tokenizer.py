@@ -201,11 +201,15 @@ class HybridTokenizer(nn.Module):
             return self.decode(out.latent)
         if scales is None:
             return self.decode(out.latent - out.residual)
-        if not 1 <= scales <= len(out.patch_nums):
-            raise InputError(
-                f"scales must be between 1 and {len(out.patch_nums)} (schedule {out.patch_nums}), got {scales}"
-            )
-        return self.decode(self.quantize.indices_to_latent(out.indices[:scales], out.patch_nums))
+        return self.decode_first_scales(out, scales)
+
+    @torch.no_grad()
+    def decode_first_scales(self, encoded: TokenizerOutput, scales: int) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` decoded from the codes of the first ``scales`` scales of an encoding."""
+        schedule = encoded.patch_nums
+        if not 1 <= scales <= len(schedule):
+            raise InputError(f"scales must be between 1 and {len(schedule)} (schedule {schedule}), got {scales}")
+        return self.decode(self.quantize.indices_to_latent(encoded.indices[:scales], schedule))
 
     def training_forward(
         self, images: torch.Tensor, continuous: bool, restart_below: float = 0.0
