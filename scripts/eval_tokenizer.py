@@ -21,6 +21,7 @@ from arvision.data.render import render_scene
 from arvision.data.scenes import COLOURS, SHAPES
 from arvision.data.world import ProceduralWorld, WorldConfig, single_object_prompts
 from arvision.eval.reconstruction import readback_by_scales, reconstruction_metrics
+from arvision.eval.shapes import single_object_targets
 from arvision.imaging import pil_to_tensor, resize_center_crop
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 
@@ -46,7 +47,7 @@ def main() -> None:
     if args.scale_readback:
         cases = single_object_prompts([(colour, shape) for colour in COLOURS for shape in SHAPES])
         images = [render_scene(case.graph, args.size) for case in cases]
-        targets = [(case.graph.objects[0].colour, case.graph.objects[0].shape) for case in cases]
+        targets = single_object_targets(case.graph for case in cases)
         report["scale_readback"] = readback_by_scales(tokenizer, images, targets)
     print(json.dumps(report, indent=2))
 

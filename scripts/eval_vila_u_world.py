@@ -23,7 +23,7 @@ from pathlib import Path
 from arvision.cli.common import add_device_arguments, torch_dtype
 from arvision.data.world import single_object_scenes
 from arvision.eval.feature_probe import attribute_probe, centred, pixel_patches
-from arvision.eval.shapes import single_object_accuracy
+from arvision.eval.shapes import single_object_accuracy, single_object_targets
 from arvision.eval.vila_u_world import world_vqa_accuracy
 from arvision.pipelines.vila_u import VilaUPipeline
 
@@ -33,7 +33,7 @@ def tower_read_back(pipe: VilaUPipeline, scenes: int) -> dict:
     for name, split in (("held_out", "heldout"), ("seen", "val")):
         samples = single_object_scenes(size, split, scenes)
         images = [s.image for s in samples]
-        targets = [(s.graph.objects[0].colour, s.graph.objects[0].shape) for s in samples]
+        targets = single_object_targets(s.graph for s in samples)
         report[name] = {
             "originals": single_object_accuracy(images, targets),
             "reconstructions": single_object_accuracy(pipe.reconstruct(images), targets),

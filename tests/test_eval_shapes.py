@@ -5,13 +5,19 @@ from PIL import Image
 from arvision.data.scenes import COLOURS, SHAPES
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
-from arvision.eval.shapes import classify_shape, detect_objects, main_object, single_object_accuracy
+from arvision.eval.shapes import (
+    classify_shape,
+    detect_objects,
+    main_object,
+    single_object_accuracy,
+    single_object_targets,
+)
 
 
 def test_reads_every_colour_and_shape_of_rendered_single_object_scenes():
     world = ProceduralWorld(WorldConfig(image_size=64, max_objects=1), seed=11, split="val")
     samples = [world.sample(i) for i in range(80)]
-    targets = [(s.graph.objects[0].colour, s.graph.objects[0].shape) for s in samples]
+    targets = single_object_targets(s.graph for s in samples)
     assert {c for c, _ in targets} == set(COLOURS) and {s for _, s in targets} == set(SHAPES)
     assert single_object_accuracy([s.image for s in samples], targets) == {"colour": 1.0, "shape": 1.0, "both": 1.0}
 

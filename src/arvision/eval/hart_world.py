@@ -13,7 +13,7 @@ from PIL import Image
 
 from arvision.data.scenes import COLOURS, SHAPES
 from arvision.data.world import WorldConfig, single_object_prompts
-from arvision.eval.shapes import single_object_accuracy
+from arvision.eval.shapes import single_object_accuracy, single_object_targets
 
 Generate = Callable[[Sequence[str], int], list[Image.Image]]
 
@@ -30,7 +30,7 @@ def world_shape_accuracy(generate: Generate, images_per_prompt: int = 2, config:
     report = {}
     for name, cases in prompt_sets(config).items():
         prompts = [case.prompt for case in cases]
-        targets = [(case.graph.objects[0].colour, case.graph.objects[0].shape) for case in cases]
+        targets = single_object_targets(case.graph for case in cases)
         images = [image for seed in range(images_per_prompt) for image in generate(prompts, seed)]
         report[name] = {**single_object_accuracy(images, targets * images_per_prompt), "images": len(images)}
     return report

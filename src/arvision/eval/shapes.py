@@ -8,13 +8,13 @@ circle, and a half-filled box a triangle. It needs scikit-image (``pip install '
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from arvision.data.scenes import COLOURS
+from arvision.data.scenes import COLOURS, SceneGraph
 from arvision.errors import InputError
 
 PALETTE_NAMES = tuple(COLOURS)
@@ -75,6 +75,11 @@ def main_object(image: Image.Image | np.ndarray) -> DetectedObject | None:
     """The largest coloured object, or None if the image shows none."""
     objects = detect_objects(image)
     return objects[0] if objects else None
+
+
+def single_object_targets(graphs: Iterable[SceneGraph]) -> list[tuple[str, str]]:
+    """The (colour, shape) of each single-object scene, the targets :func:`single_object_accuracy` takes."""
+    return [(graph.objects[0].colour, graph.objects[0].shape) for graph in graphs]
 
 
 def single_object_accuracy(images: Sequence[Image.Image], targets: Sequence[tuple[str, str]]) -> dict[str, float]:
