@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -6,7 +7,15 @@ from safetensors.torch import load_file
 
 from arvision.errors import CheckpointError
 from arvision.training import checkpointing
-from arvision.training.loop import EMA, OptimConfig, ShardedBatchSampler, Trainer, TrainingDiverged, learning_rate
+from arvision.training.loop import (
+    EMA,
+    OptimConfig,
+    ShardedBatchSampler,
+    Trainer,
+    TrainingDiverged,
+    learning_rate,
+    steps_within,
+)
 from toy_task import ToyTask, toy_config
 
 
@@ -142,3 +151,66 @@ def test_time_limit_stops_checkpoints_and_exports(tmp_path, monkeypatch):
     config.max_time_s = 0
     Trainer(config, ToyTask()).run(resume=True)
     assert checkpointing.checkpoint_dirs(tmp_path / "checkpoints")[-1].name == "step_00000030"
+
+
+def test_steps_within_fits_the_time_left_between_step_and_max_steps():
+    assert steps_within(budget_s=100, elapsed_s=20, step=10, steps_per_s=2.0, max_steps=1000) == 170
+    assert steps_within(budget_s=100, elapsed_s=20, step=10, steps_per_s=2.0, max_steps=50) == 50
+    assert steps_within(budget_s=100, elapsed_s=120, step=10, steps_per_s=2.0, max_steps=1000) == 10
+
+
+class SlowToyTask(ToyTask):
+    """Each step takes ``seconds_per_step`` of a fake clock that the training loop reads."""
+
+    def __init__(self, clock: list[float], seconds_per_step: float, **options):
+        super().__init__(**options)
+        self.clock, self.seconds_per_step = clock, seconds_per_step
+
+    def loss(self, model, batch, generator):
+        self.clock[0] += self.seconds_per_step
+        return super().loss(model, batch, generator)
+
+
+def fake_clock(monkeypatch) -> list[float]:
+    import arvision.training.loop as loop
+
+    clock = [0.0]
+    monkeypatch.setattr(loop.time, "time", lambda: clock[0])
+    return clock
+
+
+def test_time_budget_sizes_the_schedule_to_end_in_time(tmp_path, monkeypatch):
+    # 10 s per step: the calibration measures 0.1 steps/s over steps 2..22, when 220 s of the 500 are gone,
+    # so 28 more steps fit and the cosine ends at step 50.
+    clock = fake_clock(monkeypatch)
+    config = toy_config(tmp_path, max_steps=1000, log_every=5, save_every=1000, time_budget_s=500)
+    Trainer(config, SlowToyTask(clock, 10.0)).run()
+    records = [eval(line, {"nan": math.nan}) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 50
+    assert records[-1]["lr"] == pytest.approx(learning_rate(49, 50, config.optim))
+    latest = checkpointing.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest.name == "step_00000050"
+    assert json.loads((latest / checkpointing.STATE_FILE).read_text())["schedule_steps"] == 50
+    # max_steps caps the sized schedule
+    clock[0] = 0.0
+    config = toy_config(tmp_path / "capped", max_steps=30, log_every=5, save_every=1000, time_budget_s=500)
+    Trainer(config, SlowToyTask(clock, 10.0)).run()
+    lines = (tmp_path / "capped" / "metrics.jsonl").read_text().splitlines()
+    assert eval(lines[-1], {"nan": math.nan})["step"] == 30
+
+
+def test_time_budget_resume_keeps_the_sized_schedule_bit_for_bit(tmp_path, monkeypatch):
+    clock = fake_clock(monkeypatch)
+    options = dict(max_steps=1000, save_every=10, keep_last=10, ema_decay=0.5, time_budget_s=500)
+    Trainer(toy_config(tmp_path / "a", **options), SlowToyTask(clock, 10.0, dropout=0.2)).run()
+    clock[0] = 0.0
+    crashed = toy_config(tmp_path / "b", **options)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(crashed, SlowToyTask(clock, 10.0, dropout=0.2, fail_at_call=35)).run()
+    assert checkpointing.latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step_00000030"
+    clock[0] = 0.0  # and a faster machine: the resumed run must not size a new schedule
+    Trainer(crashed, SlowToyTask(clock, 1.0, dropout=0.2)).run(resume=True)
+    assert checkpointing.latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step_00000050"
+    expected, resumed = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key

@@ -66,6 +66,10 @@ class TrainConfig:
     # > 0: stop (checkpoint + export) at the first step past this many seconds; the learning-rate schedule
     # still spans max_steps, and --resume continues to max_steps.
     max_time_s: float = 0.0
+    # > 0: fit the run to this many seconds of its training loop. The step rate measured over its first steps
+    # sets the schedule's length (at most max_steps), so the cosine ends in time, and the run stops there in
+    # any case. The length is kept in the checkpoints: --resume continues the same schedule.
+    time_budget_s: float = 0.0
     batch_size: int = 8  # per rank and micro-step
     grad_accum: int = 1
     parallel: Parallel = "auto"
@@ -80,6 +84,17 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+
+
+# The step rate for time_budget_s is measured over CALIBRATION_STEPS steps after the first CALIBRATION_SKIP of a
+# process, which pay for allocator warm-up, kernel autotuning and data-loader start-up.
+CALIBRATION_SKIP, CALIBRATION_STEPS = 2, 20
+
+
+def steps_within(budget_s: float, elapsed_s: float, step: int, steps_per_s: float, max_steps: int) -> int:
+    """The length of a schedule that is at ``step`` after ``elapsed_s`` of ``budget_s`` seconds and runs at
+    ``steps_per_s``: the steps that fit the time left, at most ``max_steps`` and at least ``step``."""
+    return max(step, min(max_steps, step + int((budget_s - elapsed_s) * steps_per_s)))
 
 
 def learning_rate(step: int, max_steps: int, optim: OptimConfig) -> float:
@@ -221,13 +236,17 @@ class Trainer:
         c = self.config
         model, params, optimizer, ema, step_generator = self._build(info)
         torch.manual_seed(c.seed + info.rank)
-        step = 0
         latest = checkpointing.latest_checkpoint(self.ckpt_dir) if resume else None
+        state = {}
         if latest is not None:
             state = checkpointing.load_training_state(
                 latest, model, optimizer, ema.shadow if ema else None, step_generator, info
             )
-            step = int(state["step"])
+        step, schedule_steps = int(state.get("step", 0)), int(state.get("schedule_steps", c.max_steps))
+        # A time budget sizes the schedule once per run: a resumed run keeps the length its checkpoint saved.
+        sized = "schedule_steps" in state
+        calibrate = c.time_budget_s > 0 and not sized
+        calibration_start, calibration_end = step + CALIBRATION_SKIP, step + CALIBRATION_SKIP + CALIBRATION_STEPS
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(to_dict(c), indent=2) + "\n")
@@ -248,11 +267,14 @@ class Trainer:
         )
         log_file = (self.out_dir / "metrics.jsonl").open("a") if info.is_main else None
         board = self._tensorboard() if info.is_main else None
-        bar = tqdm(total=c.max_steps, initial=step, desc=c.task, disable=not (info.is_main and c.progress), unit="step")
+        bar = tqdm(
+            total=schedule_steps, initial=step, desc=c.task, disable=not (info.is_main and c.progress), unit="step"
+        )
         tick = started = time.time()
-        logged_step = step
-        while step < c.max_steps:
-            lr = learning_rate(step, c.max_steps, c.optim)
+        timed = c.max_time_s > 0 or c.time_budget_s > 0
+        logged_step, calibration_mark = step, 0.0
+        while step < schedule_steps:
+            lr = learning_rate(step, schedule_steps, c.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logs: dict[str, float] = {}
@@ -278,11 +300,22 @@ class Trainer:
                 ema.update(step)
             step += 1
             bar.update()
+            elapsed = time.time() - started if timed else 0.0
+            if calibrate and step == calibration_start:
+                calibration_mark = elapsed
+            if calibrate and step == calibration_end:
+                # The mean over ranks: every rank must size the same schedule.
+                rate = mean_over_ranks(CALIBRATION_STEPS / max(elapsed - calibration_mark, 1e-9), info)
+                schedule_steps = steps_within(c.time_budget_s, elapsed, step, rate, c.max_steps)
+                calibrate, sized, bar.total = False, True, schedule_steps
+                if info.is_main:
+                    tqdm.write(f"time_budget_s={c.time_budget_s:g}: {rate:.3g} steps/s, {schedule_steps} steps fit")
             # Stop on every rank at the same step once any rank's clock has run out.
-            out_of_time = c.max_time_s > 0 and not all_ranks_agree(time.time() - started < c.max_time_s, info)
+            limit = min(t for t in (c.max_time_s, c.time_budget_s, math.inf) if t > 0)
+            out_of_time = timed and step < schedule_steps and not all_ranks_agree(elapsed < limit, info)
             if out_of_time and info.is_main:
-                tqdm.write(f"max_time_s={c.max_time_s:g} reached after {step} steps; saving and exporting")
-            if step % c.log_every == 0 or step == c.max_steps or out_of_time:
+                tqdm.write(f"the time limit ({limit:g} s) was reached after {step} steps; saving and exporting")
+            if step % c.log_every == 0 or step == schedule_steps or out_of_time:
                 logs = {k: mean_over_ranks(v, info) for k, v in logs.items()}
                 now = time.time()
                 throughput = self._throughput(info, step - logged_step, now - tick)
@@ -295,14 +328,14 @@ class Trainer:
                 if board is not None:
                     for k, v in record.items():
                         board.add_scalar(k, v, step)
-            if step % c.save_every == 0 or step == c.max_steps or out_of_time:
+            if step % c.save_every == 0 or step == schedule_steps or out_of_time:
                 checkpointing.save_training_state(
                     self.ckpt_dir,
                     step,
                     model,
                     optimizer,
                     ema.shadow if ema else None,
-                    {"step": step},
+                    {"step": step, **({"schedule_steps": schedule_steps} if sized else {})},
                     step_generator,
                     info,
                     c.keep_last,
