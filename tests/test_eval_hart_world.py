@@ -17,3 +17,25 @@ def test_a_perfect_generator_scores_one_and_a_blank_one_zero():
     assert perfect["held_out"]["both"] == 1.0 and perfect["seen"]["both"] >= 0.98
     blank = world.render(prompt_sets()["seen"][0].graph).convert("L").convert("RGB")
     assert world_shape_accuracy(lambda prompts, seed: [blank] * len(prompts), 1)["held_out"]["both"] == 0.0
+
+
+def test_drawn_counts_the_shapes_read_back_for_each_pair():
+    world = ProceduralWorld(WorldConfig(image_size=64))
+    sets = prompt_sets()
+    perfect = {c.prompt: world.render(c.graph) for cases in sets.values() for c in cases}
+    # A generator that draws each held-out pair as a seen shape of the same colour (the failure the
+    # compositional hold-out probes for): always that colour's first seen shape, at the prompt's size.
+    substitute = {}
+    for case in sets["seen"]:
+        colour = case.graph.objects[0].colour
+        substitute.setdefault(colour, case.graph.objects[0].shape)
+    by_prompt = {
+        c.prompt: perfect[c.prompt.replace(c.graph.objects[0].shape, substitute[c.graph.objects[0].colour])]
+        for c in sets["held_out"]
+    }
+    report = world_shape_accuracy(lambda prompts, seed: [by_prompt.get(p, perfect[p]) for p in prompts], 2)
+    held_out = report["held_out"]
+    assert held_out["shape"] == 0.0 and held_out["colour"] == 1.0 and held_out["images"] == 48
+    assert held_out["drawn"] == {
+        f"{colour} {shape}": {substitute[colour]: 6} for colour, shape in WorldConfig().heldout_combos
+    }

@@ -7,13 +7,14 @@ seeds and read back by :mod:`arvision.eval.shapes`.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 
 from PIL import Image
 
 from arvision.data.scenes import COLOURS, SHAPES
 from arvision.data.world import WorldConfig, single_object_prompts
-from arvision.eval.shapes import single_object_accuracy, single_object_targets
+from arvision.eval.shapes import detection_accuracy, main_object, single_object_targets
 
 Generate = Callable[[Sequence[str], int], list[Image.Image]]
 
@@ -26,11 +27,21 @@ def prompt_sets(config: WorldConfig | None = None) -> dict[str, list]:
 
 
 def world_shape_accuracy(generate: Generate, images_per_prompt: int = 2, config: WorldConfig | None = None) -> dict:
-    """``generate(prompts, seed)`` -> one image per prompt. Returns accuracies per prompt set."""
+    """``generate(prompts, seed)`` -> one image per prompt. Returns, per prompt set, the accuracies, the
+    image count and ``drawn``: for each "colour shape" pair, how often each shape was read back ("none":
+    no object found), which shows what a model draws instead of a pair it never saw."""
     report = {}
     for name, cases in prompt_sets(config).items():
         prompts = [case.prompt for case in cases]
-        targets = single_object_targets(case.graph for case in cases)
+        targets = single_object_targets(case.graph for case in cases) * images_per_prompt
         images = [image for seed in range(images_per_prompt) for image in generate(prompts, seed)]
-        report[name] = {**single_object_accuracy(images, targets * images_per_prompt), "images": len(images)}
+        detected = [main_object(image) for image in images]
+        drawn: dict[str, Counter] = defaultdict(Counter)
+        for (colour, shape), found in zip(targets, detected, strict=True):
+            drawn[f"{colour} {shape}"][found.shape if found else "none"] += 1
+        report[name] = {
+            **detection_accuracy(detected, targets),
+            "images": len(images),
+            "drawn": {pair: dict(counts.most_common()) for pair, counts in sorted(drawn.items())},
+        }
     return report

@@ -86,7 +86,13 @@ def single_object_accuracy(images: Sequence[Image.Image], targets: Sequence[tupl
     """Fraction of images whose largest object has the target colour, shape, and both."""
     if len(images) != len(targets) or not images:
         raise InputError("need one (colour, shape) target per image, and at least one image")
-    detected = [main_object(image) for image in images]
+    return detection_accuracy([main_object(image) for image in images], targets)
+
+
+def detection_accuracy(
+    detected: Sequence[DetectedObject | None], targets: Sequence[tuple[str, str]]
+) -> dict[str, float]:
+    """:func:`single_object_accuracy` of objects already read back (None: nothing found)."""
     colour = [d is not None and d.colour == c for d, (c, _) in zip(detected, targets)]
     shape = [d is not None and d.shape == s for d, (_, s) in zip(detected, targets)]
     return {
