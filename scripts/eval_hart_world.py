@@ -1,6 +1,7 @@
 """Shape-and-colour accuracy of a HART pipeline on single-object world prompts (held-out and seen pairs).
 
-python scripts/eval_hart_world.py --model src/arvision/defaults/hart [--size 64] [--cfg 4.5] [--grid grid.png]
+python scripts/eval_hart_world.py --model src/arvision/defaults/hart [--size 64] [--cfg 3] [--grid grid.png]
+    [--first-seed 2]   (seeds 2, 3 instead of 0, 1)
     [--caption-use 64]   (also: per-scale cross-entropy of 64 real scenes with right / shuffled / no captions)
     [--images-per-prompt 0]   (skips the generation accuracy)
 """
@@ -42,8 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--cfg", type=float, default=4.5)
+    parser.add_argument("--cfg", type=float, help="guidance scale (default: the model folder's)")
     parser.add_argument("--images-per-prompt", type=int, default=2, help="0 skips the generation accuracy")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. + images-per-prompt - 1")
     parser.add_argument("--grid", type=Path, help="also save the held-out images of the first seed as one PNG grid")
     parser.add_argument("--caption-use", type=int, default=0, metavar="N", help="also report caption use on N scenes")
     add_device_arguments(parser, None, "weights dtype (default: float32)")
@@ -56,14 +58,16 @@ def main() -> None:
         return out.images
 
     start = time.time()
-    report = world_shape_accuracy(generate, args.images_per_prompt) if args.images_per_prompt > 0 else {}
+    report = {}
+    if args.images_per_prompt > 0:
+        report = world_shape_accuracy(generate, args.images_per_prompt, first_seed=args.first_seed)
     if args.grid:
         held_out = [case.prompt for case in prompt_sets()["held_out"]]
-        make_grid(generate(held_out, 0)).save(args.grid)
+        make_grid(generate(held_out, args.first_seed)).save(args.grid)
     if args.caption_use:
         report["caption_use"] = caption_use_report(pipe, args.caption_use, args.size)
     report["seconds"] = round(time.time() - start, 1)
-    report.update(model=str(args.model), size=args.size, cfg=args.cfg)
+    report.update(model=str(args.model), size=args.size, cfg=pipe.guidance_scale if args.cfg is None else args.cfg)
     print(json.dumps(report, indent=2))
 
 

@@ -60,6 +60,26 @@ def test_save_pretrained_round_trip(pipe, embeds, tmp_path):
     assert torch.equal(a, b)
 
 
+def test_the_folder_sets_the_default_guidance_scale(pipe, embeds, tmp_path):
+    assert pipe.guidance_scale == 4.5  # official layout: the official scripts' cfg
+    pipe.save_pretrained(tmp_path / "saved")
+    index_file = tmp_path / "saved" / "model_index.json"
+    index = json.loads(index_file.read_text())
+    assert index["guidance_scale"] == 4.5
+    index_file.write_text(json.dumps({**index, "guidance_scale": 0.0}))
+    unguided = HartPipeline.from_pretrained(tmp_path / "saved")
+    assert unguided.guidance_scale == 0.0
+    by_default = unguided(prompt_embeds=embeds, seed=2, progress=False).latents
+    assert torch.equal(by_default, pipe(prompt_embeds=embeds, seed=2, guidance_scale=0.0, progress=False).latents)
+    assert not torch.equal(
+        by_default, unguided(prompt_embeds=embeds, seed=2, guidance_scale=4.5, progress=False).latents
+    )
+    for bad in ("high", -1, True):
+        index_file.write_text(json.dumps({**index, "guidance_scale": bad}))
+        with pytest.raises(CheckpointError, match="guidance_scale must be a number >= 0"):
+            HartPipeline.from_pretrained(tmp_path / "saved")
+
+
 def test_prompts_with_text_encoder_and_images_per_prompt(tiny_qwen2_24):
     pipe = HartPipeline.from_pretrained(HART_TINY, text_encoder=tiny_qwen2_24)
     out = pipe(["a red cube", "a blue ball"], num_images_per_prompt=2, seed=0, progress=False)

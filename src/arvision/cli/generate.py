@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
         "--cfg",
         type=float,
         default=None,
-        help="classifier-free guidance scale (default: the model's, HART 4.5, VILA-U 3)",
+        help="classifier-free guidance scale (default: the model's: HART 4.5 or its folder's, VILA-U 3)",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same images")
     p.add_argument("--model", type=Path, default=None, help="HART or VILA-U folder (official release or saved)")

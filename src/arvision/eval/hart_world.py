@@ -26,15 +26,19 @@ def prompt_sets(config: WorldConfig | None = None) -> dict[str, list]:
     return {"held_out": single_object_prompts(sorted(held_out)), "seen": single_object_prompts(seen)}
 
 
-def world_shape_accuracy(generate: Generate, images_per_prompt: int = 2, config: WorldConfig | None = None) -> dict:
-    """``generate(prompts, seed)`` -> one image per prompt. Returns, per prompt set, the accuracies, the
+def world_shape_accuracy(
+    generate: Generate, images_per_prompt: int = 2, config: WorldConfig | None = None, first_seed: int = 0
+) -> dict:
+    """``generate(prompts, seed)`` -> one image per prompt, for seeds ``first_seed ..
+    first_seed + images_per_prompt - 1``. Returns, per prompt set, the accuracies, the
     image count and ``drawn``: for each "colour shape" pair, how often each shape was read back ("none":
     no object found), which shows what a model draws instead of a pair it never saw."""
     report = {}
     for name, cases in prompt_sets(config).items():
         prompts = [case.prompt for case in cases]
         targets = single_object_targets(case.graph for case in cases) * images_per_prompt
-        images = [image for seed in range(images_per_prompt) for image in generate(prompts, seed)]
+        seeds = range(first_seed, first_seed + images_per_prompt)
+        images = [image for seed in seeds for image in generate(prompts, seed)]
         detected = [main_object(image) for image in images]
         drawn: dict[str, Counter] = defaultdict(Counter)
         for (colour, shape), found in zip(targets, detected, strict=True):

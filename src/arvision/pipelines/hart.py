@@ -41,6 +41,7 @@ from arvision.tokenizers.schedules import schedule_for_latent
 INDEX_FILE = "model_index.json"
 OFFICIAL_MODEL_TYPE = "hart_transformer_t2i"
 EMA_FILE = "ema_model.bin"
+DEFAULT_GUIDANCE_SCALE = 4.5  # the official scripts' cfg
 RAW_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -54,7 +55,8 @@ class HartPipelineOutput:
 
 
 class HartPipeline:
-    """Generator + tokenizer + text encoder. Call it with prompts to get images."""
+    """Generator + tokenizer + text encoder. Call it with prompts to get images. ``guidance_scale`` is the
+    cfg a call uses when it names none (a folder of our own may set it in ``model_index.json``)."""
 
     def __init__(
         self,
@@ -62,9 +64,10 @@ class HartPipeline:
         tokenizer: HybridTokenizer,
         text_encoder: TextEncoder | None = None,
         text_encoder_spec: dict[str, Any] | None = None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     ):
         self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
-        self.text_encoder_spec = text_encoder_spec
+        self.text_encoder_spec, self.guidance_scale = text_encoder_spec, guidance_scale
         if text_encoder is not None:
             self._check_text_encoder(text_encoder)
 
@@ -137,8 +140,13 @@ class HartPipeline:
                 text_encoder = Path(spec["path"])
             else:
                 raise CheckpointError(f"unknown text encoder spec in {folder / INDEX_FILE}: {spec}")
+        guidance_scale = index.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
+            raise CheckpointError(
+                f"{folder / INDEX_FILE}: guidance_scale must be a number >= 0, got {guidance_scale!r}"
+            )
         encoder, spec = _resolve_text_encoder(text_encoder, config, dtype, device)
-        return cls(transformer, tokenizer, encoder, spec).to(device=device, dtype=dtype)
+        return cls(transformer, tokenizer, encoder, spec, float(guidance_scale)).to(device=device, dtype=dtype)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write ``model_index.json``, ``transformer/`` and ``tokenizer/`` (the text encoder by reference)."""
@@ -146,7 +154,7 @@ class HartPipeline:
         checkpoint.save_state_dict(self.transformer.state_dict(), folder / "transformer" / "model.safetensors")
         checkpoint.write_json(folder / "transformer" / "config.json", self.transformer.config.to_dict())
         self.tokenizer.save_pretrained(folder / "tokenizer")
-        index = {"_class_name": "HartPipeline", "format": "arvision"}
+        index = {"_class_name": "HartPipeline", "format": "arvision", "guidance_scale": self.guidance_scale}
         if self.text_encoder_spec is not None:
             index["text_encoder"] = self.text_encoder_spec
         checkpoint.write_json(folder / INDEX_FILE, index)
@@ -194,7 +202,7 @@ class HartPipeline:
         *,
         height: int | None = None,
         width: int | None = None,
-        guidance_scale: float = 4.5,
+        guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         seed: int | None = None,
         generator: torch.Generator | None = None,
@@ -211,7 +219,8 @@ class HartPipeline:
     ) -> HartPipelineOutput:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
-        ``guidance_scale`` is HART's cfg (4.5 in the official scripts; 0 disables guidance). ``seed``
+        ``guidance_scale`` is HART's cfg (0 disables guidance; None: the pipeline's, 4.5 as in the official
+        scripts unless the model folder names another). ``seed``
         (or ``generator``) makes the whole output reproducible, diffusion noise included.
         ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models.
         """
@@ -232,7 +241,7 @@ class HartPipeline:
         if generator is None and seed is not None:
             generator = torch.Generator(device).manual_seed(seed)
         options = SamplingOptions(
-            cfg=guidance_scale,
+            cfg=self.guidance_scale if guidance_scale is None else guidance_scale,
             top_k=top_k,
             top_p=top_p,
             temperature=temperature,
