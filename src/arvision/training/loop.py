@@ -272,6 +272,7 @@ class Trainer:
         )
         tick = started = time.time()
         timed = c.max_time_s > 0 or c.time_budget_s > 0
+        time_limit = min(t for t in (c.max_time_s, c.time_budget_s, math.inf) if t > 0)
         logged_step, calibration_mark = step, 0.0
         while step < schedule_steps:
             lr = learning_rate(step, schedule_steps, c.optim)
@@ -311,10 +312,9 @@ class Trainer:
                 if info.is_main:
                     tqdm.write(f"time_budget_s={c.time_budget_s:g}: {rate:.3g} steps/s, {schedule_steps} steps fit")
             # Stop on every rank at the same step once any rank's clock has run out.
-            limit = min(t for t in (c.max_time_s, c.time_budget_s, math.inf) if t > 0)
-            out_of_time = timed and step < schedule_steps and not all_ranks_agree(elapsed < limit, info)
+            out_of_time = timed and step < schedule_steps and not all_ranks_agree(elapsed < time_limit, info)
             if out_of_time and info.is_main:
-                tqdm.write(f"the time limit ({limit:g} s) was reached after {step} steps; saving and exporting")
+                tqdm.write(f"the time limit ({time_limit:g} s) was reached after {step} steps; saving and exporting")
             if step % c.log_every == 0 or step == schedule_steps or out_of_time:
                 logs = {k: mean_over_ranks(v, info) for k, v in logs.items()}
                 now = time.time()
