@@ -1,6 +1,7 @@
 """Shape-and-colour accuracy of a HART pipeline on single-object world prompts (held-out and seen pairs).
 
-python scripts/eval_hart_world.py --model src/arvision/defaults/hart [--size 64] [--cfg 3] [--grid grid.png]
+python scripts/eval_hart_world.py --model src/arvision/defaults/hart [--size 64] [--grid grid.png]
+    [--cfg 3] [--top-k 20]   (sampling; default: the model folder's)
     [--first-seed 2]   (seeds 2, 3 instead of 0, 1)
     [--caption-use 64]   (also: per-scale cross-entropy of 64 real scenes with right / shuffled / no captions)
     [--images-per-prompt 0]   (skips the generation accuracy)
@@ -39,11 +40,30 @@ def caption_use_report(pipe: HartPipeline, scenes: int, size: int) -> dict:
     return {"patch_nums": list(use.patch_nums), **rounded}
 
 
+FROM_FOLDER = object()  # --top-k not given: the model folder's top-k
+
+
+def top_k_option(value: str) -> int | None:
+    """A positive number, or None for 'official' (HART's per-scale schedule)."""
+    if value == "official":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'official', got {value!r}")
+    return int(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--cfg", type=float, help="guidance scale (default: the model folder's)")
+    parser.add_argument(
+        "--top-k",
+        type=top_k_option,
+        default=FROM_FOLDER,
+        help="top-k of the token sampling: a number, or 'official' for HART's 600/300 schedule "
+        "(default: the model folder's)",
+    )
     parser.add_argument("--images-per-prompt", type=int, default=2, help="0 skips the generation accuracy")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. + images-per-prompt - 1")
     parser.add_argument("--grid", type=Path, help="also save the held-out images of the first seed as one PNG grid")
@@ -52,9 +72,18 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = HartPipeline.from_pretrained(args.model, device=args.device, torch_dtype=torch_dtype(args.dtype))
+    if args.top_k is not FROM_FOLDER:  # the pipeline's default, which a call that names no top-k uses
+        pipe.top_k = args.top_k
 
     def generate(prompts, seed):
-        out = pipe(prompts, height=args.size, width=args.size, guidance_scale=args.cfg, seed=seed, progress=False)
+        out = pipe(
+            prompts,
+            height=args.size,
+            width=args.size,
+            guidance_scale=args.cfg,
+            seed=seed,
+            progress=False,
+        )
         return out.images
 
     start = time.time()
@@ -67,7 +96,12 @@ def main() -> None:
     if args.caption_use:
         report["caption_use"] = caption_use_report(pipe, args.caption_use, args.size)
     report["seconds"] = round(time.time() - start, 1)
-    report.update(model=str(args.model), size=args.size, cfg=pipe.guidance_scale if args.cfg is None else args.cfg)
+    report.update(
+        model=str(args.model),
+        size=args.size,
+        cfg=pipe.guidance_scale if args.cfg is None else args.cfg,
+        top_k=pipe.top_k or "official",
+    )
     print(json.dumps(report, indent=2))
 
 

@@ -60,23 +60,23 @@ def test_save_pretrained_round_trip(pipe, embeds, tmp_path):
     assert torch.equal(a, b)
 
 
-def test_the_folder_sets_the_default_guidance_scale(pipe, embeds, tmp_path):
-    assert pipe.guidance_scale == 4.5  # official layout: the official scripts' cfg
+def test_the_folder_sets_the_default_guidance_scale_and_top_k(pipe, embeds, tmp_path):
+    assert (pipe.guidance_scale, pipe.top_k) == (4.5, None)  # official layout: the official scripts' sampling
     pipe.save_pretrained(tmp_path / "saved")
     index_file = tmp_path / "saved" / "model_index.json"
     index = json.loads(index_file.read_text())
-    assert index["guidance_scale"] == 4.5
-    index_file.write_text(json.dumps({**index, "guidance_scale": 0.0}))
-    unguided = HartPipeline.from_pretrained(tmp_path / "saved")
-    assert unguided.guidance_scale == 0.0
-    by_default = unguided(prompt_embeds=embeds, seed=2, progress=False).latents
-    assert torch.equal(by_default, pipe(prompt_embeds=embeds, seed=2, guidance_scale=0.0, progress=False).latents)
-    assert not torch.equal(
-        by_default, unguided(prompt_embeds=embeds, seed=2, guidance_scale=4.5, progress=False).latents
-    )
-    for bad in ("high", -1, True):
-        index_file.write_text(json.dumps({**index, "guidance_scale": bad}))
-        with pytest.raises(CheckpointError, match="guidance_scale must be a number >= 0"):
+    assert (index["guidance_scale"], index["top_k"]) == (4.5, None)
+    index_file.write_text(json.dumps({**index, "guidance_scale": 0.0, "top_k": 1}))
+    folder = HartPipeline.from_pretrained(tmp_path / "saved")
+    assert (folder.guidance_scale, folder.top_k) == (0.0, 1)
+    by_default = folder(prompt_embeds=embeds, seed=2, progress=False).latents
+    named = pipe(prompt_embeds=embeds, seed=2, guidance_scale=0.0, top_k=1, progress=False).latents
+    assert torch.equal(by_default, named)
+    official = folder(prompt_embeds=embeds, seed=2, guidance_scale=4.5, top_k=600, progress=False).latents
+    assert not torch.equal(by_default, official)
+    for key, bad in [("guidance_scale", "high"), ("guidance_scale", -1), ("guidance_scale", True), ("top_k", 0)]:
+        index_file.write_text(json.dumps({**index, key: bad}))
+        with pytest.raises(CheckpointError, match=f"{key} must be"):
             HartPipeline.from_pretrained(tmp_path / "saved")
 
 

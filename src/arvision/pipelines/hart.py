@@ -55,8 +55,9 @@ class HartPipelineOutput:
 
 
 class HartPipeline:
-    """Generator + tokenizer + text encoder. Call it with prompts to get images. ``guidance_scale`` is the
-    cfg a call uses when it names none (a folder of our own may set it in ``model_index.json``)."""
+    """Generator + tokenizer + text encoder. Call it with prompts to get images. ``guidance_scale`` and
+    ``top_k`` are what a call uses when it names none (a folder of our own may set them in
+    ``model_index.json``; ``top_k`` None is the official per-scale schedule)."""
 
     def __init__(
         self,
@@ -65,9 +66,10 @@ class HartPipeline:
         text_encoder: TextEncoder | None = None,
         text_encoder_spec: dict[str, Any] | None = None,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        top_k: int | None = None,
     ):
         self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
-        self.text_encoder_spec, self.guidance_scale = text_encoder_spec, guidance_scale
+        self.text_encoder_spec, self.guidance_scale, self.top_k = text_encoder_spec, guidance_scale, top_k
         if text_encoder is not None:
             self._check_text_encoder(text_encoder)
 
@@ -140,13 +142,9 @@ class HartPipeline:
                 text_encoder = Path(spec["path"])
             else:
                 raise CheckpointError(f"unknown text encoder spec in {folder / INDEX_FILE}: {spec}")
-        guidance_scale = index.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
-            raise CheckpointError(
-                f"{folder / INDEX_FILE}: guidance_scale must be a number >= 0, got {guidance_scale!r}"
-            )
+        guidance_scale, top_k = _sampling_defaults(index, folder / INDEX_FILE)
         encoder, spec = _resolve_text_encoder(text_encoder, config, dtype, device)
-        return cls(transformer, tokenizer, encoder, spec, float(guidance_scale)).to(device=device, dtype=dtype)
+        return cls(transformer, tokenizer, encoder, spec, guidance_scale, top_k).to(device=device, dtype=dtype)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write ``model_index.json``, ``transformer/`` and ``tokenizer/`` (the text encoder by reference)."""
@@ -154,7 +152,12 @@ class HartPipeline:
         checkpoint.save_state_dict(self.transformer.state_dict(), folder / "transformer" / "model.safetensors")
         checkpoint.write_json(folder / "transformer" / "config.json", self.transformer.config.to_dict())
         self.tokenizer.save_pretrained(folder / "tokenizer")
-        index = {"_class_name": "HartPipeline", "format": "arvision", "guidance_scale": self.guidance_scale}
+        index = {
+            "_class_name": "HartPipeline",
+            "format": "arvision",
+            "guidance_scale": self.guidance_scale,
+            "top_k": self.top_k,
+        }
         if self.text_encoder_spec is not None:
             index["text_encoder"] = self.text_encoder_spec
         checkpoint.write_json(folder / INDEX_FILE, index)
@@ -220,7 +223,8 @@ class HartPipeline:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
         ``guidance_scale`` is HART's cfg (0 disables guidance; None: the pipeline's, 4.5 as in the official
-        scripts unless the model folder names another). ``seed``
+        scripts unless the model folder names another); ``top_k`` likewise (None: the official per-scale
+        schedule unless the folder names a value). ``seed``
         (or ``generator``) makes the whole output reproducible, diffusion noise included.
         ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models.
         """
@@ -242,7 +246,7 @@ class HartPipeline:
             generator = torch.Generator(device).manual_seed(seed)
         options = SamplingOptions(
             cfg=self.guidance_scale if guidance_scale is None else guidance_scale,
-            top_k=top_k,
+            top_k=self.top_k if top_k is None else top_k,
             top_p=top_p,
             temperature=temperature,
             more_smooth=more_smooth,
@@ -303,6 +307,17 @@ def load_saved_transformer(folder: Path) -> HartTransformer:
     """The ``transformer/`` folder written by :meth:`HartPipeline.save_pretrained` (config + weights), in eval mode."""
     config = HartConfig.from_dict(checkpoint.read_json(folder / "config.json"))
     return _load_transformer(config, checkpoint.find_weights_file(folder))
+
+
+def _sampling_defaults(index: dict[str, Any], where: Path) -> tuple[float, int | None]:
+    """The (guidance_scale, top_k) that a saved folder's ``model_index.json`` names for calls that name none."""
+    guidance_scale = index.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
+        raise CheckpointError(f"{where}: guidance_scale must be a number >= 0, got {guidance_scale!r}")
+    top_k = index.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise CheckpointError(f"{where}: top_k must be a whole number >= 1 or null, got {top_k!r}")
+    return float(guidance_scale), top_k
 
 
 def _load_transformer(config: HartConfig, weights: Path) -> HartTransformer:
