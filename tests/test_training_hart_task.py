@@ -122,6 +122,12 @@ def test_init_from_starts_from_a_saved_pipeline(tmp_path):
     loaded = resumed.build_model().transformer
     for (name, a), b in zip(saved.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+    # what the fine-tune exports keeps the sampling its starting folder names
+    assert (resumed._pipeline(loaded).guidance_scale, resumed._pipeline(loaded).top_k) == (4.5, None)
+    index_file = tmp_path / "pipe" / "model_index.json"
+    index_file.write_text(index_file.read_text().replace('"top_k": null', '"top_k": 20'))
+    resumed._pipeline(loaded).save_pretrained(tmp_path / "fine-tuned")
+    assert HartPipeline.from_pretrained(tmp_path / "fine-tuned").top_k == 20
     wider = {
         **TINY_MODEL,
         "transformer": {**TINY_MODEL["transformer"], "depth": 3},

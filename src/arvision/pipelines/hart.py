@@ -142,7 +142,7 @@ class HartPipeline:
                 text_encoder = Path(spec["path"])
             else:
                 raise CheckpointError(f"unknown text encoder spec in {folder / INDEX_FILE}: {spec}")
-        guidance_scale, top_k = _sampling_defaults(index, folder / INDEX_FILE)
+        guidance_scale, top_k = sampling_defaults(folder)
         encoder, spec = _resolve_text_encoder(text_encoder, config, dtype, device)
         return cls(transformer, tokenizer, encoder, spec, guidance_scale, top_k).to(device=device, dtype=dtype)
 
@@ -309,8 +309,11 @@ def load_saved_transformer(folder: Path) -> HartTransformer:
     return _load_transformer(config, checkpoint.find_weights_file(folder))
 
 
-def _sampling_defaults(index: dict[str, Any], where: Path) -> tuple[float, int | None]:
-    """The (guidance_scale, top_k) that a saved folder's ``model_index.json`` names for calls that name none."""
+def sampling_defaults(folder: str | os.PathLike) -> tuple[float, int | None]:
+    """The (guidance_scale, top_k) that a saved folder's ``model_index.json`` names for calls that name none
+    (cfg 4.5 and the official top-k schedule where it names none, or has no index)."""
+    where = Path(folder) / INDEX_FILE
+    index = checkpoint.read_json(where) if where.is_file() else {}
     guidance_scale = index.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
         raise CheckpointError(f"{where}: guidance_scale must be a number >= 0, got {guidance_scale!r}")

@@ -195,9 +195,13 @@ class HartTask(TrainingTask):
         return list(model.transformer.blocks)
 
     def _pipeline(self, transformer: HartTransformer):
-        from arvision.pipelines.hart import HartPipeline
+        from arvision.pipelines.hart import DEFAULT_GUIDANCE_SCALE, HartPipeline, sampling_defaults
 
-        return HartPipeline(transformer, self.tokenizer, self.text_encoder, getattr(self.text_encoder, "spec", None))
+        # A fine-tune keeps the sampling its starting folder names (sample grids and the exported folder).
+        init_from = self.model_config.init_from
+        guidance_scale, top_k = sampling_defaults(init_from) if init_from else (DEFAULT_GUIDANCE_SCALE, None)
+        spec = getattr(self.text_encoder, "spec", None)
+        return HartPipeline(transformer, self.tokenizer, self.text_encoder, spec, guidance_scale, top_k)
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         transformer = HartTransformer(self.transformer_config)
