@@ -199,6 +199,15 @@ def test_time_budget_sizes_the_schedule_to_end_in_time(tmp_path, monkeypatch):
     assert eval(lines[-1], {"nan": math.nan})["step"] == 30
 
 
+def test_time_budget_shorter_than_the_warmup_is_reported(tmp_path, monkeypatch, capsys):
+    clock = fake_clock(monkeypatch)
+    config = toy_config(tmp_path, max_steps=1000, log_every=1000, time_budget_s=300)
+    config.optim.warmup_steps = 100
+    Trainer(config, SlowToyTask(clock, 10.0)).run()
+    out = capsys.readouterr().out
+    assert "30 steps fit" in out and "30 steps do not pass optim.warmup_steps=100" in out
+
+
 def test_time_budget_resume_keeps_the_sized_schedule_bit_for_bit(tmp_path, monkeypatch):
     clock = fake_clock(monkeypatch)
     options = dict(max_steps=1000, save_every=10, keep_last=10, ema_decay=0.5, time_budget_s=500)

@@ -311,6 +311,11 @@ class Trainer:
                 calibrate, sized, bar.total = False, True, schedule_steps
                 if info.is_main:
                     tqdm.write(f"time_budget_s={c.time_budget_s:g}: {rate:.3g} steps/s, {schedule_steps} steps fit")
+                    if schedule_steps <= c.optim.warmup_steps:
+                        tqdm.write(
+                            f"warning: {schedule_steps} steps do not pass optim.warmup_steps={c.optim.warmup_steps}: "
+                            "the learning rate never leaves its warmup (lower warmup_steps or raise the budget)"
+                        )
             # Stop on every rank at the same step once any rank's clock has run out.
             out_of_time = timed and step < schedule_steps and not all_ranks_agree(elapsed < time_limit, info)
             if out_of_time and info.is_main:
