@@ -72,19 +72,14 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = HartPipeline.from_pretrained(args.model, device=args.device, torch_dtype=torch_dtype(args.dtype))
-    if args.top_k is not FROM_FOLDER:  # the pipeline's default, which a call that names no top-k uses
+    # The pipeline's defaults, which calls that name no cfg / top-k use.
+    if args.cfg is not None:
+        pipe.guidance_scale = args.cfg
+    if args.top_k is not FROM_FOLDER:
         pipe.top_k = args.top_k
 
     def generate(prompts, seed):
-        out = pipe(
-            prompts,
-            height=args.size,
-            width=args.size,
-            guidance_scale=args.cfg,
-            seed=seed,
-            progress=False,
-        )
-        return out.images
+        return pipe(prompts, height=args.size, width=args.size, seed=seed, progress=False).images
 
     start = time.time()
     report = {}
@@ -99,7 +94,7 @@ def main() -> None:
     report.update(
         model=str(args.model),
         size=args.size,
-        cfg=pipe.guidance_scale if args.cfg is None else args.cfg,
+        cfg=pipe.guidance_scale,
         top_k=pipe.top_k or "official",
     )
     print(json.dumps(report, indent=2))

@@ -41,7 +41,7 @@ from arvision.tokenizers.schedules import schedule_for_latent
 INDEX_FILE = "model_index.json"
 OFFICIAL_MODEL_TYPE = "hart_transformer_t2i"
 EMA_FILE = "ema_model.bin"
-DEFAULT_GUIDANCE_SCALE = 4.5  # the official scripts' cfg
+DEFAULT_GUIDANCE_SCALE = SamplingOptions.cfg  # the official scripts' cfg
 RAW_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -142,7 +142,7 @@ class HartPipeline:
                 text_encoder = Path(spec["path"])
             else:
                 raise CheckpointError(f"unknown text encoder spec in {folder / INDEX_FILE}: {spec}")
-        guidance_scale, top_k = sampling_defaults(folder)
+        guidance_scale, top_k = _sampling_from_index(index, folder / INDEX_FILE)
         encoder, spec = _resolve_text_encoder(text_encoder, config, dtype, device)
         return cls(transformer, tokenizer, encoder, spec, guidance_scale, top_k).to(device=device, dtype=dtype)
 
@@ -313,7 +313,10 @@ def sampling_defaults(folder: str | os.PathLike) -> tuple[float, int | None]:
     """The (guidance_scale, top_k) that a saved folder's ``model_index.json`` names for calls that name none
     (cfg 4.5 and the official top-k schedule where it names none, or has no index)."""
     where = Path(folder) / INDEX_FILE
-    index = checkpoint.read_json(where) if where.is_file() else {}
+    return _sampling_from_index(checkpoint.read_json(where) if where.is_file() else {}, where)
+
+
+def _sampling_from_index(index: dict[str, Any], where: Path) -> tuple[float, int | None]:
     guidance_scale = index.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
         raise CheckpointError(f"{where}: guidance_scale must be a number >= 0, got {guidance_scale!r}")

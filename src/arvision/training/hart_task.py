@@ -195,13 +195,13 @@ class HartTask(TrainingTask):
         return list(model.transformer.blocks)
 
     def _pipeline(self, transformer: HartTransformer):
-        from arvision.pipelines.hart import DEFAULT_GUIDANCE_SCALE, HartPipeline, sampling_defaults
+        from arvision.pipelines.hart import HartPipeline, sampling_defaults
 
         # A fine-tune keeps the sampling its starting folder names (sample grids and the exported folder).
         init_from = self.model_config.init_from
-        guidance_scale, top_k = sampling_defaults(init_from) if init_from else (DEFAULT_GUIDANCE_SCALE, None)
+        sampling = sampling_defaults(init_from) if init_from else ()
         spec = getattr(self.text_encoder, "spec", None)
-        return HartPipeline(transformer, self.tokenizer, self.text_encoder, spec, guidance_scale, top_k)
+        return HartPipeline(transformer, self.tokenizer, self.text_encoder, spec, *sampling)
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         transformer = HartTransformer(self.transformer_config)

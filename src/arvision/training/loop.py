@@ -245,7 +245,6 @@ class Trainer:
         step, schedule_steps = int(state.get("step", 0)), int(state.get("schedule_steps", c.max_steps))
         # A time budget sizes the schedule once per run: a resumed run keeps the length its checkpoint saved.
         sized = "schedule_steps" in state
-        calibrate = c.time_budget_s > 0 and not sized
         calibration_start, calibration_end = step + CALIBRATION_SKIP, step + CALIBRATION_SKIP + CALIBRATION_STEPS
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,13 +301,14 @@ class Trainer:
             step += 1
             bar.update()
             elapsed = time.time() - started if timed else 0.0
-            if calibrate and step == calibration_start:
+            sizing = c.time_budget_s > 0 and not sized
+            if sizing and step == calibration_start:
                 calibration_mark = elapsed
-            if calibrate and step == calibration_end:
+            if sizing and step == calibration_end:
                 # The mean over ranks: every rank must size the same schedule.
                 rate = mean_over_ranks(CALIBRATION_STEPS / max(elapsed - calibration_mark, 1e-9), info)
                 schedule_steps = steps_within(c.time_budget_s, elapsed, step, rate, c.max_steps)
-                calibrate, sized, bar.total = False, True, schedule_steps
+                sized, bar.total = True, schedule_steps
                 if info.is_main:
                     tqdm.write(f"time_budget_s={c.time_budget_s:g}: {rate:.3g} steps/s, {schedule_steps} steps fit")
                     if schedule_steps <= c.optim.warmup_steps:
