@@ -16,7 +16,7 @@ from arvision.training.loop import (
     learning_rate,
     steps_within,
 )
-from toy_task import ToyTask, toy_config
+from toy_task import ToyModel, ToyTask, toy_config
 
 
 def final_weights(out_dir):
@@ -223,3 +223,48 @@ def test_time_budget_resume_keeps_the_sized_schedule_bit_for_bit(tmp_path, monke
     expected, resumed = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
+
+
+class TwoNetworkTask(ToyTask):
+    """The toy regression plus a second network (a stand-in for a GAN's discriminator) whose loss term has
+    ``weight`` times the scale; each is a clip group."""
+
+    def __init__(self, weight: float):
+        super().__init__()
+        self.weight = weight
+
+    def build_model(self):
+        model = ToyModel()
+        model.critic = torch.nn.Linear(4, 1)
+        return model
+
+    def loss(self, model, batch, generator):
+        loss, logs = super().loss(model, batch, generator)
+        return loss + self.weight * model.critic(batch[0]).square().mean(), logs
+
+    def clip_groups(self, model):
+        return {"model": list(model.blocks.parameters()), "critic": list(model.critic.parameters())}
+
+
+def test_clip_groups_clip_each_network_on_its_own(tmp_path):
+    weights, logs = {}, {}
+    for weight in (1.0, 1e9):
+        out = tmp_path / str(weight)
+        optim = OptimConfig(lr=0.05, warmup_steps=1, grad_clip=0.1)
+        Trainer(toy_config(out, max_steps=3, log_every=1, optim=optim), TwoNetworkTask(weight)).run()
+        weights[weight] = final_weights(out)
+        logs[weight] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm_critic"] > 1e6 for r in logs[1e9])
+    assert [r["grad_norm"] for r in logs[1.0]] == [r["grad_norm"] for r in logs[1e9]]
+    # In one norm with the critic's, the regression's gradients would shrink by ~1e9, and its Adam steps with them.
+    for key in ("blocks.0.weight", "blocks.1.bias"):
+        torch.testing.assert_close(weights[1.0][key], weights[1e9][key], rtol=0, atol=0)
+
+
+def test_clip_groups_must_hold_every_trainable_parameter(tmp_path):
+    class Partial(TwoNetworkTask):
+        def clip_groups(self, model):
+            return {"model": list(model.blocks.parameters())}
+
+    with pytest.raises(ValueError, match="clip_groups must hold every trainable parameter"):
+        Trainer(toy_config(tmp_path), Partial(1.0)).run()

@@ -49,6 +49,10 @@ def test_tokenizer_fine_tune_with_a_gan_starts_from_and_exports_the_discriminato
     task = build_task("tokenizer", model, {"source": "photos", "resolution": 16, "length": 16})
     built = task.build_model()
     assert all(torch.equal(built.discriminator.state_dict()[k], v) for k, v in disc.state_dict().items())
+    groups = task.clip_groups(built)  # clipped apart: the two networks' gradients never share a norm
+    assert list(groups) == ["tokenizer", "discriminator"]
+    assert {id(p) for p in groups["discriminator"]} == {id(p) for p in built.discriminator.parameters()}
+    assert sum(len(g) for g in groups.values()) == sum(p.requires_grad for p in built.parameters())
 
     train = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=3, batch_size=2, log_every=1, progress=False)
     train.optim = OptimConfig(lr=1e-2)
@@ -56,6 +60,7 @@ def test_tokenizer_fine_tune_with_a_gan_starts_from_and_exports_the_discriminato
     logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # The discriminator learns from the first batch; its term on the tokenizer starts at gan_start.
     assert ["gan_g" in r for r in logs] == [False, False, True] and all("gan_d" in r for r in logs)
+    assert all(r["grad_norm"] > 0 and r["grad_norm_discriminator"] > 0 for r in logs)
     tuned = HybridTokenizer.from_pretrained(final)
     assert tuned.config == config
     assert torch.equal(tuned.encoder.conv_in.weight, start.encoder.conv_in.weight)  # decoder-only recipe

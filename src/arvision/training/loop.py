@@ -232,9 +232,16 @@ class Trainer:
         ema = EMA(unwrap(model), c.ema_decay) if c.ema_decay > 0 else None
         return model, params, optimizer, ema, torch.Generator().manual_seed(c.seed)
 
+    def _clip_groups(self, model: nn.Module, params: list[nn.Parameter]) -> dict[str, list[nn.Parameter]]:
+        groups = self.task.clip_groups(model)
+        if sorted(id(p) for group in groups.values() for p in group) != sorted(id(p) for p in params):
+            raise ValueError(f"task {self.task.name!r}: clip_groups must hold every trainable parameter once")
+        return groups
+
     def _run(self, info: DistInfo, resume: bool) -> Path:
         c = self.config
         model, params, optimizer, ema, step_generator = self._build(info)
+        clip_groups = self._clip_groups(model, params)
         torch.manual_seed(c.seed + info.rank)
         latest = checkpointing.latest_checkpoint(self.ckpt_dir) if resume else None
         state = {}
@@ -293,7 +300,9 @@ class Trainer:
                     f"loss is not finite at step {step}; stopped. Last good checkpoint: {where or 'none'}"
                 )
             if c.optim.grad_clip > 0:
-                logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, c.optim.grad_clip))
+                for k, (name, group) in enumerate(clip_groups.items()):
+                    norm = torch.nn.utils.clip_grad_norm_(group, c.optim.grad_clip)
+                    logs["grad_norm" if k == 0 else f"grad_norm_{name}"] = float(norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:

@@ -55,6 +55,13 @@ class TrainingTask(ABC):
         """Sub-modules that FSDP2 shards one by one (default: none, only the root)."""
         return []
 
+    def clip_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters by network; the loop clips each group's gradient norm on its own
+        (default: one group). Networks with opposed losses that share one optimiser step, a GAN's generator
+        and discriminator, need a group each: in one norm the discriminator's larger gradients would scale
+        the generator's step down, where the usual recipe gives each network its own optimiser."""
+        return {"model": [p for p in model.parameters() if p.requires_grad]}
+
     @abstractmethod
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         """Write the trained weights (keys of :meth:`build_model`'s state dict) in a ``from_pretrained`` layout."""
@@ -149,6 +156,13 @@ class TokenizerTask(TrainingTask):
         if self.model_config.loss.mode == "full":
             logs["codebook_usage"] = unwrap(model).tokenizer.quantize.codebook_usage()
         return total, logs
+
+    def clip_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        objective = unwrap(model)
+        networks = {"tokenizer": objective.tokenizer, "discriminator": objective.discriminator}
+        return {
+            name: [p for p in net.parameters() if p.requires_grad] for name, net in networks.items() if net is not None
+        }
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         tokenizer = HybridTokenizer(self.architecture)
