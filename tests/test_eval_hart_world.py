@@ -1,3 +1,4 @@
+from arvision.data.scenes import SHAPES
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.eval.hart_world import prompt_sets, world_shape_accuracy
 
@@ -15,6 +16,7 @@ def test_a_perfect_generator_scores_one_and_a_blank_one_zero():
     perfect = world_shape_accuracy(lambda prompts, seed: [by_prompt[p] for p in prompts], images_per_prompt=1)
     # The checker misreads about 1 in 1000 reference renders (one small pink square on white stripes here).
     assert perfect["held_out"]["both"] == 1.0 and perfect["seen"]["both"] >= 0.98
+    assert perfect["held_out"]["by_shape"] == {shape: 1.0 for shape in sorted(SHAPES)}
     blank = world.render(prompt_sets()["seen"][0].graph).convert("L").convert("RGB")
     assert world_shape_accuracy(lambda prompts, seed: [blank] * len(prompts), 1)["held_out"]["both"] == 0.0
 
@@ -36,6 +38,9 @@ def test_drawn_counts_the_shapes_read_back_for_each_pair():
     report = world_shape_accuracy(lambda prompts, seed: [by_prompt.get(p, perfect[p]) for p in prompts], 2)
     held_out = report["held_out"]
     assert held_out["shape"] == 0.0 and held_out["colour"] == 1.0 and held_out["images"] == 48
+    assert held_out["by_shape"] == {shape: 0.0 for shape in sorted(SHAPES)}
+    seen = report["seen"]["by_shape"]  # drawn right; the checker misreads one of the 21 square renders
+    assert set(seen) == set(SHAPES) and min(seen.values()) >= 20 / 21
     assert held_out["drawn"] == {
         f"{colour} {shape}": {substitute[colour]: 6} for colour, shape in WorldConfig().heldout_combos
     }

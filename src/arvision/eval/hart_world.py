@@ -31,8 +31,9 @@ def world_shape_accuracy(
 ) -> dict:
     """``generate(prompts, seed)`` -> one image per prompt, for seeds ``first_seed ..
     first_seed + images_per_prompt - 1``. Returns, per prompt set, the accuracies, the
-    image count and ``drawn``: for each "colour shape" pair, how often each shape was read back ("none":
-    no object found), which shows what a model draws instead of a pair it never saw."""
+    image count, ``by_shape``: for each prompted shape, the fraction drawn right in the right colour (where
+    a model's failures concentrate), and ``drawn``: for each "colour shape" pair, how often each shape was
+    read back ("none": no object found), which shows what a model draws instead of a pair it never saw."""
     report = {}
     for name, cases in prompt_sets(config).items():
         prompts = [case.prompt for case in cases]
@@ -41,11 +42,14 @@ def world_shape_accuracy(
         images = [image for seed in seeds for image in generate(prompts, seed)]
         detected = [main_object(image) for image in images]
         drawn: dict[str, Counter] = defaultdict(Counter)
+        right: dict[str, list[bool]] = defaultdict(list)
         for (colour, shape), found in zip(targets, detected, strict=True):
             drawn[f"{colour} {shape}"][found.shape if found else "none"] += 1
+            right[shape].append(found is not None and (found.colour, found.shape) == (colour, shape))
         report[name] = {
             **detection_accuracy(detected, targets),
             "images": len(images),
+            "by_shape": {shape: sum(hits) / len(hits) for shape, hits in sorted(right.items())},
             "drawn": {pair: dict(counts.most_common()) for pair, counts in sorted(drawn.items())},
         }
     return report
