@@ -1,9 +1,10 @@
 """The training loop shared by every model: plain PyTorch on torchrun, DDP or FSDP2.
 
-AdamW with linear warmup + cosine decay, gradient clipping and accumulation, EMA of the weights, bf16
-autocast on GPU, a deterministic sharded data order, atomic resumable checkpoints (model, EMA,
-optimizer, data position and every RNG: ``resume=True`` continues bit for bit), a tqdm bar, a JSONL
-metrics log (plus TensorBoard when installed), periodic sample grids, and a clean stop on NaN.
+AdamW with linear warmup + cosine decay, gradient clipping (per network: ``TrainingTask.clip_groups``) and
+accumulation, EMA of the weights, bf16 autocast on GPU, a deterministic sharded data order, atomic resumable
+checkpoints (model, EMA, optimizer, data position and every RNG: ``resume=True`` continues bit for bit), a
+tqdm bar, a JSONL metrics log (plus TensorBoard when installed), periodic sample grids, and a clean stop on
+NaN.
 
 What is trained is described by a :class:`~arvision.training.tasks.TrainingTask`.
 """
@@ -52,7 +53,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm of each clip group (TrainingTask.clip_groups); 0 disables
 
 
 @dataclass
