@@ -60,3 +60,5 @@ def test_generate_dispatches_on_a_vila_u_folder(tmp_path, capsys):
     assert PIL.Image.open(written[0]).tobytes() == PIL.Image.open(tmp_path / "again-000.png").tobytes()
     assert main(["generate", "x", "--model", str(FIXTURE), "--discrete-only", "-o", str(out)]) == 2
     assert "HART models only" in capsys.readouterr().err
+    assert main(["generate", "x", "--model", str(FIXTURE), "--diffusion-steps", "4", "-o", str(out)]) == 2
+    assert "--diffusion-steps apply to HART models only" in capsys.readouterr().err

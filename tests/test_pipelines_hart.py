@@ -10,6 +10,7 @@ from arvision.checkpoint import load_state_dict
 from arvision.cli import main as cli_main
 from arvision.errors import CheckpointError, InputError
 from arvision.imaging import tensor_to_pil
+from arvision.models.diffusion_head import ResidualDiffusionHead
 from arvision.pipelines.hart import HartPipeline
 from arvision.text.base import TextEncoding
 from hart_common import HART_TINY
@@ -91,6 +92,25 @@ def test_prompts_with_text_encoder_and_images_per_prompt(tiny_qwen2_24):
         pipe(["a red cube", ""], progress=False)
 
 
+def test_diffusion_steps_respace_the_residual_head_per_call(pipe, embeds):
+    four = pipe(prompt_embeds=embeds, seed=3, diffusion_steps=4, progress=False).latents
+    default = pipe(prompt_embeds=embeds, seed=3, progress=False).latents
+    head = pipe.transformer.diffloss
+    configured = head.sample_schedule
+    try:  # the same count set the other way: a head built for 4 sampling steps
+        head.sample_schedule = ResidualDiffusionHead(4, 4, width=4, depth=1, num_sampling_steps="4").sample_schedule
+        assert head.sample_schedule.num_steps == 4
+        torch.testing.assert_close(pipe(prompt_embeds=embeds, seed=3, progress=False).latents, four)
+    finally:
+        head.sample_schedule = configured
+    assert not torch.equal(four, default)
+    discrete = pipe(prompt_embeds=embeds, seed=3, discrete_only=True, progress=False).latents
+    assert not torch.equal(four, discrete)  # the residual is still drawn, with 4 steps
+    for bad in (0, 1001):
+        with pytest.raises(InputError, match="diffusion_steps must be within 1..1000"):
+            pipe(prompt_embeds=embeds, diffusion_steps=bad, progress=False)
+
+
 def test_bad_inputs_get_clear_errors(pipe, embeds):
     with pytest.raises(InputError, match="square"):
         pipe(prompt_embeds=embeds, height=32, width=64, progress=False)
@@ -166,6 +186,10 @@ def test_cli_generate_writes_images(tiny_qwen2_24, tmp_path, capsys):
     assert str(written[0]) in capsys.readouterr().out
     assert cli_main([*args[:-1], str(tmp_path / "grid.png"), "--grid"]) == 0
     assert Image.open(tmp_path / "grid.png").size == (64, 32)  # two images side by side
+    # --diffusion-steps reaches the pipeline: 4 steps draw other images than the default 8
+    assert cli_main([*args[:-1], str(tmp_path / "four.png"), "--diffusion-steps", "4"]) == 0
+    four = Image.open(tmp_path / "four-000.png").convert("RGB").tobytes()
+    assert four != Image.open(written[0]).convert("RGB").tobytes()
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):

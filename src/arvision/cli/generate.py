@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (replaces the empty prompt)")
     p.add_argument("--raw-weights", action="store_true", help="official layout: use the raw instead of EMA weights")
     p.add_argument("--discrete-only", action="store_true", help="skip the residual diffusion (ablation)")
+    p.add_argument(
+        "--diffusion-steps", type=int, default=None, help="sampling steps of HART's residual diffusion (default 8)"
+    )
     p.add_argument("--grid", action="store_true", help="with -n > 1, write one grid image instead of numbered files")
     add_device_arguments(p, "float32", "weights dtype (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -83,6 +86,7 @@ def _generate_hart(folder: Path, args: argparse.Namespace) -> list:
         seed=args.seed,
         negative_prompt=args.negative_prompt,
         discrete_only=args.discrete_only,
+        diffusion_steps=args.diffusion_steps,
         progress=not args.quiet,
     )
     return out.images
@@ -97,6 +101,7 @@ def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
             ("--size", args.size),
             ("--negative-prompt", args.negative_prompt),
             ("--discrete-only", args.discrete_only),
+            ("--diffusion-steps", args.diffusion_steps),
             ("--text-encoder", args.text_encoder),
         ]
         if used

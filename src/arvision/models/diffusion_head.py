@@ -224,9 +224,13 @@ class ResidualDiffusionHead(nn.Module):
         super().__init__()
         self.latent_channels, self.vae_scale = latent_channels, vae_scale
         self.net = MLPAdaLN(latent_channels, width, cond_dim, depth)
-        betas = cosine_betas()
-        self.train_schedule = DiffusionSchedule(betas, range(NUM_TRAIN_STEPS))
-        self.sample_schedule = DiffusionSchedule(betas, space_timesteps(NUM_TRAIN_STEPS, num_sampling_steps))
+        self.train_schedule = DiffusionSchedule(cosine_betas(), range(NUM_TRAIN_STEPS))
+        self.sample_schedule = self.sampling_schedule(num_sampling_steps)
+
+    @staticmethod
+    def sampling_schedule(num_sampling_steps: str | int) -> DiffusionSchedule:
+        """The training schedule respaced to ``num_sampling_steps`` (iDDPM's section string, e.g. "8")."""
+        return DiffusionSchedule(cosine_betas(), space_timesteps(NUM_TRAIN_STEPS, num_sampling_steps))
 
     def guided_output(
         self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, z_uncond: torch.Tensor | None, guidance: float
@@ -253,14 +257,15 @@ class ResidualDiffusionHead(nn.Module):
         step_noise: Sequence[torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
         callback: StepCallback | None = None,
+        schedule: DiffusionSchedule | None = None,
     ) -> torch.Tensor:
         """Ancestral DDPM sample of the residual for every row of z [N, D] -> [N, C] (already x vae_scale).
 
         ``noise`` (x_T) and ``step_noise[i]`` (noise added after step i) replace draws from
         ``generator``, so recorded noise can be replayed. ``callback(i, t_orig, x_t, raw_out)`` sees
-        every step.
+        every step. ``schedule`` (from :meth:`sampling_schedule`) replaces the configured step count.
         """
-        sched, n, device = self.sample_schedule, z.shape[0], z.device
+        sched, n, device = schedule or self.sample_schedule, z.shape[0], z.device
         shape = (n, self.latent_channels)
         x = _noise(noise, shape, generator, device)
         for i, step in enumerate(reversed(range(sched.num_steps))):

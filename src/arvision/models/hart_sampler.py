@@ -38,6 +38,7 @@ class SamplingOptions:
     more_smooth: bool = False
     discrete_only: bool = False
     diffusion_temperature: float = 1.0
+    diffusion_steps: int | None = None  # None: the model's num_sampling_steps (HART: 8)
 
 
 @dataclass
@@ -186,6 +187,7 @@ def _residual(model, h, code_vectors, B, t, guided, options, generator, diffusio
         z_uncond=z[n:] if guided else None,
         guidance=t,
         temperature=options.diffusion_temperature,
+        schedule=model.diffloss.sampling_schedule(options.diffusion_steps) if options.diffusion_steps else None,
         noise=noise,
         step_noise=steps,
         generator=generator,

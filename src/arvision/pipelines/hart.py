@@ -31,6 +31,7 @@ from PIL import Image
 from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
 from arvision.imaging import tensor_to_pil
+from arvision.models.diffusion_head import NUM_TRAIN_STEPS
 from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer
 from arvision.models.hart_sampler import Condition, SamplingOptions, ScaleStep, sample_latent
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
@@ -217,6 +218,7 @@ class HartPipeline:
         temperature: float = 1.0,
         more_smooth: bool = False,
         discrete_only: bool = False,
+        diffusion_steps: int | None = None,
         progress: bool = True,
         callback: Callable[[ScaleStep], None] | None = None,
     ) -> HartPipelineOutput:
@@ -227,9 +229,12 @@ class HartPipeline:
         schedule unless the folder names a value). ``seed``
         (or ``generator``) makes the whole output reproducible, diffusion noise included.
         ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models.
+        ``diffusion_steps`` sets the residual diffusion head's sampling steps (None: the model's, 8 in HART).
         """
         if num_images_per_prompt < 1:
             raise InputError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if diffusion_steps is not None and not 1 <= diffusion_steps <= NUM_TRAIN_STEPS:
+            raise InputError(f"diffusion_steps must be within 1..{NUM_TRAIN_STEPS}, got {diffusion_steps}")
         patch_nums = self.schedule_for(height, width)
         device = self.device
         cond = self._condition(prompt, prompt_embeds, class_labels, device)
@@ -251,6 +256,7 @@ class HartPipeline:
             temperature=temperature,
             more_smooth=more_smooth,
             discrete_only=discrete_only,
+            diffusion_steps=diffusion_steps,
         )
         latents = sample_latent(
             self.transformer,
