@@ -64,6 +64,7 @@ def main() -> None:
         help="top-k of the token sampling: a number, or 'official' for HART's 600/300 schedule "
         "(default: the model folder's)",
     )
+    parser.add_argument("--diffusion-steps", type=int, help="residual diffusion sampling steps (default: the model's)")
     parser.add_argument("--images-per-prompt", type=int, default=2, help="0 skips the generation accuracy")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. + images-per-prompt - 1")
     parser.add_argument("--grid", type=Path, help="also save the held-out images of the first seed as one PNG grid")
@@ -79,7 +80,9 @@ def main() -> None:
         pipe.top_k = args.top_k
 
     def generate(prompts, seed):
-        return pipe(prompts, height=args.size, width=args.size, seed=seed, progress=False).images
+        return pipe(
+            prompts, height=args.size, width=args.size, seed=seed, diffusion_steps=args.diffusion_steps, progress=False
+        ).images
 
     start = time.time()
     report = {}
@@ -96,6 +99,7 @@ def main() -> None:
         size=args.size,
         cfg=pipe.guidance_scale,
         top_k=pipe.top_k or "official",
+        diffusion_steps=args.diffusion_steps or pipe.transformer.config.num_sampling_steps,
     )
     print(json.dumps(report, indent=2))
 
