@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--raw-weights", action="store_true", help="official layout: use the raw instead of EMA weights")
     p.add_argument("--discrete-only", action="store_true", help="skip the residual diffusion (ablation)")
     p.add_argument(
-        "--diffusion-steps", type=int, default=None, help="sampling steps of HART's residual diffusion (default 8)"
+        "--diffusion-steps", type=int, default=None, help="HART's residual diffusion steps (default: the model's, 8)"
     )
     p.add_argument("--grid", action="store_true", help="with -n > 1, write one grid image instead of numbered files")
     add_device_arguments(p, "float32", "weights dtype (default float32)")
