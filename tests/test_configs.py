@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arvision.models.hart import HartConfig, HartTransformer
+from arvision.models.hart import PRESETS, HartConfig, HartTransformer
 from arvision.tokenizers.schedules import PATCH_NUMS
 from arvision.training.config import build_dataclass, load_config
 from arvision.training.hart_task import HartData, HartModel
@@ -52,3 +52,18 @@ def test_released_shape_config_builds_the_732m_model():
     with torch.device("meta"):
         transformer = HartTransformer(build_dataclass(HartConfig, {**model.transformer, **derived}))
     assert sum(p.numel() for p in transformer.parameters()) == pytest.approx(732.5e6, rel=0.005)
+
+
+def test_imagenet_config_builds_the_paper_d20_model():
+    config = load_config(TrainConfig, CONFIGS / "hart_d20_imagenet256.yaml")
+    model = build_dataclass(HartModel, config.model)
+    data = build_dataclass(HartData, config.data)
+    assert data.source == "classes"
+    # What HartTask derives from the released tokenizer (4096 x 32, 16x) and 1000 class folders.
+    derived = dict(num_classes=1000, vocab_size=4096, latent_channels=32, patch_nums=PATCH_NUMS[data.resolution])
+    with torch.device("meta"):
+        transformer = HartTransformer(build_dataclass(HartConfig, {**model.transformer, **derived}))
+        preset = HartTransformer(PRESETS["hart-d20"]())
+    count = sum(p.numel() for p in transformer.parameters())
+    assert count == sum(p.numel() for p in preset.parameters())
+    assert count == pytest.approx(649e6, rel=0.001)  # the paper's HART-d20: 649M

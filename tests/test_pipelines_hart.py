@@ -216,7 +216,8 @@ def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
         diff_depth=1,
     )
     torch.manual_seed(0)
-    c2i = HartPipeline(HartTransformer(cfg), pipe.tokenizer)
+    id2label = {1: "tench, Tinca tinca", 7: "cock"}
+    c2i = HartPipeline(HartTransformer(cfg), pipe.tokenizer, id2label=id2label)
     c2i.save_pretrained(tmp_path / "c2i")
     loaded = HartPipeline.from_pretrained(tmp_path / "c2i")
     a = c2i(class_labels=[1, 7], seed=0, progress=False)
@@ -224,6 +225,20 @@ def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
     assert len(a.images) == 2 and torch.equal(a.latents, b.latents)
     with pytest.raises(InputError, match="class"):
         loaded(class_labels=[10], progress=False)
+    # class names as prompts, each comma-separated synonym included (the DiT pipeline's convention)
+    assert loaded.id2label == id2label and loaded.labels == {"cock": 7, "tench": 1, "Tinca tinca": 1}
+    by_name = loaded(["Tinca tinca", "cock"], seed=0, progress=False)
+    assert torch.equal(by_name.latents, a.latents)
+    with pytest.raises(InputError, match="unknown class name 'cok'; did you mean 'cock'"):
+        loaded("cok", progress=False)
+    with pytest.raises(InputError, match="no class names"):
+        HartPipeline(HartTransformer(cfg), pipe.tokenizer)("tench", progress=False)
+    with pytest.raises(InputError, match=r"outside \[0, 10\)"):
+        HartPipeline(HartTransformer(cfg), pipe.tokenizer, id2label={10: "ten"})
+    index = tmp_path / "c2i" / "model_index.json"
+    index.write_text(index.read_text().replace('"7": "cock"', '"seven": "cock"'))
+    with pytest.raises(CheckpointError, match="id2label must map label numbers"):
+        HartPipeline.from_pretrained(tmp_path / "c2i")
 
 
 def test_reduced_precision_runs(embeds):

@@ -1,6 +1,6 @@
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -22,13 +22,16 @@ class Outer:
     flag: bool = False
     mode: Literal["a", "b"] = "a"
     inner: Inner = field(default_factory=Inner)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def test_file_then_overrides_with_type_conversion(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("steps: 20\ninner:\n  lr: 0.5\n  sizes: [3, 4]\n")
-    config = load_config(Outer, path, ["inner.lr=2e-4", "--flag=true", "mode=b", "inner.sizes=5,6,7", "inner.name=x"])
-    assert config == Outer(steps=20, flag=True, mode="b", inner=Inner(lr=2e-4, sizes=(5, 6, 7), name="x"))
+    overrides = ["inner.lr=2e-4", "--flag=true", "mode=b", "inner.sizes=5,6,7", "inner.name=x", "extra.k=v"]
+    config = load_config(Outer, path, overrides)
+    expected = Outer(steps=20, flag=True, mode="b", inner=Inner(lr=2e-4, sizes=(5, 6, 7), name="x"), extra={"k": "v"})
+    assert config == expected
 
 
 @pytest.mark.parametrize(("suffix", "text"), [(".toml", "steps = 3\n[inner]\nlr = 0.1\n"), (".json", None)])
@@ -48,6 +51,7 @@ def test_toml_and_json_files(tmp_path, suffix, text):
         (["flag=maybe"], "boolean"),
         (["mode=c"], "one of"),
         (["steps"], "key=value"),
+        (["extra={a: 1}"], r"extra: expected a mapping \(set its keys one by one: extra.NAME=VALUE\)"),
     ],
 )
 def test_bad_overrides_name_the_problem(overrides, message):

@@ -62,3 +62,23 @@ def test_objective_gives_the_same_loss_from_cached_targets(tmp_path, world_image
     plain = objective(plain_batch, torch.Generator().manual_seed(1))[0]
     from_cache = objective(cached_batch, torch.Generator().manual_seed(1))[0]
     torch.testing.assert_close(from_cache, plain, atol=1e-6, rtol=1e-6)
+
+
+def test_a_class_labelled_dataset_caches_its_labels(tmp_path, tokenizer):
+    from torch.utils.data import Dataset
+
+    class Labelled(Dataset):
+        def __init__(self, images):
+            self.images = images
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, index):
+            return {"image": self.images[index]["image"], "label": 4 - index, "index": index}
+
+    dataset = Labelled(WorldImages(ProceduralWorld(WorldConfig(image_size=32)), length=5))
+    cache = CachedTargets.load_or_build(tmp_path, dataset, tokenizer, batch_size=2, progress=False)
+    assert cache.captions is None and cache[1]["label"] == 3 and "caption" not in cache[1]
+    again = CachedTargets.load_or_build(tmp_path, dataset, tokenizer, progress=False)
+    assert torch.equal(again.labels, torch.tensor([4, 3, 2, 1, 0])) and torch.equal(again.indices, cache.indices)

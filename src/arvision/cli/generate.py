@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="generate images from a text prompt (HART or VILA-U: the model folder decides)"
     )
-    p.add_argument("prompt", help="what the image should show")
+    p.add_argument("prompt", help="what the image should show (a class name for a class-conditional HART)")
     p.add_argument("-n", "--num-images", type=int, default=1, help="images to generate (default 1)")
     p.add_argument("--size", type=int, default=None, help="square image size in pixels (default: the model's)")
     p.add_argument(

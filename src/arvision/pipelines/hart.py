@@ -19,8 +19,9 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,12 @@ class HartPipelineOutput:
 class HartPipeline:
     """Generator + tokenizer + text encoder. Call it with prompts to get images. ``guidance_scale`` and
     ``top_k`` are what a call uses when it names none (a folder of our own may set them in
-    ``model_index.json``; ``top_k`` None is the official per-scale schedule)."""
+    ``model_index.json``; ``top_k`` None is the official per-scale schedule).
+
+    A class-conditional transformer takes ``class_labels``, or class names as prompts when the pipeline
+    knows them: ``id2label`` maps each label to its name (saved in ``model_index.json``; a name may list
+    synonyms separated by commas, as ImageNet's do), and :attr:`labels` maps every name back.
+    """
 
     def __init__(
         self,
@@ -68,9 +74,12 @@ class HartPipeline:
         text_encoder_spec: dict[str, Any] | None = None,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         top_k: int | None = None,
+        *,
+        id2label: Mapping[int, str] | None = None,
     ):
         self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
         self.text_encoder_spec, self.guidance_scale, self.top_k = text_encoder_spec, guidance_scale, top_k
+        self.id2label = _checked_id2label(id2label, transformer.config) if id2label is not None else None
         if text_encoder is not None:
             self._check_text_encoder(text_encoder)
 
@@ -144,11 +153,19 @@ class HartPipeline:
             else:
                 raise CheckpointError(f"unknown text encoder spec in {folder / INDEX_FILE}: {spec}")
         guidance_scale, top_k = _sampling_from_index(index, folder / INDEX_FILE)
+        id2label = index.get("id2label")
+        if id2label is not None:
+            id2label = _id2label_from_json(id2label, folder / INDEX_FILE)
         encoder, spec = _resolve_text_encoder(text_encoder, config, dtype, device)
-        return cls(transformer, tokenizer, encoder, spec, guidance_scale, top_k).to(device=device, dtype=dtype)
+        try:
+            pipe = cls(transformer, tokenizer, encoder, spec, guidance_scale, top_k, id2label=id2label)
+        except InputError as exc:
+            raise CheckpointError(f"{folder / INDEX_FILE}: {exc}") from exc
+        return pipe.to(device=device, dtype=dtype)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write ``model_index.json``, ``transformer/`` and ``tokenizer/`` (the text encoder by reference)."""
+        """Write ``model_index.json`` (with ``id2label`` if known), ``transformer/`` and ``tokenizer/`` (the
+        text encoder by reference)."""
         folder = Path(folder)
         checkpoint.save_state_dict(self.transformer.state_dict(), folder / "transformer" / "model.safetensors")
         checkpoint.write_json(folder / "transformer" / "config.json", self.transformer.config.to_dict())
@@ -161,6 +178,8 @@ class HartPipeline:
         }
         if self.text_encoder_spec is not None:
             index["text_encoder"] = self.text_encoder_spec
+        if self.id2label is not None:
+            index["id2label"] = {str(label): name for label, name in sorted(self.id2label.items())}
         checkpoint.write_json(folder / INDEX_FILE, index)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
@@ -191,6 +210,31 @@ class HartPipeline:
                 f"{size}px needs {len(schedule)} scales but this model's level table has {len(cfg.patch_nums)}"
             )
         return schedule
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Class name -> label, every comma-separated synonym of ``id2label`` included (empty if unknown)."""
+        return {
+            name.strip(): label
+            for label, names in sorted((self.id2label or {}).items())
+            for name in names.split(",")
+            if name.strip()
+        }
+
+    def get_label_ids(self, names: str | Sequence[str]) -> list[int]:
+        """Class names -> labels of a class-conditional model; an unknown name is an InputError naming it."""
+        names = [names] if isinstance(names, str) else list(names)
+        labels = self.labels
+        if not labels:
+            raise InputError("this model has no class names (no id2label): pass class_labels as numbers")
+        ids = []
+        for name in names:
+            if name.strip() not in labels:
+                close = difflib.get_close_matches(name.strip(), list(labels), n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" ({len(labels)} names)"
+                raise InputError(f"unknown class name {name!r}{hint} (see pipe.labels)")
+            ids.append(labels[name.strip()])
+        return ids
 
     def encode_prompts(self, prompts: str | Sequence[str]) -> TextEncoding:
         if self.text_encoder is None:
@@ -228,7 +272,8 @@ class HartPipeline:
         scripts unless the model folder names another); ``top_k`` likewise (None: the official per-scale
         schedule unless the folder names a value). ``seed``
         (or ``generator``) makes the whole output reproducible, diffusion noise included.
-        ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models.
+        ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models, whose
+        prompts (and negative prompts) are class names (:attr:`labels`).
         ``diffusion_steps`` sets the residual diffusion head's sampling steps (None: the model's, 8 in HART).
         """
         if num_images_per_prompt < 1:
@@ -274,9 +319,13 @@ class HartPipeline:
 
     def _condition(self, prompt, prompt_embeds, class_labels, device) -> Condition:
         if self.transformer.config.class_conditional:
+            if class_labels is None and prompt is None:
+                raise InputError("this is a class-conditional model: pass class_labels (or class names as prompts)")
             if class_labels is None:
-                raise InputError("this is a class-conditional model: pass class_labels")
+                class_labels = self.get_label_ids(prompt)
             labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
+            if labels.numel() == 0:
+                raise InputError("class_labels is empty")
             if labels.min() < 0 or labels.max() >= self.transformer.config.num_classes:
                 raise InputError(f"class labels must be in [0, {self.transformer.config.num_classes})")
             return Condition(labels=labels)
@@ -307,6 +356,24 @@ class HartPipeline:
                 f"text encoder gives {encoder.max_length} tokens x {encoder.hidden_size} dims, the model expects "
                 f"{cfg.context_token} x {cfg.context_dim}"
             )
+
+
+def _checked_id2label(id2label: Mapping[int, str], config: HartConfig) -> dict[int, str]:
+    if not config.class_conditional:
+        raise InputError("id2label needs a class-conditional transformer (num_classes > 0)")
+    bad = [label for label in id2label if not 0 <= label < config.num_classes]
+    if bad:
+        raise InputError(f"id2label has labels {bad[:5]} outside [0, {config.num_classes})")
+    return dict(id2label)
+
+
+def _id2label_from_json(data: Any, where: Path) -> dict[int, str]:
+    """JSON's ``{"0": "tench, Tinca tinca", ...}`` -> ``{0: "tench, Tinca tinca", ...}``."""
+    if not isinstance(data, dict) or not all(isinstance(k, str) and k.isdigit() for k in data):
+        raise CheckpointError(f"{where}: id2label must map label numbers to class names")
+    if not all(isinstance(v, str) for v in data.values()):
+        raise CheckpointError(f"{where}: id2label's class names must be strings")
+    return {int(k): v for k, v in data.items()}
 
 
 def load_saved_transformer(folder: Path) -> HartTransformer:

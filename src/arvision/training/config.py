@@ -92,6 +92,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise InputError(f"{key}: expected a mapping, got {value!r}")
         return build_dataclass(annotation, value, prefix=f"{key}.")
+    if (origin or annotation) is dict:
+        if not isinstance(value, Mapping):
+            raise InputError(f"{key}: expected a mapping (set its keys one by one: {key}.NAME=VALUE), got {value!r}")
+        return dict(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -1,9 +1,11 @@
-"""``arvision train hart``: the next-scale transformer (+ residual diffusion head) on captioned images.
+"""``arvision train hart``: the next-scale transformer (+ residual diffusion head) on captioned images,
+or class-conditional on class folders (ImageNet layout, as the HART paper's ImageNet models).
 
 A frozen hybrid tokenizer turns each image into per-scale indices and the residual target; a frozen
-text encoder (offline MiniLM by default, or a Qwen2 folder) gives the context. Both stay outside the
-trained module tree, so DDP/FSDP, the EMA and the checkpoints carry only the transformer. The export is
-a :class:`~arvision.pipelines.hart.HartPipeline` folder.
+text encoder (offline MiniLM by default, or a Qwen2 folder) gives the context, or the class label does.
+Both stay outside the trained module tree, so DDP/FSDP, the EMA and the checkpoints carry only the
+transformer. The export is a :class:`~arvision.pipelines.hart.HartPipeline` folder (with the class names
+as ``id2label`` for a class-conditional model).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from arvision.data.datasets import WorldImages
-from arvision.data.user import CaptionedImages
+from arvision.data.user import CaptionedImages, ClassFolderImages
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
@@ -37,7 +39,9 @@ from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
 
 @dataclass
 class HartData:
-    source: str = "world"  # "world" (the procedural world) or "captions" (a folder / JSONL / CSV at ``path``)
+    # "world" (the procedural world), "captions" (a folder / JSONL / CSV at ``path``) or "classes" (class
+    # folders ``path/<class name>/*.jpg``: a class-conditional model with one class per folder)
+    source: str = "world"
     path: str | None = None
     resolution: int = 64
     length: int = 100_000
@@ -55,16 +59,24 @@ class HartModel:
     transformer: dict[str, Any] = field(default_factory=dict)
     tokenizer: str = "default"  # a tokenizer folder; "default" is the embedded one
     init_from: str | None = None  # a HartPipeline folder whose transformer weights start the run (fine-tuning)
-    text_encoder: str = "minilm"  # "minilm" or a Qwen2 folder
+    text_encoder: str = "minilm"  # "minilm" or a Qwen2 folder (class-conditional models use none)
     context_tokens: int = 32
     loss: HartLossConfig = field(default_factory=HartLossConfig)
+    # sample grids: these prompts, or for a class-conditional model its first four classes
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
 
 
 class HartObjective(ObjectiveWithFrozenHelpers):
-    """``forward(batch, generator)`` -> (loss, logs); trains ``transformer`` only."""
+    """``forward(batch, generator)`` -> (loss, logs); trains ``transformer`` only. ``text_encoder`` is None
+    for a class-conditional transformer, whose batches carry ``label`` [B] instead of ``caption``."""
 
-    def __init__(self, transformer: HartTransformer, tokenizer: HybridTokenizer, text_encoder, loss: HartLossConfig):
+    def __init__(
+        self,
+        transformer: HartTransformer,
+        tokenizer: HybridTokenizer,
+        text_encoder: TextEncoder | None,
+        loss: HartLossConfig,
+    ):
         super().__init__()
         self.transformer = transformer
         self.loss_config = loss
@@ -77,13 +89,14 @@ class HartObjective(ObjectiveWithFrozenHelpers):
 
     def frozen_modules(self) -> tuple[nn.Module, ...]:
         tokenizer, text_encoder = self.frozen
-        return tokenizer, text_encoder.model
+        return (tokenizer,) if text_encoder is None else (tokenizer, text_encoder.model)
 
     def forward(
         self, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``batch``: ``{"image": [B, 3, H, W], "caption": [...]}``, or cached targets ``{"indices":
-        [B, sum pn^2], "residual": [B, C, h, w], "caption": [...]}``."""
+        [B, sum pn^2], "residual": [B, C, h, w], "caption": [...]}``; ``"label": [B]`` instead of the
+        captions for a class-conditional transformer."""
         tokenizer, text_encoder = self.frozen
         if "indices" in batch:
             r_pre = batch["residual"]
@@ -91,10 +104,13 @@ class HartObjective(ObjectiveWithFrozenHelpers):
             indices = list(batch["indices"].split(sizes, dim=1))
         else:
             indices, r_pre = tokenize_targets(tokenizer, batch["image"])
-        with torch.no_grad():
-            enc = text_encoder.encode(list(batch["caption"]))
         device = r_pre.device
-        cond = Condition(enc.hidden.to(device), enc.mask.to(device), enc.position_ids.to(device))
+        if self.transformer.config.class_conditional:
+            cond = Condition(labels=batch["label"].to(device))
+        else:
+            with torch.no_grad():
+                enc = text_encoder.encode(list(batch["caption"]))
+            cond = Condition(enc.hidden.to(device), enc.mask.to(device), enc.position_ids.to(device))
         out = hart_loss(self.transformer, tokenizer.quantize, indices, r_pre, cond, self.loss_config, generator)
         return out.loss, {"ce": out.ce, "diffusion": out.diffusion}
 
@@ -116,7 +132,12 @@ class HartTask(TrainingTask):
             default_model_path("tokenizer") if self.model_config.tokenizer == "default" else self.model_config.tokenizer
         )
         self.tokenizer = HybridTokenizer.from_pretrained(folder)
-        self.text_encoder = load_text_encoder(self.model_config.text_encoder, self.model_config.context_tokens)
+        self.class_images = self._class_images()
+        self.text_encoder = (
+            None
+            if self.class_images is not None
+            else load_text_encoder(self.model_config.text_encoder, self.model_config.context_tokens)
+        )
         self.transformer_config = self._transformer_config()
         scales, schedule = self.model_config.loss.train_scales, self.transformer_config.patch_nums
         if scales is not None and not 1 <= scales <= len(schedule):
@@ -125,6 +146,15 @@ class HartTask(TrainingTask):
                 f"{self.data_config.resolution} is {schedule}), got {scales}"
             )
 
+    def _class_images(self) -> ClassFolderImages | None:
+        """The class folders of ``data.source: classes`` (listed once: they also fix the class count)."""
+        d = self.data_config
+        if d.source != "classes":
+            return None
+        if not d.path:
+            raise InputError("data.source 'classes' needs data.path (a folder of class folders, ImageNet layout)")
+        return ClassFolderImages(d.path, size=d.resolution)
+
     def _transformer_config(self) -> HartConfig:
         resolution = self.data_config.resolution
         down = self.tokenizer.config.downsample
@@ -132,12 +162,14 @@ class HartTask(TrainingTask):
             raise InputError(f"data.resolution {resolution} is not a multiple of the tokenizer's downsampling {down}")
         probe = torch.zeros(1, self.tokenizer.config.z_channels, resolution // down, resolution // down)
         derived = {
-            "context_dim": self.text_encoder.hidden_size,
-            "context_token": self.text_encoder.max_length,
             "vocab_size": self.tokenizer.config.vocab_size,
             "latent_channels": self.tokenizer.config.z_channels,
             "patch_nums": list(self.tokenizer.patch_nums_for(probe)),
         }
+        if self.class_images is not None:
+            derived["num_classes"] = len(self.class_images.classes)
+        else:
+            derived |= {"context_dim": self.text_encoder.hidden_size, "context_token": self.text_encoder.max_length}
         try:
             return build_dataclass(
                 HartConfig, {**self.model_config.transformer, **derived}, prefix="model.transformer."
@@ -178,8 +210,12 @@ class HartTask(TrainingTask):
             if not d.path:
                 raise InputError("data.source 'captions' needs data.path (an image folder, .jsonl or .csv)")
             dataset = CaptionedImages.from_source(d.path, size=d.resolution)
+        elif self.class_images is not None:
+            dataset = self.class_images
         else:
-            raise InputError(f"data.source {d.source!r} is not available for the hart task (use 'world' or 'captions')")
+            raise InputError(
+                f"data.source {d.source!r} is not available for the hart task (use 'world', 'captions' or 'classes')"
+            )
         if d.cache_dir is None:
             return dataset
         return CachedTargets.load_or_build(d.cache_dir, dataset, self.tokenizer, num_workers=d.cache_workers)
@@ -201,7 +237,8 @@ class HartTask(TrainingTask):
         init_from = self.model_config.init_from
         sampling = sampling_defaults(init_from) if init_from else ()
         spec = getattr(self.text_encoder, "spec", None)
-        return HartPipeline(transformer, self.tokenizer, self.text_encoder, spec, *sampling)
+        id2label = dict(enumerate(self.class_images.classes)) if self.class_images is not None else None
+        return HartPipeline(transformer, self.tokenizer, self.text_encoder, spec, *sampling, id2label=id2label)
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         transformer = HartTransformer(self.transformer_config)
@@ -214,6 +251,10 @@ class HartTask(TrainingTask):
             transformer = objective.transformer
             was_training = transformer.training
             pipe = self._pipeline(transformer)  # sets eval mode
-            out = pipe(self.model_config.sample_prompts, height=size, width=size, seed=0, progress=False)
+            if transformer.config.class_conditional:
+                condition = {"class_labels": list(range(min(4, transformer.config.num_classes)))}
+            else:
+                condition = {"prompt": self.model_config.sample_prompts}
+            out = pipe(**condition, height=size, width=size, seed=0, progress=False)
             transformer.train(was_training)
         return out.images

@@ -1,10 +1,12 @@
-"""Tokenize a captioned-image dataset once and train the generator on the stored targets (as MAR caches
-its latents): the frozen tokenizer's encoder then runs once per image instead of once per epoch.
+"""Tokenize a captioned (or class-labelled) image dataset once and train the generator on the stored
+targets (as MAR caches its latents): the frozen tokenizer's encoder then runs once per image instead of
+once per epoch.
 
-The cache is one folder: ``targets.safetensors`` (per-item indices of all scales, concatenated, and the
-residual before the last scale) plus ``meta.json`` (length, schedule, a fingerprint of the tokenizer
-weights, the captions). A cache whose fingerprint or length no longer matches is rebuilt; writes are
-atomic, so concurrent ranks or a killed build never leave a half-written cache behind.
+The cache is one folder: ``targets.safetensors`` (per-item indices of all scales, concatenated, the
+residual before the last scale, and the class labels of a class-labelled dataset) plus ``meta.json``
+(length, a fingerprint of the tokenizer weights, the captions of a captioned one). A cache whose
+fingerprint or length no longer matches is rebuilt; writes are atomic, so concurrent ranks or a killed
+build never leave a half-written cache behind.
 """
 
 from __future__ import annotations
@@ -45,21 +47,30 @@ def tokenizer_fingerprint(tokenizer: HybridTokenizer) -> str:
 
 
 class CachedTargets(Dataset):
-    """Items ``{"indices": [sum pn^2] int64, "residual": [C, h, w], "caption": str, "index": int}``."""
+    """Items ``{"indices": [sum pn^2] int64, "residual": [C, h, w], "caption": str, "index": int}``, with
+    ``"label": int`` instead of ``"caption"`` when the cache holds ``labels`` [N] rather than ``captions``."""
 
-    def __init__(self, indices: torch.Tensor, residual: torch.Tensor, captions: list[str]):
-        self.indices, self.residual, self.captions = indices, residual, captions
+    def __init__(
+        self,
+        indices: torch.Tensor,
+        residual: torch.Tensor,
+        captions: list[str] | None = None,
+        labels: torch.Tensor | None = None,
+    ):
+        if (captions is None) == (labels is None):
+            raise ValueError("a cache holds either captions or labels")
+        self.indices, self.residual, self.captions, self.labels = indices, residual, captions, labels
 
     def __len__(self) -> int:
-        return len(self.captions)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {
-            "indices": self.indices[index],
-            "residual": self.residual[index],
-            "caption": self.captions[index],
-            "index": index,
-        }
+        item = {"indices": self.indices[index], "residual": self.residual[index], "index": index}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        else:
+            item["caption"] = self.captions[index]
+        return item
 
     @classmethod
     def load_or_build(
@@ -72,7 +83,7 @@ class CachedTargets(Dataset):
         num_workers: int = 0,
     ) -> CachedTargets:
         """Load the cache in ``folder`` if it was built from ``dataset``'s length and this tokenizer, else
-        build it from ``dataset`` items ``{"image": [3, H, W], "caption": str}``."""
+        build it from ``dataset`` items ``{"image": [3, H, W], "caption": str}`` (or ``"label": int``)."""
         folder = Path(folder)
         fingerprint = tokenizer_fingerprint(tokenizer)
         meta_path = folder / META_FILE
@@ -80,16 +91,24 @@ class CachedTargets(Dataset):
             meta = checkpoint.read_json(meta_path)
             if meta.get("fingerprint") == fingerprint and meta.get("length") == len(dataset):
                 tensors = checkpoint.load_state_dict(folder / TARGETS_FILE)
-                return cls(tensors["indices"], tensors["residual"], meta["captions"])
-        indices, residuals, captions = [], [], []
+                return cls(tensors["indices"], tensors["residual"], meta.get("captions"), tensors.get("labels"))
+        indices, residuals, captions, labels = [], [], [], []
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_collate, num_workers=num_workers)
         device = next(tokenizer.parameters()).device
         for batch in tqdm(loader, desc="tokenizing", disable=not progress, unit="batch"):
             scales, residual = tokenize_targets(tokenizer, batch["image"].to(device))
             indices.append(torch.cat(scales, dim=1).cpu())
             residuals.append(residual.cpu())
-            captions.extend(batch["caption"])
-        cache = cls(torch.cat(indices), torch.cat(residuals), captions)
-        checkpoint.save_state_dict({"indices": cache.indices, "residual": cache.residual}, folder / TARGETS_FILE)
-        checkpoint.write_json(meta_path, {"fingerprint": fingerprint, "length": len(dataset), "captions": captions})
-        return cache
+            if "label" in batch:
+                labels.append(batch["label"])
+            else:
+                captions.extend(batch["caption"])
+        tensors = {"indices": torch.cat(indices), "residual": torch.cat(residuals)}
+        meta = {"fingerprint": fingerprint, "length": len(dataset)}
+        if labels:
+            tensors["labels"] = torch.cat(labels).long()
+        else:
+            meta["captions"] = captions
+        checkpoint.save_state_dict(tensors, folder / TARGETS_FILE)
+        checkpoint.write_json(meta_path, meta)
+        return cls(tensors["indices"], tensors["residual"], meta.get("captions"), tensors.get("labels"))
