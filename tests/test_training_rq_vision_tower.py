@@ -1,7 +1,8 @@
 import torch
 
 from arvision.tokenizers.rq_vision_tower import RQVisionTower
-from arvision.training.rq_vision_tower import siglip_sigmoid_loss, tower_train_step
+from arvision.training.rq_vision_tower import TowerLossWeights, siglip_sigmoid_loss
+from arvision.training.vila_u_task import TowerObjective
 from vilau_common import tiny_tower_config
 
 
@@ -25,13 +26,21 @@ def test_tower_step_lowers_the_loss_updates_codebooks_and_keeps_text_frozen():
     text_before = {k: v.clone() for k, v in tower.siglip.text_model.state_dict().items()}
     scale_before = tower.logit_scale.detach().clone()
     codebook_before = tower.quantizer.codebooks[0].weight.clone()
-    params = [p for p in tower.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
-    first = tower_train_step(tower, optimizer, pixels, text_ids)
+    objective = TowerObjective(tower, TowerLossWeights(), train_encoder=True)  # `arvision train vila-u-tower`'s
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-3)
+
+    def step() -> tuple[float, dict]:
+        loss, logs = objective(pixels, text_ids)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item(), logs
+
+    first, first_logs = step()
     for _ in range(8):
-        last = tower_train_step(tower, optimizer, pixels, text_ids)
-    assert last.loss < first.loss
-    assert last.pixel < first.pixel
+        last, last_logs = step()
+    assert last < first
+    assert last_logs["pixel"] < first_logs["pixel"]
     assert not torch.equal(codebook_before, tower.quantizer.codebooks[0].weight)
     assert all(torch.equal(v, text_before[k]) for k, v in tower.siglip.text_model.state_dict().items())
     assert torch.equal(scale_before, tower.logit_scale.detach())

@@ -1,4 +1,4 @@
-"""Training step for VILA-U's vision tower: text alignment + reconstruction (the release ships none).
+"""Training loss of VILA-U's vision tower: text alignment + reconstruction (the release ships none).
 
 ``L = w_contra * L_contra + w_recon * (pixel loss + latent_loss_weight * commitment [+ perceptual])``.
 ``L_contra`` is SigLIP's pairwise sigmoid loss between the pooled embedding of the *quantised*
@@ -77,23 +77,3 @@ def tower_loss(
     return TowerLoss(
         loss=loss, contrastive=contrastive.detach(), pixel=pixel.detach(), commitment=out.commitment_loss.detach()
     )
-
-
-def tower_train_step(
-    tower: RQVisionTower,
-    optimizer: torch.optim.Optimizer,
-    pixels: torch.Tensor,
-    text_ids: torch.Tensor,
-    weights: TowerLossWeights | None = None,
-    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> TowerLoss:
-    """One step: gradients for the SigLIP image side and the decoder, EMA updates for the codebooks."""
-    tower.train()
-    freeze_text_side(tower)
-    optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        text_embeds = tower.text_embeds(text_ids)
-    out = tower_loss(tower, pixels, text_embeds, weights, perceptual)
-    out.loss.backward()
-    optimizer.step()
-    return out

@@ -1,4 +1,4 @@
-"""VILA-U multimodal training step: text cross-entropy + visual (depth-transformer) cross-entropy.
+"""VILA-U multimodal training loss: text cross-entropy + visual (depth-transformer) cross-entropy.
 
 Examples use the release's training layout (images wrapped in ``<im_start> ... <im_end>``, videos in
 ``<vi_start> ... <vi_end>``); the vision tower is frozen and only provides codes and input features.
@@ -153,20 +153,3 @@ def vila_u_loss(model: VilaU, examples: Sequence[VilaUExample]) -> VilaULoss:
     loss = text_loss if visual_loss is None else text_loss + visual_loss
     detached = None if visual_loss is None else visual_loss.detach()
     return VilaULoss(loss=loss, text_loss=text_loss.detach(), visual_loss=detached)
-
-
-def freeze_vision_tower(model: VilaU) -> None:
-    """Freeze the tower and keep it in eval mode (its EMA codebooks must not move during LLM training)."""
-    model.vision_tower.requires_grad_(False)
-    model.vision_tower.eval()
-
-
-def train_step(model: VilaU, optimizer: torch.optim.Optimizer, examples: Sequence[VilaUExample]) -> VilaULoss:
-    """One optimisation step on ``examples`` (LLM, projector and depth transformer learn; the tower does not)."""
-    model.train()
-    freeze_vision_tower(model)
-    optimizer.zero_grad(set_to_none=True)
-    out = vila_u_loss(model, examples)
-    out.loss.backward()
-    optimizer.step()
-    return out
