@@ -153,6 +153,53 @@ def test_time_limit_stops_checkpoints_and_exports(tmp_path, monkeypatch):
     assert checkpointing.checkpoint_dirs(tmp_path / "checkpoints")[-1].name == "step_00000030"
 
 
+def test_stop_at_step_cuts_the_schedule_short_and_resumes_bit_for_bit(tmp_path):
+    Trainer(toy_config(tmp_path / "full", max_steps=12, save_every=50), ToyTask()).run()
+    config = toy_config(tmp_path / "cut", max_steps=12, save_every=50, stop_at_step=5)
+    cut = Trainer(config, ToyTask()).run()
+    records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 5 and (cut / "model.safetensors").is_file()
+    # the learning rate of a 12-step schedule, not of a 5-step one
+    assert records[-1]["lr"] == pytest.approx(learning_rate(4, 12, config.optim))
+    assert checkpointing.checkpoint_dirs(tmp_path / "cut" / "checkpoints")[-1].name == "step_00000005"
+    # resumed with the same stop: nothing to train, the same export
+    before = final_weights(tmp_path / "cut")
+    Trainer(config, ToyTask()).run(resume=True)
+    assert all(torch.equal(before[k], v) for k, v in final_weights(tmp_path / "cut").items())
+    config.stop_at_step = 0
+    Trainer(config, ToyTask()).run(resume=True)
+    for key, value in final_weights(tmp_path / "full").items():
+        assert torch.equal(final_weights(tmp_path / "cut")[key], value), key
+
+
+def test_export_dtype_rounds_the_exported_weights_only(tmp_path):
+    config = toy_config(tmp_path, max_steps=3, save_every=3, export_dtype="float16")
+    final = Trainer(config, ToyTask()).run()
+    weights = final_weights(tmp_path)
+    assert {v.dtype for v in weights.values()} == {torch.float16}
+    full = toy_config(tmp_path / "fp32", max_steps=3, save_every=3)
+    reference = final_weights(Trainer(full, ToyTask()).run().parent)
+    for key, value in reference.items():
+        assert value.dtype == torch.float32 and torch.equal(weights[key], value.half()), key
+    assert not [p for p in final.parent.iterdir() if p.name.startswith(".")], "no temporary folder left"
+
+
+def test_a_failed_export_leaves_the_previous_final_folder(tmp_path):
+    Trainer(toy_config(tmp_path, max_steps=2, save_every=2), ToyTask()).run()
+    before = final_weights(tmp_path)
+
+    class BrokenExport(ToyTask):
+        def export(self, weights, folder):
+            (folder / "partial.txt").write_text("half written")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        Trainer(toy_config(tmp_path, max_steps=4, save_every=2), BrokenExport()).run(resume=True)
+    assert sorted(p.name for p in (tmp_path / "final").iterdir()) == ["model.safetensors"]
+    assert all(torch.equal(before[k], v) for k, v in final_weights(tmp_path).items())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".final")]
+
+
 def test_steps_within_fits_the_time_left_between_step_and_max_steps():
     assert steps_within(budget_s=100, elapsed_s=20, step=10, steps_per_s=2.0, max_steps=1000) == 170
     assert steps_within(budget_s=100, elapsed_s=20, step=10, steps_per_s=2.0, max_steps=50) == 50

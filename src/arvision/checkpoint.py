@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -128,6 +129,33 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, 
         tensors[key] = value
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+
+
+def cast_weights(folder: str | os.PathLike, dtype: torch.dtype) -> list[Path]:
+    """Rewrite every ``.safetensors`` file under ``folder`` with its floating-point tensors in ``dtype``
+    (integer tensors, e.g. step counters, are kept). Returns the files rewritten."""
+    files = sorted(Path(folder).rglob("*.safetensors"))
+    for path in files:
+        state = load_state_dict(path)
+        save_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, path)
+    return files
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``folder``; it replaces ``folder`` only if the block succeeds, so a
+    reader never finds a half-written one (an existing ``folder`` is removed just before the rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def select_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from arvision import checkpoint
 from arvision.errors import ArvisionError, CheckpointError
 from arvision.imaging import make_grid
 from arvision.training import checkpointing
@@ -67,6 +68,10 @@ class TrainConfig:
     # > 0: stop (checkpoint + export) at the first step past this many seconds; the learning-rate schedule
     # still spans max_steps, and --resume continues to max_steps.
     max_time_s: float = 0.0
+    # > 0: stop (checkpoint + export) once this many steps are done; the schedule still spans max_steps
+    # (--resume with it raised or removed continues). A run cut short as max_time_s cuts it, but at a step
+    # that does not depend on the machine, so a recipe can replay it.
+    stop_at_step: int = 0
     # > 0: fit the run to this many seconds of its training loop. The step rate measured over its first steps
     # sets the schedule's length (at most max_steps), so the cosine ends in time, and the run stops there in
     # any case. The length is kept in the checkpoints: --resume continues the same schedule.
@@ -82,6 +87,9 @@ class TrainConfig:
     sample_every: int = 0  # 0 disables sample grids
     num_workers: int = 0
     progress: bool = True
+    # dtype of the exported model folder's weights (the embedded defaults ship float16; they load into
+    # float32 models); checkpoints stay in full precision
+    export_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -281,7 +289,7 @@ class Trainer:
         timed = c.max_time_s > 0 or c.time_budget_s > 0
         time_limit = min(t for t in (c.max_time_s, c.time_budget_s, math.inf) if t > 0)
         logged_step, calibration_mark = step, 0.0
-        while step < schedule_steps:
+        while step < schedule_steps and not 0 < c.stop_at_step <= step:
             lr = learning_rate(step, schedule_steps, c.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -330,7 +338,11 @@ class Trainer:
             out_of_time = timed and step < schedule_steps and not all_ranks_agree(elapsed < time_limit, info)
             if out_of_time and info.is_main:
                 tqdm.write(f"the time limit ({time_limit:g} s) was reached after {step} steps; saving and exporting")
-            if step % c.log_every == 0 or step == schedule_steps or out_of_time:
+            cut_short = 0 < c.stop_at_step <= step < schedule_steps
+            if cut_short and info.is_main:
+                tqdm.write(f"stop_at_step={c.stop_at_step}: stopping at step {step} of {schedule_steps}; saving")
+            stopping = out_of_time or cut_short
+            if step % c.log_every == 0 or step == schedule_steps or stopping:
                 logs = {k: mean_over_ranks(v, info) for k, v in logs.items()}
                 now = time.time()
                 throughput = self._throughput(info, step - logged_step, now - tick)
@@ -343,7 +355,7 @@ class Trainer:
                 if board is not None:
                     for k, v in record.items():
                         board.add_scalar(k, v, step)
-            if step % c.save_every == 0 or step == schedule_steps or out_of_time:
+            if step % c.save_every == 0 or step == schedule_steps or stopping:
                 checkpointing.save_training_state(
                     self.ckpt_dir,
                     step,
@@ -357,7 +369,7 @@ class Trainer:
                 )
             if c.sample_every and step % c.sample_every == 0:
                 self._write_samples(model, step, info)
-            if out_of_time:
+            if stopping:
                 break
         bar.close()
         if log_file is not None:
@@ -390,5 +402,8 @@ class Trainer:
             # The EMA covers trainable parameters; buffers and frozen weights come from the model.
             weights.update(checkpointing.full_state_dict(model, ema.shadow))
         if info.is_main:
-            self.task.export(weights, folder)
+            with checkpoint.atomic_folder(folder) as tmp:
+                self.task.export(weights, tmp)
+                if self.config.export_dtype != "float32":
+                    checkpoint.cast_weights(tmp, getattr(torch, self.config.export_dtype))
         return folder
