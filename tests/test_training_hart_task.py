@@ -126,8 +126,20 @@ def test_init_from_starts_from_a_saved_pipeline(tmp_path):
     assert (resumed._pipeline(loaded).guidance_scale, resumed._pipeline(loaded).top_k) == (4.5, None)
     index_file = tmp_path / "pipe" / "model_index.json"
     index_file.write_text(index_file.read_text().replace('"top_k": null', '"top_k": 20'))
+    resumed = build_task("hart", {**TINY_MODEL, "init_from": str(tmp_path / "pipe")}, {"resolution": 32})
     resumed._pipeline(loaded).save_pretrained(tmp_path / "fine-tuned")
     assert HartPipeline.from_pretrained(tmp_path / "fine-tuned").top_k == 20
+
+    # model.sampling names the exported folder's sampling (as key=value overrides give it: text)
+    def sampling(**chosen):
+        task = build_task("hart", {**TINY_MODEL, "init_from": str(tmp_path / "pipe"), "sampling": chosen}, {})
+        return task.sampling
+
+    assert sampling(guidance_scale="3") == (3.0, 20) and sampling(top_k="null") == (4.5, None)
+    with pytest.raises(InputError, match="model.sampling: unknown key"):
+        sampling(cfg=3)
+    with pytest.raises(InputError, match="model.sampling: top_k must be a whole number"):
+        sampling(top_k="0.5")
     wider = {
         **TINY_MODEL,
         "transformer": {**TINY_MODEL["transformer"], "depth": 3},

@@ -152,7 +152,7 @@ class HartPipeline:
                 text_encoder = Path(spec["path"])
             else:
                 raise CheckpointError(f"unknown text encoder spec in {folder / INDEX_FILE}: {spec}")
-        guidance_scale, top_k = _sampling_from_index(index, folder / INDEX_FILE)
+        guidance_scale, top_k = sampling_from_index(index, folder / INDEX_FILE)
         id2label = index.get("id2label")
         if id2label is not None:
             id2label = _id2label_from_json(id2label, folder / INDEX_FILE)
@@ -386,10 +386,11 @@ def sampling_defaults(folder: str | os.PathLike) -> tuple[float, int | None]:
     """The (guidance_scale, top_k) that a saved folder's ``model_index.json`` names for calls that name none
     (cfg 4.5 and the official top-k schedule where it names none, or has no index)."""
     where = Path(folder) / INDEX_FILE
-    return _sampling_from_index(checkpoint.read_json(where) if where.is_file() else {}, where)
+    return sampling_from_index(checkpoint.read_json(where) if where.is_file() else {}, where)
 
 
-def _sampling_from_index(index: dict[str, Any], where: Path) -> tuple[float, int | None]:
+def sampling_from_index(index: Mapping[str, Any], where: str | os.PathLike) -> tuple[float, int | None]:
+    """The (guidance_scale, top_k) of a ``model_index.json`` dict; a bad value is a CheckpointError naming ``where``."""
     guidance_scale = index.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
         raise CheckpointError(f"{where}: guidance_scale must be a number >= 0, got {guidance_scale!r}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, default_collate
@@ -24,7 +25,7 @@ from arvision.data.datasets import WorldImages
 from arvision.data.user import CaptionedImages, ClassFolderImages
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.defaults import default_model_path
-from arvision.errors import InputError
+from arvision.errors import CheckpointError, InputError
 from arvision.models.hart import HartConfig, HartTransformer
 from arvision.models.hart_sampler import Condition
 from arvision.text.base import TextEncoder
@@ -62,6 +63,9 @@ class HartModel:
     text_encoder: str = "minilm"  # "minilm" or a Qwen2 folder (class-conditional models use none)
     context_tokens: int = 32
     loss: HartLossConfig = field(default_factory=HartLossConfig)
+    # the sampling the exported folder names for calls that name none ({guidance_scale: 3, top_k: 20}, as the
+    # default HART's); keys left out keep init_from's, else HART's cfg 4.5 and official top-k schedule
+    sampling: dict[str, Any] = field(default_factory=dict)
     # sample grids: these prompts, or for a class-conditional model its first four classes
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
 
@@ -139,12 +143,30 @@ class HartTask(TrainingTask):
             else load_text_encoder(self.model_config.text_encoder, self.model_config.context_tokens)
         )
         self.transformer_config = self._transformer_config()
+        self.sampling = self._sampling()
         scales, schedule = self.model_config.loss.train_scales, self.transformer_config.patch_nums
         if scales is not None and not 1 <= scales <= len(schedule):
             raise InputError(
                 f"model.loss.train_scales must be between 1 and {len(schedule)} (the schedule at data.resolution "
                 f"{self.data_config.resolution} is {schedule}), got {scales}"
             )
+
+    def _sampling(self) -> tuple[float, int | None]:
+        """(guidance_scale, top_k) of the exported folder: ``model.sampling`` over what ``init_from`` names."""
+        from arvision.pipelines.hart import sampling_defaults, sampling_from_index
+
+        init_from = self.model_config.init_from
+        guidance_scale, top_k = sampling_defaults(init_from) if init_from else sampling_from_index({}, "model.sampling")
+        # values from key=value overrides arrive as text ("3", "null")
+        given = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in self.model_config.sampling.items()}
+        chosen = {"guidance_scale": guidance_scale, "top_k": top_k, **given}
+        unknown = set(chosen) - {"guidance_scale", "top_k"}
+        if unknown:
+            raise InputError(f"model.sampling: unknown key(s) {sorted(unknown)}; known: guidance_scale, top_k")
+        try:
+            return sampling_from_index(chosen, "model.sampling")
+        except CheckpointError as exc:
+            raise InputError(str(exc)) from exc
 
     def _class_images(self) -> ClassFolderImages | None:
         """The class folders of ``data.source: classes`` (listed once: they also fix the class count)."""
@@ -231,14 +253,11 @@ class HartTask(TrainingTask):
         return list(model.transformer.blocks)
 
     def _pipeline(self, transformer: HartTransformer):
-        from arvision.pipelines.hart import HartPipeline, sampling_defaults
+        from arvision.pipelines.hart import HartPipeline
 
-        # A fine-tune keeps the sampling its starting folder names (sample grids and the exported folder).
-        init_from = self.model_config.init_from
-        sampling = sampling_defaults(init_from) if init_from else ()
         spec = getattr(self.text_encoder, "spec", None)
         id2label = dict(enumerate(self.class_images.classes)) if self.class_images is not None else None
-        return HartPipeline(transformer, self.tokenizer, self.text_encoder, spec, *sampling, id2label=id2label)
+        return HartPipeline(transformer, self.tokenizer, self.text_encoder, spec, *self.sampling, id2label=id2label)
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         transformer = HartTransformer(self.transformer_config)
