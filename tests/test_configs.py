@@ -11,6 +11,7 @@ from arvision.tokenizers.schedules import PATCH_NUMS
 from arvision.training.config import build_dataclass, load_config
 from arvision.training.hart_task import HartData, HartModel
 from arvision.training.loop import TrainConfig
+from arvision.training.recipe import load_recipe, stage_arguments
 from arvision.training.tasks import TASK_NAMES, TokenizerData, TokenizerModel
 from arvision.training.vila_u_task import TowerData, TowerModel, VilaUData, VilaUModel
 
@@ -25,6 +26,21 @@ SECTIONS = {
 
 def test_every_task_has_its_sections_listed():
     assert set(SECTIONS) == set(TASK_NAMES)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("recipes/*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_parse_stage_by_stage(path, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)  # recipes name their configs from the repository root
+    recipe = load_recipe(path)
+    for stage in recipe.stages:
+        task, *args = stage_arguments(recipe, stage)
+        config_file = args[1] if args[:1] == ["--config"] else None
+        overrides = args[2:] if config_file else args
+        config = load_config(TrainConfig, config_file, overrides)
+        assert config.task == task and config.out_dir == f"{recipe.out_dir}/{stage.name}"
+        model_cls, data_cls = SECTIONS[task]
+        build_dataclass(model_cls, config.model, prefix="model.")
+        build_dataclass(data_cls, config.data, prefix="data.")
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

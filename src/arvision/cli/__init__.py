@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from arvision.errors import ArvisionError
 
-COMMANDS: list[str] = ["reconstruct", "generate", "describe", "generate_video", "train"]
+COMMANDS: list[str] = ["reconstruct", "generate", "describe", "generate_video", "train", "recipe"]
 
 
 def build_parser() -> argparse.ArgumentParser:
