@@ -17,6 +17,21 @@ TINY_MODEL = {
 }
 
 
+def short_run(out_dir, max_steps: int, batch_size: int, **overrides) -> TrainConfig:
+    """A few single-process steps at a high learning rate, each logged, one checkpoint at the end."""
+    return TrainConfig(
+        task="hart",
+        out_dir=str(out_dir),
+        max_steps=max_steps,
+        batch_size=batch_size,
+        save_every=max_steps,
+        log_every=1,
+        progress=False,
+        optim=OptimConfig(lr=3e-3, warmup_steps=0, grad_clip=0.0),
+        **overrides,
+    )
+
+
 def test_hart_task_derives_shapes_from_tokenizer_and_text_encoder():
     task = build_task("hart", TINY_MODEL, {"resolution": 32})
     config = task.transformer_config
@@ -33,17 +48,7 @@ def test_hart_task_derives_shapes_from_tokenizer_and_text_encoder():
 
 def test_training_lowers_the_loss_and_exports_a_working_pipeline(tmp_path):
     task = build_task("hart", TINY_MODEL, {"resolution": 32, "length": 8})
-    config = TrainConfig(
-        task="hart",
-        out_dir=str(tmp_path),
-        max_steps=6,
-        batch_size=2,
-        save_every=6,
-        log_every=1,
-        progress=False,
-        optim=OptimConfig(lr=3e-3, warmup_steps=0, grad_clip=0.0),
-    )
-    final = Trainer(config, task).run()
+    final = Trainer(short_run(tmp_path, max_steps=6, batch_size=2), task).run()
     losses = [eval(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and all(map(torch.isfinite, torch.tensor(losses)))
     assert min(losses[3:]) < losses[0]
@@ -183,19 +188,8 @@ def test_class_folders_train_a_class_conditional_model(tmp_path):
     data = {"source": "classes", "path": str(root), "resolution": 32}
     task = build_task("hart", {**TINY_MODEL, "transformer": {**TINY_MODEL["transformer"], "cond_drop_rate": 0.0}}, data)
     assert task.text_encoder is None and task.transformer_config.num_classes == len(names)
-    config = TrainConfig(
-        task="hart",
-        out_dir=str(tmp_path / "run"),
-        max_steps=8,
-        batch_size=4,
-        save_every=8,
-        sample_every=8,
-        log_every=1,
-        progress=False,
-        optim=OptimConfig(lr=3e-3, warmup_steps=0, grad_clip=0.0),
-    )
     with pytest.warns(DataWarning, match="broken.png"):
-        final = Trainer(config, task).run()
+        final = Trainer(short_run(tmp_path / "run", max_steps=8, batch_size=4, sample_every=8), task).run()
     losses = [eval(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert min(losses[4:]) < losses[0]
     assert list((tmp_path / "run" / "samples").glob("*.png")), "a sample grid of the first classes"
