@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from arvision.errors import CheckpointError
+from arvision.errors import CheckpointError, InputError
 from arvision.training import checkpointing
 from arvision.training.loop import (
     EMA,
@@ -98,6 +98,10 @@ def test_export_writes_a_checkpoints_weights_with_its_ema(tmp_path):
         Trainer(config, ToyTask()).export(tmp_path / "exports")
     with pytest.raises(CheckpointError, match="no checkpoint to export"):
         Trainer(toy_config(tmp_path / "empty"), ToyTask()).export()
+    # the default folder is the run's own and is replaced; a folder of the caller's is never wiped
+    assert Trainer(config, ToyTask()).export() == last
+    with pytest.raises(InputError, match="exists and is not empty"):
+        Trainer(config, ToyTask()).export(None, tmp_path / "checkpoints")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

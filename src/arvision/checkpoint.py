@@ -131,14 +131,12 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, 
         save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
 
 
-def cast_weights(folder: str | os.PathLike, dtype: torch.dtype) -> list[Path]:
+def cast_weights(folder: str | os.PathLike, dtype: torch.dtype) -> None:
     """Rewrite every ``.safetensors`` file under ``folder`` with its floating-point tensors in ``dtype``
-    (integer tensors, e.g. step counters, are kept). Returns the files rewritten."""
-    files = sorted(Path(folder).rglob("*.safetensors"))
-    for path in files:
+    (integer tensors, e.g. step counters, are kept)."""
+    for path in sorted(Path(folder).rglob("*.safetensors")):
         state = load_state_dict(path)
         save_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, path)
-    return files
 
 
 @contextlib.contextmanager

@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from arvision import checkpoint
-from arvision.errors import ArvisionError, CheckpointError
+from arvision.checkpoint import atomic_folder, cast_weights
+from arvision.errors import ArvisionError, CheckpointError, InputError
 from arvision.imaging import make_grid
 from arvision.training import checkpointing
 from arvision.training.config import to_dict
@@ -215,7 +215,10 @@ class Trainer:
 
     def export(self, checkpoint: str | Path | None = None, folder: str | Path | None = None) -> Path:
         """Write the weights of a saved checkpoint (default: the latest) as a model folder, EMA applied
-        as at the end of a run, to ``folder`` (default: ``out_dir/exports/<checkpoint name>``)."""
+        as at the end of a run, to ``folder`` (default: ``out_dir/exports/<checkpoint name>``, replaced if
+        there; a ``folder`` of the caller's must not exist or be empty, as the export replaces it whole)."""
+        if folder is not None and Path(folder).exists() and any(Path(folder).iterdir()):
+            raise InputError(f"{folder} exists and is not empty: export to a new folder")
         path = Path(checkpoint) if checkpoint is not None else checkpointing.latest_checkpoint(self.ckpt_dir)
         if path is None:
             raise CheckpointError(f"no checkpoint to export in {self.ckpt_dir}")
@@ -402,8 +405,8 @@ class Trainer:
             # The EMA covers trainable parameters; buffers and frozen weights come from the model.
             weights.update(checkpointing.full_state_dict(model, ema.shadow))
         if info.is_main:
-            with checkpoint.atomic_folder(folder) as tmp:
+            with atomic_folder(folder) as tmp:
                 self.task.export(weights, tmp)
                 if self.config.export_dtype != "float32":
-                    checkpoint.cast_weights(tmp, getattr(torch, self.config.export_dtype))
+                    cast_weights(tmp, getattr(torch, self.config.export_dtype))
         return folder
