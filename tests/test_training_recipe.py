@@ -91,11 +91,21 @@ def test_recipe_runs_its_stages_in_order_and_continues_where_it_stopped(tmp_path
         ([{"name": "a", "task": "hart", "set": {"model.transformer": {"depth": 2}}}], "by its dotted keys"),
         ([{"name": "a", "task": "hart", "steps": 3}], "unknown config key"),
         ([], "non-empty list of stages"),
+        ([{"task": "hart"}], r"missing config key\(s\): stages.name"),
     ],
 )
 def test_bad_recipes_name_the_problem(tmp_path, stages, message):
     with pytest.raises(InputError, match=message):
         load_recipe(write_recipe(tmp_path, stages))
+
+
+def test_a_recipe_without_out_dir_or_file_is_named(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("stages:\n  - {name: a, task: hart}\n")
+    with pytest.raises(InputError, match=r"missing config key\(s\): out_dir"):
+        load_recipe(path)
+    with pytest.raises(InputError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
 
 
 def test_a_failing_stage_stops_the_recipe_with_a_message(tmp_path, capsys):

@@ -129,6 +129,11 @@ def build_dataclass(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> 
     unknown = sorted(set(data) - fields)
     if unknown:
         raise InputError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; known: {sorted(fields)}")
+    no_default = dataclasses.MISSING
+    required = [f.name for f in dataclasses.fields(cls) if f.default is no_default and f.default_factory is no_default]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise InputError(f"missing config key(s): {', '.join(prefix + k for k in missing)}")
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
 
 

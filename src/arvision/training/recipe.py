@@ -59,6 +59,8 @@ class Recipe:
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read and check a recipe file: stage names unique, tasks known, config files present, and every
     ``{name}`` naming an earlier stage."""
+    if not Path(path).is_file():
+        raise InputError(f"recipe file not found: {path}")
     data = read_config_file(path)
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
