@@ -118,6 +118,9 @@ def test_bad_inputs_get_clear_errors(pipe, embeds):
         pipe(prompt_embeds=embeds, height=30, width=30, progress=False)
     with pytest.raises(InputError, match="at least"):
         pipe(prompt_embeds=embeds, height=4, width=4, progress=False)
+    assert pipe.schedule_for(256, 256)[-1] == 64  # the tiny tokenizer downsamples 4x: 256 px is the largest
+    with pytest.raises(InputError, match=r"260px needs a 65x65 token grid; HART makes grids up to 64x64 \(256px"):
+        pipe(prompt_embeds=embeds, height=260, width=260, progress=False)
     with pytest.raises(CheckpointError, match="no text encoder"):
         pipe("a red cube", progress=False)
     bad = TextEncoding(embeds.hidden[:, :8], embeds.mask[:, :8], embeds.position_ids[:, :8])

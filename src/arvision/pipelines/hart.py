@@ -38,7 +38,7 @@ from arvision.models.hart_sampler import Condition, SamplingOptions, ScaleStep, 
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
-from arvision.tokenizers.schedules import schedule_for_latent
+from arvision.tokenizers.schedules import MAX_LATENT_SIZE, schedule_for_latent
 
 INDEX_FILE = "model_index.json"
 OFFICIAL_MODEL_TYPE = "hart_transformer_t2i"
@@ -203,6 +203,11 @@ class HartPipeline:
         down = self.tokenizer.config.downsample
         if size % down:
             raise InputError(f"image size {size} is not a multiple of the tokenizer's downsampling factor {down}")
+        if size // down > MAX_LATENT_SIZE:
+            raise InputError(
+                f"{size}px needs a {size // down}x{size // down} token grid; HART makes grids up to "
+                f"{MAX_LATENT_SIZE}x{MAX_LATENT_SIZE} ({MAX_LATENT_SIZE * down}px with this tokenizer)"
+            )
         schedule = schedule_for_latent(size // down, self.transformer.config.patch_nums)
         cfg = self.transformer.config
         if not cfg.use_timestep_embed and len(schedule) > len(cfg.patch_nums):

@@ -18,6 +18,10 @@ PATCH_NUMS: dict[int, tuple[int, ...]] = {
 }
 
 
+# The largest token grid HART generates: the last scale of its 1024 px schedule.
+MAX_LATENT_SIZE = PATCH_NUMS[1024][-1]
+
+
 def schedule_of(indices: Sequence) -> tuple[int, ...]:
     """The schedule of per-scale token maps ``[B, pn^2]`` (their square sizes give it back)."""
     return tuple(int(round(idx.shape[1] ** 0.5)) for idx in indices)
