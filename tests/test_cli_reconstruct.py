@@ -55,3 +55,18 @@ def test_console_entry_point_exits_nonzero_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "image file not found" in result.stderr
+
+
+def test_a_device_this_machine_lacks_is_named(photo, tmp_path, capsys):
+    import torch
+
+    missing = "mps" if torch.cuda.is_available() else "cuda"
+    if missing == "mps" and torch.backends.mps.is_available():
+        pytest.skip("both CUDA and MPS are available")
+    for device, message in (
+        (missing, "no CUDA device" if missing == "cuda" else "MPS is not available"),
+        ("gpu0", "not a torch device"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(["reconstruct", str(photo), "--device", device, "-o", str(tmp_path / "r.png")])
+        assert stop.value.code == 2 and message in capsys.readouterr().err

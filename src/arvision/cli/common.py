@@ -14,9 +14,34 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def usable_device(text: str) -> str:
+    """``--device``'s type: a torch device this machine has (argparse names the problem otherwise)."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this PyTorch build sees no CUDA device; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use cpu")
+    return text
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """``--device`` (default: CUDA when available), checked to be one this machine has."""
+    p.add_argument(
+        "--device",
+        type=usable_device,
+        default=default_device(),
+        help="torch device (default: cuda if available, else cpu)",
+    )
+
+
 def add_device_arguments(p: argparse.ArgumentParser, dtype_default: str | None, dtype_help: str) -> None:
-    """``--device`` (default: CUDA when available) and ``--dtype`` (one of :data:`DTYPES`)."""
-    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    """``--device`` and ``--dtype`` (one of :data:`DTYPES`)."""
+    add_device_argument(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default=dtype_default, help=dtype_help)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
+from arvision.cli.common import add_device_argument
 from arvision.defaults import DEFAULTS_DIR, default_model_path
 from arvision.errors import InputError
 from arvision.eval.metrics import psnr, ssim
@@ -24,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("hybrid", "discrete"), default="hybrid")
     p.add_argument("--size", type=int, default=256, help="square working resolution (default 256)")
     p.add_argument("--model", type=Path, default=None, help="tokenizer folder (default: the embedded one)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p)
     p.add_argument("-o", "--output", type=Path, default=Path("reconstruction.png"))
     p.set_defaults(func=run)
 
