@@ -72,3 +72,20 @@ def test_train_config_keeps_task_sections_as_dicts():
     config = load_config(TrainConfig, None, ["model.tokenizer.ch=32", "optim.lr=1e-3", "max_steps=1e3"])
     assert config.model == {"tokenizer": {"ch": "32"}} and config.optim.lr == 1e-3 and config.max_steps == 1000
     assert parse_overrides(["--a.b=c=d"]) == {"a.b": "c=d"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("batch_size=0", "batch_size must be >= 1, got 0"),
+        ("grad_accum=0", "grad_accum must be >= 1"),
+        ("stop_at_step=-1", "stop_at_step must be >= 0"),
+        ("ema_decay=1", r"ema_decay must be within \[0, 1\)"),
+        ("optim.lr=0", "optim.lr must be > 0"),
+        ("optim.min_lr_ratio=2", r"optim.min_lr_ratio must be within \[0, 1\]"),
+        ("optim.betas=0.9,1.5", "optim.betas"),
+    ],
+)
+def test_train_config_values_out_of_range_are_named(override, message):
+    with pytest.raises(InputError, match=message):
+        load_config(TrainConfig, None, [override])

@@ -56,6 +56,22 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max gradient norm of each clip group (TrainingTask.clip_groups); 0 disables
 
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"optim.betas: two in [0, 1), got {self.betas}",
+        )
+        _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be within [0, 1], got {self.min_lr_ratio}")
+        _require(self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InputError(message)
+
 
 @dataclass
 class TrainConfig:
@@ -93,6 +109,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
+            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("keep_last", "sample_every", "num_workers", "stop_at_step", "max_time_s", "time_budget_s"):
+            _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _require(0 <= self.ema_decay < 1, f"ema_decay must be within [0, 1) (0 disables the EMA), got {self.ema_decay}")
 
 
 # The step rate for time_budget_s is measured over CALIBRATION_STEPS steps after the first CALIBRATION_SKIP of a
