@@ -75,6 +75,10 @@ def test_recipe_runs_its_stages_in_order_and_continues_where_it_stopped(tmp_path
     assert cli_main(["recipe", path, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "stage 1/2 'decoder': done" in out and "--resume" in out.splitlines()[1]
+    assert cli_main(["recipe", path, "--until", "decoder"]) == 0  # the generator is left as it is
+    assert "stage 2/2" not in capsys.readouterr().out and not (runs / "generator" / "final").exists()
+    assert cli_main(["recipe", path, "--until", "encoder"]) == 2
+    assert "the recipe's stages are decoder, generator" in capsys.readouterr().err
     assert cli_main(["recipe", path, "--dry-run", "--nproc-per-node", "2"]) == 0
     assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m arvision train hart" in capsys.readouterr().out
 

@@ -22,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("recipe", help="train a model's stages in order (resumable; configs/recipes/)")
     p.add_argument("recipe", type=Path, help="recipe file (YAML/TOML/JSON): out_dir and a list of stages")
     p.add_argument("--nproc-per-node", type=int, default=1, help="run each stage under torchrun with N processes")
+    p.add_argument("--until", metavar="STAGE", default=None, help="stop after this stage (default: the last)")
     p.add_argument("--dry-run", action="store_true", help="print each stage's command and state, run nothing")
     p.set_defaults(func=run)
 
@@ -37,7 +38,11 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc_per_node < 1:
         raise ArvisionError("--nproc-per-node must be at least 1")
     recipe = load_recipe(args.recipe)
-    for number, stage in enumerate(recipe.stages, start=1):
+    names = [stage.name for stage in recipe.stages]
+    if args.until is not None and args.until not in names:
+        raise ArvisionError(f"--until {args.until}: the recipe's stages are {', '.join(names)}")
+    last = names.index(args.until) if args.until is not None else len(names) - 1
+    for number, stage in enumerate(recipe.stages[: last + 1], start=1):
         label = f"stage {number}/{len(recipe.stages)} {stage.name!r}"
         done = recipe.model_folder(stage.name)
         if done.is_dir():
@@ -54,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
         if code != 0:
             raise ArvisionError(f"{label} failed (exit status {code}); run the same command again to resume it")
     if not args.dry_run:
-        print(f"model: {recipe.model_folder(recipe.stages[-1].name)}")
+        print(f"model: {recipe.model_folder(names[last])}")
     return 0
