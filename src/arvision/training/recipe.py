@@ -17,7 +17,8 @@ Each stage is one ``arvision train TASK --config CONFIG key=value ...`` run writ
 ``<out_dir>/<name>``; ``set`` holds its ``key=value`` overrides, and ``{name}`` in a value is the model
 folder an earlier stage exported (``<out_dir>/<name>/final``). Paths are read from the directory the
 command runs in, as ``arvision train`` reads them. A stage whose model folder exists is done (exports are
-atomic); one with checkpoints resumes; so the same command continues a recipe that was stopped.
+atomic; delete its folder to run it again after changing it); one with checkpoints resumes; so the same
+command continues a recipe that was stopped.
 """
 
 from __future__ import annotations
