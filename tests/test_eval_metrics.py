@@ -4,7 +4,7 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from arvision.eval.metrics import psnr, ssim
+from arvision.eval.metrics import psnr, ssim, wilson_interval
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +36,17 @@ def test_identical_images_are_perfect(pair):
     clean = to_tensor(pair[0])
     assert ssim(clean, clean, data_range=1.0).item() == pytest.approx(1.0)
     assert psnr(clean, clean, data_range=1.0).item() > 100
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    # 5 of 10 at z 1.96: centre 0.5, half-width 1.96 * sqrt(0.025 + 0.0096) / 1.3842 = 0.2634
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    # none right: the interval still reaches 0.2775, where a normal approximation would give [0, 0]
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    # more trials, narrower: the 50-scene VILA-U eval (188 questions) against the 300-scene one (1112)
+    narrow, wide = wilson_interval(418, 1112), wilson_interval(60, 188)
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(3, 2)

@@ -31,6 +31,8 @@ def test_an_oracle_scores_one_and_a_constant_answer_scores_its_share():
     constant = world_vqa_accuracy(lambda images, qs: ["red"] * len(qs), image_size=32, scenes=8)
     seen = [c.answer for c in colour_shape_cases("val", scenes=8, image_size=32)]
     assert constant["seen"]["accuracy"] == pytest.approx(seen.count("red") / len(seen))
+    low, high = constant["seen"]["interval_95"]
+    assert low <= constant["seen"]["accuracy"] < high  # even a rate of 0 leaves room above it
     colours = [
         c.answer for c in colour_shape_cases("val", scenes=8, image_size=32) if c.question.startswith("What color")
     ]

@@ -14,6 +14,7 @@ from PIL import Image
 
 from arvision.data.scenes import COLOURS, SHAPES
 from arvision.data.world import WorldConfig, single_object_prompts
+from arvision.eval.metrics import wilson_interval
 from arvision.eval.shapes import detection_accuracy, main_object, single_object_targets
 
 Generate = Callable[[Sequence[str], int], list[Image.Image]]
@@ -30,10 +31,11 @@ def world_shape_accuracy(
     generate: Generate, images_per_prompt: int = 2, config: WorldConfig | None = None, first_seed: int = 0
 ) -> dict:
     """``generate(prompts, seed)`` -> one image per prompt, for seeds ``first_seed ..
-    first_seed + images_per_prompt - 1``. Returns, per prompt set, the accuracies, the
-    image count, ``by_shape``: for each prompted shape, the fraction drawn right in the right colour (where
-    a model's failures concentrate), and ``drawn``: for each "colour shape" pair, how often each shape was
-    read back ("none": no object found), which shows what a model draws instead of a pair it never saw."""
+    first_seed + images_per_prompt - 1``. Returns, per prompt set, the accuracies (and the 95% Wilson
+    interval of "both", ``both_interval_95``), the image count, ``by_shape``: for each prompted shape, the
+    fraction drawn right in the right colour (where a model's failures concentrate), and ``drawn``: for each
+    "colour shape" pair, how often each shape was read back ("none": no object found), which shows what a
+    model draws instead of a pair it never saw."""
     report = {}
     for name, cases in prompt_sets(config).items():
         prompts = [case.prompt for case in cases]
@@ -46,8 +48,10 @@ def world_shape_accuracy(
         for (colour, shape), found in zip(targets, detected, strict=True):
             drawn[f"{colour} {shape}"][found.shape if found else "none"] += 1
             right[shape].append(found is not None and (found.colour, found.shape) == (colour, shape))
+        both = sum(hits for per_shape in right.values() for hits in per_shape)
         report[name] = {
             **detection_accuracy(detected, targets),
+            "both_interval_95": wilson_interval(both, len(images)),
             "images": len(images),
             "by_shape": {shape: sum(hits) / len(hits) for shape, hits in sorted(right.items())},
             "drawn": {pair: dict(counts.most_common()) for pair, counts in sorted(drawn.items())},

@@ -1,6 +1,8 @@
-"""Full-reference image metrics on float tensors ``[B, C, H, W]``."""
+"""Full-reference image metrics on float tensors ``[B, C, H, W]``, and the uncertainty of a measured rate."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -39,3 +41,15 @@ def ssim(
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     return (num / den).flatten(1).mean(dim=1).float()
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a success rate (95% for ``z`` 1.96): where the true accuracy of a model
+    plausibly lies when ``successes`` of ``trials`` items were right. Honest at small counts and near 0 or 1,
+    where the normal approximation is not."""
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+    rate, spread = successes / trials, z * z / trials
+    centre = (rate + spread / 2) / (1 + spread)
+    half = z * math.sqrt(rate * (1 - rate) / trials + spread / (4 * trials)) / (1 + spread)
+    return max(0.0, centre - half), min(1.0, centre + half)

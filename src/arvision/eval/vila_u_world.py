@@ -16,6 +16,7 @@ from PIL import Image
 from arvision.data.captions import scene_vqa
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
+from arvision.eval.metrics import wilson_interval
 
 Answer = Callable[[Sequence[Image.Image], Sequence[str]], list[str]]
 COLOUR_SHAPE_PREFIXES = ("What color is the", "What shape is the")
@@ -49,7 +50,7 @@ def first_word(text: str) -> str:
 
 def world_vqa_accuracy(answer: Answer, image_size: int, scenes: int = 50, max_objects: int = 2) -> dict:
     """``answer(images, questions)`` -> one answer per question. Returns accuracy and counts per set, in
-    all and for the colour and the shape questions apart."""
+    all (with its 95% Wilson interval, ``interval_95``) and for the colour and the shape questions apart."""
     report = {}
     for name, split in (("held_out", "heldout"), ("seen", "val")):
         cases = colour_shape_cases(split, scenes, image_size, max_objects)
@@ -57,7 +58,11 @@ def world_vqa_accuracy(answer: Answer, image_size: int, scenes: int = 50, max_ob
         if len(replies) != len(cases):
             raise InputError(f"expected {len(cases)} answers, got {len(replies)}")
         right = [first_word(r) == c.answer for r, c in zip(replies, cases)]
-        report[name] = {"accuracy": sum(right) / len(right), "questions": len(right)}
+        report[name] = {
+            "accuracy": sum(right) / len(right),
+            "interval_95": wilson_interval(sum(right), len(right)),
+            "questions": len(right),
+        }
         for kind, prefix in zip(("colour", "shape"), COLOUR_SHAPE_PREFIXES):
             picked = [ok for ok, c in zip(right, cases) if c.question.startswith(prefix)]
             report[name][kind] = {"accuracy": sum(picked) / max(len(picked), 1), "questions": len(picked)}
