@@ -126,6 +126,16 @@ def test_bad_inputs_get_clear_errors(pipe, embeds):
     bad = TextEncoding(embeds.hidden[:, :8], embeds.mask[:, :8], embeds.position_ids[:, :8])
     with pytest.raises(InputError, match="expects"):
         pipe(prompt_embeds=bad, progress=False)
+    with pytest.raises(InputError, match="class_labels need a class-conditional model"):
+        pipe(prompt_embeds=embeds, class_labels=[1], progress=False)
+    for options, message in [
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"top_k": -3}, "top_k must be >= 0"),
+        ({"top_p": 2.0}, "top_p must be within"),
+        ({"temperature": -0.5}, "temperature must be >= 0"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            pipe(prompt_embeds=embeds, progress=False, **options)
 
 
 def test_other_resolution_schedules_run(pipe, embeds):

@@ -111,6 +111,24 @@ def test_empty_prompt_or_question_is_rejected():
         pipe.describe(_astronaut(), "")
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"temperature": -1.0}, "temperature must be >= 0"),
+        ({"top_p": 1.5}, r"top_p must be within \[0, 1\]"),
+        ({"top_k": -2}, "top_k must be >= 0"),
+    ],
+)
+def test_sampling_settings_out_of_range_are_named(options, message):
+    pipe = fixture_pipeline()
+    with pytest.raises(InputError, match=message):
+        pipe.describe(_astronaut(), "What is it?", **options)
+    with pytest.raises(InputError, match=message):
+        pipe.generate_image("A red cube.", **options)
+    with pytest.raises(InputError, match="cfg must be >= 0"):
+        pipe.generate_image("A red cube.", cfg=-1.0)
+
+
 def test_non_image_and_unreadable_video_are_rejected(tmp_path):
     pipe = fixture_pipeline()
     bad_image = tmp_path / "photo.jpg"

@@ -36,8 +36,12 @@ def test_overlong_prompts_truncate_with_a_warning_and_empty_prompts_fail(tiny_qw
     assert out.mask.all()
     with pytest.raises(InputError, match="empty"):
         enc.encode(["a red cube", "   "])
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="no prompt given"):
         check_prompts([])
+    with pytest.raises(InputError, match="prompts must be a string or a list of strings, got int"):
+        check_prompts(123)
+    with pytest.raises(InputError, match="prompt 1 must be a string, got NoneType"):
+        check_prompts(["a red cube", None])
 
 
 def test_minilm_default_encoder_runs_offline():

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from arvision.errors import InputError
+from arvision.models.diffusion_head import NUM_TRAIN_STEPS
 from arvision.models.hart import HartTransformer
 from arvision.nn.kv_cache import KVCache
-from arvision.nn.sampling import filter_top_k_top_p, guide, gumbel_softmax, sample_logits
+from arvision.nn.sampling import check_sampling, filter_top_k_top_p, guide, gumbel_softmax, sample_logits
 
 
 @dataclass
@@ -39,6 +41,15 @@ class SamplingOptions:
     discrete_only: bool = False
     diffusion_temperature: float = 1.0
     diffusion_steps: int | None = None  # None: the model's num_sampling_steps (HART: 8)
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_k, self.top_p)
+        if self.cfg < 0:
+            raise InputError(f"guidance_scale (cfg) must be >= 0 (0 disables guidance), got {self.cfg}")
+        if self.diffusion_temperature < 0:
+            raise InputError(f"diffusion_temperature must be >= 0, got {self.diffusion_temperature}")
+        if self.diffusion_steps is not None and not 1 <= self.diffusion_steps <= NUM_TRAIN_STEPS:
+            raise InputError(f"diffusion_steps must be within 1..{NUM_TRAIN_STEPS}, got {self.diffusion_steps}")
 
 
 @dataclass

@@ -7,6 +7,19 @@ from __future__ import annotations
 
 import torch
 
+from arvision.errors import InputError
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
+    """Refuse, naming it, a setting no sampler here takes: ``temperature`` below 0 (0 is greedy), ``top_k``
+    below 0 (0 or None: no top-k), ``top_p`` outside [0, 1] (0: no top-p)."""
+    if temperature < 0:
+        raise InputError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise InputError(f"top_k must be >= 0 (0: no top-k), got {top_k}")
+    if not 0 <= top_p <= 1:
+        raise InputError(f"top_p must be within [0, 1] (0: no top-p), got {top_p}")
+
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance ``uncond + scale * (cond - uncond)``.

@@ -32,7 +32,6 @@ from PIL import Image
 from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
 from arvision.imaging import tensor_to_pil
-from arvision.models.diffusion_head import NUM_TRAIN_STEPS
 from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer
 from arvision.models.hart_sampler import Condition, SamplingOptions, ScaleStep, sample_latent
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
@@ -283,8 +282,6 @@ class HartPipeline:
         """
         if num_images_per_prompt < 1:
             raise InputError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if diffusion_steps is not None and not 1 <= diffusion_steps <= NUM_TRAIN_STEPS:
-            raise InputError(f"diffusion_steps must be within 1..{NUM_TRAIN_STEPS}, got {diffusion_steps}")
         patch_nums = self.schedule_for(height, width)
         device = self.device
         cond = self._condition(prompt, prompt_embeds, class_labels, device)
@@ -323,6 +320,8 @@ class HartPipeline:
         return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)
 
     def _condition(self, prompt, prompt_embeds, class_labels, device) -> Condition:
+        if class_labels is not None and not self.transformer.config.class_conditional:
+            raise InputError("class_labels need a class-conditional model; this one takes text prompts")
         if self.transformer.config.class_conditional:
             if class_labels is None and prompt is None:
                 raise InputError("this is a class-conditional model: pass class_labels (or class names as prompts)")

@@ -23,6 +23,7 @@ from arvision.data.media import is_video_path, load_video_frames, preprocess_ima
 from arvision.errors import CheckpointError, InputError
 from arvision.imaging import load_image
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
+from arvision.nn.sampling import check_sampling
 from arvision.pipelines import vila_u_checkpoint as ckpt
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
 from arvision.text import vicuna
@@ -196,16 +197,20 @@ class VilaUPipeline:
             prompts.append(self.model.splice(self.prompt_ids(question, len(features)), features))
         embeds, mask = left_padded(prompts)
         s = self.text_sampling
+        sampling = {
+            "temperature": s.temperature if temperature is None else temperature,
+            "top_k": s.top_k if top_k is None else top_k,
+            "top_p": s.top_p if top_p is None else top_p,
+        }
+        check_sampling(**sampling)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         ids, _ = self.model.generate_text_batch(
             embeds,
             mask,
             max_new_tokens=max_new_tokens or s.max_new_tokens,
             eos_token_id=s.eos_token_id,
-            temperature=s.temperature if temperature is None else temperature,
-            top_k=s.top_k if top_k is None else top_k,
-            top_p=s.top_p if top_p is None else top_p,
             generator=generator,
+            **sampling,
         )
         return [self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in ids]
 
@@ -239,6 +244,9 @@ class VilaUPipeline:
             raise InputError("the prompt is empty")
         if n < 1:
             raise InputError(f"n must be at least 1, got {n}")
+        if cfg < 0:
+            raise InputError(f"cfg must be >= 0, got {cfg}")
+        check_sampling(**sampling)
         ids, mask = self.generation_batch(prompt, n, video)
         tokens = self.config.tower.grid**2 * (self.config.video_generation_frames if video else 1)
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None

@@ -37,10 +37,14 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     """One prompt or a list of them, each non-empty after stripping whitespace."""
     if isinstance(prompts, str):
         prompts = [prompts]
+    if not isinstance(prompts, Sequence):
+        raise InputError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
     prompts = list(prompts)
     if not prompts:
         raise InputError("no prompt given")
     for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt {i} must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
             raise InputError(f"prompt {i} is empty; describe the image to generate")
     return prompts
