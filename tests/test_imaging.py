@@ -38,3 +38,16 @@ def test_load_image_errors_name_the_file(tmp_path):
         load_image(bad)
     Image.new("L", (4, 4)).save(tmp_path / "gray.png")
     assert load_image(tmp_path / "gray.png").mode == "RGB"
+
+
+def test_load_image_takes_uint8_arrays_and_names_other_inputs():
+    import numpy as np
+
+    grey = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    assert np.asarray(load_image(grey))[..., 0].tolist() == grey.tolist()
+    rgba = np.zeros((2, 3, 4), dtype=np.uint8)
+    assert load_image(rgba).size == (3, 2) and load_image(rgba).mode == "RGB"
+    with pytest.raises(InputError, match="uint8"):
+        load_image(np.zeros((4, 4, 3), dtype=np.float32))
+    with pytest.raises(InputError, match="got int"):
+        load_image(3)

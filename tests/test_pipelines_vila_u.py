@@ -111,6 +111,23 @@ def test_empty_prompt_or_question_is_rejected():
         pipe.describe(_astronaut(), "")
 
 
+def test_arrays_are_images_and_other_inputs_are_named():
+    pipe = fixture_pipeline()
+    image = _astronaut()
+    as_array = pipe.describe(np.asarray(image), "What is it?", temperature=0, max_new_tokens=4)
+    assert as_array == pipe.describe(image, "What is it?", temperature=0, max_new_tokens=4)
+    for media, question, message in [
+        (None, "What is it?", "expected an image, a video or a non-empty list of frames, got None"),
+        ([], "What is it?", "non-empty list of frames"),
+        (image, 5, r"questions must be strings, got \['int'\]"),
+        (np.zeros((8, 8, 3)), "What is it?", "an image array must be uint8"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            pipe.describe(media, question)
+    with pytest.raises(InputError, match="max_new_tokens must be >= 1"):
+        pipe.describe(image, "What is it?", max_new_tokens=0)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

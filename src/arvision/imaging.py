@@ -12,10 +12,21 @@ from PIL import Image, UnidentifiedImageError
 from arvision.errors import InputError
 
 
-def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
-    """Open an image file (or take a PIL image) as RGB, with errors that name the file."""
+def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+    """Open an image file (or take a PIL image, or an ``[H, W]`` / ``[H, W, 3]`` uint8 array) as RGB, with
+    errors that name the file."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
+    if isinstance(source, np.ndarray):
+        if (
+            source.dtype != np.uint8
+            or source.ndim not in (2, 3)
+            or (source.ndim == 3 and source.shape[2] not in (3, 4))
+        ):
+            raise InputError(f"an image array must be uint8 [H, W] or [H, W, 3|4], got {source.dtype} {source.shape}")
+        return Image.fromarray(source).convert("RGB")
+    if not isinstance(source, str | os.PathLike):
+        raise InputError(f"an image is a file path, a PIL image or a uint8 array, got {type(source).__name__}")
     path = Path(source)
     if not path.is_file():
         raise InputError(f"image file not found: {path}")

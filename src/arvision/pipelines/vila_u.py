@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +31,7 @@ from arvision.text import vicuna
 
 __all__ = ["VilaUPipeline", "TextSampling", "is_vila_u_folder"]
 
-ImageInput = str | os.PathLike | PIL.Image.Image
+ImageInput = str | os.PathLike | PIL.Image.Image | np.ndarray
 
 
 def _first(value: int | list[int]) -> int:
@@ -185,8 +186,12 @@ class VilaUPipeline:
             raise InputError(f"{len(media)} images or videos for {len(questions)} questions")
         if not questions:
             raise InputError("no questions to answer")
-        if any(not q or not q.strip() for q in questions):
+        if not all(isinstance(q, str) for q in questions):
+            raise InputError(f"questions must be strings, got {[type(q).__name__ for q in questions]}")
+        if any(not q.strip() for q in questions):
             raise InputError("the question is empty")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         # Several questions about one image or video (the same object, as the CLI passes it) read and encode it once.
         encoded: dict[int, torch.Tensor] = {}
         prompts = []
@@ -218,14 +223,16 @@ class VilaUPipeline:
         """An image, a video file or frame folder (``num_frames`` sampled), or a list of frames -> frames."""
         if isinstance(media, (str, os.PathLike)) and is_video_path(media):
             return load_video_frames(media, num_frames or self.config.num_video_frames)
-        if isinstance(media, (str, os.PathLike, PIL.Image.Image)):
+        if isinstance(media, (str, os.PathLike, PIL.Image.Image, np.ndarray)):
             return [media]
+        if not isinstance(media, Sequence) or not media:
+            raise InputError(f"expected an image, a video or a non-empty list of frames, got {media!r:.60}")
         return list(media)
 
     @torch.no_grad()
     def reconstruct(self, images: ImageInput | Sequence[ImageInput]) -> list[PIL.Image.Image]:
         """Round trip through the vision tower (encode to codes, decode): what the tokens keep of an image."""
-        batch = [images] if isinstance(images, (str, os.PathLike, PIL.Image.Image)) else list(images)
+        batch = [images] if isinstance(images, (str, os.PathLike, PIL.Image.Image, np.ndarray)) else list(images)
         codes, _ = self.model.vision_tower.encode(self.pixels(batch))
         return to_pil(self.model.vision_tower.decode_codes(codes))
 
