@@ -156,6 +156,10 @@ def test_bad_image_shapes_are_input_errors():
         tok.encode(torch.zeros(1, 3, 32, 64))
     with pytest.raises(InputError, match="ends at"):
         tok.encode(torch.zeros(1, 3, 64, 64), patch_nums=(1, 2, 3))
+    with pytest.raises(InputError, match=r"floats in \[-1, 1\].*torch.uint8"):
+        tok.encode(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(InputError, match=rf"latent must be \[B, {tok.config.z_channels}, h, w\], got \(1, 5, 4, 4\)"):
+        tok.decode(torch.zeros(1, 5, 4, 4))
 
 
 # -- loading and saving -----------------------------------------------------------------------------------

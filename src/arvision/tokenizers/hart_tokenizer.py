@@ -131,6 +131,8 @@ class HybridTokenizer(nn.Module):
     def check_images(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise InputError(f"images must be floats in [-1, 1] (imaging.pil_to_tensor makes them), got {images.dtype}")
         h, w = images.shape[-2:]
         down = self.config.downsample
         if h % down or w % down:
@@ -178,7 +180,10 @@ class HybridTokenizer(nn.Module):
         return latent if residual is None else latent + residual
 
     def decode(self, latent: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-        """Latent ``[B, C, h, w]`` -> images ``[B, 3, 16h, 16w]``, clamped to [-1, 1] unless ``clamp=False``."""
+        """Latent ``[B, C, h, w]`` -> images ``[B, 3, d*h, d*w]`` (``d``: the downsampling, 16 in the release),
+        clamped to [-1, 1] unless ``clamp=False``."""
+        if latent.ndim != 4 or latent.shape[1] != self.config.z_channels:
+            raise InputError(f"latent must be [B, {self.config.z_channels}, h, w], got {tuple(latent.shape)}")
         images = self.decoder(self.post_quant_conv(latent))
         return images.clamp(-1, 1) if clamp else images
 
