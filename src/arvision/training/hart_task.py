@@ -35,6 +35,7 @@ from arvision.training.config import build_dataclass
 from arvision.training.distributed import root_params_gathered
 from arvision.training.hart_loss import HartLossConfig, hart_loss
 from arvision.training.latent_cache import CachedTargets, tokenize_targets
+from arvision.training.lora import LoraSettings, add_lora, merged_state_dict
 from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
 
 
@@ -52,6 +53,10 @@ class HartData:
     cache_workers: int = 0  # DataLoader workers that render/load images while the cache is built
 
 
+# The attention and MLP projections of the transformer blocks: where LoRA adapts HART by default.
+HART_LORA_TARGETS = r"blocks\.\d+\.(attn\.(qkv_proj|proj)|ffn\.(gate_proj|up_proj|down_proj))"
+
+
 @dataclass
 class HartModel:
     """``transformer``: :class:`HartConfig` fields; the context, vocabulary and latent sizes are taken from
@@ -63,6 +68,9 @@ class HartModel:
     text_encoder: str = "minilm"  # "minilm" or a Qwen2 folder (class-conditional models use none)
     context_tokens: int = 32
     loss: HartLossConfig = field(default_factory=HartLossConfig)
+    # lora.rank > 0: adapters on the blocks' linear layers learn instead of the weights (the diffusion head and
+    # the rest stay as they are); the export merges them
+    lora: LoraSettings = field(default_factory=LoraSettings)
     # the sampling the exported folder names for calls that name none ({guidance_scale: 3, top_k: 20}, as the
     # default HART's); keys left out keep init_from's, else HART's cfg 4.5 and official top-k schedule
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -205,6 +213,8 @@ class HartTask(TrainingTask):
         else:
             transformer = HartTransformer(self.transformer_config)
             transformer.init_weights()
+        if self.model_config.lora.rank > 0:
+            add_lora(transformer, self.model_config.lora, HART_LORA_TARGETS)
         return HartObjective(transformer, self.tokenizer, self.text_encoder, self.model_config.loss)
 
     def _initial_transformer(self, folder: Path) -> HartTransformer:
@@ -261,7 +271,12 @@ class HartTask(TrainingTask):
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         transformer = HartTransformer(self.transformer_config)
-        transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in weights.items()})
+        state = {k.removeprefix("transformer."): v for k, v in weights.items()}
+        if self.model_config.lora.rank > 0:
+            adapted = add_lora(HartTransformer(self.transformer_config), self.model_config.lora, HART_LORA_TARGETS)
+            adapted.load_state_dict(state)
+            state = merged_state_dict(adapted)
+        transformer.load_state_dict(state)
         self._pipeline(transformer).save_pretrained(folder)
 
     def sample_images(self, model: nn.Module) -> list[Image.Image]:

@@ -1,0 +1,54 @@
+"""Low-rank adapters (LoRA) for fine-tuning, through peft: the model's weights stay frozen and a rank-``r``
+update ``B @ A * alpha / r`` on chosen linear layers learns instead, a small fraction of the parameters
+(and of the optimizer state). For export the updates are merged into the weights, so the folder has the
+plain layout and loads with ``from_pretrained`` like any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from arvision.errors import InputError
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 0  # 0: no adapters, full fine-tuning
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    targets: str | None = None  # regular expression over module names (full match); None: the task's default
+
+
+def add_lora(model: nn.Module, settings: LoraSettings, default_targets: str) -> nn.Module:
+    """Wrap the linear layers of ``model`` whose names match ``settings.targets`` (else ``default_targets``)
+    with adapters, in place; afterwards only the adapters require gradients. Returns ``model``."""
+    targets = settings.targets or default_targets
+    try:
+        import peft
+    except ModuleNotFoundError as exc:
+        raise InputError("LoRA (model.lora.rank > 0) needs peft: pip install 'arvision[train]'") from exc
+    if settings.rank < 1 or settings.alpha <= 0 or not 0 <= settings.dropout < 1:
+        raise InputError(f"model.lora needs rank >= 1, alpha > 0 and dropout in [0, 1), got {settings}")
+    config = peft.LoraConfig(
+        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets
+    )
+    try:
+        peft.inject_adapter_in_model(config, model)
+    except ValueError as exc:  # peft's message when nothing matches
+        raise InputError(f"model.lora.targets {targets!r} matches no linear layer: {exc}") from exc
+    return model
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of a model with adapters as the plain model would have it: every adapter merged into
+    its layer's weight (peft's ``merge``), the ``base_layer`` names restored, the adapter tensors dropped.
+    Merges ``model`` in place."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.merge()
+    return {key.replace(".base_layer.", "."): value for key, value in model.state_dict().items() if ".lora_" not in key}
