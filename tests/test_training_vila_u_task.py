@@ -209,6 +209,41 @@ def test_vila_u_training_lowers_the_loss_and_exports_a_working_pipeline(tmp_path
     assert isinstance(pipe.describe(image, "What colour is the circle?", temperature=0, max_new_tokens=4), str)
 
 
+def test_lora_adapts_the_llm_and_the_export_merges_it(tmp_path):
+    pytest.importorskip("peft")
+    task = _task("vila-u", model={"lora": {"rank": 4, "alpha": 8}}, data={"caption_dropout": 0.0})
+    objective = task.build_model()
+    trainable = [n for n, p in objective.named_parameters() if p.requires_grad]
+    llm = [n for n in trainable if n.startswith("vila_u.llm.")]
+    assert llm and all(".lora_" in n for n in llm)  # the LLM learns through its adapters only
+    for part in ("mm_projector", "depth_transformer"):  # the other parts still learn in full
+        assert any(n.startswith(f"vila_u.{part}.") for n in trainable)
+    final = _run(task, tmp_path)
+    before = VilaUPipeline.from_pretrained(FIXTURE).model
+    changed = _changed(before, VilaUPipeline.from_pretrained(final).model)
+    moved = {k for k, v in changed.items() if v and k.startswith("llm.")}
+    assert moved and all(
+        k.endswith(
+            (
+                "q_proj.weight",
+                "k_proj.weight",
+                "v_proj.weight",
+                "o_proj.weight",
+                "gate_proj.weight",
+                "up_proj.weight",
+                "down_proj.weight",
+            )
+        )
+        for k in moved
+    )
+    assert not any(v for k, v in changed.items() if k.startswith("llm.") and "embed_tokens" in k)
+    # a second build (a run after a run, an export after it) keeps one set of adapters, the LLM still frozen
+    again = task.build_model()
+    assert sorted(n for n, p in again.named_parameters() if p.requires_grad) == sorted(trainable)
+    with pytest.raises(InputError, match="keep llm in model.train"):
+        _task("vila-u", model={"lora": {"rank": 4}, "train": ["depth_transformer"]})
+
+
 @pytest.mark.parametrize("name", ["vila-u", "vila-u-tower"])
 def test_resume_is_bit_for_bit(tmp_path, name):
     _run(_task(name), tmp_path / "a", steps=4)

@@ -24,21 +24,26 @@ class LoraSettings:
 
 def add_lora(model: nn.Module, settings: LoraSettings, default_targets: str) -> nn.Module:
     """Wrap the linear layers of ``model`` whose names match ``settings.targets`` (else ``default_targets``)
-    with adapters, in place; afterwards only the adapters require gradients. Returns ``model``."""
-    targets = settings.targets or default_targets
+    with adapters, in place, unless it has them already; afterwards only the adapters of ``model`` require
+    gradients. Returns ``model``."""
     try:
         import peft
+        from peft.tuners.lora import LoraLayer
     except ModuleNotFoundError as exc:
         raise InputError("LoRA (model.lora.rank > 0) needs peft: pip install 'arvision[train]'") from exc
     if settings.rank < 1 or settings.alpha <= 0 or not 0 <= settings.dropout < 1:
         raise InputError(f"model.lora needs rank >= 1, alpha > 0 and dropout in [0, 1), got {settings}")
-    config = peft.LoraConfig(
-        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets
-    )
-    try:
-        peft.inject_adapter_in_model(config, model)
-    except ValueError as exc:  # peft's message when nothing matches
-        raise InputError(f"model.lora.targets {targets!r} matches no linear layer: {exc}") from exc
+    targets = settings.targets or default_targets
+    if not any(isinstance(module, LoraLayer) for module in model.modules()):
+        config = peft.LoraConfig(
+            r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets
+        )
+        try:
+            peft.inject_adapter_in_model(config, model)
+        except ValueError as exc:  # peft's message when nothing matches
+            raise InputError(f"model.lora.targets {targets!r} matches no linear layer: {exc}") from exc
+    for name, param in model.named_parameters():
+        param.requires_grad_(".lora_" in name)
     return model
 
 

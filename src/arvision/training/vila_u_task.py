@@ -45,11 +45,14 @@ from arvision.text.hf_encoder import minilm_text_encoder
 from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
 from arvision.training.config import build_dataclass
 from arvision.training.distributed import is_fsdp, root_params_gathered
+from arvision.training.lora import LoraSettings, add_lora, merged_state_dict
 from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
 from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
 from arvision.training.vila_u import VilaUExample, generation_example, understanding_example, vila_u_loss
 
 VILA_U_PARTS = ("llm", "mm_projector", "depth_transformer")
+# The Llama attention and MLP projections (names inside the LLM): where LoRA adapts VILA-U by default.
+VILA_U_LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 PROJECTOR_STATISTICS_IMAGES = 512
 PROJECTOR_INITS = ("default", "standardise", "whiten")
 # Whitening floors each eigenvalue at this share of the largest, so near-empty directions are not blown up.
@@ -252,6 +255,9 @@ class VilaUModel:
     # PyTorch's init. Towers write a large image-wide vector over every token (see the VILA-U model card), which
     # drowns the local detail unless the inputs are evened out.
     projector_init: str = "default"
+    # lora.rank > 0: adapters on the LLM's projections learn instead of its weights (the other parts in ``train``
+    # still learn in full); the export merges them
+    lora: LoraSettings = field(default_factory=LoraSettings)
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
 
 
@@ -379,6 +385,8 @@ class VilaUTask(TrainingTask):
         unknown = sorted(set(train) - set(VILA_U_PARTS))
         if unknown or not train:
             raise InputError(f"model.train: {unknown or 'empty'}; choose from {list(VILA_U_PARTS)}")
+        if self.model_config.lora.rank > 0 and "llm" not in train:
+            raise InputError("model.lora adapts the LLM: keep llm in model.train, or set model.lora.rank=0")
         for key in ("generation_fraction", "video_fraction", "caption_dropout"):
             if not 0 <= getattr(d, key) <= 1:
                 raise InputError(f"data.{key} must lie in [0, 1], got {getattr(d, key)}")
@@ -408,7 +416,10 @@ class VilaUTask(TrainingTask):
             features = self._tower_features(PROJECTOR_STATISTICS_IMAGES)
             mean, transform = input_transform(features, self.model_config.projector_init)
             self.base.model.mm_projector.fold_input_transform(mean, transform)
-        return VilaUObjective(self.base.model, self.model_config.train)
+        objective = VilaUObjective(self.base.model, self.model_config.train)
+        if self.model_config.lora.rank > 0:  # the LLM learns through its adapters, the other parts in full
+            add_lora(objective.vila_u.llm, self.model_config.lora, VILA_U_LORA_TARGETS)
+        return objective
 
     @torch.no_grad()
     def _tower_features(self, count: int) -> torch.Tensor:
@@ -475,7 +486,13 @@ class VilaUTask(TrainingTask):
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         model = VilaU(self.base.config)
-        model.load_state_dict(select_prefix(weights, "vila_u."))
+        state = select_prefix(weights, "vila_u.")
+        if self.model_config.lora.rank > 0:
+            adapted = VilaU(self.base.config)
+            add_lora(adapted.llm, self.model_config.lora, VILA_U_LORA_TARGETS)
+            adapted.load_state_dict(state)
+            state = merged_state_dict(adapted)
+        model.load_state_dict(state)
         model.to(stored_dtype(self.init_from))
         VilaUPipeline(model, self.base.tokenizer, self.base.text_sampling).save_pretrained(folder)
 
