@@ -35,7 +35,7 @@ from arvision.training.config import build_dataclass
 from arvision.training.distributed import root_params_gathered
 from arvision.training.hart_loss import HartLossConfig, hart_loss
 from arvision.training.latent_cache import CachedTargets, tokenize_targets
-from arvision.training.lora import LoraSettings, add_lora, merged_state_dict
+from arvision.training.lora import LoraSettings, add_lora, merge_adapters
 from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
 
 
@@ -271,12 +271,12 @@ class HartTask(TrainingTask):
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         transformer = HartTransformer(self.transformer_config)
-        state = {k.removeprefix("transformer."): v for k, v in weights.items()}
-        if self.model_config.lora.rank > 0:
-            adapted = add_lora(HartTransformer(self.transformer_config), self.model_config.lora, HART_LORA_TARGETS)
-            adapted.load_state_dict(state)
-            state = merged_state_dict(adapted)
-        transformer.load_state_dict(state)
+        lora = self.model_config.lora.rank > 0
+        if lora:
+            add_lora(transformer, self.model_config.lora, HART_LORA_TARGETS)
+        transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in weights.items()})
+        if lora:
+            merge_adapters(transformer)
         self._pipeline(transformer).save_pretrained(folder)
 
     def sample_images(self, model: nn.Module) -> list[Image.Image]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from arvision.errors import InputError
@@ -47,13 +46,18 @@ def add_lora(model: nn.Module, settings: LoraSettings, default_targets: str) -> 
     return model
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict of a model with adapters as the plain model would have it: every adapter merged into
-    its layer's weight (peft's ``merge``), the ``base_layer`` names restored, the adapter tensors dropped.
-    Merges ``model`` in place."""
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its layer's weight (peft's ``merge``) and put the plain layer back in its
+    place, in place: ``model`` then has the layout and state-dict keys it had before :func:`add_lora`.
+    Returns ``model``."""
     from peft.tuners.lora import LoraLayer
 
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            module.merge()
-    return {key.replace(".base_layer.", "."): value for key, value in model.state_dict().items() if ".lora_" not in key}
+    adapted = [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+    for name in adapted:
+        layer = model.get_submodule(name)
+        layer.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer.get_base_layer())
+    if hasattr(model, "peft_config"):  # peft's record of the adapters it added
+        del model.peft_config
+    return model

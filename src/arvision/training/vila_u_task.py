@@ -45,7 +45,7 @@ from arvision.text.hf_encoder import minilm_text_encoder
 from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
 from arvision.training.config import build_dataclass
 from arvision.training.distributed import is_fsdp, root_params_gathered
-from arvision.training.lora import LoraSettings, add_lora, merged_state_dict
+from arvision.training.lora import LoraSettings, add_lora, merge_adapters
 from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
 from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
 from arvision.training.vila_u import VilaUExample, generation_example, understanding_example, vila_u_loss
@@ -486,13 +486,12 @@ class VilaUTask(TrainingTask):
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         model = VilaU(self.base.config)
-        state = select_prefix(weights, "vila_u.")
-        if self.model_config.lora.rank > 0:
-            adapted = VilaU(self.base.config)
-            add_lora(adapted.llm, self.model_config.lora, VILA_U_LORA_TARGETS)
-            adapted.load_state_dict(state)
-            state = merged_state_dict(adapted)
-        model.load_state_dict(state)
+        lora = self.model_config.lora.rank > 0
+        if lora:
+            add_lora(model.llm, self.model_config.lora, VILA_U_LORA_TARGETS)
+        model.load_state_dict(select_prefix(weights, "vila_u."))
+        if lora:
+            merge_adapters(model.llm)
         model.to(stored_dtype(self.init_from))
         VilaUPipeline(model, self.base.tokenizer, self.base.text_sampling).save_pretrained(folder)
 
