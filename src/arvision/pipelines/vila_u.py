@@ -223,7 +223,7 @@ class VilaUPipeline:
         """An image, a video file or frame folder (``num_frames`` sampled), or a list of frames -> frames."""
         if isinstance(media, (str, os.PathLike)) and is_video_path(media):
             return load_video_frames(media, num_frames or self.config.num_video_frames)
-        if isinstance(media, (str, os.PathLike, PIL.Image.Image, np.ndarray)):
+        if isinstance(media, ImageInput):
             return [media]
         if not isinstance(media, Sequence) or not media:
             raise InputError(f"expected an image, a video or a non-empty list of frames, got {media!r:.60}")
@@ -232,7 +232,7 @@ class VilaUPipeline:
     @torch.no_grad()
     def reconstruct(self, images: ImageInput | Sequence[ImageInput]) -> list[PIL.Image.Image]:
         """Round trip through the vision tower (encode to codes, decode): what the tokens keep of an image."""
-        batch = [images] if isinstance(images, (str, os.PathLike, PIL.Image.Image, np.ndarray)) else list(images)
+        batch = [images] if isinstance(images, ImageInput) else list(images)
         codes, _ = self.model.vision_tower.encode(self.pixels(batch))
         return to_pil(self.model.vision_tower.decode_codes(codes))
 
