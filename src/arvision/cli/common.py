@@ -54,3 +54,10 @@ def numbered_paths(output: Path, count: int) -> list[Path]:
     if count == 1:
         return [output]
     return [output.with_name(f"{output.stem}-{i:03d}{output.suffix}") for i in range(count)]
+
+
+def silence_library_progress() -> None:
+    """``--quiet``: also hide the bars transformers draws while it loads weights (a process-wide switch)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()

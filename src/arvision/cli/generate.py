@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arvision.cli.common import add_device_arguments, numbered_paths, torch_dtype
+from arvision.cli.common import add_device_arguments, numbered_paths, silence_library_progress, torch_dtype
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
 from arvision.imaging import make_grid
@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("-n must be at least 1")
     if args.output.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"--output must end in one of {', '.join(IMAGE_SUFFIXES)}, got {args.output.name}")
+    if args.quiet:
+        silence_library_progress()
     folder = args.model or default_model_path("hart")
     generate = _generate_vila_u if is_vila_u_folder(folder) else _generate_hart
     images = generate(folder, args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arvision.cli.common import add_device_arguments, numbered_paths, torch_dtype
+from arvision.cli.common import add_device_arguments, numbered_paths, silence_library_progress, torch_dtype
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in {".gif", ".webp"}:
         raise InputError(f"--output must end in .gif or .webp, got {output.name}")
+    if args.quiet:
+        silence_library_progress()
     pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))
     pipe.progress = not args.quiet
     videos = pipe.generate_video(

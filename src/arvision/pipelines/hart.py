@@ -196,6 +196,9 @@ class HartPipeline:
 
     def schedule_for(self, height: int | None, width: int | None) -> tuple[int, ...]:
         """Scale schedule for an image size: the model's own if it fits, else a preset for that grid."""
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and value <= 0:
+                raise InputError(f"{name} must be a positive number of pixels, got {value}")
         size = height or width or self.default_size()
         if (height or size) != (width or size):
             raise InputError(f"HART generates square images; got {height}x{width}")
