@@ -1,7 +1,9 @@
 import math
 
+import pytest
 import torch
 
+from arvision.errors import InputError
 from arvision.models.diffusion_head import ResidualDiffusionHead, cosine_betas, space_timesteps
 
 ATOL = 1e-4
@@ -109,3 +111,39 @@ def test_seeded_sampling_reproduces():
     b = head.sample(z, generator=torch.Generator().manual_seed(1))
     c = head.sample(z, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_guidance_of_exactly_one_samples_the_conditional_branch_alone(tiny_hart):
+    """The official DiffLoss.sample skips guidance when cfg == 1.0: eps_c alone, not 2 eps_c - eps_u."""
+    head = tiny_hart.diffloss
+    torch.manual_seed(0)
+    z, z_uncond = torch.randn(6, 64), torch.randn(6, 64)
+
+    def draw(**kw):
+        return head.sample(z, generator=torch.Generator().manual_seed(5), **kw)
+
+    alone = draw()
+    torch.testing.assert_close(draw(z_uncond=z_uncond, guidance=1.0), alone, atol=0, rtol=0)
+    assert not torch.allclose(draw(z_uncond=z_uncond, guidance=0.999), alone, atol=1e-3)  # guidance matters nearby
+
+
+def test_ddim_respacing_follows_the_official_rule():
+    """``"ddimN"``: range(0, 1000, s) for the smallest whole stride s giving exactly N steps."""
+    assert space_timesteps(1000, "ddim8") == list(range(0, 1000, 125))
+    assert space_timesteps(1000, "ddim7") == list(range(0, 1000, 143))
+    assert space_timesteps(1000, "ddim1000") == list(range(1000))
+    head = ResidualDiffusionHead(latent_channels=4, cond_dim=6, width=8, depth=1, num_sampling_steps="ddim4")
+    assert head.sample_schedule.timestep_map.tolist() == [0, 250, 500, 750]
+    assert head.sample(torch.randn(3, 6), generator=torch.Generator().manual_seed(0)).shape == (3, 4)
+
+
+def test_bad_step_specs_are_input_errors_naming_them():
+    for spec, message in [
+        ("ddim999", "no whole stride takes exactly 999 of 1000"),
+        ("ddimx", "'ddim' must be followed by a step count"),
+        ("eight", "got 'eight'"),
+        ("0", "keep at least one step"),
+        ("2000", "cannot divide a section of 1000 diffusion steps into 2000"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            space_timesteps(1000, spec)

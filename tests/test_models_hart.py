@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from arvision.errors import CheckpointError
+from arvision.errors import CheckpointError, InputError
 from arvision.models.hart import (
     PRESETS,
     HartConfig,
     HartTransformer,
     block_causal_mask,
+    check_schedule,
     scale_levels,
 )
 from hart_common import load_tiny_hart
@@ -156,6 +157,39 @@ def test_unsupported_official_options_are_refused():
     assert HartConfig.from_official(llama, vocab_size=10, latent_channels=4).context_token == 77
     with pytest.raises(ValueError, match="divisible"):
         HartConfig(embed_dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="text-conditional HART needs context_token >= 1, got 0"):
+        HartConfig(context_token=0)
+    assert HartConfig(context_token=0, num_classes=10).prefix_len == 1  # classes: the context is unused
+
+
+def test_schedules_start_at_one_and_fit_the_level_table():
+    """Scale 0 is predicted from one position (text and class models alike): a first scale above 1x1 is refused
+    when the config is built, from a checkpoint it is the checkpoint's error."""
+    with pytest.raises(InputError, match=r"first scale must be 1x1.*\(2, 4, 8\)"):
+        HartConfig(patch_nums=(2, 4, 8))
+    with pytest.raises(InputError, match=r"first scale must be 1x1"):
+        HartConfig(patch_nums=(2, 4, 8), num_classes=10)
+    llama = {"attn_type": "llama", "mlp_type": "llama"}
+    with pytest.raises(CheckpointError, match="HART config: HART's first scale must be 1x1"):
+        HartConfig.from_official({**llama, "patch_nums": [2, 4]}, vocab_size=10, latent_channels=4)
+    with pytest.raises(CheckpointError, match="first scale must be 1x1"):
+        HartConfig.from_dict({**HartConfig().to_dict(), "patch_nums": [3, 6]})
+    table = HartConfig(patch_nums=(1, 2, 4), use_timestep_embed=False)
+    assert check_schedule([1, 2, 3, 4], HartConfig(patch_nums=(1, 2, 4))) == (1, 2, 3, 4)  # timestep embedding
+    assert check_schedule([1, 3, 5], table) == (1, 3, 5)
+    with pytest.raises(InputError, match="has 4 scales but this model's level table has 3"):
+        check_schedule([1, 2, 3, 4], table)
+
+
+def test_diffusion_step_specs_are_checked_with_the_config():
+    assert HartConfig(num_sampling_steps="ddim4").num_sampling_steps == "ddim4"
+    model = HartTransformer(
+        HartConfig(embed_dim=32, depth=1, num_heads=2, diff_width=8, diff_depth=1, num_sampling_steps="ddim4")
+    )
+    assert model.diffloss.sample_schedule.timestep_map.tolist() == [0, 250, 500, 750]
+    llama = {"attn_type": "llama", "mlp_type": "llama"}
+    with pytest.raises(CheckpointError, match="num_sampling_steps must be"):
+        HartConfig.from_official({**llama, "num_sampling_steps": "fast"}, vocab_size=10, latent_channels=4)
 
 
 def test_config_round_trip():

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from arvision.errors import CheckpointError, InputError
 from arvision.models.hart import HartConfig, HartTransformer
 from arvision.models.hart_sampler import (
     Condition,
@@ -137,7 +138,7 @@ def test_guidance_schedule_and_top_k():
     torch.testing.assert_close(guide(cond, uncond, 1 + t), (1 + t) * cond - t * uncond)
 
 
-def _tiny_model(num_classes=0):
+def _tiny_model(num_classes=0, **overrides):
     cfg = HartConfig(
         embed_dim=32,
         depth=1,
@@ -150,6 +151,7 @@ def _tiny_model(num_classes=0):
         diff_width=16,
         diff_depth=1,
         num_classes=num_classes,
+        **overrides,
     )
     torch.manual_seed(0)
     return HartTransformer(cfg).eval()
@@ -200,3 +202,92 @@ def test_class_conditional_sampling_runs():
         progress=False,
     )
     assert out.shape == (2, 4, 4, 4) and torch.isfinite(out).all()
+
+
+def test_last_scale_guidance_of_exactly_one_draws_the_conditional_residual(hart_cases, tiny_hart, tiny_tokenizer):
+    """cfg 1.25 on the fixture's 6 scales gives t = 1.25 * 4/5 = 1.0 on the last scale, where the official head
+    samples without guidance: the residual equals the one drawn from the conditional rows alone."""
+    c = hart_cases
+    assert 1.25 * guidance_ratio(5, 6) == 1.0
+    calls, original = [], tiny_hart.diffloss.sample
+
+    def traced(z, **kwargs):
+        calls.append((z, kwargs, original(z, **kwargs)))
+        return calls[-1][2]
+
+    tiny_hart.diffloss.sample = traced
+    try:
+        sample_latent(
+            tiny_hart,
+            tiny_tokenizer.quantize,
+            Condition(c["ctx_context"], c["ctx_mask"], c["ctx_position_ids"]),
+            SamplingOptions(cfg=1.25),
+            generator=torch.Generator().manual_seed(0),
+            diffusion_noise=(c["inf_diff_noise_init"], c["inf_diff_noise_steps"]),
+            progress=False,
+        )
+    finally:
+        del tiny_hart.diffloss.sample
+    ((z, kwargs, residual),) = calls
+    assert kwargs["guidance"] == 1.0 and kwargs["z_uncond"] is not None
+    alone = original(z, noise=kwargs["noise"], step_noise=kwargs["step_noise"])
+    torch.testing.assert_close(residual, alone, atol=0, rtol=0)
+
+
+def _text_condition(batch=2, tokens=4, dim=8):
+    torch.manual_seed(2)
+    mask = torch.ones(batch, tokens, dtype=torch.bool)
+    return Condition(torch.randn(batch, tokens, dim), mask, torch.arange(tokens).expand(batch, -1))
+
+
+def test_conditions_the_model_cannot_take_are_input_errors():
+    model, quant = _tiny_model(), _Quantizer(30, 4)
+    good = _text_condition()
+
+    def run(cond, **kw):
+        return sample_latent(model, quant, cond, SamplingOptions(cfg=1.0), progress=False, **kw)
+
+    assert run(good).shape == (2, 4, 4, 4)
+    for cond, message in [
+        (_text_condition(dim=7), r"context has shape \(2, 4, 7\), the model expects \[B, 4, 8\]"),
+        (_text_condition(tokens=3), r"context has shape \(2, 3, 8\), the model expects \[B, 4, 8\]"),
+        (Condition(good.context, good.context_mask[:, :3], good.position_ids), r"context_mask has shape \(2, 3\)"),
+        (Condition(good.context, good.context_mask, good.position_ids[:1]), r"position_ids has shape \(1, 4\)"),
+        (Condition(good.context), "needs context, context_mask and position_ids; missing context_mask, position_ids"),
+        (Condition(labels=torch.tensor([1, 2])), "class labels need a class-conditional model"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            run(cond)
+    with pytest.raises(InputError, match="negative: context has shape"):
+        run(good, negative=_text_condition(dim=7))
+    with pytest.raises(InputError, match="negative condition has batch 1, the condition 2"):
+        run(good, negative=_text_condition(batch=1))
+
+    classes = _tiny_model(num_classes=5)
+    for cond, message in [
+        (good, "takes class labels, not a text context"),
+        (Condition(labels=torch.tensor([1, 6])), r"labels must be in \[0, 5\]"),
+        (Condition(labels=torch.tensor([1.0, 2.0])), "labels must be a non-empty \\[B\\] int64 tensor"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            sample_latent(classes, quant, cond, progress=False)
+
+
+def test_a_quantizer_of_another_codebook_is_a_checkpoint_error():
+    model, cond = _tiny_model(), _text_condition()
+    for quant, message in [
+        (_Quantizer(31, 4), "codebook has 31 codes but the transformer predicts 30"),
+        (_Quantizer(30, 5), "latent has 5 channels but the transformer takes 4"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            sample_latent(model, quant, cond, progress=False)
+
+
+def test_schedules_are_checked_like_the_pipeline_checks_them():
+    quant, cond = _Quantizer(30, 4), _text_condition()
+    with pytest.raises(InputError, match="first scale must be 1x1"):
+        sample_latent(_tiny_model(), quant, cond, patch_nums=(2, 4), progress=False)
+    table = _tiny_model(use_timestep_embed=False)  # a learned level embedding with 3 rows
+    assert sample_latent(table, quant, cond, patch_nums=(1, 3, 4), progress=False).shape == (2, 4, 4, 4)
+    with pytest.raises(InputError, match="has 4 scales but this model's level table has 3"):
+        sample_latent(table, quant, cond, patch_nums=(1, 2, 3, 4), progress=False)

@@ -32,7 +32,8 @@ def test_kv_cache_appends_per_layer():
     cache = KVCache(2)
     k, v = cache.update(0, torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4))
     k, v = cache.update(0, torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
-    assert k.shape == (1, 2, 5, 4) and len(cache) == 5
+    assert k.shape == (1, 2, 5, 4) and cache.keys[0].shape[2] == cache.values[0].shape[2] == 5
+    assert torch.equal(k[:, :, :3], torch.ones(1, 2, 3, 4)) and torch.equal(v[:, :, 3:], torch.zeros(1, 2, 2, 4))
     assert cache.keys[1] is None
 
 

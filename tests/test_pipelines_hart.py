@@ -13,7 +13,8 @@ from arvision.imaging import tensor_to_pil
 from arvision.models.diffusion_head import ResidualDiffusionHead
 from arvision.pipelines.hart import HartPipeline
 from arvision.text.base import TextEncoding
-from hart_common import HART_TINY
+from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
+from hart_common import HART_TINY, load_tiny_hart
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,41 @@ def test_bad_inputs_get_clear_errors(pipe, embeds):
             pipe(prompt_embeds=embeds, progress=False, **options)
 
 
+def test_bad_prompt_embeds_are_named_before_torch_sees_them(pipe, embeds):
+    h, m, p = embeds.hidden, embeds.mask, embeds.position_ids
+    for bad, message in [
+        (TextEncoding(h, m[:, :8], p), r"prompt_embeds: context_mask has shape \(2, 8\), expected \(2, 16\)"),
+        (TextEncoding(h, m, p[:1]), r"prompt_embeds: position_ids has shape \(1, 16\), expected \(2, 16\)"),
+        (TextEncoding(h[..., :7], m, p), r"prompt_embeds: context has shape \(2, 16, 7\), the model expects"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            pipe(prompt_embeds=bad, progress=False)
+
+
+def _tokenizer(vocab_size, z_channels):
+    config = HybridTokenizerConfig(
+        vocab_size=vocab_size, z_channels=z_channels, ch=32, ch_mult=(1, 2, 1), v_patch_nums=(1, 2, 3, 4, 6, 8)
+    )
+    return HybridTokenizer(config)
+
+
+def test_a_tokenizer_of_another_codebook_is_refused(pipe, tmp_path):
+    """The fixture's transformer predicts 640 codes of 8 channels; a smaller codebook failed deep in torch, a
+    larger one generated silently from the wrong codes."""
+    for vocab, channels, message in [
+        (320, 8, "codebook has 320 codes but the transformer predicts 640"),
+        (1280, 8, "codebook has 1280 codes but the transformer predicts 640"),
+        (640, 16, "latent has 16 channels but the transformer takes 8"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            HartPipeline(load_tiny_hart(), _tokenizer(vocab, channels))
+    pipe.save_pretrained(tmp_path / "saved")
+    shutil.rmtree(tmp_path / "saved" / "tokenizer")
+    _tokenizer(1280, 8).save_pretrained(tmp_path / "saved" / "tokenizer")
+    with pytest.raises(CheckpointError, match="codebook has 1280 codes but the transformer predicts 640"):
+        HartPipeline.from_pretrained(tmp_path / "saved")
+
+
 def test_other_resolution_schedules_run(pipe, embeds):
     """RoPE is normalised to the last scale, so any tokenizer schedule works: 64 px uses the 16x16 preset,
     48 px a geometric 12x12 schedule."""
@@ -255,6 +291,27 @@ def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
     index.write_text(index.read_text().replace('"7": "cock"', '"seven": "cock"'))
     with pytest.raises(CheckpointError, match="id2label must map label numbers"):
         HartPipeline.from_pretrained(tmp_path / "c2i")
+
+
+def test_a_learned_level_table_limits_the_schedule(pipe):
+    from arvision.models.hart import HartConfig, HartTransformer
+
+    cfg = HartConfig(
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_classes=10,
+        patch_nums=(1, 2, 3, 4, 6, 8),
+        use_timestep_embed=False,
+        vocab_size=640,
+        latent_channels=8,
+        diff_width=16,
+        diff_depth=1,
+    )
+    c2i = HartPipeline(HartTransformer(cfg), pipe.tokenizer)
+    assert c2i(class_labels=[3], seed=0, progress=False).images[0].size == (32, 32)
+    with pytest.raises(InputError, match="256px: the schedule .* has 14 scales but this model's level table has 6"):
+        c2i(class_labels=[3], height=256, width=256, progress=False)
 
 
 def test_reduced_precision_runs(embeds):

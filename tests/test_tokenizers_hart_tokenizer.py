@@ -264,5 +264,15 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
 def test_unsupported_official_options_are_refused():
     with pytest.raises(CheckpointError, match="double_decoder"):
         HybridTokenizerConfig.from_dict({"double_decoder": True})
+    # VAR's discrete-only quantizer would silently run as the hybrid one
+    with pytest.raises(CheckpointError, match="quantizer_type='var' is not supported: only HART's hybrid tokenizer"):
+        HybridTokenizerConfig.from_dict({"quantizer_type": "var"})
+    # 0 and 1 store phi under other names than the shared bank: refused before the weights load
+    for share in (0, 1):
+        with pytest.raises(CheckpointError, match=f"share_quant_resi={share} is not supported: only a bank of >= 2"):
+            HybridTokenizerConfig.from_dict({"share_quant_resi": share})
+    assert (
+        HybridTokenizerConfig.from_dict({"quantizer_type": "var_hybrid", "share_quant_resi": 2}).share_quant_resi == 2
+    )
     config = HybridTokenizerConfig.from_dict({"vocab_size": 8, "levels": [8, 8], "hybrid": False, "ch_mult": [1, 2]})
     assert config.vocab_size == 8 and config.ch_mult == (1, 2)

@@ -10,11 +10,13 @@ from arvision.cli.common import add_device_arguments, numbered_paths, silence_li
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
 from arvision.imaging import make_grid
+from arvision.nn.sampling import check_sampling
+from arvision.text.base import check_prompts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate", help="generate images from a text prompt (HART or VILA-U: the model folder decides)"
     )
@@ -30,14 +32,42 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same images")
     p.add_argument("--model", type=Path, default=None, help="HART or VILA-U folder (official release or saved)")
     p.add_argument("--text-encoder", type=Path, default=None, help="Qwen2 text-encoder folder (official models)")
-    p.add_argument("--negative-prompt", default=None, help="what to steer away from (replaces the empty prompt)")
+    p.add_argument(
+        "--negative-prompt",
+        default=None,
+        help="HART: what to steer away from, a prompt (class name) guidance pushes against "
+        "(default: the model's null condition, an all-zero context or the no-class label)",
+    )
     p.add_argument("--raw-weights", action="store_true", help="official layout: use the raw instead of EMA weights")
     p.add_argument("--discrete-only", action="store_true", help="skip the residual diffusion (ablation)")
     p.add_argument(
         "--diffusion-steps", type=int, default=None, help="HART's residual diffusion steps (default: the model's, 8)"
     )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="sample among the k likeliest codes, 0 for all (default: the model's: HART 600 then 300 per scale "
+        "or its folder's, VILA-U 900)",
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="nucleus sampling: keep the likeliest codes up to this mass, 0 for all (default: HART 0, VILA-U 0.96)",
+    )
+    p.add_argument("--temperature", type=float, default=None, help="code sampling temperature, 0 greedy (default 1)")
+    p.add_argument(
+        "--more-smooth",
+        action="store_true",
+        help="HART: mix codebook vectors with a Gumbel-softmax (the official demo's smoother look)",
+    )
     p.add_argument("--grid", action="store_true", help="with -n > 1, write one grid image instead of numbered files")
-    add_device_arguments(p, "float32", "weights dtype (default float32)")
+    add_device_arguments(
+        p,
+        None,
+        "weights dtype (default: float32 for HART, the folder's stored dtype for VILA-U, bfloat16 in the release)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", type=Path, required=True, help="output PNG path")
     p.set_defaults(func=run)
@@ -48,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_images < 1:
         raise InputError("-n must be at least 1")
+    # Before the (slow) model load: what the pipelines would refuse after it.
+    check_prompts(args.prompt)
+    if args.negative_prompt is not None and not args.negative_prompt.strip():
+        raise InputError("--negative-prompt is empty; leave it out to use the model's null condition")
+    check_sampling(1.0 if args.temperature is None else args.temperature, args.top_k, args.top_p or 0.0)
     if args.output.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"--output must end in one of {', '.join(IMAGE_SUFFIXES)}, got {args.output.name}")
     if args.quiet:
@@ -75,23 +110,30 @@ def _generate_hart(folder: Path, args: argparse.Namespace) -> list:
         folder,
         use_ema=not args.raw_weights,
         text_encoder=args.text_encoder,
-        torch_dtype=torch_dtype(args.dtype),
+        torch_dtype=torch_dtype(args.dtype or "float32"),
         device=args.device,
     )
-    guidance = {} if args.cfg is None else {"guidance_scale": args.cfg}  # else the pipeline's default
+    # Options not given keep the pipeline's defaults (guidance_scale and top_k may come from the folder).
+    given = _given(args, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
     out = pipe(
         args.prompt,
-        **guidance,
+        **given,
         height=args.size,
         width=args.size,
         num_images_per_prompt=args.num_images,
         seed=args.seed,
         negative_prompt=args.negative_prompt,
         discrete_only=args.discrete_only,
+        more_smooth=args.more_smooth,
         diffusion_steps=args.diffusion_steps,
         progress=not args.quiet,
     )
     return out.images
+
+
+def _given(args: argparse.Namespace, **options: object) -> dict[str, object]:
+    """The sampling options the command line set (not None), for a pipeline call to use over its defaults."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
@@ -104,6 +146,7 @@ def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
             ("--negative-prompt", args.negative_prompt),
             ("--discrete-only", args.discrete_only),
             ("--diffusion-steps", args.diffusion_steps),
+            ("--more-smooth", args.more_smooth),
             ("--text-encoder", args.text_encoder),
         ]
         if used
@@ -112,5 +155,5 @@ def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
         raise InputError(f"{', '.join(hart_only)} apply to HART models only; {folder} is a VILA-U model")
     pipe = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
     pipe.progress = not args.quiet
-    kwargs = {} if args.cfg is None else {"cfg": args.cfg}
-    return pipe.generate_image(args.prompt, n=args.num_images, seed=args.seed, **kwargs)
+    given = _given(args, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    return pipe.generate_image(args.prompt, n=args.num_images, seed=args.seed, **given)

@@ -18,7 +18,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from arvision.errors import InputError
 from arvision.nn.adaln import ada_linear, modulate
+from arvision.nn.sampling import draw_device
 from arvision.nn.timestep import TimestepEmbedder
 
 NUM_TRAIN_STEPS = 1000
@@ -38,18 +40,30 @@ def space_timesteps(num_steps: int, section_counts: str | int | Sequence[int]) -
     """Original timesteps kept when respacing, e.g. ``"8"`` of 1000 -> [0, 143, 285, ..., 999].
 
     Each of ``len(section_counts)`` equal portions of the process contributes evenly strided steps
-    (the iDDPM rule, rounding with Python's ``round``).
+    (the iDDPM rule, rounding with Python's ``round``). ``"ddimN"`` is the DDIM paper's striding, as in
+    the official code: ``range(0, num_steps, s)`` for the smallest whole stride ``s`` giving N steps
+    (``"ddim8"`` of 1000 -> [0, 125, ..., 875]). Anything else is an InputError naming the value.
     """
+    if isinstance(section_counts, str) and section_counts.startswith("ddim"):
+        return _ddim_timesteps(num_steps, section_counts)
     if isinstance(section_counts, int):
         section_counts = [section_counts]
     elif isinstance(section_counts, str):
-        section_counts = [int(x) for x in section_counts.split(",")]
+        try:
+            section_counts = [int(x) for x in section_counts.split(",")]
+        except ValueError:
+            raise InputError(
+                f"num_sampling_steps must be a step count ('8'), counts per section ('4,2,2') or 'ddimN', "
+                f"got {section_counts!r}"
+            ) from None
+    if not section_counts or min(section_counts) < 0 or sum(section_counts) == 0:
+        raise InputError(f"sampling step counts must be >= 0 and keep at least one step, got {list(section_counts)}")
     size_per, extra = divmod(num_steps, len(section_counts))
     start, steps = 0, []
     for i, count in enumerate(section_counts):
         size = size_per + (1 if i < extra else 0)
         if size < count:
-            raise ValueError(f"cannot divide a section of {size} steps into {count}")
+            raise InputError(f"cannot divide a section of {size} diffusion steps into {count}")
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
         cur = 0.0
         for _ in range(count):
@@ -57,6 +71,17 @@ def space_timesteps(num_steps: int, section_counts: str | int | Sequence[int]) -
             cur += stride
         start += size
     return sorted(set(steps))
+
+
+def _ddim_timesteps(num_steps: int, spec: str) -> list[int]:
+    """``"ddimN"`` -> ``range(0, num_steps, s)`` with the smallest stride ``s`` that gives exactly N steps."""
+    count = spec[len("ddim") :]
+    if not count.isdigit():
+        raise InputError(f"num_sampling_steps {spec!r}: 'ddim' must be followed by a step count, e.g. 'ddim8'")
+    for stride in range(1, num_steps):
+        if len(range(0, num_steps, stride)) == int(count):
+            return list(range(0, num_steps, stride))
+    raise InputError(f"num_sampling_steps {spec!r}: no whole stride takes exactly {count} of {num_steps} steps")
 
 
 class DiffusionSchedule:
@@ -140,8 +165,7 @@ def _noise(given: torch.Tensor | None, shape, generator: torch.Generator | None,
     """Replayed noise when given, else a fresh standard normal draw from ``generator``."""
     if given is not None:
         return given.to(device, torch.float32)
-    draw_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=draw_device).to(device)
+    return torch.randn(shape, generator=generator, device=draw_device(generator, device)).to(device)
 
 
 class ResBlock(nn.Module):
@@ -229,7 +253,8 @@ class ResidualDiffusionHead(nn.Module):
 
     @staticmethod
     def sampling_schedule(num_sampling_steps: str | int) -> DiffusionSchedule:
-        """The training schedule respaced to ``num_sampling_steps`` (iDDPM's section string, e.g. "8")."""
+        """The training schedule respaced to ``num_sampling_steps`` (iDDPM's section string, e.g. "8", or
+        "ddimN"; see :func:`space_timesteps`)."""
         return DiffusionSchedule(cosine_betas(), space_timesteps(NUM_TRAIN_STEPS, num_sampling_steps))
 
     def guided_output(
@@ -264,7 +289,12 @@ class ResidualDiffusionHead(nn.Module):
         ``noise`` (x_T) and ``step_noise[i]`` (noise added after step i) replace draws from
         ``generator``, so recorded noise can be replayed. ``callback(i, t_orig, x_t, raw_out)`` sees
         every step. ``schedule`` (from :meth:`sampling_schedule`) replaces the configured step count.
+        ``z_uncond`` [N, D] guides eps with weight ``guidance``, except that a guidance of exactly 1 ignores it.
         """
+        if guidance == 1.0:
+            # Official behaviour (DiffLoss.sample's ``if not cfg == 1.0``): a guidance of exactly 1 samples the
+            # conditional branch alone, eps_c rather than 2 eps_c - eps_u. Kept for parity with the checkpoints.
+            z_uncond = None
         sched, n, device = schedule or self.sample_schedule, z.shape[0], z.device
         shape = (n, self.latent_channels)
         x = _noise(noise, shape, generator, device)
@@ -296,8 +326,8 @@ class ResidualDiffusionHead(nn.Module):
         sched, device = self.train_schedule, target.device
         x0 = target.float() / self.vae_scale
         if t is None:
-            draw_device = generator.device if generator is not None else device
-            t = torch.randint(0, sched.num_steps, (x0.shape[0],), generator=generator, device=draw_device).to(device)
+            draws_on = draw_device(generator, device)
+            t = torch.randint(0, sched.num_steps, (x0.shape[0],), generator=generator, device=draws_on).to(device)
         noise = _noise(noise, x0.shape, generator, device)
         x_t = sched.q_sample(x0, t, noise)
         out = self.net(x_t.to(z.dtype), t, z).float()

@@ -33,15 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arvision.errors import CheckpointError
-from arvision.models.diffusion_head import ResidualDiffusionHead
+from arvision.errors import CheckpointError, InputError
+from arvision.models.diffusion_head import NUM_TRAIN_STEPS, ResidualDiffusionHead, space_timesteps
 from arvision.nn.adaln import ada_linear, modulate
 from arvision.nn.kv_cache import KVCache
 from arvision.nn.rmsnorm import RMSNorm
 from arvision.nn.rope import apply_rope, grid_positions, rope_1d, rope_2d
 from arvision.nn.swiglu import SwiGLU, swiglu_hidden
 from arvision.nn.timestep import TimestepEmbedder
-from arvision.tokenizers.schedules import PATCH_NUMS
+from arvision.tokenizers.schedules import PATCH_NUMS, validate_schedule
 
 OFFICIAL_BUFFERS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")
 
@@ -96,16 +96,18 @@ class HartConfig:
     rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
-        self.patch_nums = tuple(int(p) for p in self.patch_nums)
+        self.patch_nums = check_schedule(self.patch_nums)
         self.num_sampling_steps = str(self.num_sampling_steps)
+        space_timesteps(NUM_TRAIN_STEPS, self.num_sampling_steps)  # refuses a step spec the head cannot respace
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if (self.embed_dim // self.num_heads) % 4:
             raise ValueError("head dim must be divisible by 4 for the 2-D RoPE")
+        if not self.class_conditional and self.context_token < 1:
+            # the last context position predicts scale 0 and the null condition attends to the first
+            raise ValueError(f"a text-conditional HART needs context_token >= 1, got {self.context_token}")
         if self.sep_aln_pooling_mode not in ("max", "avg"):
             raise ValueError(f"sep_aln_pooling_mode must be 'max' or 'avg', got {self.sep_aln_pooling_mode!r}")
-        if list(self.patch_nums) != sorted(set(self.patch_nums)) or len(self.patch_nums) < 2:
-            raise ValueError(f"patch_nums must increase strictly and have >= 2 scales, got {self.patch_nums}")
 
     @property
     def class_conditional(self) -> bool:
@@ -126,7 +128,7 @@ class HartConfig:
                 raise CheckpointError(f"unsupported HART option {key}={llm_config[key]!r} (supported: {supported})")
         names = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "latent_channels"}
         kwargs = {k: llm_config[k] for k in names if k in llm_config}
-        return cls(**kwargs, vocab_size=vocab_size, latent_channels=latent_channels)
+        return cls._checked(**kwargs, vocab_size=vocab_size, latent_channels=latent_channels)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -139,7 +141,31 @@ class HartConfig:
         unknown = set(data) - names
         if unknown:
             raise CheckpointError(f"unknown HART config keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls._checked(**data)
+
+    @classmethod
+    def _checked(cls, **kwargs: Any) -> HartConfig:
+        """A config read from a checkpoint: a value the model cannot take is the checkpoint's problem."""
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:
+            raise CheckpointError(f"HART config: {exc}") from exc
+
+
+def check_schedule(patch_nums: Sequence[int], config: HartConfig | None = None) -> tuple[int, ...]:
+    """``patch_nums`` as a tuple of ints if HART can generate that schedule: side lengths increasing strictly
+    from 1 (scale 0 is predicted from one position, the last context token or the class token) and, given the
+    model's ``config``, no more scales than its level table has rows (a learned level embedding, as opposed
+    to a timestep embedding, only knows the scales it was built for). An InputError names the problem."""
+    patch_nums = validate_schedule(patch_nums)
+    if patch_nums[0] != 1:
+        raise InputError(f"HART's first scale must be 1x1 (one position predicts it), got patch_nums {patch_nums}")
+    if config is not None and not config.use_timestep_embed and len(patch_nums) > len(config.patch_nums):
+        raise InputError(
+            f"the schedule {patch_nums} has {len(patch_nums)} scales but this model's level table has "
+            f"{len(config.patch_nums)}"
+        )
+    return patch_nums
 
 
 def hart_0p7b_1024() -> HartConfig:
@@ -241,14 +267,23 @@ class HartBlock(nn.Module):
         self.ln_wo_grad = RMSNorm(dim, eps)
         self.ada_lin = ada_linear(dim, dim, 6)
 
-    def forward(self, x, cond, cos, sin, mask=None, cache=None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond).chunk(6, dim=-1)
         x = x + self.attn(modulate(self.ln_wo_grad(x), shift1, scale1), cos, sin, mask, cache, self.index) * gamma1
         return x + self.ffn(modulate(self.ln_wo_grad(x), shift2, scale2)) * gamma2
 
 
 class HeadNorm(nn.Module):
-    """AdaLN before the logits head: RMSNorm(x) * (1 + scale) + shift, modulation order (scale, shift)."""
+    """AdaLN before the logits head: RMSNorm(x) * (1 + scale) + shift, modulation order (scale, shift).
+    x [B, L, C], cond [B, 1, C] (the pooled condition) -> [B, L, C]."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -396,7 +431,18 @@ class HartTransformer(nn.Module):
         return None if self.config.class_conditional else position_ids[:, -1]
 
     # ----- transformer --------------------------------------------------------------------------------
-    def run_blocks(self, x, cond_blocks, cos, sin, mask=None, cache: KVCache | None = None) -> torch.Tensor:
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        cond_blocks: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """All blocks over tokens x [B, L, C] with AdaLN source cond_blocks [B, 1, C], RoPE tables cos/sin
+        [B, L, head_dim] and an optional [L, L] bool mask (True: may attend; with ``cache``, the new tokens
+        attend to everything cached and themselves) -> [B, L, C]."""
         cond_blocks = cond_blocks.to(x.dtype)
         for block in self.blocks:
             x = block(x, cond_blocks, cos, sin, mask, cache)

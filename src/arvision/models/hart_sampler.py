@@ -6,7 +6,8 @@ re-uses the ratio of scale ``N - 2``, as the official code does -- then top-k (6
 300 after, clamped to the vocabulary) / top-p / temperature sampling. The sampled codes update the
 running latent ``f_hat``; the next scale's input is ``f_hat`` area-downsampled. On the last scale
 the residual diffusion head adds a continuous residual to each sampled code (skipped in
-discrete-only mode).
+discrete-only mode), guided with the same ``t`` -- unless ``t`` is exactly 1, where the official head
+samples the conditional branch alone (see :meth:`ResidualDiffusionHead.sample`).
 
 Every random draw comes from one ``torch.Generator`` (token sampling, Gumbel mixing and diffusion
 noise), so a seed reproduces the whole output. For parity tests, ``index_provider`` and
@@ -17,13 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from arvision.errors import InputError
+from arvision.errors import CheckpointError, InputError
 from arvision.models.diffusion_head import NUM_TRAIN_STEPS
-from arvision.models.hart import HartTransformer
+from arvision.models.hart import HartConfig, HartTransformer, check_schedule
 from arvision.nn.kv_cache import KVCache
 from arvision.nn.sampling import check_sampling, filter_top_k_top_p, guide, gumbel_softmax, sample_logits
 
@@ -101,6 +104,71 @@ class Condition:
         )
 
 
+def check_condition(config: HartConfig, cond: Condition, what: str = "condition") -> None:
+    """Refuse, with an InputError naming the problem, a condition the model built from ``config`` cannot take.
+
+    Class-conditional: labels [B] of integers in [0, num_classes] (``num_classes``: the null class).
+    Text: context [B, context_token, context_dim] with context_mask and position_ids [B, context_token]
+    (the official sampler asserts the context length too). ``what`` names the condition in messages.
+    """
+    if config.class_conditional:
+        labels = cond.labels
+        if labels is None:
+            raise InputError(f"{what}: this class-conditional model takes class labels, not a text context")
+        if labels.ndim != 1 or labels.numel() == 0 or labels.dtype not in (torch.int64, torch.int32):
+            raise InputError(
+                f"{what}: labels must be a non-empty [B] int64 tensor, got {labels.dtype} {tuple(labels.shape)}"
+            )
+        if labels.min() < 0 or labels.max() > config.num_classes:
+            raise InputError(f"{what}: labels must be in [0, {config.num_classes}] ({config.num_classes}: no class)")
+        return
+    if cond.labels is not None:
+        raise InputError(f"{what}: class labels need a class-conditional model; this one takes a text context")
+    missing = [name for name in ("context", "context_mask", "position_ids") if getattr(cond, name) is None]
+    if missing:
+        raise InputError(
+            f"{what}: a text-conditional model needs context, context_mask and position_ids; "
+            f"missing {', '.join(missing)}"
+        )
+    expected = (config.context_token, config.context_dim)
+    if cond.context.ndim != 3 or tuple(cond.context.shape[1:]) != expected:
+        shape = tuple(cond.context.shape)
+        raise InputError(f"{what}: context has shape {shape}, the model expects [B, {expected[0]}, {expected[1]}]")
+    batch_tokens = tuple(cond.context.shape[:2])
+    for name in ("context_mask", "position_ids"):
+        shape = tuple(getattr(cond, name).shape)
+        if shape != batch_tokens:
+            raise InputError(f"{what}: {name} has shape {shape}, expected {batch_tokens} as [B, T] of the context")
+
+
+class ScaleQuantizer(Protocol):
+    """What the sampler uses of the tokenizer's quantizer (:class:`MultiScaleQuantizer`): the codebook
+    ``embedding`` [V, Cvae], ``channels`` (Cvae) and ``next_ar_input`` (f_hat update + next scale's input)."""
+
+    embedding: nn.Embedding
+    channels: int
+
+    def next_ar_input(
+        self, si: int, patch_nums: Sequence[int], f_hat: torch.Tensor, codes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def check_quantizer(config: HartConfig, quantizer: ScaleQuantizer) -> None:
+    """CheckpointError, naming both values, unless the tokenizer's codebook is the one the transformer predicts:
+    ``vocab_size`` codes of ``latent_channels`` channels."""
+    codes, channels = quantizer.embedding.num_embeddings, quantizer.channels
+    if codes != config.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer's codebook has {codes} codes but the transformer predicts {config.vocab_size}: "
+            "they do not belong together"
+        )
+    if channels != config.latent_channels:
+        raise CheckpointError(
+            f"the tokenizer's latent has {channels} channels but the transformer takes {config.latent_channels}: "
+            "they do not belong together"
+        )
+
+
 def unconditional(model: HartTransformer, cond: Condition) -> Condition:
     """The official null condition: an all-zero context with zero positions and a one-token mask (text),
     or the extra "no class" label (classes)."""
@@ -114,7 +182,7 @@ def unconditional(model: HartTransformer, cond: Condition) -> Condition:
 @torch.no_grad()
 def sample_latent(
     model: HartTransformer,
-    quantizer,
+    quantizer: ScaleQuantizer,
     cond: Condition,
     options: SamplingOptions | None = None,
     *,
@@ -129,13 +197,22 @@ def sample_latent(
     """Generate latents [B, Cvae, P, P] for ``cond`` (decode them with the tokenizer).
 
     ``quantizer``: the tokenizer's :class:`MultiScaleQuantizer` (codebook + ``next_ar_input``).
-    ``patch_nums``: scale schedule (defaults to the model's); any schedule works since RoPE positions
-    are normalised to the last scale. ``negative``: unconditional branch for CFG (default: the
-    official null condition). ``index_provider(si, guided_logits) -> [B, pn^2]`` replaces sampling;
+    ``patch_nums``: scale schedule (defaults to the model's); any schedule from 1x1 works since RoPE
+    positions are normalised to the last scale (a model with a learned level table: up to its number of
+    scales). ``negative``: unconditional branch for CFG (default: the official null condition).
+    ``index_provider(si, guided_logits) -> [B, pn^2]`` replaces sampling;
     ``diffusion_noise = (x_T [B*P^2, Cvae], per-step noise)`` replaces the diffusion draws.
+    A condition or schedule the model cannot take is an InputError, a quantizer of another codebook a
+    CheckpointError.
     """
     options = options or SamplingOptions()
-    pn = tuple(patch_nums or model.config.patch_nums)
+    check_quantizer(model.config, quantizer)
+    check_condition(model.config, cond)
+    if negative is not None:
+        check_condition(model.config, negative, "negative")
+        if negative.batch != cond.batch:
+            raise InputError(f"the negative condition has batch {negative.batch}, the condition {cond.batch}")
+    pn = check_schedule(patch_nums or model.config.patch_nums, model.config)
     num_scales, last = len(pn), len(pn) - 1
     B, vocab = cond.batch, model.config.vocab_size
     device = next(model.parameters()).device

@@ -22,7 +22,3 @@ class KVCache:
             v = torch.cat((self.values[layer], v), dim=2)
         self.keys[layer], self.values[layer] = k, v
         return k, v
-
-    def __len__(self) -> int:
-        first = self.keys[0]
-        return 0 if first is None else first.shape[2]

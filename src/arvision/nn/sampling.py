@@ -21,6 +21,13 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
         raise InputError(f"top_p must be within [0, 1] (0: no top-p), got {top_p}")
 
 
+def draw_device(generator: torch.Generator | None, device: torch.device | str) -> torch.device:
+    """Where a random draw for a tensor on ``device`` happens: on ``generator``'s device when one is given
+    (torch refuses a generator of another device, e.g. a CPU generator for CUDA tensors: draw there and move
+    the result), else on ``device``."""
+    return generator.device if generator is not None else torch.device(device)
+
+
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance ``uncond + scale * (cond - uncond)``.
 
@@ -64,12 +71,13 @@ def sample_logits(
         return logits.argmax(dim=-1)
     filtered = filter_top_k_top_p(logits.float() / temperature, top_k, top_p)
     probs = filtered.softmax(dim=-1).reshape(-1, logits.shape[-1])
-    draws = torch.multinomial(probs, num_samples=1, generator=generator)
-    return draws.reshape(logits.shape[:-1])
+    draws = torch.multinomial(probs.to(draw_device(generator, probs.device)), num_samples=1, generator=generator)
+    return draws.to(logits.device).reshape(logits.shape[:-1])
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Soft Gumbel-softmax sample ``softmax((logits + g) / tau)``, ``g = -log(Exp(1))`` drawn from
     ``generator`` (VAR/HART's ``more_smooth`` token mixing). ``-inf`` logits get zero weight."""
-    gumbels = -torch.empty_like(logits, dtype=torch.float32).exponential_(generator=generator).log()
+    exp_draws = torch.empty(logits.shape, dtype=torch.float32, device=draw_device(generator, logits.device))
+    gumbels = -exp_draws.exponential_(generator=generator).log().to(logits.device)
     return ((logits.float() + gumbels) / tau).softmax(dim=-1)

@@ -32,8 +32,15 @@ from PIL import Image
 from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
 from arvision.imaging import tensor_to_pil
-from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer
-from arvision.models.hart_sampler import Condition, SamplingOptions, ScaleStep, sample_latent
+from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer, check_schedule
+from arvision.models.hart_sampler import (
+    Condition,
+    SamplingOptions,
+    ScaleStep,
+    check_condition,
+    check_quantizer,
+    sample_latent,
+)
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
@@ -76,6 +83,7 @@ class HartPipeline:
         *,
         id2label: Mapping[int, str] | None = None,
     ):
+        check_quantizer(transformer.config, tokenizer.quantize)
         self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
         self.text_encoder_spec, self.guidance_scale, self.top_k = text_encoder_spec, guidance_scale, top_k
         self.id2label = _checked_id2label(id2label, transformer.config) if id2label is not None else None
@@ -211,12 +219,10 @@ class HartPipeline:
                 f"{MAX_LATENT_SIZE}x{MAX_LATENT_SIZE} ({MAX_LATENT_SIZE * down}px with this tokenizer)"
             )
         schedule = schedule_for_latent(size // down, self.transformer.config.patch_nums)
-        cfg = self.transformer.config
-        if not cfg.use_timestep_embed and len(schedule) > len(cfg.patch_nums):
-            raise InputError(
-                f"{size}px needs {len(schedule)} scales but this model's level table has {len(cfg.patch_nums)}"
-            )
-        return schedule
+        try:
+            return check_schedule(schedule, self.transformer.config)
+        except InputError as exc:
+            raise InputError(f"{size}px: {exc}") from exc
 
     @property
     def labels(self) -> dict[str, int]:
@@ -336,23 +342,17 @@ class HartPipeline:
             if labels.min() < 0 or labels.max() >= self.transformer.config.num_classes:
                 raise InputError(f"class labels must be in [0, {self.transformer.config.num_classes})")
             return Condition(labels=labels)
+        what = "prompt_embeds" if prompt_embeds is not None else "prompt"
         if prompt_embeds is None:
             if prompt is None:
                 raise InputError("give a prompt (or prompt_embeds)")
             prompt_embeds = self.encode_prompts(prompt)
-        self._check_encoding(prompt_embeds)
         dtype = next(self.transformer.parameters()).dtype
-        return Condition(
+        cond = Condition(
             prompt_embeds.hidden.to(device, dtype), prompt_embeds.mask.to(device), prompt_embeds.position_ids.to(device)
         )
-
-    def _check_encoding(self, enc: TextEncoding) -> None:
-        cfg = self.transformer.config
-        if enc.hidden.shape[1:] != (cfg.context_token, cfg.context_dim):
-            raise InputError(
-                f"text encoding has shape {tuple(enc.hidden.shape[1:])}, the model expects "
-                f"({cfg.context_token}, {cfg.context_dim})"
-            )
+        check_condition(self.transformer.config, cond, what)
+        return cond
 
     def _check_text_encoder(self, encoder: TextEncoder) -> None:
         cfg = self.transformer.config

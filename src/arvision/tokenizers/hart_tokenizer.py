@@ -53,16 +53,27 @@ class HybridTokenizerConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HybridTokenizerConfig:
         """Build from an official or saved config dict; options this port does not implement are errors."""
+        # option -> (is the value unsupported?, why)
         unsupported = {
-            "double_decoder": lambda v: bool(v),
-            "disable_quant_resi": lambda v: bool(v),
-            "quantizer_type": lambda v: v not in ("var_hybrid", "var"),
-            "default_qresi_counts": lambda v: v not in (0, None),
-            "share_quant_resi": lambda v: int(v) < 1,
+            "double_decoder": (bool, "a second decoder is not implemented"),
+            "disable_quant_resi": (bool, "the quantizer always refines codes with phi"),
+            "quantizer_type": (
+                lambda v: v != "var_hybrid",
+                "only HART's hybrid tokenizer ('var_hybrid') is supported; VAR's discrete-only 'var' quantizer is not",
+            ),
+            "default_qresi_counts": (
+                lambda v: v not in (0, None),
+                "per-scale phi counts (share_quant_resi=0) are not implemented",
+            ),
+            "share_quant_resi": (
+                lambda v: not isinstance(v, int) or v < 2,
+                "only a bank of >= 2 shared phi convs is supported (the official 0: one phi per scale, and 1: "
+                "a single phi, store their weights under other names)",
+            ),
         }
-        for key, is_bad in unsupported.items():
+        for key, (is_bad, why) in unsupported.items():
             if key in data and is_bad(data[key]):
-                raise CheckpointError(f"tokenizer config option {key}={data[key]!r} is not supported")
+                raise CheckpointError(f"tokenizer config option {key}={data[key]!r} is not supported: {why}")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         for key in ("ch_mult", "v_patch_nums"):

@@ -1,0 +1,84 @@
+"""``arvision generate``: checks before the model loads, and the options it hands to each pipeline (recorded by
+stand-ins for the pipelines' loaders; real generation runs in test_pipelines_hart / test_cli_vila_u)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from arvision.cli import main
+from arvision.pipelines.hart import HartPipeline
+from arvision.pipelines.vila_u import VilaUPipeline
+from hart_common import HART_TINY
+from vilau_common import FIXTURE as VILA_U_TINY
+
+
+class _Pipeline:
+    """Records how the CLI loads and calls a pipeline; every call returns blank images."""
+
+    def __init__(self):
+        self.loads, self.calls = [], []
+
+    def from_pretrained(self, folder, **kwargs):
+        self.loads.append(kwargs)
+        return self
+
+    def _images(self, n):
+        return [Image.new("RGB", (8, 8))] * n
+
+    def __call__(self, prompt, **kwargs):  # HartPipeline
+        self.calls.append(kwargs)
+        return SimpleNamespace(images=self._images(kwargs["num_images_per_prompt"]))
+
+    def generate_image(self, prompt, n, seed, **kwargs):  # VilaUPipeline
+        self.calls.append(kwargs)
+        return self._images(n)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["   "], "prompt 0 is empty"),
+        (["a cat", "--negative-prompt", " "], "--negative-prompt is empty"),
+        (["a cat", "--top-p", "2"], "top_p must be within"),
+        (["a cat", "--temperature", "-1"], "temperature must be >= 0"),
+        (["a cat", "--top-k", "-2"], "top_k must be >= 0"),
+    ],
+)
+def test_bad_prompts_and_sampling_are_refused_before_the_model_loads(tmp_path, capsys, extra, message):
+    # the model folder does not exist: reaching the loader would report that instead
+    args = ["generate", *extra, "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "o.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "not found" not in err
+
+
+def test_hart_gets_the_sampling_flags_given_and_its_own_defaults_otherwise(tmp_path, monkeypatch):
+    pipe = _Pipeline()
+    monkeypatch.setattr(HartPipeline, "from_pretrained", pipe.from_pretrained)
+    base = ["generate", "a cat", "--model", str(HART_TINY), "--quiet", "-o", str(tmp_path / "o.png")]
+    assert main(base) == 0
+    assert pipe.loads[0]["torch_dtype"] == torch.float32
+    # guidance_scale and top_k are left to the pipeline (its folder may set them), as are top_p and temperature
+    assert not {"guidance_scale", "top_k", "top_p", "temperature"} & set(pipe.calls[0])
+    assert pipe.calls[0]["more_smooth"] is False
+    flags = ["--cfg", "2", "--top-k", "5", "--top-p", "0.8", "--temperature", "0.5", "--more-smooth"]
+    assert main([*base, *flags, "--dtype", "bfloat16"]) == 0
+    assert pipe.loads[1]["torch_dtype"] == torch.bfloat16
+    call = pipe.calls[1]
+    assert (call["guidance_scale"], call["top_k"], call["top_p"], call["temperature"]) == (2.0, 5, 0.8, 0.5)
+    assert call["more_smooth"] is True
+
+
+def test_vila_u_loads_in_its_stored_dtype_unless_told(tmp_path, monkeypatch, capsys):
+    pipe = _Pipeline()
+    monkeypatch.setattr(VilaUPipeline, "from_pretrained", pipe.from_pretrained)
+    base = ["generate", "a cat", "--model", str(VILA_U_TINY), "--quiet", "-o", str(tmp_path / "o.png")]
+    assert main(base) == 0
+    assert pipe.loads[0]["dtype"] is None and pipe.calls[0] == {}
+    assert main([*base, "--dtype", "float32", "--top-k", "7", "--top-p", "0.5", "--temperature", "0"]) == 0
+    assert pipe.loads[1]["dtype"] == torch.float32
+    assert pipe.calls[1] == {"top_k": 7, "top_p": 0.5, "temperature": 0.0}
+    assert main([*base, "--more-smooth"]) == 2
+    assert "--more-smooth apply to HART models only" in capsys.readouterr().err
