@@ -28,6 +28,12 @@ def test_describe_reports_bad_input_without_a_traceback(tmp_path, capsys):
     bad.write_text("no")
     assert main(["describe", str(bad), "What?", "--model", str(FIXTURE)]) == 2
     assert "not a readable image" in capsys.readouterr().err
+    image = tmp_path / "astronaut.png"
+    PIL.Image.fromarray(cases()["img.astronaut_uint8"].numpy()).save(image)
+    assert main(["describe", str(image), "What is <image> here?", "--model", str(FIXTURE)]) == 2
+    assert "the question contains <image>" in capsys.readouterr().err
+    assert main(["describe", str(image), "What?", "--model", str(FIXTURE), "--frames", "0"]) == 2
+    assert "num_frames must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_generate_video_writes_an_animation_and_a_strip(tmp_path, capsys):
@@ -41,6 +47,19 @@ def test_generate_video_writes_an_animation_and_a_strip(tmp_path, capsys):
     with PIL.Image.open(tmp_path / "clip.strip.png") as strip:
         assert strip.size == (256, 32)
     assert main(["generate-video", "x", "-o", str(tmp_path / "clip.png"), "--model", str(FIXTURE)]) == 2
+
+
+def test_generate_video_defaults_are_the_models():
+    from arvision.cli import build_parser
+    from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG
+
+    args = build_parser().parse_args(["generate-video", "x", "--model", "m"])
+    assert (args.cfg, args.temperature, args.top_k, args.top_p) == (
+        DEFAULT_CFG,
+        CODE_TEMPERATURE,
+        CODE_TOP_K,
+        CODE_TOP_P,
+    )
 
 
 def test_numbered_paths_keep_one_name_and_number_several():

@@ -5,7 +5,9 @@ import torch
 
 from arvision.data.media import (
     frame_strip,
+    is_video_path,
     load_image,
+    load_media,
     load_video_frames,
     preprocess_image,
     sample_frame_indices,
@@ -21,6 +23,9 @@ def test_frame_indices_follow_the_official_rounding():
     assert sample_frame_indices(3, 8) == [0, 0, 1, 1, 1, 1, 2, 2]
     with pytest.raises(InputError):
         sample_frame_indices(0, 8)
+    for count in (0, -1):
+        with pytest.raises(InputError, match=f"at least 1, got {count}"):
+            sample_frame_indices(13, count)
 
 
 def test_video_file_frames_are_sampled_evenly(tmp_path):
@@ -76,3 +81,57 @@ def test_animation_and_strip(tmp_path):
     assert frame_strip(frames).size == (32, 8)
     with pytest.raises(InputError):
         save_animation(frames, tmp_path / "a.png")
+
+
+def _normalised(array):
+    return torch.from_numpy(((array.astype(np.float64) / 255.0 - 0.5) / 0.5).astype(np.float32)).permute(2, 0, 1)
+
+
+def test_palette_and_one_bit_images_are_resized_nearest_before_the_rgb_conversion():
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, 4, (12, 10), dtype=np.uint8)
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [250, 250, 10]], np.uint8)
+    image = PIL.Image.fromarray(indices, mode="P")
+    image.putpalette(palette.flatten().tolist())
+    # Nearest neighbour by hand: output pixel i reads source pixel floor((i + 0.5) * in / out).
+    rows = np.floor((np.arange(8) + 0.5) * 12 / 8).astype(int)
+    cols = np.floor((np.arange(8) + 0.5) * 10 / 8).astype(int)
+    expected = palette[indices[rows][:, cols]]
+    assert torch.equal(preprocess_image(image, 8), _normalised(expected))
+    bits = PIL.Image.fromarray(indices > 1).convert("1")
+    expected_bits = np.repeat((indices[rows][:, cols] > 1)[..., None] * np.uint8(255), 3, axis=2)
+    assert torch.equal(preprocess_image(bits, 8), _normalised(expected_bits))
+
+
+def test_rgba_is_resized_with_premultiplied_alpha_and_rgb_and_grey_as_before():
+    # Opaque blue beside fully transparent red: no red may bleed into the resized image.
+    array = np.zeros((8, 8, 4), np.uint8)
+    array[:, :4] = (0, 0, 255, 255)
+    array[:, 4:] = (255, 0, 0, 0)
+    pixels = preprocess_image(PIL.Image.fromarray(array, mode="RGBA"), 5)
+    assert pixels[0].max() == -1.0 and pixels[2, :, 0].min() == 1.0
+    rng = np.random.default_rng(1)
+    for image in (
+        PIL.Image.fromarray(rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)),
+        PIL.Image.new("L", (7, 5), 90),
+    ):
+        before = image.convert("RGB").resize((6, 6), PIL.Image.Resampling.BICUBIC)
+        assert torch.equal(preprocess_image(image, 6), _normalised(np.asarray(before)))
+
+
+def test_media_paths_images_videos_and_other_containers(tmp_path):
+    assert is_video_path("clip.FLV") and is_video_path("clip.3gp") and not is_video_path("photo.png")
+    palette = PIL.Image.new("P", (6, 6))
+    palette.save(tmp_path / "p.png")
+    (frame,) = load_media(tmp_path / "p.png")
+    assert frame.mode == "P"  # as stored: preprocess_image resizes before converting
+    video = write_video(tmp_path / "v.mp4", [0, 100, 200])
+    (tmp_path / "v.bin").write_bytes(video.read_bytes())  # a suffix nobody lists: found by content
+    frames = load_media(tmp_path / "v.bin", 2)
+    assert len(frames) == 2 and frames[0].mode == "RGB"
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(InputError, match="not a readable image or video: .*notes.txt"):
+        load_media(text)
+    with pytest.raises(InputError, match="image file not found"):
+        load_media(tmp_path / "missing.png")

@@ -3,15 +3,15 @@ import copy
 import pytest
 import torch
 
-from arvision.models.vila_u import SpecialTokens, positions_from_mask
+from arvision.models.vila_u import SpecialTokens, VilaU, positions_from_mask
 from arvision.nn.sampling import filter_top_k_top_p
 from arvision.text.vicuna import IMAGE_TOKEN_INDEX
-from vilau_common import cases, fixture_pipeline, max_abs, tiny_vila_u
+from vilau_common import cases, fixture_pipeline, max_abs, tiny_vila_u, tiny_vila_u_config
 
 
 def test_special_token_ids_are_the_last_four_of_the_vocabulary():
     assert SpecialTokens.for_vocab(32004) == SpecialTokens(32000, 32001, 32002, 32003)
-    assert tiny_vila_u().special == SpecialTokens(1000, 1001, 1002, 1003)
+    assert SpecialTokens.for_vocab(tiny_vila_u_config().vocab_size) == SpecialTokens(1000, 1001, 1002, 1003)
 
 
 def test_projector_keys_and_exact_gelu():
@@ -40,7 +40,9 @@ def test_an_input_transform_is_folded_into_the_projectors_first_layer():
 
 
 def test_rope_scaling_is_kept_from_the_llm_config():
-    assert tiny_vila_u().llm.config.rope_parameters["rope_type"] == "linear"
+    config = tiny_vila_u().llm.config
+    # transformers 5 moved rope_scaling into rope_parameters.
+    assert (getattr(config, "rope_parameters", None) or config.rope_scaling)["rope_type"] == "linear"
 
 
 def test_splice_puts_each_image_at_its_placeholder_in_order():
@@ -100,6 +102,53 @@ def test_kv_cached_generation_equals_uncached_recomputation():
     torch.testing.assert_close(replay.logits, out.logits)
 
 
+def test_inference_runs_the_tower_and_depth_transformer_in_eval_mode_whatever_the_callers_mode():
+    config = tiny_vila_u_config()
+    config.depth.resid_dropout = 0.5  # dropout in training mode would change every logit
+    torch.manual_seed(0)
+    model = VilaU(config).train()
+    ids = torch.tensor([[1, 7, 8, 1000], [1, 9, 10, 1000]])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    before = copy.deepcopy(model.vision_tower.quantizer.state_dict())
+    trained = model.generate_codes(ids, mask, 4, generator=torch.Generator().manual_seed(0), trace=True)
+    with torch.no_grad():
+        train_codes, train_features = model.encode_images(pixels)
+        train_pixels = model.decode_codes(trained.codes)
+    after = model.vision_tower.quantizer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no EMA update of the codebooks
+    assert all(m.training for m in model.modules())  # the caller's mode is given back
+    model.eval()
+    evaluated = model.generate_codes(ids, mask, 4, generator=torch.Generator().manual_seed(0), trace=True)
+    with torch.no_grad():
+        eval_codes, eval_features = model.encode_images(pixels)
+    assert torch.equal(trained.codes, evaluated.codes) and torch.equal(trained.logits, evaluated.logits)
+    assert torch.equal(train_codes, eval_codes) and torch.equal(train_features, eval_features)
+    with torch.no_grad():
+        assert torch.equal(train_pixels, model.decode_codes(trained.codes))
+
+
+def test_an_empty_model_loads_to_the_same_model_without_random_initialisation(monkeypatch):
+    torch.manual_seed(0)
+    reference = VilaU(tiny_vila_u_config()).eval()
+    calls = []
+    original = torch.nn.init.kaiming_uniform_
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", lambda *a, **k: calls.append(1) or original(*a, **k))
+    empty = VilaU.empty(tiny_vila_u_config())
+    assert not calls  # nn.Linear / nn.Conv2d initialisation skipped
+    empty.load_state_dict(reference.state_dict())
+    # Buffers that are not in the state dict (RoPE frequencies, position ids) are computed as usual.
+    buffers = dict(reference.named_buffers())
+    assert all(torch.equal(value, buffers[name]) for name, value in empty.eval().named_buffers())
+    ids = torch.tensor([[1, 7, 8, 1000]])
+    with torch.no_grad():
+        assert torch.equal(empty.llm(ids).logits, reference.llm(ids).logits)
+    torch.manual_seed(0)
+    first = torch.nn.Linear(4, 4).weight
+    torch.manual_seed(0)
+    assert torch.equal(first, torch.nn.Linear(4, 4).weight) and first.abs().min() > 0  # initialisation is back on
+
+
 def test_generated_codes_decode_to_images():
     model = tiny_vila_u()
     codes = torch.randint(0, 64, (2, 16, 3))
@@ -127,7 +176,7 @@ def test_fixture_understanding_embeddings_prefill_and_greedy_decoding():
         embeds = model.splice(c["und.input_ids"][0], features)
         mask = torch.ones(1, embeds.shape[0], dtype=torch.long)
         hidden = model.llm_hidden(embeds[None], mask, positions_from_mask(mask))
-        ids, scores = model.generate_text(embeds[None], max_new_tokens=6, temperature=0.0, return_logits=True)
+        (ids,), (scores,) = model.generate_text_batch(embeds[None], max_new_tokens=6, temperature=0.0)
     assert max_abs(embeds, c["und.inputs_embeds"][0]) < 1e-4
     assert max_abs(hidden, c["und.prefill_hidden"]) < 1e-4
     assert max_abs(model.llm.lm_head(hidden[:, -1]), c["und.prefill_last_logits"]) < 1e-4
@@ -149,8 +198,7 @@ def test_batched_decoding_of_left_padded_prompts_matches_one_prompt_at_a_time():
     mask[1, :5] = 0
     ids, logits = model.generate_text_batch(embeds, mask, max_new_tokens=5, eos_token_id=None)
     for row, prompt in enumerate((long, short)):
-        kwargs = dict(max_new_tokens=5, eos_token_id=None, return_logits=True)
-        alone_ids, alone_logits = model.generate_text(prompt[None], **kwargs)
+        (alone_ids,), (alone_logits,) = model.generate_text_batch(prompt[None], max_new_tokens=5, eos_token_id=None)
         assert torch.equal(ids[row], alone_ids)
         assert max_abs(logits[row], alone_logits) < 1e-4
 

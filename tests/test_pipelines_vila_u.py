@@ -9,8 +9,9 @@ from safetensors.torch import load_file, save_file
 
 from arvision.data.media import load_video_frames, to_pil
 from arvision.errors import CheckpointError, InputError
-from arvision.pipelines.vila_u import VilaUPipeline, is_vila_u_folder
+from arvision.pipelines.vila_u import TextSampling, VilaUPipeline, is_vila_u_folder
 from arvision.pipelines.vila_u_checkpoint import tower_state_from_release, tower_state_to_release
+from arvision.text import vicuna
 from media_common import write_video
 from vilau_common import FIXTURE, cases, fixture_pipeline
 
@@ -146,11 +147,60 @@ def test_sampling_settings_out_of_range_are_named(options, message):
         pipe.generate_image("A red cube.", cfg=-1.0)
 
 
+def test_settings_are_checked_before_the_media_are_read(tmp_path):
+    pipe = fixture_pipeline()
+    missing = tmp_path / "missing.png"
+    with pytest.raises(InputError, match=r"top_p must be within \[0, 1\]"):
+        pipe.describe(missing, "What is it?", top_p=1.5)
+    with pytest.raises(InputError, match="the question contains <image>"):
+        pipe.describe(missing, "What is <image> here?")
+    for frames in (0, -1, 2.5):
+        with pytest.raises(InputError, match=f"num_frames must be an integer >= 1, got {frames}"):
+            pipe.describe(missing, "What is it?", num_frames=frames)
+    with pytest.raises(InputError, match="image file not found"):
+        pipe.describe(missing, "What is it?")
+
+
+@pytest.mark.parametrize("text", ["a <image> cat", "a cat <im_start>", "</s> a cat", "<s>", "a <vi_end> cat"])
+def test_special_tokens_in_user_text_are_rejected(text):
+    pipe = fixture_pipeline()
+    token = next(t for t in ["<image>", "<im_start>", "</s>", "<s>", "<vi_end>"] if t in text)
+    with pytest.raises(InputError, match=f"the prompt contains {token}"):
+        pipe.generate_image(text)
+    with pytest.raises(InputError, match=f"the question contains {token}"):
+        pipe.describe(_astronaut(), text)
+    # Lookalikes are text.
+    assert "<" in vicuna.understanding_prompt("Is 3 < 4 and <b> bold?")
+    vicuna.check_user_text("Is 3 < 4 and <b> bold?", pipe.tokenizer)
+
+
+def test_prompt_and_count_types_are_checked():
+    pipe = fixture_pipeline()
+    with pytest.raises(InputError, match="the prompt must be a string, got int"):
+        pipe.generate_image(5)
+    with pytest.raises(InputError, match="the prompt must be a string, got NoneType"):
+        pipe.generate_video(None)
+    for n in (1.5, 0, True):
+        with pytest.raises(InputError, match=f"n must be an integer >= 1, got {n}"):
+            pipe.generate_image("a cat", n=n)
+
+
+def test_video_containers_are_found_by_content(tmp_path):
+    pipe = fixture_pipeline()
+    video = write_video(tmp_path / "clip.mp4", [i * 20 for i in range(10)])
+    expected = pipe.describe(video, "What happens?", temperature=0.0, max_new_tokens=3, num_frames=3)
+    for name in ("clip.flv", "clip.dat"):  # a listed suffix, and one PIL cannot read that PyAV can
+        shutil.copy(video, tmp_path / name)
+        assert pipe.describe(tmp_path / name, "What happens?", temperature=0.0, max_new_tokens=3, num_frames=3) == (
+            expected
+        )
+
+
 def test_non_image_and_unreadable_video_are_rejected(tmp_path):
     pipe = fixture_pipeline()
     bad_image = tmp_path / "photo.jpg"
     bad_image.write_text("not an image")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="not a readable image or video: .*photo.jpg"):
         pipe.describe(bad_image, "What is it?")
     bad_video = tmp_path / "clip.mp4"
     bad_video.write_bytes(b"\x00" * 100)
@@ -171,6 +221,29 @@ def test_save_and_reload_round_trip(tmp_path):
     release = load_file(str(FIXTURE / "vision_tower" / "model.safetensors"))
     assert written.keys() == release.keys()
     assert again.text_sampling == pipe.text_sampling
+
+
+def test_a_saved_folder_has_what_the_official_loader_reads(tmp_path):
+    pipe = fixture_pipeline()
+    pipe.save_pretrained(tmp_path / "saved")
+    llm = tmp_path / "saved" / "llm"
+    # The official loader builds the slow SentencePiece tokenizer: it needs tokenizer.model.
+    for name in ("tokenizer.model", "special_tokens_map.json", "added_tokens.json"):
+        assert (llm / name).read_bytes() == (FIXTURE / "llm" / name).read_bytes()
+    # ... and fetches the SigLIP config named by pretrained_model.
+    tower = json.loads((tmp_path / "saved" / "vision_tower" / "config.json").read_text())
+    assert tower["rqvaesiglip"]["pretrained_model"] == "vilau-parity/vilau-tiny-a-siglip"
+    again = VilaUPipeline.from_pretrained(tmp_path / "saved")
+    assert again.config.siglip_name == "vilau-parity/vilau-tiny-a-siglip"
+    for prompt in (vicuna.understanding_prompt("What is in the image?", 2), vicuna.generation_prompt("A red panda.")):
+        assert vicuna.tokenize(prompt, again.tokenizer) == vicuna.tokenize(prompt, pipe.tokenizer)
+    ids = list(range(1004))
+    assert again.tokenizer.decode(ids) == pipe.tokenizer.decode(ids)
+    # Saved again from the reloaded folder (the tokenizer's source is now the saved folder): the files stay.
+    again.save_pretrained(tmp_path / "twice")
+    assert (tmp_path / "twice" / "llm" / "tokenizer.model").is_file()
+    again.save_pretrained(tmp_path / "saved")  # over itself
+    assert (llm / "tokenizer.model").read_bytes() == (FIXTURE / "llm" / "tokenizer.model").read_bytes()
 
 
 def test_tower_key_map_round_trip():
@@ -227,8 +300,50 @@ def test_special_tokens_must_end_the_vocabulary(folder):
     config = json.loads((folder / "llm" / "config.json").read_text())
     config["vocab_size"] = 1005  # as if <im_patch> had grown the vocabulary
     (folder / "llm" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="special tokens"):
+    with pytest.raises(CheckpointError, match="the tokenizer has 1004 tokens but the LLM's vocab_size is 1005"):
         VilaUPipeline.from_pretrained(folder)
+
+
+def test_special_tokens_in_another_order_are_caught(folder):
+    swap = {"<im_start>": "<im_end>", "<im_end>": "<im_start>"}
+    tokenizer_config = json.loads((folder / "llm" / "tokenizer_config.json").read_text())
+    for entry in tokenizer_config["added_tokens_decoder"].values():
+        entry["content"] = swap.get(entry["content"], entry["content"])
+    (folder / "llm" / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    added = {swap.get(k, k): v for k, v in json.loads((folder / "llm" / "added_tokens.json").read_text()).items()}
+    (folder / "llm" / "added_tokens.json").write_text(json.dumps(added))
+    with pytest.raises(CheckpointError, match="special tokens .* do not sit at vocab_size-4"):
+        VilaUPipeline.from_pretrained(folder)
+
+
+def test_a_missing_tokenizer_model_is_named(folder):
+    (folder / "llm" / "tokenizer.model").unlink()
+    with pytest.raises(CheckpointError, match="missing tokenizer.model"):
+        VilaUPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_truncated_llm_weights_name_the_file(folder, sharded):
+    path = folder / "llm" / "model.safetensors"
+    if sharded:
+        state = load_file(str(path))
+        keys = sorted(state)
+        save_file({k: state[k] for k in keys[::2]}, str(folder / "llm" / "model-00001-of-00002.safetensors"))
+        save_file({k: state[k] for k in keys[1::2]}, str(folder / "llm" / "model-00002-of-00002.safetensors"))
+        weight_map = {k: f"model-0000{1 + i % 2}-of-00002.safetensors" for i, k in enumerate(keys)}
+        (folder / "llm" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        path.unlink()
+        path = folder / "llm" / "model-00002-of-00002.safetensors"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=f"cannot read weights file {path}"):
+        VilaUPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("eos", [[], None, "2"])
+def test_a_generation_config_without_an_eos_id_is_named(eos):
+    with pytest.raises(CheckpointError, match="eos_token_id must be a token id or a non-empty list"):
+        TextSampling.from_generation_config({"eos_token_id": eos})
+    assert TextSampling.from_generation_config({"eos_token_id": [5, 2]}).eos_token_id == 5
 
 
 def test_not_a_vila_u_folder(tmp_path):

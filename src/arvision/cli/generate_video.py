@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from arvision.cli.common import add_device_arguments, numbered_paths, silence_library_progress, torch_dtype
+from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,11 +15,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="video.gif", help="animated .gif or .webp (default video.gif)")
     p.add_argument("--model", required=True, help="VILA-U checkpoint folder (release layout)")
     p.add_argument("-n", "--num-videos", type=int, default=1, help="videos to generate (files get -000, -001, ...)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
+    p.add_argument(
+        "--cfg", type=float, default=DEFAULT_CFG, help="classifier-free guidance scale (default %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=1.0, help="code sampling temperature (default 1.0)")
-    p.add_argument("--top-k", type=int, default=900, help="code sampling top-k (default 900)")
-    p.add_argument("--top-p", type=float, default=0.96, help="code sampling top-p (default 0.96)")
+    p.add_argument(
+        "--temperature", type=float, default=CODE_TEMPERATURE, help="code sampling temperature (default %(default)s)"
+    )
+    p.add_argument("--top-k", type=int, default=CODE_TOP_K, help="code sampling top-k (default %(default)s)")
+    p.add_argument("--top-p", type=float, default=CODE_TOP_P, help="code sampling top-p (default %(default)s)")
     p.add_argument("--fps", type=float, default=4.0, help="animation frame rate (default 4)")
     p.add_argument("--no-strip", action="store_true", help="do not also save the frames side by side as PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -18,22 +18,44 @@ from arvision.errors import InputError
 from arvision.imaging import load_image, make_grid
 
 # An animated GIF is read as an image (its first frame); convert it to a video file to describe it as one.
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+# Other containers are found too: a file that PIL cannot read is tried with PyAV (see load_media).
+VIDEO_SUFFIXES = {
+    ".mp4",
+    ".avi",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ts",
+    ".ogv",
+}
+
+ImageInput = str | os.PathLike | PIL.Image.Image | np.ndarray
 
 
 def preprocess_image(image: PIL.Image.Image, size: int, *, generation_crop: bool = False) -> torch.Tensor:
-    """PIL image -> [3, size, size] float32 in [-1, 1], as the release prepares images.
+    """PIL image (any mode) -> [3, size, size] float32 in [-1, 1], as the release prepares images.
 
-    Understanding resizes straight to a square (no aspect preservation, bicubic). Generation training
-    data is first cropped to a square: the top square of a portrait image, the centre of a landscape one.
+    Understanding resizes straight to a square (no aspect preservation) in the image's own mode, with
+    PIL's default filter for it, and converts to RGB after: the release's ``process_image`` resizes what
+    the user gave and its CLIP processor converts. So palette and 1-bit images are resized nearest, RGBA
+    bicubic on premultiplied alpha; RGB and greyscale bicubic. Generation training data (RGB files in the
+    release) is first cropped to a square: the top square of a portrait image, the centre of a landscape one.
     """
-    image = image.convert("RGB")
     if generation_crop:
+        image = image.convert("RGB")
         w, h = image.size
         side = min(w, h)
         left, top = (0, 0) if w < h else (int(round((w - side) / 2.0)), int(round((h - side) / 2.0)))
         image = image.crop((left, top, left + side, top + side))
-    image = image.resize((size, size), PIL.Image.Resampling.BICUBIC)
+        image = image.resize((size, size), PIL.Image.Resampling.BICUBIC)
+    else:
+        image = image.resize((size, size)).convert("RGB")
     # The CLIP processor rescales and normalises in float64 before casting.
     array = (np.asarray(image, dtype=np.float64) / 255.0 - 0.5) / 0.5
     return torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1).contiguous()
@@ -41,6 +63,8 @@ def preprocess_image(image: PIL.Image.Image, size: int, *, generation_crop: bool
 
 def sample_frame_indices(total: int, num_frames: int) -> list[int]:
     """``num_frames`` indices spread evenly over ``total`` frames, first and last included."""
+    if num_frames < 1:
+        raise InputError(f"the number of frames to sample must be at least 1, got {num_frames}")
     if total <= 0:
         raise InputError("the video has no frames")
     return [int(i) for i in np.round(np.linspace(0, total - 1, num_frames)).astype(int)]
@@ -51,12 +75,48 @@ def is_video_path(path: str | os.PathLike) -> bool:
     return path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def read_image(source: ImageInput) -> PIL.Image.Image:
+    """An image in its stored mode (palette, 1-bit, RGBA kept: :func:`preprocess_image` converts after
+    resizing, as the release does). A PIL image is returned as is; an array goes through ``load_image``."""
+    if isinstance(source, PIL.Image.Image):
+        return source
+    if not isinstance(source, str | os.PathLike):
+        return load_image(source)
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"image file not found: {path}")
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+    except (PIL.UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"not a readable image: {path} ({exc})") from exc
+    return image
+
+
+def load_media(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image.Image]:
+    """A path -> frames: an image file (one frame, as stored), or ``num_frames`` sampled from a video file
+    or a folder of frames. A file PIL cannot read is tried as a video before giving up, so that containers
+    missing from :data:`VIDEO_SUFFIXES` are read too."""
+    if is_video_path(source):
+        return load_video_frames(source, num_frames)
+    try:
+        return [read_image(source)]
+    except InputError as image_error:
+        if not Path(source).is_file():
+            raise
+        try:
+            return load_video_frames(source, num_frames)
+        except InputError:
+            raise InputError(f"not a readable image or video: {source}") from image_error
+
+
 def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image.Image]:
-    """Sample ``num_frames`` RGB frames from a video file or from a folder of frame images (sorted by name)."""
+    """Sample ``num_frames`` frames from a video file (RGB) or from a folder of frame images (sorted by
+    name, in their stored mode, as the release opens them)."""
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        return [load_image(files[i]) for i in sample_frame_indices(len(files), num_frames)]
+        return [read_image(files[i]) for i in sample_frame_indices(len(files), num_frames)]
     if not path.is_file():
         raise InputError(f"video not found: {path}")
     import av  # imported here: only video input needs FFmpeg

@@ -23,6 +23,13 @@ DepthCache = list[list[torch.Tensor]]
 
 @dataclass
 class DepthTransformerConfig:
+    """The release's ``rqtransformer`` config; the defaults are vila-u-7b-256's.
+
+    ``depth``: D, codes per visual token (sequence length over depth). ``code_dim``: the vision tower's
+    code width C. ``llm_dim``: the LLM's hidden size H. ``embed_dim``, ``n_layer``, ``n_head``: the GPT stack.
+    ``vocab_size``: codes per codebook. ``resid_dropout``: dropout after attention and MLP (training only).
+    """
+
     depth: int = 4
     code_dim: int = 1024  # vision tower width C (in_mlp_1 input)
     llm_dim: int = 4096  # LLM hidden size (in_mlp_2 input)

@@ -9,8 +9,9 @@ their summed embedding, projected, is the LLM's next input. The LLM is a plain t
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +30,18 @@ CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG = 1.0, 900, 0.96, 3.0
 
 @dataclass
 class VilaUConfig:
-    """``llm`` holds ``LlamaConfig`` keyword arguments (``rope_scaling`` included, kept as given)."""
+    """``llm`` holds ``LlamaConfig`` keyword arguments (``rope_scaling`` included, kept as given).
+
+    ``siglip_name`` is the release's ``rqvaesiglip.pretrained_model``: the hub id whose config the official
+    code fetches to build SigLIP. It is kept so that a saved folder still loads there (empty when unknown).
+    """
 
     llm: dict[str, Any]
     tower: RQVisionTowerConfig
     depth: DepthTransformerConfig = field(default_factory=DepthTransformerConfig)
     num_video_frames: int = 8  # frames sampled for video understanding
     video_generation_frames: int = 8
+    siglip_name: str = ""
 
     @property
     def vocab_size(self) -> int:
@@ -98,8 +104,43 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put ``modules`` in eval mode for the block, then give every submodule back its own train/eval flag.
+
+    The release calls ``.eval()`` and leaves it so; restoring the flags keeps a training run that samples
+    images along the way (with the depth transformer training) in training mode afterwards.
+    """
+    flags = [(sub, sub.training) for module in modules for sub in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for sub, training in flags:
+            sub.training = training
+
+
+def _no_init_weights() -> contextlib.AbstractContextManager:
+    """transformers' switch that turns weight initialisation (torch.nn.init and ``init_weights``) into no-ops."""
+    try:
+        from transformers.initialization import no_init_weights  # transformers >= 5
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights  # transformers 4.x
+    return no_init_weights()
+
+
 class VilaU(nn.Module):
-    """The LLM, the vision tower, the ``mm_projector`` and the depth transformer, wired together."""
+    """The LLM, the vision tower, the ``mm_projector`` and the depth transformer, wired together.
+
+    Understanding: :meth:`encode_images` (pixels [B, 3, R, R] -> codes [B, g*g, D], features [B, g*g, H]),
+    :meth:`splice` (prompt ids with ``<image>`` placeholders -> embeddings [S, H]) and
+    :meth:`generate_text_batch` (embeddings [B, S, H] -> new token ids per row).
+    Generation: :meth:`generate_codes` (prompt ids [2n, S] -> codes [n, T, D]) and :meth:`decode_codes`
+    (codes [n, g*g, D] -> pixels [n, 3, R, R]). g = R // patch, D = residual depth, H = LLM width.
+    The inference methods run the vision tower and the depth transformer in eval mode whatever the
+    caller's mode, as the release forces it (no dropout while sampling, no codebook EMA update).
+    """
 
     def __init__(self, config: VilaUConfig):
         super().__init__()
@@ -108,7 +149,16 @@ class VilaU(nn.Module):
         self.vision_tower = RQVisionTower(config.tower)
         self.mm_projector = MultimodalProjector(config.tower.dim, self.llm.config.hidden_size)
         self.depth_transformer = DepthTransformer(config.depth)
-        self.special = SpecialTokens.for_vocab(config.vocab_size)
+
+    @classmethod
+    def empty(cls, config: VilaUConfig) -> VilaU:
+        """A model whose initialised weights are left as ``torch.empty`` memory, to load a checkpoint over:
+        random initialisation costs about two minutes for the 7B. Buffers computed at construction (RoPE
+        frequencies, position ids, codebook EMA statistics) are made as usual. Load every weight before use."""
+        with _no_init_weights():
+            model = cls(config)
+        model.llm.tie_weights()  # skipped together with the initialisation; a no-op for untied embeddings
+        return model
 
     # ----- vision tokens into the LLM -----
 
@@ -118,7 +168,10 @@ class VilaU(nn.Module):
 
     def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels [B, 3, R, R] -> (codes [B, g*g, D], features [B, g*g, H]) in raster order."""
-        codes, z_q = self.vision_tower.encode(pixels)
+        # Eval whatever the caller's mode, as the release's encode_images does: in training mode the
+        # quantizer would move its codebooks by EMA toward the images being described.
+        with eval_mode(self.vision_tower):
+            codes, z_q = self.vision_tower.encode(pixels)
         return codes.flatten(1, 2), self.mm_projector(z_q.flatten(1, 2))
 
     def splice(self, input_ids: Sequence[int] | torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
@@ -151,17 +204,6 @@ class VilaU(nn.Module):
             None, attention_mask, position_ids, cache, inputs_embeds=inputs_embeds, use_cache=cache is not None
         )
         return out.last_hidden_state
-
-    def generate_text(
-        self, inputs_embeds: torch.Tensor, *, return_logits: bool = False, **sampling: Any
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Decode after a prompt of embeddings [1, S, H]: new token ids [N] (EOS included when reached).
-
-        ``sampling``: the keyword arguments of :meth:`generate_text_batch` (``temperature == 0``, the
-        default, is greedy). With ``return_logits`` also the next-token logits [N, vocab].
-        """
-        ids, logits = self.generate_text_batch(inputs_embeds, **sampling)
-        return (ids[0], logits[0]) if return_logits else ids[0]
 
     @torch.no_grad()
     def generate_text_batch(
@@ -233,17 +275,19 @@ class VilaU(nn.Module):
         codes = torch.zeros(n, self.config.depth.depth, dtype=torch.long, device=hidden.device)
         cache = self.depth_transformer.new_cache()
         code_sum, guided_all = None, []
-        for d in range(self.config.depth.depth):
-            logits = self.depth_transformer.step(hidden, code_sum, cache).float()
-            guided = guide(logits[:n], logits[n:], cfg)
-            guided_all.append(guided)
-            if forced is None:
-                code = sample_logits(guided, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            else:
-                code = forced[:, d]
-            codes[:, d] = code
-            embed = self.vision_tower.quantizer.codebook(d).embed(code.repeat(2)).to(hidden.dtype)
-            code_sum = embed if code_sum is None else code_sum + embed
+        # Eval whatever the caller's mode, as the release's generation does: no dropout while sampling.
+        with eval_mode(self.depth_transformer):
+            for d in range(self.config.depth.depth):
+                logits = self.depth_transformer.step(hidden, code_sum, cache).float()
+                guided = guide(logits[:n], logits[n:], cfg)
+                guided_all.append(guided)
+                if forced is None:
+                    code = sample_logits(guided, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                else:
+                    code = forced[:, d]
+                codes[:, d] = code
+                embed = self.vision_tower.quantizer.codebook(d).embed(code.repeat(2)).to(hidden.dtype)
+                code_sum = embed if code_sum is None else code_sum + embed
         return codes, torch.stack(guided_all)
 
     @torch.no_grad()
@@ -312,4 +356,5 @@ class VilaU(nn.Module):
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Visual tokens [n, T, D] (T = g*g, raster order) -> pixels [n, 3, R, R] in about [-1, 1]."""
         side = math.isqrt(codes.shape[1])
-        return self.vision_tower.decode_codes(codes.reshape(codes.shape[0], side, side, -1))
+        with eval_mode(self.vision_tower):  # as encode_images: no decoder dropout at inference
+            return self.vision_tower.decode_codes(codes.reshape(codes.shape[0], side, side, -1))

@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from arvision.data.media import is_video_path, load_video_frames, preprocess_image, to_pil
+from arvision.data.media import ImageInput, load_media, preprocess_image, read_image, to_pil
 from arvision.errors import CheckpointError, InputError
-from arvision.imaging import load_image
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
 from arvision.nn.sampling import check_sampling
 from arvision.pipelines import vila_u_checkpoint as ckpt
@@ -31,16 +29,22 @@ from arvision.text import vicuna
 
 __all__ = ["VilaUPipeline", "TextSampling", "is_vila_u_folder"]
 
-ImageInput = str | os.PathLike | PIL.Image.Image | np.ndarray
 
-
-def _first(value: int | list[int]) -> int:
-    return int(value[0] if isinstance(value, list) else value)
+def _eos_id(value: Any) -> int:
+    """``eos_token_id`` of a generation config (an id or a list of ids: the first stops decoding)."""
+    ids = value if isinstance(value, list) else [value]
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise CheckpointError(
+            f"llm/generation_config.json: eos_token_id must be a token id or a non-empty list of ids, got {value!r}"
+        )
+    return ids[0]
 
 
 @dataclass
 class TextSampling:
-    """Text decoding settings; the defaults are the release's ``llm/generation_config.json`` values."""
+    """Text decoding settings. ``temperature``, ``top_p`` and ``eos_token_id`` default to the release's
+    ``llm/generation_config.json`` values; ``max_new_tokens`` is arvision's cap on an answer (the release
+    stops at ``max_length`` 4096 tokens, prompt included)."""
 
     temperature: float = 0.9
     top_p: float = 0.6
@@ -54,7 +58,7 @@ class TextSampling:
             temperature=float(data.get("temperature", 1.0)),
             top_p=float(data.get("top_p", 1.0)),
             top_k=int(data.get("top_k", 50)),
-            eos_token_id=_first(data.get("eos_token_id", 2)),
+            eos_token_id=_eos_id(data.get("eos_token_id", 2)),
         )
         if not data.get("do_sample", False):
             sampling.temperature = 0.0
@@ -82,15 +86,6 @@ def _default_dtype(dtype: torch.dtype):
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def _load_tokenizer(folder: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), legacy=False)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}") from exc
 
 
 def left_padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,16 +120,17 @@ class VilaUPipeline:
         if not ckpt.is_vila_u_folder(folder):
             raise CheckpointError(f"{folder} is not a VILA-U folder (needs config.json naming vila_u, and llm/)")
         config, generation = ckpt.read_config(folder)
-        tokenizer = _load_tokenizer(folder / "llm")
-        ckpt.check_special_tokens(tokenizer, config.vocab_size, folder / "llm")
+        tokenizer = ckpt.load_tokenizer(folder / "llm", config.vocab_size)
         with _default_dtype(dtype or ckpt.stored_dtype(folder)):
-            model = VilaU(config)
+            model = VilaU.empty(config)  # every weight is loaded next
         ckpt.load_weights(model, folder)
         model.to(device=device)
         return cls(model, tokenizer, TextSampling.from_generation_config(generation))
 
     def save_pretrained(self, folder: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:
-        """Write the release layout (loadable here and by the official code, given ``siglip_config``)."""
+        """Write the release layout, loadable here and by the official code: ``llm/`` gets the source's
+        ``tokenizer.model`` (the official loader needs it) and ``pretrained_model`` keeps the source's SigLIP
+        name (the official code fetches that config; it is empty for a model built in code)."""
         generation = self.text_sampling.to_generation_config()
         ckpt.save_folder(self.model, Path(folder), self.tokenizer, generation, max_shard_bytes)
 
@@ -151,7 +147,7 @@ class VilaUPipeline:
     def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Images -> [N, 3, R, R] in [-1, 1] on the model's device and dtype."""
         size = self.config.tower.image_size
-        batch = torch.stack([preprocess_image(load_image(image), size) for image in images])
+        batch = torch.stack([preprocess_image(read_image(image), size) for image in images])
         return batch.to(self.device, next(self.model.parameters()).dtype)
 
     def prompt_ids(self, question: str, num_images: int) -> list[int]:
@@ -190,39 +186,44 @@ class VilaUPipeline:
             raise InputError(f"questions must be strings, got {[type(q).__name__ for q in questions]}")
         if any(not q.strip() for q in questions):
             raise InputError("the question is empty")
+        for question in questions:
+            vicuna.check_user_text(question, self.tokenizer, "the question")
         if max_new_tokens is not None and max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        # Several questions about one image or video (the same object, as the CLI passes it) read and encode it once.
-        encoded: dict[int, torch.Tensor] = {}
-        prompts = []
-        for item, question in zip(media, questions):
-            if id(item) not in encoded:
-                encoded[id(item)] = self.model.encode_images(self.pixels(self._frames(item, num_frames)))[1]
-            features = encoded[id(item)]
-            prompts.append(self.model.splice(self.prompt_ids(question, len(features)), features))
-        embeds, mask = left_padded(prompts)
+        frames = self.config.num_video_frames if num_frames is None else num_frames
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise InputError(f"num_frames must be an integer >= 1, got {num_frames!r}")
         s = self.text_sampling
         sampling = {
             "temperature": s.temperature if temperature is None else temperature,
             "top_k": s.top_k if top_k is None else top_k,
             "top_p": s.top_p if top_p is None else top_p,
         }
-        check_sampling(**sampling)
+        check_sampling(**sampling)  # before reading and encoding the media, which can take long
+        # Several questions about one image or video (the same object, as the CLI passes it) read and encode it once.
+        encoded: dict[int, torch.Tensor] = {}
+        prompts = []
+        for item, question in zip(media, questions):
+            if id(item) not in encoded:
+                encoded[id(item)] = self.model.encode_images(self.pixels(self._frames(item, frames)))[1]
+            features = encoded[id(item)]
+            prompts.append(self.model.splice(self.prompt_ids(question, len(features)), features))
+        embeds, mask = left_padded(prompts)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         ids, _ = self.model.generate_text_batch(
             embeds,
             mask,
-            max_new_tokens=max_new_tokens or s.max_new_tokens,
+            max_new_tokens=s.max_new_tokens if max_new_tokens is None else max_new_tokens,
             eos_token_id=s.eos_token_id,
             generator=generator,
             **sampling,
         )
         return [self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in ids]
 
-    def _frames(self, media: ImageInput | Sequence[ImageInput], num_frames: int | None) -> list[ImageInput]:
+    def _frames(self, media: ImageInput | Sequence[ImageInput], num_frames: int) -> list[ImageInput]:
         """An image, a video file or frame folder (``num_frames`` sampled), or a list of frames -> frames."""
-        if isinstance(media, (str, os.PathLike)) and is_video_path(media):
-            return load_video_frames(media, num_frames or self.config.num_video_frames)
+        if isinstance(media, str | os.PathLike):
+            return load_media(media, num_frames)
         if isinstance(media, ImageInput):
             return [media]
         if not isinstance(media, Sequence) or not media:
@@ -247,10 +248,13 @@ class VilaUPipeline:
         return ids.to(self.device), mask.to(self.device)
 
     def _codes(self, prompt: str, n: int, video: bool, cfg: float, seed: int | None, sampling: dict) -> torch.Tensor:
-        if not prompt or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise InputError(f"the prompt must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
             raise InputError("the prompt is empty")
-        if n < 1:
-            raise InputError(f"n must be at least 1, got {n}")
+        vicuna.check_user_text(prompt, self.tokenizer)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"n must be an integer >= 1, got {n!r}")
         if cfg < 0:
             raise InputError(f"cfg must be >= 0, got {cfg}")
         check_sampling(**sampling)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from arvision.checkpoint import (
     StateDict,
@@ -44,6 +44,11 @@ from arvision.tokenizers.siglip_presets import siglip_preset
 
 FORMAT_TAG = "arvision_vila_u"
 _SIGLIP_KEYS = ("vision_config", "text_config")
+# The official RQVAESiglipConfig's default ``pretrained_model``, used when a release config omits it.
+RELEASE_SIGLIP = "google/siglip-large-patch16-256"
+# What the official code reads from llm/ besides the tokenizer_config.json: it loads the slow SentencePiece
+# tokenizer (use_fast=False), which needs tokenizer.model; the two JSON files carry the added tokens.
+TOKENIZER_FILES = ("tokenizer.model", "special_tokens_map.json", "added_tokens.json")
 
 
 def is_vila_u_folder(folder: str | os.PathLike) -> bool:
@@ -66,7 +71,7 @@ def _siglip_config(rq: dict[str, Any], source: Path) -> dict[str, Any]:
     inline = rq.get("siglip_config")
     if isinstance(inline, dict):
         return {k: inline[k] for k in _SIGLIP_KEYS if k in inline}
-    name = rq.get("pretrained_model", "google/siglip-large-patch16-256")
+    name = rq.get("pretrained_model", RELEASE_SIGLIP)
     try:
         return siglip_preset(name)
     except KeyError as exc:
@@ -124,7 +129,10 @@ def tower_config_from_release(data: dict[str, Any], source: Path) -> tuple[RQVis
     return tower, depth
 
 
-def tower_config_to_release(tower: RQVisionTowerConfig, depth: DepthTransformerConfig) -> dict[str, Any]:
+def tower_config_to_release(
+    tower: RQVisionTowerConfig, depth: DepthTransformerConfig, siglip_name: str = ""
+) -> dict[str, Any]:
+    """Our two configs -> ``vision_tower/config.json``; ``siglip_name`` becomes ``pretrained_model``."""
     g = tower.grid
     dd = tower.decoder
     return {
@@ -133,7 +141,7 @@ def tower_config_to_release(tower: RQVisionTowerConfig, depth: DepthTransformerC
         "hidden_size": tower.dim,
         "rqvaesiglip": {
             "architectures": ["RQVAESiglipModel"],
-            "pretrained_model": "",
+            "pretrained_model": siglip_name,
             "siglip_config": {"model_type": "siglip", **tower.siglip},
             "embed_dim": tower.dim,
             "n_embed": tower.n_embed,
@@ -191,12 +199,19 @@ def read_config(folder: Path) -> tuple[VilaUConfig, dict[str, Any]]:
     if projector.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
         raise CheckpointError(f"unsupported mm_projector_type {projector.get('mm_projector_type')!r}")
     tower_file = folder / "vision_tower" / "config.json"
-    tower, depth = tower_config_from_release(read_json(tower_file), tower_file)
+    tower_data = read_json(tower_file)
+    tower, depth = tower_config_from_release(tower_data, tower_file)
     if depth.llm_dim != llm.get("hidden_size"):
         raise CheckpointError(f"{tower_file}: input_embed_dim_2 {depth.llm_dim} != LLM hidden {llm.get('hidden_size')}")
     gen_file = folder / "llm" / "generation_config.json"
     generation = read_json(gen_file) if gen_file.is_file() else {}
-    config = VilaUConfig(llm=llm, tower=tower, depth=depth, num_video_frames=int(top.get("num_video_frames", 8)))
+    config = VilaUConfig(
+        llm=llm,
+        tower=tower,
+        depth=depth,
+        num_video_frames=int(top.get("num_video_frames", 8)),
+        siglip_name=str(tower_data["rqvaesiglip"].get("pretrained_model", RELEASE_SIGLIP)),
+    )
     return config, generation
 
 
@@ -208,15 +223,50 @@ def stored_dtype(folder: Path) -> torch.dtype:
     return _DTYPES.get(str(read_json(folder / "config.json").get("model_dtype")), torch.float32)
 
 
-def check_special_tokens(tokenizer: Any, vocab_size: int, source: Path) -> None:
-    """The four added tokens must be the last four ids of the LLM vocabulary, in release order."""
+def load_tokenizer(folder: Path, vocab_size: int) -> Any:
+    """The LLM's tokenizer from ``folder`` (``llm/``), checked against the LLM: ``len(tokenizer) ==
+    vocab_size``, with the four added tokens as the last four ids in release order."""
+    from transformers import AutoTokenizer
+
+    # Without a vocabulary file transformers 5 still builds a tokenizer, of the added tokens alone.
+    if not any((folder / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
+        raise CheckpointError(f"{folder}: missing tokenizer.model (the SentencePiece vocabulary; or tokenizer.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), legacy=False)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}") from exc
+    if len(tokenizer) != vocab_size:
+        raise CheckpointError(
+            f"{folder}: the tokenizer has {len(tokenizer)} tokens but the LLM's vocab_size is {vocab_size} "
+            "(a tokenizer.model of another model, <im_patch> added, or the embeddings resized?)"
+        )
     expected = SpecialTokens.for_vocab(vocab_size)
     names = {IM_START: expected.im_start, IM_END: expected.im_end, VI_START: expected.vi_start, VI_END: expected.vi_end}
     got = {name: tokenizer.convert_tokens_to_ids(name) for name in names}
     if got != names or "<im_patch>" in tokenizer.get_vocab():
         raise CheckpointError(
-            f"{source}: special tokens {got} do not sit at vocab_size-4..vocab_size-1 = {list(names.values())} "
+            f"{folder}: special tokens {got} do not sit at vocab_size-4..vocab_size-1 = {list(names.values())} "
             "(was <im_patch> added, or the embeddings resized?)"
+        )
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """``tokenizer.save_pretrained(folder)`` plus the files the official loader needs that transformers 5
+    no longer writes (:data:`TOKENIZER_FILES`), copied from the folder the tokenizer was loaded from."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer.save_pretrained(str(folder))
+    source = Path(getattr(tokenizer, "name_or_path", "") or "")
+    for name in TOKENIZER_FILES:
+        origin, target = source / name, folder / name
+        if origin.is_file() and not (target.exists() and origin.samefile(target)):
+            shutil.copyfile(origin, target)
+    if not (folder / "tokenizer.model").is_file():
+        warnings.warn(
+            f"{folder}: no tokenizer.model next to the tokenizer's source ({source}): the official code cannot "
+            "load this folder (it needs the SentencePiece file); arvision can",
+            stacklevel=3,
         )
 
 
@@ -299,6 +349,16 @@ def _safetensors_files(path: Path) -> list[Path] | None:
     return [path] if path.suffix == ".safetensors" else None
 
 
+def _header_shapes(file: Path) -> dict[str, torch.Tensor]:
+    """Key -> meta tensor of the stored shape, read from a safetensors header (no tensor data)."""
+    try:
+        with safe_open(str(file), "pt") as handle:
+            keys = list(handle.keys())  # a safetensors handle, not a dict
+            return {key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in keys}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read weights file {file}: {exc}") from exc
+
+
 def _load_llm(llm: torch.nn.Module, folder: Path) -> None:
     # The 7B LLM is loaded one file at a time after checking every key and shape from the file headers,
     # so peak memory is the model plus one shard, not the model plus a full copy of its weights.
@@ -311,12 +371,10 @@ def _load_llm(llm: torch.nn.Module, folder: Path) -> None:
     for file in files:
         if not file.is_file():
             raise CheckpointError(f"missing weights file: {file}")
-        with safe_open(str(file), "pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-                shapes[key] = torch.empty(handle.get_slice(key).get_shape(), device="meta")
+        shapes.update(_header_shapes(file))
     check_state_dict(llm, shapes, source=str(folder))
     for file in files:
-        llm.load_state_dict(load_file(str(file)), strict=False)
+        llm.load_state_dict(load_state_dict(file), strict=False)
 
 
 def load_weights(model: VilaU, folder: Path) -> None:
@@ -373,7 +431,7 @@ def save_folder(
 ) -> None:
     """Write ``model`` in the release layout (the LLM in shards of at most ``max_shard_bytes``)."""
     cfg = model.config
-    tower_cfg = tower_config_to_release(cfg.tower, cfg.depth)
+    tower_cfg = tower_config_to_release(cfg.tower, cfg.depth, cfg.siglip_name)
     projector_cfg = {
         "architectures": ["MultimodalProjector"],
         "model_type": "v2l_projector",
@@ -398,9 +456,7 @@ def save_folder(
         "mm_projector_type": "mlp2x_gelu",
         "model_dtype": str(next(model.parameters()).dtype),
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tokenizer.save_pretrained(str(folder / "llm"))
+    save_tokenizer(tokenizer, folder / "llm")
     write_json(folder / "llm" / "config.json", llm_cfg)
     write_json(folder / "llm" / "generation_config.json", generation)
     _save_sharded(model.llm.state_dict(), folder / "llm", max_shard_bytes)

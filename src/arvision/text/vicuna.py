@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from arvision.errors import InputError
+
 SYSTEM_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -57,3 +59,14 @@ def tokenize(prompt: str, tokenizer: Any) -> list[int]:
         elif chunk:
             ids.extend(tokenizer(chunk).input_ids[1:])
     return ids
+
+
+def check_user_text(text: str, tokenizer: Any, what: str = "the prompt") -> None:
+    """Raise :class:`InputError` when user ``text`` holds a string the model would not read as text: the
+    ``<image>`` placeholder (split out as an image slot, so the images no longer match) or a token that the
+    tokenizer encodes as a control id (``</s>``, ``<im_start>``, ...: the release's tokenizer does, which
+    silently changes the prompt's structure)."""
+    reserved = {IMAGE_PLACEHOLDER, *tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}
+    found = sorted(token for token in reserved if token in text)
+    if found:
+        raise InputError(f"{what} contains {', '.join(found)}: special tokens cannot be written as text")
