@@ -16,12 +16,11 @@ from toy_task import ToyTask, toy_config
 TOY_SCRIPT = Path(__file__).parent / "toy_task.py"
 
 
-def torchrun(out_dir: Path, parallel: str) -> None:
+def torchrun(out_dir: Path, parallel: str, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess:
     torchrun_bin = shutil.which("torchrun") or "torchrun"
     cmd = [torchrun_bin, "--standalone", "--nproc_per_node=2", str(TOY_SCRIPT), str(out_dir), parallel, "2", "0.5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +33,20 @@ def single_process(tmp_path_factory):
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun gloo test")
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_run_matches_single_process(tmp_path, single_process, parallel):
-    torchrun(tmp_path, parallel)
+    result = torchrun(tmp_path, parallel)
+    assert result.returncode == 0, result.stderr[-3000:]
     weights = load_file(str(tmp_path / "final" / "model.safetensors"))
     assert weights.keys() == single_process.keys()
     for key, value in single_process.items():
         torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-5, msg=key)
     shards = sorted(p.name for p in (tmp_path / "checkpoints" / "step_00000005").iterdir())
     assert "rng_rank0.pt" in shards and "rng_rank1.pt" in shards and ".metadata" in shards
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun gloo test")
+def test_an_error_on_one_rank_ends_the_run_instead_of_hanging_it(tmp_path):
+    # Rank 1 raises at its second step while rank 0 waits in DDP's gradient all-reduce: a barrier on the way
+    # out of the failing rank would hang both until gloo's 30-minute timeout.
+    result = torchrun(tmp_path, "ddp", "1", timeout=90)
+    assert result.returncode != 0
+    assert "simulated crash" in result.stderr

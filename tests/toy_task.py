@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def toy_config(
     return config
 
 
-if __name__ == "__main__":  # torchrun entry: python toy_task.py OUT_DIR PARALLEL BATCH EMA
+if __name__ == "__main__":  # torchrun entry: python toy_task.py OUT_DIR PARALLEL BATCH EMA [FAILING_RANK]
     out, parallel, batch, ema = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    Trainer(toy_config(out, parallel, batch, ema), ToyTask()).run()
+    failing_rank = int(sys.argv[5]) if len(sys.argv) > 5 else None
+    task = ToyTask(fail_at_call=2) if failing_rank == int(os.environ["RANK"]) else ToyTask()
+    Trainer(toy_config(out, parallel, batch, ema), task).run()

@@ -15,7 +15,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +35,7 @@ from arvision.training.distributed import (
     Parallel,
     all_ranks_agree,
     init_distributed,
+    leave_after_error,
     mean_over_ranks,
     resolve_parallel,
     shutdown,
@@ -230,11 +231,20 @@ class Trainer:
         return contextlib.nullcontext()
 
     def run(self, resume: bool = False) -> Path:
+        return self._in_process_group(lambda info: self._run(info, resume))
+
+    @staticmethod
+    def _in_process_group(work: Callable[[DistInfo], Path]) -> Path:
+        """``work(info)`` inside the torchrun process group (if any); it returns before the group is left,
+        so that the models it built are already unreferenced when :func:`shutdown` collects them."""
         info = init_distributed()
         try:
-            return self._run(info, resume)
-        finally:
-            shutdown(info)
+            result = work(info)
+        except BaseException:
+            leave_after_error(info)
+            raise
+        shutdown(info)
+        return result
 
     def export(self, checkpoint: str | Path | None = None, folder: str | Path | None = None) -> Path:
         """Write the weights of a saved checkpoint (default: the latest) as a model folder, EMA applied
@@ -247,13 +257,13 @@ class Trainer:
             raise CheckpointError(f"no checkpoint to export in {self.ckpt_dir}")
         if not (path / checkpointing.STATE_FILE).is_file():
             raise CheckpointError(f"{path} is not a training checkpoint (no {checkpointing.STATE_FILE})")
-        info = init_distributed()
-        try:
-            model, _, optimizer, ema, step_generator = self._build(info)
-            checkpointing.load_training_state(path, model, optimizer, ema.shadow if ema else None, step_generator, info)
-            return self._export(model, ema, info, Path(folder) if folder else self.out_dir / "exports" / path.name)
-        finally:
-            shutdown(info)
+        target = Path(folder) if folder else self.out_dir / "exports" / path.name
+        return self._in_process_group(lambda info: self._export_checkpoint(info, path, target))
+
+    def _export_checkpoint(self, info: DistInfo, path: Path, folder: Path) -> Path:
+        model, _, optimizer, ema, step_generator = self._build(info)
+        checkpointing.load_training_state(path, model, optimizer, ema.shadow if ema else None, step_generator, info)
+        return self._export(model, ema, info, folder)
 
     def _build(self, info: DistInfo):
         """(model, trainable params, optimizer, EMA or None, step generator), fresh, before any checkpoint."""
