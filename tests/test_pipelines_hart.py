@@ -253,23 +253,19 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "--output must end in one of .png" in capsys.readouterr().err
 
 
-def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
+def tiny_class_conditional(**overrides):
+    """A 10-class HART transformer that fits the fixture's tokenizer (640 codes of 8 channels)."""
     from arvision.models.hart import HartConfig, HartTransformer
 
-    cfg = HartConfig(
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        num_classes=10,
-        patch_nums=(1, 2, 3, 4, 6, 8),
-        vocab_size=640,
-        latent_channels=8,
-        diff_width=16,
-        diff_depth=1,
-    )
+    settings = dict(embed_dim=32, depth=1, num_heads=2, num_classes=10, patch_nums=(1, 2, 3, 4, 6, 8))
+    settings.update(vocab_size=640, latent_channels=8, diff_width=16, diff_depth=1, **overrides)
+    return HartTransformer(HartConfig(**settings))
+
+
+def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
     torch.manual_seed(0)
     id2label = {1: "tench, Tinca tinca", 7: "cock"}
-    c2i = HartPipeline(HartTransformer(cfg), pipe.tokenizer, id2label=id2label)
+    c2i = HartPipeline(tiny_class_conditional(), pipe.tokenizer, id2label=id2label)
     c2i.save_pretrained(tmp_path / "c2i")
     loaded = HartPipeline.from_pretrained(tmp_path / "c2i")
     a = c2i(class_labels=[1, 7], seed=0, progress=False)
@@ -284,9 +280,9 @@ def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
     with pytest.raises(InputError, match="unknown class name 'cok'; did you mean 'cock'"):
         loaded("cok", progress=False)
     with pytest.raises(InputError, match="no class names"):
-        HartPipeline(HartTransformer(cfg), pipe.tokenizer)("tench", progress=False)
+        HartPipeline(tiny_class_conditional(), pipe.tokenizer)("tench", progress=False)
     with pytest.raises(InputError, match=r"outside \[0, 10\)"):
-        HartPipeline(HartTransformer(cfg), pipe.tokenizer, id2label={10: "ten"})
+        HartPipeline(tiny_class_conditional(), pipe.tokenizer, id2label={10: "ten"})
     index = tmp_path / "c2i" / "model_index.json"
     index.write_text(index.read_text().replace('"7": "cock"', '"seven": "cock"'))
     with pytest.raises(CheckpointError, match="id2label must map label numbers"):
@@ -294,21 +290,7 @@ def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
 
 
 def test_a_learned_level_table_limits_the_schedule(pipe):
-    from arvision.models.hart import HartConfig, HartTransformer
-
-    cfg = HartConfig(
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        num_classes=10,
-        patch_nums=(1, 2, 3, 4, 6, 8),
-        use_timestep_embed=False,
-        vocab_size=640,
-        latent_channels=8,
-        diff_width=16,
-        diff_depth=1,
-    )
-    c2i = HartPipeline(HartTransformer(cfg), pipe.tokenizer)
+    c2i = HartPipeline(tiny_class_conditional(use_timestep_embed=False), pipe.tokenizer)
     assert c2i(class_labels=[3], seed=0, progress=False).images[0].size == (32, 32)
     with pytest.raises(InputError, match="256px: the schedule .* has 14 scales but this model's level table has 6"):
         c2i(class_labels=[3], height=256, width=256, progress=False)
