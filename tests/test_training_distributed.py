@@ -1,5 +1,6 @@
 """Two gloo processes under torchrun must train the same weights as one process with the doubled batch."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from arvision.training import checkpointing
 from arvision.training.loop import Trainer
 from toy_task import ToyTask, toy_config
 
@@ -47,6 +49,17 @@ def test_two_process_run_matches_single_process(tmp_path, single_process, parall
 def test_an_error_on_one_rank_ends_the_run_instead_of_hanging_it(tmp_path):
     # Rank 1 raises at its second step while rank 0 waits in DDP's gradient all-reduce: a barrier on the way
     # out of the failing rank would hang both until gloo's 30-minute timeout.
-    result = torchrun(tmp_path, "ddp", "1", timeout=90)
+    result = torchrun(tmp_path, "ddp", "failing_rank=1", timeout=90)
     assert result.returncode != 0
     assert "simulated crash" in result.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun gloo test")
+def test_ranks_with_different_clocks_size_one_time_budget_schedule(tmp_path):
+    # Steps take 10 s on rank 0's clock and 10.5 s on rank 1's: of the 500 s, rank 0 fits 50 steps, rank 1 47.
+    # Ranks that sized different schedules would stop at different steps and break each other's collectives.
+    result = torchrun(tmp_path, "ddp", "budget=500", timeout=90)
+    assert result.returncode == 0, result.stderr[-3000:]
+    latest = checkpointing.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest.name == "step_00000047"
+    assert json.loads((latest / checkpointing.STATE_FILE).read_text())["schedule_steps"] == 47

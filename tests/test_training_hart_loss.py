@@ -40,14 +40,35 @@ def test_one_optimizer_step_lowers_the_loss_on_a_fixed_batch():
     model, quant, indices, r_pre, cond = _setup()
     config = HartLossConfig(min_keep=8)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)  # the same per-row draws for both
     first = hart_loss(model, quant, indices, r_pre, cond, config, torch.Generator().manual_seed(0))
     opt.zero_grad()
     first.loss.backward()
     opt.step()
+    torch.manual_seed(0)
     second = hart_loss(model, quant, indices, r_pre, cond, config, torch.Generator().manual_seed(0))
     assert torch.isfinite(first.loss) and second.loss < first.loss
     assert second.ce < first.ce
     assert torch.equal(first.kept_last, second.kept_last)
+
+
+def test_ranks_draw_their_own_rows_from_one_batch_level_draw():
+    model, quant, indices, r_pre, cond = _setup()
+    config = HartLossConfig(cond_drop_rate=0.5, min_keep=8)
+
+    def on_rank(rank: int):
+        # As the training loop runs it: the step generator is the same on every rank, the global RNG is seeded
+        # with seed + rank.
+        torch.manual_seed(rank)
+        return hart_loss(model, quant, indices, r_pre, cond, config, torch.Generator().manual_seed(0))
+
+    rank0, rank1, rank0_again = on_rank(0), on_rank(1), on_rank(0)
+    assert rank0.kept_last.shape == rank1.kept_last.shape  # one subsampling rate for the whole batch
+    assert not torch.equal(rank0.kept_last, rank1.kept_last)
+    assert not torch.equal(rank0.dropped, rank1.dropped)
+    assert rank0.diffusion != rank1.diffusion  # timesteps and noise
+    for field in ("loss", "kept_last", "dropped"):
+        assert torch.equal(getattr(rank0, field), getattr(rank0_again, field)), field
 
 
 def test_coarse_scale_loss_is_the_cross_entropy_of_the_full_pass_first_scales():

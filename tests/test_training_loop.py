@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -16,11 +17,19 @@ from arvision.training.loop import (
     learning_rate,
     steps_within,
 )
-from toy_task import ToyModel, ToyTask, toy_config
+from toy_task import SlowToyTask, ToyModel, ToyTask, toy_config
 
 
 def final_weights(out_dir):
     return load_file(str(out_dir / "final" / "model.safetensors"))
+
+
+def checkpoint_names(out_dir):
+    return [p.name for p in checkpointing.checkpoint_dirs(out_dir / "checkpoints")]
+
+
+def logged_steps(out_dir):
+    return [json.loads(line)["step"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_learning_rate_warmup_then_cosine():
@@ -111,6 +120,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == ["step_00000002"]
 
 
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])
+def test_nan_gradient_of_a_finite_loss_stops_before_the_weights_take_it(tmp_path, grad_clip):
+    # The NaN gradient comes at step 3, the last before a save: applied, it would be saved as step_00000004.
+    optim = OptimConfig(lr=0.05, warmup_steps=1, grad_clip=grad_clip)
+    config = toy_config(tmp_path, save_every=2, log_every=1, optim=optim)
+    with pytest.raises(TrainingDiverged, match=r"gradient norm is not finite at step 3.*step_00000002"):
+        Trainer(config, ToyTask(nan_grad_at_call=4)).run()
+    assert checkpoint_names(tmp_path) == ["step_00000002"]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and all(r["grad_norm"] > 0 for r in records)
+
+
 def test_failed_checkpoint_write_leaves_previous_one_intact(tmp_path, monkeypatch):
     config = toy_config(tmp_path, save_every=2, keep_last=1)
     real_save, calls = checkpointing.dcp.save, []
@@ -127,7 +148,7 @@ def test_failed_checkpoint_write_leaves_previous_one_intact(tmp_path, monkeypatc
     root = tmp_path / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["step_00000002"]
     state = checkpointing.read_json(root / "step_00000002" / checkpointing.STATE_FILE)
-    assert state == {"step": 2}
+    assert state == {"step": 2, "seed": 0, "batch_size": 4, "grad_accum": 1, "world_size": 1}
 
 
 def test_keep_last_prunes_old_checkpoints(tmp_path):
@@ -208,18 +229,6 @@ def test_steps_within_fits_the_time_left_between_step_and_max_steps():
     assert steps_within(budget_s=100, elapsed_s=20, step=10, steps_per_s=2.0, max_steps=1000) == 170
     assert steps_within(budget_s=100, elapsed_s=20, step=10, steps_per_s=2.0, max_steps=50) == 50
     assert steps_within(budget_s=100, elapsed_s=120, step=10, steps_per_s=2.0, max_steps=1000) == 10
-
-
-class SlowToyTask(ToyTask):
-    """Each step takes ``seconds_per_step`` of a fake clock that the training loop reads."""
-
-    def __init__(self, clock: list[float], seconds_per_step: float, **options):
-        super().__init__(**options)
-        self.clock, self.seconds_per_step = clock, seconds_per_step
-
-    def loss(self, model, batch, generator):
-        self.clock[0] += self.seconds_per_step
-        return super().loss(model, batch, generator)
 
 
 def fake_clock(monkeypatch) -> list[float]:
@@ -319,3 +328,85 @@ def test_clip_groups_must_hold_every_trainable_parameter(tmp_path):
 
     with pytest.raises(ValueError, match="clip_groups must hold every trainable parameter"):
         Trainer(toy_config(tmp_path), Partial(1.0)).run()
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
+    Trainer(toy_config(tmp_path, max_steps=8, save_every=2, keep_last=3), ToyTask()).run()
+    before = final_weights(tmp_path)
+    # A second run there would have its checkpoints pruned among the first's, and a resume would mix the two.
+    with pytest.raises(InputError, match="holds the checkpoints of an earlier run: pass --resume"):
+        Trainer(toy_config(tmp_path, max_steps=4, save_every=2, seed=1), ToyTask()).run()
+    assert checkpoint_names(tmp_path) == ["step_00000004", "step_00000006", "step_00000008"]
+    assert all(torch.equal(before[k], v) for k, v in final_weights(tmp_path).items())
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_afresh(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(toy_config(tmp_path, save_every=5, log_every=1), ToyTask(fail_at_call=3)).run()
+    assert checkpoint_names(tmp_path) == [] and logged_steps(tmp_path) == [1, 2]
+    Trainer(toy_config(tmp_path, max_steps=3, log_every=1), ToyTask()).run()
+    assert logged_steps(tmp_path) == [1, 2, 3]
+
+
+def test_resume_rewinds_the_metrics_and_keeps_the_first_config(tmp_path):
+    config = toy_config(tmp_path, save_every=2, log_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, ToyTask(fail_at_call=4)).run()
+    assert logged_steps(tmp_path) == [1, 2, 3]
+    with (tmp_path / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 4, "lo')  # a record cut short by the kill
+    config.max_steps = 6
+    Trainer(config, ToyTask()).run(resume=True)
+    assert logged_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((tmp_path / "config.json").read_text())["max_steps"] == 5
+    assert json.loads((tmp_path / "config.resume_00000002.json").read_text())["max_steps"] == 6
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("batch_size", 2, "batch_size=2: it was written with batch_size=4"),
+        ("grad_accum", 2, "grad_accum=2: it was written with grad_accum=1"),
+        ("seed", 1, "seed=1: it was written with seed=0"),
+        ("world_size", None, "world_size=1: it was written with world_size=2"),
+    ],
+)
+def test_resume_refuses_another_data_layout(tmp_path, name, value, message):
+    Trainer(toy_config(tmp_path, max_steps=2, save_every=2), ToyTask()).run()
+    config = toy_config(tmp_path, max_steps=4, save_every=2)
+    if value is None:  # as if written by two processes: the number of processes is not a setting
+        state_file = tmp_path / "checkpoints" / "step_00000002" / checkpointing.STATE_FILE
+        state_file.write_text(json.dumps({**json.loads(state_file.read_text()), name: 2}))
+    else:
+        setattr(config, name, value)
+    with pytest.raises(InputError, match=message):
+        Trainer(config, ToyTask()).run(resume=True)
+    assert checkpoint_names(tmp_path) == ["step_00000002"]
+
+
+def test_only_step_folders_named_by_a_number_are_checkpoints(tmp_path):
+    Trainer(toy_config(tmp_path, max_steps=4, save_every=2, keep_last=1), ToyTask()).run()
+    root = tmp_path / "checkpoints"
+    shutil.copytree(root / "step_00000004", root / "step_00000004.bak")
+    assert checkpoint_names(tmp_path) == ["step_00000004"]
+    Trainer(toy_config(tmp_path, max_steps=6, save_every=2, keep_last=1), ToyTask()).run(resume=True)
+    assert checkpoint_names(tmp_path) == ["step_00000006"]
+    assert (root / "step_00000004.bak" / checkpointing.STATE_FILE).is_file(), "a stray folder is not pruned"
+
+
+class TiedToyTask(ToyTask):
+    """The toy model with its first layer registered twice, as a language model's head tied to its embedding."""
+
+    def build_model(self):
+        model = ToyModel()
+        model.alias = model.blocks[0]
+        return model
+
+
+def test_ema_export_writes_the_average_under_every_name_of_a_tied_weight(tmp_path):
+    Trainer(toy_config(tmp_path / "raw"), TiedToyTask()).run()
+    Trainer(toy_config(tmp_path / "ema", ema_decay=0.9), TiedToyTask()).run()
+    raw, ema = final_weights(tmp_path / "raw"), final_weights(tmp_path / "ema")
+    assert not torch.equal(ema["blocks.0.weight"], raw["blocks.0.weight"])
+    assert torch.equal(ema["alias.weight"], ema["blocks.0.weight"])
+    assert torch.equal(ema["alias.bias"], ema["blocks.0.bias"])

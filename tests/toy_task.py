@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,15 @@ class ToyData(Dataset):
 class ToyTask(TrainingTask):
     name = "toy"
 
-    def __init__(self, dropout: float = 0.0, fail_at_call: int | None = None, nan_at_call: int | None = None):
+    def __init__(
+        self,
+        dropout: float = 0.0,
+        fail_at_call: int | None = None,
+        nan_at_call: int | None = None,
+        nan_grad_at_call: int | None = None,
+    ):
         self.dropout, self.fail_at_call, self.nan_at_call = dropout, fail_at_call, nan_at_call
+        self.nan_grad_at_call = nan_grad_at_call
         self.calls = 0
 
     def build_model(self) -> nn.Module:
@@ -58,6 +66,8 @@ class ToyTask(TrainingTask):
         loss = model(x, y) * scale
         if self.calls == self.nan_at_call:
             loss = loss * float("nan")
+        if self.calls == self.nan_grad_at_call:  # a finite loss (+ 0) whose gradient is 0 * inf = NaN
+            loss = loss + torch.sqrt(next(model.parameters()).sum() * 0)
         return loss, {"scale": scale.item()}
 
     def shard_units(self, model):
@@ -65,6 +75,18 @@ class ToyTask(TrainingTask):
 
     def export(self, weights, folder: Path) -> None:
         save_state_dict(weights, Path(folder) / "model.safetensors")
+
+
+class SlowToyTask(ToyTask):
+    """Each step takes ``seconds_per_step`` of a fake clock (``clock[0]``) that the training loop reads."""
+
+    def __init__(self, clock: list[float], seconds_per_step: float, **options):
+        super().__init__(**options)
+        self.clock, self.seconds_per_step = clock, seconds_per_step
+
+    def loss(self, model, batch, generator):
+        self.clock[0] += self.seconds_per_step
+        return super().loss(model, batch, generator)
 
 
 def toy_config(
@@ -86,8 +108,20 @@ def toy_config(
     return config
 
 
-if __name__ == "__main__":  # torchrun entry: python toy_task.py OUT_DIR PARALLEL BATCH EMA [FAILING_RANK]
+if __name__ == "__main__":
+    # torchrun entry: python toy_task.py OUT_DIR PARALLEL BATCH EMA [failing_rank=R] [budget=SECONDS]
+    # failing_rank: that rank raises at its second step. budget: time_budget_s on a fake clock whose steps take
+    # 10 s on rank 0 and 5% longer on each further rank.
     out, parallel, batch, ema = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    failing_rank = int(sys.argv[5]) if len(sys.argv) > 5 else None
-    task = ToyTask(fail_at_call=2) if failing_rank == int(os.environ["RANK"]) else ToyTask()
-    Trainer(toy_config(out, parallel, batch, ema), task).run()
+    options = dict(arg.split("=") for arg in sys.argv[5:])
+    rank = int(os.environ["RANK"])
+    config = toy_config(out, parallel, batch, ema)
+    task = ToyTask(fail_at_call=2 if options.get("failing_rank") == str(rank) else None)
+    if "budget" in options:
+        import arvision.training.loop as loop
+
+        clock = [0.0]
+        loop.time = SimpleNamespace(time=lambda: clock[0])
+        task = SlowToyTask(clock, 10.0 * (1 + rank / 20))
+        config.max_steps, config.save_every, config.time_budget_s = 1000, 1000, float(options["budget"])
+    Trainer(config, task).run()

@@ -1,7 +1,8 @@
 """Resumable training state on ``torch.distributed.checkpoint`` (DCP), written atomically.
 
 A checkpoint is a folder ``step_XXXXXXXX/`` holding the DCP shards of the model, optimizer and EMA
-weights, one RNG-state file per rank and ``trainer_state.json`` (step, scheduler, data position). It is
+weights, one RNG-state file per rank and ``trainer_state.json`` (step, schedule length, and the seed, batch
+size, accumulation and world size that the data position depends on). It is
 written under a hidden temporary name and renamed into place once every rank has finished, so a run
 killed mid-write leaves the previous checkpoint as the latest one. The same code serves a single
 process, DDP and FSDP2 (sharded parameters are saved shard by shard).
@@ -10,11 +11,12 @@ process, DDP and FSDP2 (sharded parameters are saved shard by shard).
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,8 +34,11 @@ from arvision.errors import CheckpointError
 from arvision.training.distributed import DistInfo, barrier
 
 STEP_PREFIX = "step_"
+# Only these names are checkpoints: a copy such as ``step_00000006.bak`` is left alone (not loaded, not pruned).
+CHECKPOINT_NAME = re.compile(rf"{STEP_PREFIX}[0-9]+")
 TMP_PREFIX = ".tmp-"
 STATE_FILE = "trainer_state.json"
+T = TypeVar("T")
 
 
 def checkpoint_dirs(root: str | Path) -> list[Path]:
@@ -41,16 +46,18 @@ def checkpoint_dirs(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.glob(f"{STEP_PREFIX}*") if (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name.removeprefix(STEP_PREFIX)))
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``root``, or None."""
     dirs = checkpoint_dirs(root)
     return dirs[-1] if dirs else None
 
 
 def rng_state(step_generator: torch.Generator) -> dict[str, Any]:
+    """This process's RNG states (torch, CUDA, Python, NumPy) and the step generator's."""
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -63,6 +70,7 @@ def rng_state(step_generator: torch.Generator) -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any], step_generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -71,7 +79,7 @@ def set_rng_state(state: Mapping[str, Any], step_generator: torch.Generator) -> 
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _dcp_call(fn, *args, **kwargs):
+def _dcp_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     with warnings.catch_warnings():
         # DCP warns that it runs without a process group, which is exactly the single-process case.
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")

@@ -53,6 +53,7 @@ def init_distributed() -> DistInfo:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (nothing to wait for without a process group)."""
     if info.distributed:
         dist.barrier()
 
@@ -78,24 +79,29 @@ def leave_after_error(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def _all_reduce(value: float, info: DistInfo, op: dist.ReduceOp.RedOpType) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(tensor, op=op)
+    return tensor.item()
+
+
 def all_ranks_agree(flag: bool, info: DistInfo) -> bool:
     """True only if ``flag`` is true on every rank."""
-    if not info.distributed:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=info.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return bool(tensor.item() > 0)
+    return min_over_ranks(1.0 if flag else 0.0, info) > 0
 
 
 def mean_over_ranks(value: float, info: DistInfo) -> float:
-    if not info.distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=info.device)
-    dist.all_reduce(tensor)
-    return tensor.item() / info.world_size
+    """The mean of ``value`` over the ranks (``value`` itself without a process group)."""
+    return _all_reduce(value, info, dist.ReduceOp.SUM) / info.world_size if info.distributed else value
+
+
+def min_over_ranks(value: float, info: DistInfo) -> float:
+    """The smallest ``value`` of any rank (``value`` itself without a process group)."""
+    return _all_reduce(value, info, dist.ReduceOp.MIN) if info.distributed else value
 
 
 def resolve_parallel(parallel: Parallel, info: DistInfo) -> Parallel:
+    """The wrapping that ``parallel`` means for this layout: ``auto`` is DDP across ranks, one process is ``none``."""
     if parallel == "auto":
         return "ddp" if info.distributed else "none"
     if parallel != "none" and not info.distributed:
@@ -129,10 +135,12 @@ def wrap_model(
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (FSDP2 shards in place: the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def is_fsdp(model: nn.Module) -> bool:
+    """Whether ``model`` was sharded by FSDP2."""
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)

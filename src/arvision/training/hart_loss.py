@@ -15,6 +15,12 @@ diffusion loss on the (subsampled) last scale.
   the last scale), and at 64 px the first 7 of 10 scales are a quarter of the sequence. It spends a small
   budget on the coarse scales, which decide the colours and where they go; the shapes are drawn by the
   last scales (``scripts/eval_tokenizer.py --scale-readback``).
+
+Randomness: the subsampling rate, one per batch, comes from the ``generator`` argument, which the training
+loop makes identical on every rank (so every rank trains as many tokens and none waits for the others). Every
+per-row draw (condition dropout, the kept tokens, the sampled tokens, diffusion timesteps and noise) comes from
+the global RNG of its device, which the loop seeds and checkpoints per rank: N ranks draw for N times the rows,
+and a resume replays them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch.nn.functional as F
 from arvision.models.hart import HartTransformer
 from arvision.models.hart_sampler import Condition, unconditional
 from arvision.nn.sampling import sample_logits
+from arvision.tokenizers.multiscale_quantizer import MultiScaleQuantizer
 from arvision.tokenizers.schedules import schedule_of
 
 
@@ -52,6 +59,8 @@ class HartLossConfig:
 
 @dataclass
 class HartLoss:
+    """The weighted total to backpropagate, its detached terms, and the random choices it was made with."""
+
     loss: torch.Tensor
     ce: torch.Tensor
     diffusion: torch.Tensor
@@ -60,7 +69,7 @@ class HartLoss:
 
 
 def condition_dropout_mask(batch: int, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B] bool, each row dropped with probability ``rate``."""
+    """[B] bool, each row dropped with probability ``rate`` (drawn from ``generator``, default the global RNG)."""
     return torch.rand(batch, generator=generator) < rate
 
 
@@ -80,7 +89,8 @@ def drop_conditions(model: HartTransformer, cond: Condition, drop: torch.Tensor)
 def last_scale_keep(
     batch: int, tokens: int, config: HartLossConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Sorted [B, n_keep] indices of the last-scale tokens to train on (all of them if disabled)."""
+    """Sorted [B, n_keep] indices of the last-scale tokens to train on (all of them if disabled): ``n_keep``,
+    one for the batch, is drawn from ``generator``; each row's tokens from the global RNG."""
     if not config.subsample_last:
         return torch.arange(tokens).expand(batch, -1)
     # truncated normal by inverse CDF, so the generator alone decides the draw
@@ -88,13 +98,13 @@ def last_scale_keep(
     u = lo + (0.5 - lo) * torch.rand((), generator=generator, dtype=torch.float64)
     rate = 1.0 + config.mask_ratio_std * torch.special.ndtri(u).item()
     n_keep = tokens - min(math.ceil(tokens * rate), tokens - min(config.min_keep, tokens))
-    order = torch.rand(batch, tokens, generator=generator).argsort(dim=1)
+    order = torch.rand(batch, tokens).argsort(dim=1)
     return order[:, :n_keep].sort(dim=1).values
 
 
 def hart_loss(
     model: HartTransformer,
-    quantizer,
+    quantizer: MultiScaleQuantizer,
     indices: Sequence[torch.Tensor],
     residual: torch.Tensor,
     cond: Condition,
@@ -105,9 +115,9 @@ def hart_loss(
 
     indices: per-scale [B, pn^2] targets (``quantizer.latent_to_indices``; their sizes give the
     schedule, so lower-resolution batches train the same model); residual: the latent left before the
-    last discrete scale, r_pre [B, Cvae, P, P]; cond: text context or labels.
-    ``generator`` drives every random choice, so a seed makes a step reproducible (a CPU generator
-    on any device; token draws on an accelerator then use the global RNG of that device).
+    last discrete scale, r_pre [B, Cvae, P, P]; cond: text context or labels. ``generator`` (a CPU
+    generator) draws the batch's subsampling rate, the global RNGs every per-row choice (module docstring):
+    the same seeds for both make a step reproducible.
     """
     config = config or HartLossConfig()
     patch_nums = schedule_of(indices)
@@ -120,11 +130,10 @@ def hart_loss(
 
     with torch.no_grad():
         x = quantizer.indices_to_ar_input(list(indices), patch_nums)
-    cpu_generator = generator if generator is not None and generator.device.type == "cpu" else None
     drop_rate = config.cond_drop_rate if config.cond_drop_rate is not None else model.config.cond_drop_rate
-    dropped = condition_dropout_mask(B, drop_rate, cpu_generator)
+    dropped = condition_dropout_mask(B, drop_rate)
     cond = drop_conditions(model, cond, dropped)
-    keep = torch.zeros(B, 0, dtype=torch.long) if coarse else last_scale_keep(B, n_last, config, cpu_generator)
+    keep = torch.zeros(B, 0, dtype=torch.long) if coarse else last_scale_keep(B, n_last, config, generator)
     keep = keep.to(device)
 
     logits, h_last = model(
@@ -146,22 +155,12 @@ def hart_loss(
     n_keep = keep.shape[1]
     with torch.no_grad():
         top_k = min(config.diffusion_top_k, model.config.vocab_size)
-        sampled = sample_logits(
-            logits[:, -n_keep:].detach(),
-            top_k=top_k,
-            top_p=config.diffusion_top_p,
-            generator=_on(generator, device),
-        )
+        sampled = sample_logits(logits[:, -n_keep:].detach(), top_k=top_k, top_p=config.diffusion_top_p)
         codes = quantizer.embedding(sampled).detach()
         r_pre = residual.flatten(2).transpose(1, 2).gather(1, keep[..., None].expand(-1, -1, residual.shape[1]))
     z = model.diffusion_condition(h_last, codes).flatten(0, 1)
     target = (r_pre - codes).flatten(0, 1)
     mul = config.diffusion_batch_mul or model.config.diffusion_batch_mul
-    diff = model.diffloss.loss(target.repeat(mul, 1), z.repeat(mul, 1), generator=generator).mean()
+    diff = model.diffloss.loss(target.repeat(mul, 1), z.repeat(mul, 1)).mean()
     loss = config.ce_weight * ce + config.diffusion_weight * diff
     return HartLoss(loss=loss, ce=ce.detach(), diffusion=diff.detach(), kept_last=keep, dropped=dropped)
-
-
-def _on(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
-    """The generator if it can draw on ``device``, else None (global RNG)."""
-    return generator if generator is None or generator.device.type == device.type else None

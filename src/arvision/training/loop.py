@@ -4,7 +4,11 @@ AdamW with linear warmup + cosine decay, gradient clipping (per network: ``Train
 accumulation, EMA of the weights, bf16 autocast on GPU, a deterministic sharded data order, atomic resumable
 checkpoints (model, EMA, optimizer, data position and every RNG: ``resume=True`` continues bit for bit), a
 tqdm bar, a JSONL metrics log (plus TensorBoard when installed), periodic sample grids, and a clean stop on
-NaN.
+a NaN loss or gradient.
+
+A run's folder holds one run: a fresh run refuses one with checkpoints. ``config.json`` is the config the run
+was started with; a resume writes its own beside it (``config.resume_<step>.json``) and drops the metrics
+logged after the checkpoint it continues from, since it logs those steps again.
 
 What is trained is described by a :class:`~arvision.training.tasks.TrainingTask`.
 """
@@ -15,17 +19,17 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from arvision.checkpoint import atomic_folder, cast_weights
+from arvision.checkpoint import atomic_folder, atomic_path, cast_weights, write_json
 from arvision.errors import ArvisionError, CheckpointError, InputError
 from arvision.imaging import make_grid
 from arvision.training import checkpointing
@@ -37,19 +41,25 @@ from arvision.training.distributed import (
     init_distributed,
     leave_after_error,
     mean_over_ranks,
+    min_over_ranks,
     resolve_parallel,
     shutdown,
     unwrap,
     wrap_model,
 )
 
+if TYPE_CHECKING:
+    from arvision.training.tasks import TrainingTask
+
 
 class TrainingDiverged(ArvisionError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
 class OptimConfig:
+    """AdamW, its warmup + cosine learning-rate schedule and gradient clipping."""
+
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
@@ -149,7 +159,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __init__(
         self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0
-    ):
+    ) -> None:
         if num_items < 1:
             raise ArvisionError("the training dataset is empty")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
@@ -183,19 +193,37 @@ class EMA:
     The decay warms up as ``min(decay, (1 + step) / (10 + step))``: with a constant 0.999 a run stopped
     after 1200 steps would keep 30% of its random initial weights in the average."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
+        # A tied parameter is listed once above but is in the state dict under each of its names.
+        names: dict[int, list[str]] = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(n)
+        self.aliases = {n: names[id(p)] for n, p in self.params.items()}
 
     def decay_at(self, step: int) -> float:
+        """The decay applied by the update after optimizer step ``step``."""
         return min(self.decay, (1 + step) / (10 + step))
+
+    def by_state_dict_key(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``tensors`` keyed like :attr:`shadow`, under every state-dict key of each parameter."""
+        return {alias: value for n, value in tensors.items() for alias in self.aliases[n]}
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Fold in the weights after optimizer step ``step`` (0-based)."""
         weight = 1 - self.decay_at(step)
         torch._foreach_lerp_(list(self.shadow.values()), [p.detach() for p in self.params.values()], weight)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl record; a line cut short by a kill counts as past every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except json.JSONDecodeError:
+        return math.inf
 
 
 def _move(batch: Any, device: torch.device) -> Any:
@@ -211,19 +239,19 @@ def _move(batch: Any, device: torch.device) -> Any:
 class Trainer:
     """Runs ``config`` on ``task``: ``Trainer(config, task).run(resume=True)`` -> path of the exported weights."""
 
-    def __init__(self, config: TrainConfig, task):
+    def __init__(self, config: TrainConfig, task: TrainingTask) -> None:
         self.config = config
         self.task = task
         self.out_dir = Path(config.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
 
-    def _autocast(self, info: DistInfo):
+    def _autocast(self, info: DistInfo) -> contextlib.AbstractContextManager:
         c = self.config.precision
         use_bf16 = c == "bf16" or (c == "auto" and info.device.type == "cuda")
         return torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
     @staticmethod
-    def _sync_context(model: nn.Module, sync: bool):
+    def _sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         if isinstance(model, nn.parallel.DistributedDataParallel) and not sync:
             return model.no_sync()
         if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
@@ -231,6 +259,13 @@ class Trainer:
         return contextlib.nullcontext()
 
     def run(self, resume: bool = False) -> Path:
+        """Train, from the latest checkpoint with ``resume``; return the folder of the exported weights."""
+        if not resume and checkpointing.latest_checkpoint(self.ckpt_dir) is not None:
+            # keep_last would prune the new run's checkpoints by step among the old run's, and resume mix them
+            raise InputError(
+                f"{self.ckpt_dir} holds the checkpoints of an earlier run: pass --resume (resume=True) to continue "
+                "it, or choose another out_dir"
+            )
         return self._in_process_group(lambda info: self._run(info, resume))
 
     @staticmethod
@@ -265,7 +300,9 @@ class Trainer:
         checkpointing.load_training_state(path, model, optimizer, ema.shadow if ema else None, step_generator, info)
         return self._export(model, ema, info, folder)
 
-    def _build(self, info: DistInfo):
+    def _build(
+        self, info: DistInfo
+    ) -> tuple[nn.Module, list[nn.Parameter], torch.optim.Optimizer, EMA | None, torch.Generator]:
         """(model, trainable params, optimizer, EMA or None, step generator), fresh, before any checkpoint."""
         c = self.config
         torch.manual_seed(c.seed)  # identical initial weights on every rank
@@ -287,20 +324,31 @@ class Trainer:
         c = self.config
         model, params, optimizer, ema, step_generator = self._build(info)
         clip_groups = self._clip_groups(model, params)
+        # The global RNG is each rank's own (dropout, per-sample draws: TrainingTask.loss); rank 0's is a single
+        # process's. Checkpoints keep it per rank.
         torch.manual_seed(c.seed + info.rank)
         latest = checkpointing.latest_checkpoint(self.ckpt_dir) if resume else None
+        # The data position, step * grad_accum global batches into the seed's order, means the same data only
+        # with the same values: a checkpoint records them and a resume must match them.
+        layout = {"seed": c.seed, "batch_size": c.batch_size, "grad_accum": c.grad_accum, "world_size": info.world_size}
         state = {}
         if latest is not None:
             state = checkpointing.load_training_state(
                 latest, model, optimizer, ema.shadow if ema else None, step_generator, info
             )
+            for name, value in layout.items():
+                # (checkpoints written before the layout was recorded lack it)
+                if state.get(name, value) != value:
+                    raise InputError(
+                        f"cannot resume {latest} with {name}={value}: it was written with {name}={state[name]}, "
+                        "and the position in the data depends on it"
+                    )
         step, schedule_steps = int(state.get("step", 0)), int(state.get("schedule_steps", c.max_steps))
         # A time budget sizes the schedule once per run: a resumed run keeps the length its checkpoint saved.
         sized = "schedule_steps" in state
         calibration_start, calibration_end = step + CALIBRATION_SKIP, step + CALIBRATION_SKIP + CALIBRATION_STEPS
         if info.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(to_dict(c), indent=2) + "\n")
+            self._start_logs(step, resumed=latest is not None)
 
         dataset = self.task.build_dataset()
         sampler = ShardedBatchSampler(
@@ -317,7 +365,7 @@ class Trainer:
             )
         )
         log_file = (self.out_dir / "metrics.jsonl").open("a") if info.is_main else None
-        board = self._tensorboard() if info.is_main else None
+        board = self._tensorboard(step) if info.is_main else None
         bar = tqdm(
             total=schedule_steps, initial=step, desc=c.task, disable=not (info.is_main and c.progress), unit="step"
         )
@@ -339,15 +387,10 @@ class Trainer:
                 (loss / c.grad_accum).backward()
                 for k, v in {"loss": loss.item(), **micro_logs}.items():
                     logs[k] = logs.get(k, 0.0) + v / c.grad_accum
-            if not all_ranks_agree(finite, info):
-                where = checkpointing.latest_checkpoint(self.ckpt_dir)
-                raise TrainingDiverged(
-                    f"loss is not finite at step {step}; stopped. Last good checkpoint: {where or 'none'}"
-                )
-            if c.optim.grad_clip > 0:
-                for k, (name, group) in enumerate(clip_groups.items()):
-                    norm = torch.nn.utils.clip_grad_norm_(group, c.optim.grad_clip)
-                    logs["grad_norm" if k == 0 else f"grad_norm_{name}"] = float(norm)
+            self._stop_unless_finite(finite, "loss", step, info)
+            norms = self._clip_gradients(clip_groups)
+            self._stop_unless_finite(all(map(math.isfinite, norms.values())), "gradient norm", step, info)
+            logs.update(norms)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
@@ -359,9 +402,10 @@ class Trainer:
             if sizing and step == calibration_start:
                 calibration_mark = elapsed
             if sizing and step == calibration_end:
-                # The mean over ranks: every rank must size the same schedule.
-                rate = mean_over_ranks(CALIBRATION_STEPS / max(elapsed - calibration_mark, 1e-9), info)
-                schedule_steps = steps_within(c.time_budget_s, elapsed, step, rate, c.max_steps)
+                rate = CALIBRATION_STEPS / max(elapsed - calibration_mark, 1e-9)
+                # Each rank fits the schedule to its own clock; all run the shortest, which ends in time on each.
+                fit = steps_within(c.time_budget_s, elapsed, step, rate, c.max_steps)
+                schedule_steps = int(min_over_ranks(fit, info))
                 sized, bar.total = True, schedule_steps
                 if info.is_main:
                     tqdm.write(f"time_budget_s={c.time_budget_s:g}: {rate:.3g} steps/s, {schedule_steps} steps fit")
@@ -398,7 +442,7 @@ class Trainer:
                     model,
                     optimizer,
                     ema.shadow if ema else None,
-                    {"step": step, **({"schedule_steps": schedule_steps} if sized else {})},
+                    {"step": step, **({"schedule_steps": schedule_steps} if sized else {}), **layout},
                     step_generator,
                     info,
                     c.keep_last,
@@ -414,16 +458,47 @@ class Trainer:
             board.close()
         return self._export(model, ema, info, self.out_dir / "final")
 
+    def _start_logs(self, step: int, resumed: bool) -> None:
+        """Record the config (a resume's beside the first run's) and drop the metrics logged past ``step``:
+        the steps after the checkpoint a resume continues from, or a fresh run's predecessor's."""
+        name = f"config.resume_{step:08d}.json" if resumed else "config.json"
+        write_json(self.out_dir / name, to_dict(self.config))
+        metrics = self.out_dir / "metrics.jsonl"
+        if metrics.is_file():
+            kept = [line for line in metrics.read_text().splitlines() if _logged_step(line) <= step]
+            with atomic_path(metrics) as tmp:
+                tmp.write_text("".join(f"{line}\n" for line in kept))
+
+    def _clip_gradients(self, clip_groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
+        """Clip each group's gradient norm to ``optim.grad_clip`` (if > 0); return the norms before clipping."""
+        norms = {}
+        for k, (name, group) in enumerate(clip_groups.items()):
+            norm = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None])
+            if self.config.optim.grad_clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(group, self.config.optim.grad_clip, norm)
+            norms["grad_norm" if k == 0 else f"grad_norm_{name}"] = float(norm)
+        return norms
+
+    def _stop_unless_finite(self, finite: bool, what: str, step: int, info: DistInfo) -> None:
+        """Stop every rank if ``what`` is not finite on any, before the optimizer step puts it in the weights
+        (which the next checkpoint would save as good)."""
+        if not all_ranks_agree(finite, info):
+            where = checkpointing.latest_checkpoint(self.ckpt_dir)
+            raise TrainingDiverged(
+                f"{what} is not finite at step {step}; stopped. Last good checkpoint: {where or 'none'}"
+            )
+
     def _throughput(self, info: DistInfo, steps: int, seconds: float) -> float:
         samples = steps * self.config.batch_size * self.config.grad_accum * info.world_size
         return samples / max(seconds, 1e-9)
 
-    def _tensorboard(self):
+    def _tensorboard(self, step: int) -> Any:  # a SummaryWriter, or None without TensorBoard
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # TensorBoard is optional
             return None
-        return SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+        # Hides the events past ``step`` that a resume logs again, as _start_logs does for metrics.jsonl.
+        return SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=step + 1)
 
     def _write_samples(self, model: nn.Module, step: int, info: DistInfo) -> None:
         images = self.task.sample_images(model)
@@ -436,7 +511,7 @@ class Trainer:
         weights = checkpointing.full_state_dict(model)
         if ema is not None:
             # The EMA covers trainable parameters; buffers and frozen weights come from the model.
-            weights.update(checkpointing.full_state_dict(model, ema.shadow))
+            weights.update(ema.by_state_dict_key(checkpointing.full_state_dict(model, ema.shadow)))
         if info.is_main:
             with atomic_folder(folder) as tmp:
                 self.task.export(weights, tmp)
