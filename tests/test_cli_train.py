@@ -75,3 +75,14 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
     assert "data.source 'nowhere'" in capsys.readouterr().err
     assert main(["train", "tokenizer", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_a_config_file_of_another_task_is_refused_by_name(tmp_path, capsys):
+    config = tmp_path / "tok.yaml"
+    config.write_text("task: tokenizer\nmodel:\n  loss:\n    mode: full\n")
+    assert main(["train", "hart", "--config", str(config), f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "tok.yaml names task 'tokenizer', but this is `arvision train hart`" in err
+    assert "unknown config key" not in err
+    assert main(["train", "hart", "--config", str(config), f"out_dir={tmp_path}", "task=vila-u"]) == 2
+    assert "the override task= names task 'vila-u'" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from arvision.data import CaptionedImages, ClassFolderImages, DataWarning, VQADa
 from arvision.data.media import sample_frame_indices
 from arvision.errors import InputError
 from media_common import write_video
+from test_imaging import bomb_png
 
 
 def flat(path, colour, size=(12, 10)):
@@ -40,6 +41,41 @@ def test_caption_folder_skips_corrupt_and_uncaptioned_files_with_counted_warning
     assert [it["caption"] for it in items] == ["caption a", "caption b", "caption d", "caption d"]
     assert [red_of(it["image"]) for it in items] == [10, 20, 40, 40]
     assert items[0]["image"].shape == (3, 8, 8)
+
+
+def test_decompression_bombs_are_skipped_and_counted(tmp_path):
+    flat(tmp_path / "a.png", (10, 0, 0))
+    bomb_png(tmp_path / "b.png")
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.txt").write_text(f"caption {name}")
+    data = CaptionedImages.from_source(tmp_path, size=8)
+    with pytest.warns(DataWarning, match="b.png"):
+        item = data[1]
+    assert item["caption"] == "caption a" and data.skipped == 1
+
+
+def test_a_caption_file_that_is_not_utf8_is_skipped_with_a_counted_warning(tmp_path):
+    for name, value in (("a", 10), ("b", 20)):
+        flat(tmp_path / f"{name}.png", (value, 0, 0))
+    (tmp_path / "a.txt").write_text("caption a")
+    (tmp_path / "b.txt").write_bytes("café".encode("latin-1"))
+    with pytest.warns(DataWarning, match="b.txt: not UTF-8"):
+        data = CaptionedImages.from_source(tmp_path, size=8)
+    assert data.skipped == 1 and [r.caption for r in data.records] == ["caption a"]
+
+
+@pytest.mark.parametrize(
+    ("name", "head"), [("list.jsonl", '{"image": "a.png", "caption": "ok"}\n'), ("list.csv", "image,caption\n")]
+)
+def test_a_listing_that_is_not_utf8_names_its_file_and_line(tmp_path, name, head):
+    flat(tmp_path / "a.png", (10, 0, 0))
+    bad = '{"image": "a.png", "caption": "café"}' if name.endswith("jsonl") else "a.png,café"
+    (tmp_path / name).write_bytes(head.encode() + bad.encode("latin-1") + b"\n")
+    with pytest.raises(InputError, match=f"{name}:2: not UTF-8"):
+        CaptionedImages.from_source(tmp_path / name, size=8)
+    if name.endswith("jsonl"):
+        with pytest.raises(InputError, match=f"{name}:2: not UTF-8"):
+            VQADataset(tmp_path / name, size=8)
 
 
 def test_jsonl_and_csv_listings_resolve_relative_paths_and_skip_bad_rows(tmp_path):

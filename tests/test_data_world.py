@@ -433,3 +433,8 @@ def test_unnamed_paints_are_checked():
             SceneGraph((obj,), bg)
     with pytest.raises(InputError, match="unnamed_colour_fraction"):
         WorldConfig(unnamed_colour_fraction=1.5)
+
+
+def test_a_negative_seed_is_named():
+    with pytest.raises(InputError, match="seed must be >= 0, got -1"):
+        ProceduralWorld(seed=-1)

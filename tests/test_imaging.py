@@ -1,3 +1,7 @@
+import io
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +42,35 @@ def test_load_image_errors_name_the_file(tmp_path):
         load_image(bad)
     Image.new("L", (4, 4)).save(tmp_path / "gray.png")
     assert load_image(tmp_path / "gray.png").mode == "RGB"
+
+
+def bomb_png(path):
+    """A 1x1 PNG whose header claims 20000x20000 pixels (a few dozen bytes on disk)."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", 20000, 20000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the IHDR chunk's CRC
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_load_image_turns_decompression_bombs_into_named_input_errors(tmp_path):
+    with pytest.raises(InputError, match="too large to decode safely: .*bomb.png"):
+        load_image(bomb_png(tmp_path / "bomb.png"))
+
+
+@pytest.mark.parametrize("error", [SyntaxError("broken header"), ValueError("bad mode")])
+def test_load_image_turns_decoder_errors_into_named_input_errors(tmp_path, monkeypatch, error):
+    path = tmp_path / "odd.png"
+    Image.new("RGB", (2, 2)).save(path)
+
+    def failing_open(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image, "open", failing_open)
+    with pytest.raises(InputError, match=f"odd.png.*{error}"):
+        load_image(path)
 
 
 def test_load_image_takes_uint8_arrays_and_names_other_inputs():

@@ -5,7 +5,7 @@ from typing import Any, Literal
 import pytest
 
 from arvision.errors import InputError
-from arvision.training.config import load_config, parse_overrides
+from arvision.training.config import load_config, parse_overrides, yaml_values
 from arvision.training.loop import TrainConfig
 
 
@@ -89,3 +89,13 @@ def test_train_config_keeps_task_sections_as_dicts():
 def test_train_config_values_out_of_range_are_named(override, message):
     with pytest.raises(InputError, match=message):
         load_config(TrainConfig, None, [override])
+
+
+def test_yaml_values_types_override_text_and_keeps_typed_values():
+    assert yaml_values({"top_k": "20", "scale": "3.5", "off": "null", "typed": [1, 2], "word": "llama"}) == {
+        "top_k": 20,
+        "scale": 3.5,
+        "off": None,
+        "typed": [1, 2],
+        "word": "llama",
+    }

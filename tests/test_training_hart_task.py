@@ -25,6 +25,20 @@ def test_hart_task_derives_shapes_from_tokenizer_and_text_encoder():
         build_task("hart", {**TINY_MODEL, "loss": {"train_scales": 7}}, {"resolution": 32})
 
 
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        ({}, {"resolution": -32}, "data.resolution must be > 0, got -32"),
+        ({}, {"resolution": 0}, "data.resolution must be > 0, got 0"),
+        ({}, {"resolution": 32, "length": 0}, "data.length must be > 0, got 0"),
+        ({"lora": {"rank": -1}}, {"resolution": 32}, "rank >= 0"),
+    ],
+)
+def test_out_of_range_settings_are_named(model, data, message):
+    with pytest.raises(InputError, match=message):
+        build_task("hart", {**TINY_MODEL, **model}, data)
+
+
 def test_training_lowers_the_loss_and_exports_a_working_pipeline(tmp_path):
     task = build_task("hart", TINY_MODEL, {"resolution": 32, "length": 8})
     final = Trainer(short_run(tmp_path, max_steps=6, batch_size=2), task).run()

@@ -66,5 +66,9 @@ def test_bad_lora_settings_are_named():
 
     with pytest.raises(InputError, match="matches no linear layer"):
         add_lora(nn.Sequential(nn.Linear(2, 2)), LoraSettings(rank=2), default_targets=r"blocks\..*")
+    with pytest.raises(InputError, match="rank >= 0"):
+        LoraSettings(rank=-1)
+    with pytest.raises(InputError, match="alpha > 0"):
+        LoraSettings(rank=2, alpha=0)
     with pytest.raises(InputError, match="rank >= 1"):
-        add_lora(nn.Sequential(nn.Linear(2, 2)), LoraSettings(rank=2, alpha=0), default_targets="0")
+        add_lora(nn.Sequential(nn.Linear(2, 2)), LoraSettings(rank=0), default_targets="0")

@@ -21,6 +21,21 @@ def test_unknown_task_and_keys_are_named():
         build_task("tokenizer", {"tokenizer": {"chh": 3}}, {})
 
 
+@pytest.mark.parametrize(
+    ("model", "data", "seed", "message"),
+    [
+        ({}, {"source": "world", "resolution": 32}, -1, "seed must be >= 0, got -1"),
+        ({}, {"resolution": 0}, 0, "data.resolution must be > 0, got 0"),
+        ({}, {"length": 0}, 0, "data.length must be > 0, got 0"),
+        ({}, {"resolution": 40}, 0, "data.resolution 40 is not a multiple of the tokenizer's downsampling 16"),
+        ({"loss": {"perceptual_weight": 1.0}}, {}, 0, "model.loss.perceptual_weight: .* no perceptual network"),
+    ],
+)
+def test_tokenizer_task_names_out_of_range_settings(model, data, seed, message):
+    with pytest.raises(InputError, match=message):
+        build_task("tokenizer", model, data, seed=seed)
+
+
 def test_tokenizer_task_names_a_missing_init_from_before_training(tmp_path):
     from arvision.errors import CheckpointError
 

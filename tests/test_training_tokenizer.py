@@ -66,7 +66,7 @@ def random_features() -> nn.Module:
 def test_decoder_step_lowers_loss_and_keeps_tokens_fixed(continuous):
     tok = make_tokenizer()
     images = fixed_batch()
-    config = TokenizerLossConfig(mode="decoder")
+    config = TokenizerLossConfig(mode="decoder", perceptual_weight=1.0)
     objective, optimizer = optimised(tok, config, perceptual=PerceptualLoss(random_features()))
     frozen_before = {k: v.clone() for k, v in tok.state_dict().items() if k.startswith(("encoder", "quant"))}
     tokens_before = tok.encode(images).indices

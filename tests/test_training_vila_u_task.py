@@ -69,6 +69,20 @@ def test_bad_configs_name_the_key():
         build_task("vila-u-tower", {}, {})
 
 
+@pytest.mark.parametrize(
+    ("name", "model", "data", "message"),
+    [
+        ("vila-u", {}, {"num_frames": 0}, "data.num_frames must be > 0, got 0"),
+        ("vila-u", {}, {"length": 0}, "data.length must be > 0, got 0"),
+        ("vila-u", {"lora": {"rank": -1}}, {}, "rank >= 0"),
+        ("vila-u-tower", {}, {"length": -1}, "data.length must be > 0, got -1"),
+    ],
+)
+def test_out_of_range_settings_are_named_before_loading(name, model, data, message):
+    with pytest.raises(InputError, match=message):
+        _task(name, model, data)
+
+
 def test_batches_mix_generation_and_understanding_by_position():
     task = _task("vila-u", data={"length": 8, "generation_fraction": 0.25, "caption_dropout": 1.0})
     dataset = task.build_dataset()

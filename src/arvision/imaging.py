@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from arvision.errors import InputError
 
@@ -33,7 +33,11 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:  # not an OSError: PIL's guard against a huge declared size
+        raise InputError(f"image too large to decode safely: {path} ({exc})") from exc
+    # Besides OSError (truncated or unidentified data), PIL's decoders raise SyntaxError and ValueError on
+    # malformed headers.
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"not a readable image: {path} ({exc})") from exc
 
 

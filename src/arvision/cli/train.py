@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arvision.training.config import load_config
+from arvision.errors import InputError
+from arvision.training.config import load_config, parse_overrides
 from arvision.training.loop import TrainConfig, Trainer
 from arvision.training.tasks import TASK_NAMES, build_task
 
@@ -36,7 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(TrainConfig, args.config, args.overrides, base={"task": args.task})
-    config.task = args.task  # the command line names the task, whatever the file says
+    if config.task != args.task:  # its model and data sections would only be reported as unknown keys
+        where = "the override task=" if "task" in parse_overrides(args.overrides) else f"the config file {args.config}"
+        raise InputError(
+            f"{where} names task {config.task!r}, but this is `arvision train {args.task}`: "
+            f"run `arvision train {config.task}` with it, or use a {args.task} config"
+        )
     task = build_task(config.task, config.model, config.data, seed=config.seed)
     trainer = Trainer(config, task)
     if args.export is not None:

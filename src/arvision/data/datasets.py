@@ -35,6 +35,10 @@ class WorldImages(_WorldDataset):
     only sets what one epoch is.
     """
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What fixes the items (see :class:`~arvision.training.latent_cache.CacheableDataset`)."""
+        return {"dataset": "WorldImages", "world": self.world.fingerprint(), "length": self.length}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         self._check(index)
         sample = self.world.sample(index)

@@ -1,6 +1,7 @@
 """The user's own data as torch datasets: captioned images, class folders, and VQA/chat JSONL for VILA-U.
 
-Listings are read once, up front; a malformed entry (bad JSON line, missing caption) is skipped there.
+Listings are read once, up front; a malformed entry (bad JSON line, missing caption, a caption file that
+is not UTF-8) is skipped there, while a listing file that is not UTF-8 is an error naming its line.
 Files are read lazily, and a corrupt or unreadable one is skipped when it is reached: the dataset warns
 (:class:`DataWarning`), counts it in ``skipped`` and returns the next readable item instead, so an epoch
 never dies on one bad file. With DataLoader workers each worker counts its own skips.
@@ -9,11 +10,12 @@ never dies on one bad file. With DataLoader workers each worker counts its own s
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,16 +81,30 @@ def _first(entry: dict[str, Any], keys: tuple[str, ...]) -> Any:
     return next((entry[k] for k in keys if entry.get(k) not in (None, "")), None)
 
 
+def _not_utf8(where: str, exc: UnicodeDecodeError) -> str:
+    return f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 listing file (line ends kept, as ``newline=""`` gives them to :mod:`csv`); one
+    that is not UTF-8 is an :class:`InputError` naming the file and line."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(_not_utf8(f"{path}:{number}", exc)) from exc
+
+
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """``(line_number, object)`` per non-empty line; ``None`` for a line that is not a JSON object."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    entry = None
-                yield number, entry if isinstance(entry, dict) else None
+    for number, line in enumerate(_text_lines(path), 1):
+        if line.strip():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = None
+            yield number, entry if isinstance(entry, dict) else None
 
 
 def _require_exists(path: str | os.PathLike) -> Path:
@@ -98,8 +114,24 @@ def _require_exists(path: str | os.PathLike) -> Path:
     return path
 
 
+def _listing_digest(entries: Iterable[tuple[Path, Any]]) -> str:
+    """SHA-256 over each file's path, its entry (caption, label), size and modification time: changes when a
+    listed file is added, removed, replaced or relabelled."""
+    digest = hashlib.sha256()
+    for path, entry in entries:
+        try:
+            stat = path.stat()
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:  # unreadable files are skipped when loaded; their absence is still part of the listing
+            size, mtime = -1, -1
+        digest.update(json.dumps([str(path), entry, size, mtime]).encode())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class CaptionedImage:
+    """One listed image file and its caption."""
+
     path: Path
     caption: str
 
@@ -123,7 +155,11 @@ class CaptionedImages(SkippingDataset):
         if source.is_dir():
             for image in sorted(p for p in source.rglob("*") if _is_image(p)):
                 text = image.with_suffix(".txt")
-                caption = text.read_text(encoding="utf-8").strip() if text.is_file() else ""
+                try:
+                    caption = text.read_text(encoding="utf-8").strip() if text.is_file() else ""
+                except UnicodeDecodeError as exc:
+                    problems.append(_not_utf8(str(text), exc))
+                    continue
                 if caption:
                     records.append(CaptionedImage(image, caption))
                 else:
@@ -132,8 +168,7 @@ class CaptionedImages(SkippingDataset):
             if source.suffix.lower() == ".jsonl":
                 rows = list(_json_lines(source))
             else:
-                with open(source, encoding="utf-8", newline="") as f:
-                    rows = [(n, row) for n, row in enumerate(csv.DictReader(f), 2)]
+                rows = [(n, row) for n, row in enumerate(csv.DictReader(_text_lines(source)), 2)]
             for number, row in rows:
                 path, caption = (_first(row, IMAGE_KEYS), _first(row, CAPTION_KEYS)) if row else (None, None)
                 if isinstance(path, str) and isinstance(caption, str) and caption.strip():
@@ -151,6 +186,11 @@ class CaptionedImages(SkippingDataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What fixes the items (see :class:`~arvision.training.latent_cache.CacheableDataset`)."""
+        listing = _listing_digest((r.path, r.caption) for r in self.records)
+        return {"dataset": "CaptionedImages", "size": self.size, "policy": self.policy, "listing": listing}
 
     def load(self, index: int) -> dict[str, Any]:
         record = self.records[index]
@@ -180,6 +220,11 @@ class ClassFolderImages(SkippingDataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What fixes the items (see :class:`~arvision.training.latent_cache.CacheableDataset`)."""
+        listing = _listing_digest(self.records)
+        return {"dataset": "ClassFolderImages", "size": self.size, "policy": self.policy, "listing": listing}
+
     def load(self, index: int) -> dict[str, Any]:
         path, label = self.records[index]
         return {"image": prepare_image(load_image(path), self.size, self.policy), "label": label, "index": index}
@@ -187,6 +232,8 @@ class ClassFolderImages(SkippingDataset):
 
 @dataclass(frozen=True)
 class VQARecord:
+    """One understanding example: an image or video (file or frame folder) and its question-answer turns."""
+
     media: Path
     is_video: bool
     turns: tuple[tuple[str, str], ...]

@@ -13,8 +13,10 @@ pairs (see the VILA-U model card).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -102,6 +104,8 @@ class ProceduralWorld:
     def __init__(self, config: WorldConfig | None = None, seed: int = 0, split: str = "train") -> None:
         if split not in SPLITS:
             raise InputError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
+        if seed < 0:
+            raise InputError(f"the world's seed must be >= 0, got {seed}")
         self.config = config or WorldConfig()
         self.seed, self.split = seed, split
         allowed = list(itertools.product(COLOURS, SHAPES))
@@ -112,6 +116,10 @@ class ProceduralWorld:
             raise InputError("the heldout split needs at least one held-out colour-shape pair")
         if len(self._combos) < max(self.config.max_objects, self.config.video_max_objects):
             raise InputError("too many held-out pairs: a scene needs one distinct colour-shape pair per object")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What fixes every sample: the config, seed and split (JSON-able)."""
+        return {"config": dataclasses.asdict(self.config), "seed": self.seed, "split": self.split}
 
     def rng(self, index: int, stream: int) -> np.random.Generator:
         """The generator for sample ``index`` (stream 0: scenes, 1: videos, UNNAMED_STREAM; 2..99: datasets)."""

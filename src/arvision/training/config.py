@@ -122,6 +122,14 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def yaml_values(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of a free-form mapping section (a ``dict[str, Any]`` field) with text read as YAML: from
+    ``key=value`` overrides they arrive as strings ("3", "null"), from a file already typed."""
+    import yaml
+
+    return {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in section.items()}
+
+
 def build_dataclass(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Instantiate dataclass ``cls`` from a (nested) mapping, converting values to the field types."""
     hints = typing.get_type_hints(cls)

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from PIL import Image
 from torch import nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from arvision.data.datasets import WorldImages
 from arvision.data.user import CaptionedImages, ClassFolderImages
@@ -31,16 +30,18 @@ from arvision.models.hart_sampler import Condition
 from arvision.text.base import TextEncoder
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
-from arvision.training.config import build_dataclass
+from arvision.training.config import build_dataclass, yaml_values
 from arvision.training.distributed import root_params_gathered
 from arvision.training.hart_loss import HartLossConfig, hart_loss
 from arvision.training.latent_cache import CachedTargets, tokenize_targets
 from arvision.training.lora import LoraSettings, add_lora, merge_adapters
-from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
+from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, require_positive
 
 
 @dataclass
 class HartData:
+    """The training images and their conditions, optionally tokenized once into a cache."""
+
     # "world" (the procedural world), "captions" (a folder / JSONL / CSV at ``path``) or "classes" (class
     # folders ``path/<class name>/*.jpg``: a class-conditional model with one class per folder)
     source: str = "world"
@@ -51,6 +52,11 @@ class HartData:
     unnamed_colour_fraction: float = 0.0  # world scenes in unnamed colours, captions naming shapes only
     cache_dir: str | None = None  # tokenize the dataset once into this folder and train on the stored targets
     cache_workers: int = 0  # DataLoader workers that render/load images while the cache is built
+
+    def __post_init__(self) -> None:
+        require_positive("data", {"resolution": self.resolution, "length": self.length})
+        if self.cache_workers < 0:
+            raise InputError(f"data.cache_workers must be >= 0, got {self.cache_workers}")
 
 
 # The attention and MLP projections of the transformer blocks: where LoRA adapts HART by default.
@@ -134,6 +140,9 @@ def load_text_encoder(name: str, context_tokens: int) -> TextEncoder:
 
 
 class HartTask(TrainingTask):
+    """HART's transformer (with LoRA adapters if asked) trained on frozen-tokenizer targets of captioned or
+    class-labelled images; exported as a :class:`~arvision.pipelines.hart.HartPipeline` folder."""
+
     name = "hart"
 
     def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0):
@@ -165,8 +174,7 @@ class HartTask(TrainingTask):
 
         init_from = self.model_config.init_from
         guidance_scale, top_k = sampling_defaults(init_from) if init_from else sampling_from_index({}, "model.sampling")
-        # values from key=value overrides arrive as text ("3", "null")
-        given = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in self.model_config.sampling.items()}
+        given = yaml_values(self.model_config.sampling)
         chosen = {"guidance_scale": guidance_scale, "top_k": top_k, **given}
         unknown = set(chosen) - {"guidance_scale", "top_k"}
         if unknown:
@@ -252,10 +260,9 @@ class HartTask(TrainingTask):
             return dataset
         return CachedTargets.load_or_build(d.cache_dir, dataset, self.tokenizer, num_workers=d.cache_workers)
 
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return default_collate(items)
-
-    def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator):
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         total, terms = model(batch, generator)
         return total, {k: v.item() for k, v in terms.items()}
 

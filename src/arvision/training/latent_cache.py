@@ -4,19 +4,25 @@ once per epoch.
 
 The cache is one folder: ``targets.safetensors`` (per-item indices of all scales, concatenated, the
 residual before the last scale, and the class labels of a class-labelled dataset) plus ``meta.json``
-(length, a fingerprint of the tokenizer weights, the captions of a captioned one). A cache whose
-fingerprint or length no longer matches is rebuilt; writes are atomic, so concurrent ranks or a killed
-build never leave a half-written cache behind.
+(length, a fingerprint of the tokenizer weights, the dataset's :meth:`~CacheableDataset.fingerprint`, the
+captions of a captioned one). A cache whose tokenizer, dataset or length no longer matches is rebuilt (with
+a log line saying why); writes are atomic, so a killed build never leaves a half-written cache behind.
+Under torchrun rank 0 builds while the other ranks wait, then they load what it wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
@@ -24,6 +30,21 @@ from arvision import checkpoint
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 
 TARGETS_FILE, META_FILE = "targets.safetensors", "meta.json"
+# How long the other ranks wait for rank 0's build: tokenizing a large dataset takes hours, far past the
+# default process group's timeout (10 minutes under NCCL), so they wait on a gloo group of their own.
+BUILD_WAIT = timedelta(hours=48)
+
+
+@runtime_checkable
+class CacheableDataset(Protocol):
+    """A dataset that can say what it holds, so a cache of it is never reused for other data."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    def fingerprint(self) -> dict[str, Any]:
+        """A JSON-able description that changes whenever the items would (source, settings, file listing)."""
 
 
 @torch.no_grad()
@@ -44,6 +65,32 @@ def tokenizer_fingerprint(tokenizer: HybridTokenizer) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _rank_zero_first() -> Iterator[None]:
+    """Run the body on rank 0 first, on the other ranks once it is done (a no-op without a process group).
+
+    A rank that raises on the way leaves the others waiting; torchrun then stops them."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=BUILD_WAIT)
+    first = dist.get_rank() == 0
+    if not first:
+        dist.barrier(group=group)
+    yield
+    if first:
+        dist.barrier(group=group)
+    dist.destroy_process_group(group)
+
+
+def _stale_reason(meta: dict[str, Any], expected: dict[str, Any]) -> str | None:
+    """Why a cache described by ``meta`` cannot serve ``expected`` (None: it can)."""
+    for key, what in (("fingerprint", "tokenizer"), ("dataset", "dataset"), ("length", "dataset length")):
+        if meta.get(key) != expected[key]:
+            return f"another {what}"
+    return None
 
 
 class CachedTargets(Dataset):
@@ -76,22 +123,46 @@ class CachedTargets(Dataset):
     def load_or_build(
         cls,
         folder: str | os.PathLike,
-        dataset: Dataset,
+        dataset: CacheableDataset,
         tokenizer: HybridTokenizer,
         batch_size: int = 32,
         progress: bool = True,
         num_workers: int = 0,
     ) -> CachedTargets:
-        """Load the cache in ``folder`` if it was built from ``dataset``'s length and this tokenizer, else
-        build it from ``dataset`` items ``{"image": [3, H, W], "caption": str}`` (or ``"label": int``)."""
-        folder = Path(folder)
-        fingerprint = tokenizer_fingerprint(tokenizer)
+        """Load the cache in ``folder`` if it was built from this dataset (its fingerprint and length) and this
+        tokenizer, else build it from ``dataset`` items ``{"image": [3, H, W], "caption": str}`` (or
+        ``"label": int``). Under torchrun rank 0 loads or builds first and the other ranks then load its cache
+        (or build their own where ``folder`` is not shared with rank 0)."""
+        if not isinstance(dataset, CacheableDataset):
+            raise TypeError(f"{type(dataset).__name__} has no fingerprint(): a cache of it could serve other data")
+        expected = {
+            "fingerprint": tokenizer_fingerprint(tokenizer),
+            "dataset": dataset.fingerprint(),
+            "length": len(dataset),
+        }
+        expected = json.loads(json.dumps(expected))  # as meta.json reads it back: tuples become lists
+        with _rank_zero_first():
+            return cls._load_or_build(Path(folder), dataset, tokenizer, expected, batch_size, progress, num_workers)
+
+    @classmethod
+    def _load_or_build(
+        cls,
+        folder: Path,
+        dataset: CacheableDataset,
+        tokenizer: HybridTokenizer,
+        expected: dict[str, Any],
+        batch_size: int,
+        progress: bool,
+        num_workers: int,
+    ) -> CachedTargets:
         meta_path = folder / META_FILE
         if meta_path.is_file() and (folder / TARGETS_FILE).is_file():
             meta = checkpoint.read_json(meta_path)
-            if meta.get("fingerprint") == fingerprint and meta.get("length") == len(dataset):
+            reason = _stale_reason(meta, expected)
+            if reason is None:
                 tensors = checkpoint.load_state_dict(folder / TARGETS_FILE)
                 return cls(tensors["indices"], tensors["residual"], meta.get("captions"), tensors.get("labels"))
+            tqdm.write(f"latent cache {folder} was built for {reason}: rebuilding it")
         indices, residuals, captions, labels = [], [], [], []
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_collate, num_workers=num_workers)
         device = next(tokenizer.parameters()).device
@@ -104,11 +175,14 @@ class CachedTargets(Dataset):
             else:
                 captions.extend(batch["caption"])
         tensors = {"indices": torch.cat(indices), "residual": torch.cat(residuals)}
-        meta = {"fingerprint": fingerprint, "length": len(dataset)}
+        meta = dict(expected)
         if labels:
             tensors["labels"] = torch.cat(labels).long()
         else:
             meta["captions"] = captions
+        # The old meta goes first: a build killed after the targets are written must not leave them
+        # described as the previous dataset's.
+        meta_path.unlink(missing_ok=True)
         checkpoint.save_state_dict(tensors, folder / TARGETS_FILE)
         checkpoint.write_json(meta_path, meta)
         return cls(tensors["indices"], tensors["residual"], meta.get("captions"), tensors.get("labels"))

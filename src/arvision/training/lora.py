@@ -15,10 +15,18 @@ from arvision.errors import InputError
 
 @dataclass
 class LoraSettings:
+    """``model.lora`` of the tasks that can fine-tune through adapters."""
+
     rank: int = 0  # 0: no adapters, full fine-tuning
     alpha: float = 16.0  # the update is scaled by alpha / rank
     dropout: float = 0.0
     targets: str | None = None  # regular expression over module names (full match); None: the task's default
+
+    def __post_init__(self) -> None:
+        if self.rank < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise InputError(
+                f"model.lora needs rank >= 0 (0: no adapters), alpha > 0 and dropout in [0, 1), got {self}"
+            )
 
 
 def add_lora(model: nn.Module, settings: LoraSettings, default_targets: str) -> nn.Module:
@@ -30,8 +38,8 @@ def add_lora(model: nn.Module, settings: LoraSettings, default_targets: str) -> 
         from peft.tuners.lora import LoraLayer
     except ModuleNotFoundError as exc:
         raise InputError("LoRA (model.lora.rank > 0) needs peft: pip install 'arvision[train]'") from exc
-    if settings.rank < 1 or settings.alpha <= 0 or not 0 <= settings.dropout < 1:
-        raise InputError(f"model.lora needs rank >= 1, alpha > 0 and dropout in [0, 1), got {settings}")
+    if settings.rank < 1:
+        raise InputError(f"add_lora needs model.lora.rank >= 1, got {settings.rank}")
     targets = settings.targets or default_targets
     if not any(isinstance(module, LoraLayer) for module in model.modules()):
         config = peft.LoraConfig(

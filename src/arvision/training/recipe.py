@@ -38,6 +38,8 @@ STAGE_REFERENCE = re.compile(r"\{([A-Za-z0-9_-]+)\}")
 
 @dataclass
 class RecipeStage:
+    """One ``arvision train`` run of a recipe: its task, config file and ``key=value`` overrides."""
+
     name: str
     task: str
     config: str | None = None  # a training config file; None: the TrainConfig defaults
@@ -46,6 +48,8 @@ class RecipeStage:
 
 @dataclass
 class Recipe:
+    """The stages of a recipe, run in order, each writing to ``<out_dir>/<name>``."""
+
     out_dir: str
     stages: list[RecipeStage] = field(default_factory=list)
 

@@ -23,6 +23,8 @@ from arvision.tokenizers.rq_vision_tower import RQVisionTower
 
 @dataclass
 class TowerLossWeights:
+    """Weights of the contrastive, reconstruction and (when a network is passed in) perceptual terms."""
+
     contrastive: float = 1.0
     reconstruction: float = 1.0
     perceptual: float = 0.0
@@ -30,6 +32,8 @@ class TowerLossWeights:
 
 @dataclass
 class TowerLoss:
+    """The weighted total (with gradients) and its unweighted terms, detached for logging."""
+
     loss: torch.Tensor
     contrastive: torch.Tensor
     pixel: torch.Tensor

@@ -1,9 +1,14 @@
 """What ``arvision train <task>`` trains: each task builds its model, data and loss for the shared loop.
 
 A task receives the ``model`` and ``data`` sections of a :class:`~arvision.training.loop.TrainConfig`
-and parses them into its own dataclasses. Batch-level randomness must come from the ``generator``
-passed to :meth:`TrainingTask.loss` (identical on every rank and restored on resume); per-sample
-randomness must derive from sample indices.
+and parses them into its own dataclasses.
+
+Randomness, so that a run resumes bit for bit and N ranks train as one process with N times the batch:
+
+* batch-level draws (one choice for the whole step, e.g. which loss branch runs) come from the ``generator``
+  passed to :meth:`TrainingTask.loss`: identical on every rank and restored on resume;
+* per-sample draws must differ between ranks: they come from the global RNG (as dropout does), which the loop
+  seeds with ``seed + rank`` and restores per rank on resume, or derive from the sample indices in the dataset.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ class TrainingTask(ABC):
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """(scalar loss, float logs) for one micro-batch."""
+        """(scalar loss, float logs) for one micro-batch; ``generator`` for batch-level draws only (module
+        docstring: per-sample draws drawn from it would repeat on every rank)."""
 
     def shard_units(self, model: nn.Module) -> list[nn.Module]:
         """Sub-modules that FSDP2 shards one by one (default: none, only the root)."""
@@ -85,11 +91,23 @@ class ObjectiveWithFrozenHelpers(nn.Module):
         return self
 
 
+def require_positive(section: str, values: Mapping[str, int | float]) -> None:
+    """InputError naming ``section.key`` for the first value that is not > 0."""
+    for key, value in values.items():
+        if value <= 0:
+            raise InputError(f"{section}.{key} must be > 0, got {value}")
+
+
 @dataclass
 class TokenizerData:
+    """Where the tokenizer's training images come from, and their size."""
+
     source: str = "photos"  # "photos": crops of scikit-image's bundled photos; "world": the procedural world
-    resolution: int = 128
+    resolution: int = 128  # a multiple of the tokenizer's downsampling
     length: int = 100_000
+
+    def __post_init__(self) -> None:
+        require_positive("data", {"resolution": self.resolution, "length": self.length})
 
 
 @dataclass
@@ -102,6 +120,8 @@ class DiscriminatorConfig:
 
 @dataclass
 class TokenizerModel:
+    """The tokenizer to train (its architecture, or a folder to fine-tune), its loss and optional GAN."""
+
     tokenizer: HybridTokenizerConfig = field(default_factory=HybridTokenizerConfig)
     loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
     init_from: str | None = None  # a tokenizer folder to fine-tune (HART: decoder-only from VAR's)
@@ -124,6 +144,13 @@ class TokenizerTask(TrainingTask):
         self.architecture = c.tokenizer
         if c.init_from:
             self.architecture = HybridTokenizerConfig.from_dict(read_json(Path(c.init_from) / "config.json"))
+        resolution, down = self.data_config.resolution, self.architecture.downsample
+        if resolution % down:
+            raise InputError(f"data.resolution {resolution} is not a multiple of the tokenizer's downsampling {down}")
+        if c.loss.perceptual_weight:
+            raise InputError(
+                "model.loss.perceptual_weight: the tokenizer task has no perceptual network to weigh; leave it 0"
+            )
 
     def build_model(self) -> nn.Module:
         c = self.model_config
@@ -174,6 +201,9 @@ TASK_NAMES = ("tokenizer", "hart", "vila-u-tower", "vila-u")
 
 
 def build_task(name: str, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0) -> TrainingTask:
+    """The task ``name`` (one of :data:`TASK_NAMES`) for these ``model`` and ``data`` sections."""
+    if seed < 0:  # the TrainConfig seed reaches numpy generators (the world), which refuse negative seeds
+        raise InputError(f"seed must be >= 0, got {seed}")
     if name == "tokenizer":
         return TokenizerTask(model, data, seed=seed)
     if name == "hart":

@@ -66,7 +66,8 @@ class TokenizerLossConfig:
 
     l1_weight: float = 1.0
     l2_weight: float = 1.0
-    perceptual_weight: float = 1.0
+    # weight of the objective's PerceptualLoss; 0 by default, as the tokenizer task has no perceptual network
+    perceptual_weight: float = 0.0
     vq_weight: float = 1.0
     gan_weight: float = 0.1
     gan_start: int = 0

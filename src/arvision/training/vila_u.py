@@ -87,6 +87,8 @@ def understanding_example(
 
 @dataclass
 class VilaULoss:
+    """The total and its text and visual cross-entropies (``visual_loss`` None without generation examples)."""
+
     loss: torch.Tensor
     text_loss: torch.Tensor
     visual_loss: torch.Tensor | None

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, default_collate
@@ -43,11 +42,11 @@ from arvision.text.base import TextEncoder
 from arvision.text.hashed_words import hashed_word_ids
 from arvision.text.hf_encoder import minilm_text_encoder
 from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
-from arvision.training.config import build_dataclass
+from arvision.training.config import build_dataclass, yaml_values
 from arvision.training.distributed import is_fsdp, root_params_gathered
 from arvision.training.lora import LoraSettings, add_lora, merge_adapters
 from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
-from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask
+from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, require_positive
 from arvision.training.vila_u import VilaUExample, generation_example, understanding_example, vila_u_loss
 
 VILA_U_PARTS = ("llm", "mm_projector", "depth_transformer")
@@ -105,6 +104,8 @@ def resized_tower_config(config: RQVisionTowerConfig, image_size: int) -> RQVisi
 
 @dataclass
 class TowerModel:
+    """``model`` of ``vila-u-tower``: the tower to start from, what of it learns, and the loss weights."""
+
     init_from: str | None = None  # a VILA-U folder (required)
     # A fresh tower (random weights, init_from's shapes otherwise) for images of this size: more tokens per
     # image (size // patch per side) and a decoder that draws at that size. None keeps init_from's tower.
@@ -120,9 +121,14 @@ class TowerModel:
 
 @dataclass
 class TowerData:
+    """``data`` of ``vila-u-tower``: procedural world scenes at the tower's image size."""
+
     length: int = 100_000
     max_objects: int = 4  # world scenes hold 1..max_objects objects
     unnamed_colour_fraction: float = 0.0  # world scenes in unnamed colours, captions naming shapes only
+
+    def __post_init__(self) -> None:
+        require_positive("data", {"length": self.length})
 
 
 class TowerObjective(ObjectiveWithFrozenHelpers):
@@ -175,12 +181,16 @@ class TowerObjective(ObjectiveWithFrozenHelpers):
             pooled = (enc.hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.text_projection(pooled.to(self.text_projection.weight.device))
 
-    def forward(self, pixels: torch.Tensor, text) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, pixels: torch.Tensor, text: torch.Tensor | Sequence[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = tower_loss(self.tower, pixels, self.text_embeds(text), self.weights)
         return out.loss, {"contrastive": out.contrastive, "pixel": out.pixel, "commitment": out.commitment}
 
 
 class VilaUTowerTask(TrainingTask):
+    """VILA-U's vision tower (contrastive + reconstruction) on world images; see the module docstring."""
+
     name = "vila-u-tower"
 
     def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0):
@@ -222,7 +232,9 @@ class VilaUTowerTask(TrainingTask):
         vocab_size, length, pad_id = self.text_ids_shape
         return {"image": batch["image"], "text": hashed_word_ids(batch["caption"], vocab_size, length, pad_id)}
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         if is_fsdp(model):
             raise InputError("vila-u-tower: FSDP2 would lose the EMA updates of sharded codebooks; use parallel=ddp")
         total, terms = model(batch["image"], batch["text"])
@@ -245,6 +257,8 @@ class VilaUTowerTask(TrainingTask):
 
 @dataclass
 class VilaUModel:
+    """``model`` of ``vila-u``: the folder to start from, what learns (in full or through LoRA) and the samples."""
+
     init_from: str | None = None  # a VILA-U folder (required)
     # LlamaConfig fields (hidden_size, num_hidden_layers, ...): start a fresh LLM of that size, with a fresh
     # projector and depth transformer to match, on init_from's tokenizer and vision tower.
@@ -263,6 +277,8 @@ class VilaUModel:
 
 @dataclass
 class VilaUData:
+    """``data`` of ``vila-u``: the mix of generation and understanding examples and where they come from."""
+
     # "world" (the procedural world) or "files": understanding turns from the JSONL at ``vqa`` (images or
     # videos; see arvision.data.VQADataset) and text-to-image pairs from ``captions`` (an image folder with
     # .txt captions, a .jsonl or a .csv). An epoch of files is the larger of the two, the other cycling.
@@ -280,6 +296,9 @@ class VilaUData:
     # World scenes in unnamed colours: their captions and answers name shapes only, which keeps a model from
     # learning shapes per colour (what fails on held-out colour-shape pairs; see the VILA-U model card).
     unnamed_colour_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_positive("data", {"num_frames": self.num_frames, "length": self.length})
 
 
 def generation_count(batch_size: int, fraction: float) -> int:
@@ -353,6 +372,8 @@ class VilaUObjective(nn.Module):
 
 
 class VilaUTask(TrainingTask):
+    """VILA-U's LLM, projector and depth transformer on generation + understanding examples, tower frozen."""
+
     name = "vila-u"
 
     def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0):
@@ -369,8 +390,7 @@ class VilaUTask(TrainingTask):
     def _fresh_language_side(self, base: VilaUPipeline, llm_overrides: dict[str, Any]) -> VilaUPipeline:
         if set(VILA_U_PARTS) - set(self.model_config.train):
             raise InputError(f"model.llm starts {list(VILA_U_PARTS)} afresh, so model.train must name them all")
-        # Command-line overrides arrive as strings; LlamaConfig checks types strictly.
-        parsed = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in llm_overrides.items()}
+        parsed = yaml_values(llm_overrides)  # LlamaConfig checks types strictly
         llm = {**base.config.llm, **parsed}
         try:
             depth = replace(base.config.depth, llm_dim=int(llm["hidden_size"]))
@@ -477,7 +497,9 @@ class VilaUTask(TrainingTask):
                 examples.append(understanding_example(tokenizer, turns, pixels, video=video))
         return examples
 
-    def loss(self, model: nn.Module, batch: list[VilaUExample], generator: torch.Generator):
+    def loss(
+        self, model: nn.Module, batch: list[VilaUExample], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         total, terms = model(batch)
         return total, {k: v.item() for k, v in terms.items()}
 
