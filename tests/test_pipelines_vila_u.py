@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -351,18 +352,36 @@ def test_not_a_vila_u_folder(tmp_path):
         VilaUPipeline.from_pretrained(tmp_path)
 
 
-def test_sharded_llm_weights_load(folder):
+def _shard_llm(folder, stray=()):
+    """Split ``llm/model.safetensors`` into two shards and an index; ``stray`` keys are also copied, unlisted,
+    into the second shard. Returns the original weights."""
     path = folder / "llm" / "model.safetensors"
     state = load_file(str(path))
     keys = sorted(state)
     shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    weight_map = {k: name for name, names in shards.items() for k in names}
+    shards["model-00002-of-00002.safetensors"] += stray
     for name, names in shards.items():
         save_file({k: state[k] for k in names}, str(folder / "llm" / name))
-    index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
-    (folder / "llm" / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "llm" / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     path.unlink()
+    return state
+
+
+def test_sharded_llm_weights_load(folder):
+    state = _shard_llm(folder)
     pipe = VilaUPipeline.from_pretrained(folder)
     assert torch.equal(pipe.model.llm.lm_head.weight, state["lm_head.weight"])
+
+
+def test_a_key_in_a_shard_the_index_does_not_name_for_it_is_refused(folder):
+    # A second copy of a key: which one is right cannot be known, so it is not silently loaded over the first.
+    key = sorted(load_file(str(folder / "llm" / "model.safetensors")))[0]
+    _shard_llm(folder, stray=[key])
+    with pytest.raises(
+        CheckpointError, match=f"model-00002-of-00002.safetensors: .*not listed for it: {re.escape(key)}"
+    ):
+        VilaUPipeline.from_pretrained(folder)
 
 
 def test_bfloat16_loading_and_inference():

@@ -1,8 +1,8 @@
 """Reading and writing weights and configs: the one place every loader goes through.
 
 Supports single-file ``.safetensors`` / ``.bin`` / ``.pt`` weights and sharded safetensors with a
-``*.index.json``. Writes are atomic (temporary file + rename), so a killed process never leaves a
-half-written checkpoint behind. Mismatches between a checkpoint and a model raise
+``*.index.json``. Writes are atomic and durable (fsynced temporary file + rename), so a killed process or a
+crash never leaves a half-written checkpoint behind. Mismatches between a checkpoint and a model raise
 :class:`~arvision.errors.CheckpointError` naming the offending keys and shapes.
 """
 
@@ -34,9 +34,35 @@ WEIGHT_FILE_NAMES = (
 _MAX_LISTED = 8
 
 
+# The process umask, read once at import: os.umask can only be read by setting it, and a set-and-restore on
+# every write would briefly change the mode of files that other threads create meanwhile.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _fsync(path: Path) -> None:
+    # Read-only is enough for fsync on POSIX, and works on files the writer made read-only (e.g. copied ones).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames and new entries in ``folder`` durable, where the platform allows it."""
+    # Windows cannot open directories; some file systems refuse fsync on them.
+    with contextlib.suppress(OSError):
+        _fsync(folder)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The data is fsynced before the rename and the rename after it, so a crash leaves the old file or the new
+    one, never an empty or partial one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -44,11 +70,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -89,20 +115,66 @@ def find_weights_file(folder: str | os.PathLike, names: Iterable[str] = WEIGHT_F
     raise CheckpointError(f"no weights in {folder}: expected one of {', '.join(names)}")
 
 
+def read_shard_index(path: str | os.PathLike) -> dict[Path, list[str]]:
+    """The shard files of a ``*.index.json`` and the keys its ``weight_map`` assigns to each, by file name.
+
+    Shard names must be relative paths inside the index's folder that name existing weight files (not an index).
+    """
+    path = Path(path)
+    weight_map = read_json(path).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{path} has no 'weight_map'")
+    shards: dict[str, list[str]] = {}
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"{path}: weight_map[{key!r}] is {name!r}, not a shard file name")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CheckpointError(f"{path}: shard {name!r} (of {key!r}) is not a file inside {path.parent}")
+        if name.endswith(".index.json"):
+            raise CheckpointError(f"{path}: shard {name!r} (of {key!r}) is an index, not a weights file")
+        shards.setdefault(name, []).append(key)
+    for name in shards:
+        if not (path.parent / name).is_file():
+            raise CheckpointError(f"{path}: missing shard file {name!r} ({path.parent / name})")
+    return {path.parent / name: shards[name] for name in sorted(shards)}
+
+
+def check_shard_keys(index: str | os.PathLike, shard: Path, present: Iterable[str], listed: Iterable[str]) -> None:
+    """Raise :class:`CheckpointError` unless ``shard`` holds exactly the keys ``index`` assigns to it.
+
+    A key the index does not assign to the shard is refused rather than ignored: it is either a key the index
+    forgot or a second copy of a key in another shard, and which copy is right cannot be known.
+    """
+    present, listed = set(present), set(listed)
+    problems = []
+    if missing := sorted(listed - present):
+        problems.append(f"{len(missing)} key(s) listed for it are not in it: " + ", ".join(missing[:_MAX_LISTED]))
+    if unlisted := sorted(present - listed):
+        problems.append(f"{len(unlisted)} key(s) in it are not listed for it: " + ", ".join(unlisted[:_MAX_LISTED]))
+    if problems:
+        raise CheckpointError(f"{index} does not match shard {shard.name}: " + " | ".join(problems))
+
+
 def load_state_dict(path: str | os.PathLike) -> StateDict:
-    """Load a state dict from ``.safetensors``, a torch pickle (``.bin``/``.pt``) or a shard index."""
+    """Load a state dict from ``.safetensors``, a torch pickle (``.bin``/``.pt``) or a shard index.
+
+    Each key of a shard index is read from the shard its ``weight_map`` names (see :func:`check_shard_keys`).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing weights file: {path}")
-    if path.name.endswith(".index.json"):
-        index = read_json(path)
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{path} has no 'weight_map'")
-        state: StateDict = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(load_state_dict(path.parent / shard))
-        return state
+    if not path.name.endswith(".index.json"):
+        return _load_weights_file(path)
+    state: StateDict = {}
+    for shard, keys in read_shard_index(path).items():
+        shard_state = _load_weights_file(shard)
+        check_shard_keys(path, shard, shard_state, keys)
+        state.update(shard_state)
+    return state
+
+
+def _load_weights_file(path: Path) -> StateDict:
+    """One ``.safetensors`` or torch pickle file (never an index, so a shard cannot recurse)."""
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
@@ -139,18 +211,43 @@ def cast_weights(folder: str | os.PathLike, dtype: torch.dtype) -> None:
         save_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, path)
 
 
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder``: the block may have written some without :func:`atomic_path`."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync(Path(root, name))
+        _fsync_dir(Path(root))
+
+
 @contextlib.contextmanager
 def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``folder``; it replaces ``folder`` only if the block succeeds, so a
-    reader never finds a half-written one (an existing ``folder`` is removed just before the rename)."""
+    reader never finds a half-written one.
+
+    An existing ``folder`` is renamed aside, the new one renamed in, and the old one deleted; if the second
+    rename fails the old one is put back. (A crash between the two renames leaves the old folder under a
+    ``.<name>.*.old`` name: POSIX has no atomic swap of two directories.)
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         yield tmp
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        # mkdtemp creates 0700 folders; give the result the permissions a plain mkdir() would.
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        _fsync_tree(tmp)
+        old = tmp.with_suffix(".old") if folder.is_dir() else None  # tmp's name is unique, so is this one
+        if old is not None:
+            os.rename(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            if old is not None:
+                os.rename(old, folder)
+            raise
+        _fsync_dir(folder.parent)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -26,11 +26,13 @@ from safetensors import SafetensorError, safe_open
 
 from arvision.checkpoint import (
     StateDict,
+    check_shard_keys,
     check_state_dict,
     find_weights_file,
     load_checked,
     load_state_dict,
     read_json,
+    read_shard_index,
     save_state_dict,
     select_prefix,
     write_json,
@@ -340,12 +342,15 @@ def _weights(folder: Path) -> StateDict:
 
 
 def _safetensors_files(path: Path) -> list[Path] | None:
-    """The safetensors files behind ``path`` (a file or a shard index), or None for other formats."""
+    """The safetensors files behind ``path`` (a file or a shard index), or None for other formats.
+
+    A shard index is checked against the shards' headers: each shard holds exactly the keys it lists for it.
+    """
     if path.name.endswith(".safetensors.index.json"):
-        weight_map = read_json(path).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{path} has no 'weight_map'")
-        return [path.parent / name for name in sorted(set(weight_map.values()))]
+        shards = read_shard_index(path)
+        for file, keys in shards.items():
+            check_shard_keys(path, file, _header_shapes(file), keys)
+        return list(shards)
     return [path] if path.suffix == ".safetensors" else None
 
 
