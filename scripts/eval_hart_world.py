@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from arvision.cli import at_least, report_errors
 from arvision.cli.common import add_device_arguments, torch_dtype
 from arvision.data.world import single_object_scenes
 from arvision.eval.caption_use import caption_use
@@ -55,7 +57,7 @@ def top_k_option(value: str) -> int | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=at_least(1), default=64)
     parser.add_argument("--cfg", type=float, help="guidance scale (default: the model folder's)")
     parser.add_argument(
         "--top-k",
@@ -64,11 +66,15 @@ def main() -> None:
         help="top-k of the token sampling: a number, or 'official' for HART's 600/300 schedule "
         "(default: the model folder's)",
     )
-    parser.add_argument("--diffusion-steps", type=int, help="residual diffusion sampling steps (default: the model's)")
-    parser.add_argument("--images-per-prompt", type=int, default=2, help="0 skips the generation accuracy")
+    parser.add_argument(
+        "--diffusion-steps", type=at_least(1), help="residual diffusion sampling steps (default: the model's)"
+    )
+    parser.add_argument("--images-per-prompt", type=at_least(0), default=2, help="0 skips the generation accuracy")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. + images-per-prompt - 1")
     parser.add_argument("--grid", type=Path, help="also save the held-out images of the first seed as one PNG grid")
-    parser.add_argument("--caption-use", type=int, default=0, metavar="N", help="also report caption use on N scenes")
+    parser.add_argument(
+        "--caption-use", type=at_least(0), default=0, metavar="N", help="also report caption use on N scenes"
+    )
     add_device_arguments(parser, None, "weights dtype (default: float32)")
     args = parser.parse_args()
 
@@ -99,10 +105,10 @@ def main() -> None:
         size=args.size,
         cfg=pipe.guidance_scale,
         top_k=pipe.top_k or "official",
-        diffusion_steps=args.diffusion_steps or pipe.transformer.config.num_sampling_steps,
+        diffusion_steps=args.diffusion_steps or pipe.transformer.diffloss.sample_schedule.num_steps,
     )
     print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
+from arvision.cli import at_least, report_errors
+from arvision.cli.common import add_device_argument
 from arvision.data.photos import bundled_photo
 from arvision.data.render import render_scene
 from arvision.data.scenes import COLOURS, SHAPES
@@ -29,12 +32,13 @@ from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--world-images", type=int, default=16)
+    parser.add_argument("--size", type=at_least(1), default=256)
+    parser.add_argument("--world-images", type=at_least(1), default=16)
     parser.add_argument("--scale-readback", action="store_true", help="colour/shape read back per scale prefix")
+    add_device_argument(parser)
     args = parser.parse_args()
 
-    tokenizer = HybridTokenizer.from_pretrained(args.model)
+    tokenizer = HybridTokenizer.from_pretrained(args.model, device=args.device)
     astronaut = pil_to_tensor(resize_center_crop(bundled_photo("astronaut"), args.size))
     world = ProceduralWorld(WorldConfig(image_size=args.size), seed=1234, split="val")
     scenes = torch.cat([pil_to_tensor(world.sample(i).image) for i in range(args.world_images)])
@@ -53,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

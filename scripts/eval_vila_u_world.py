@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from arvision.cli import at_least, report_errors
 from arvision.cli.common import add_device_arguments, torch_dtype
 from arvision.data.world import single_object_scenes
 from arvision.eval.feature_probe import attribute_probe, centred, pixel_patches
@@ -53,15 +55,25 @@ def llm_input_features(pipe: VilaUPipeline):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--scenes", type=int, default=50, help="scenes per split (all their colour/shape questions)")
-    parser.add_argument("--max-objects", type=int, default=2, help="scenes of 1..N objects (the bar's set: 2)")
-    parser.add_argument("--tower-scenes", type=int, default=0, metavar="N", help="also read back N tower round trips")
-    parser.add_argument("--probe-steps", type=int, default=0, metavar="N", help="also probe the tower's features")
-    parser.add_argument("--probe-scenes", type=int, default=4000, help="train-split scenes the probe learns from")
-    parser.add_argument("--probe-unnamed", type=int, default=0, help="unnamed-colour scenes added to its train set")
+    parser.add_argument(
+        "--scenes", type=at_least(1), default=50, help="scenes per split (all their colour/shape questions)"
+    )
+    parser.add_argument("--max-objects", type=at_least(1), default=2, help="scenes of 1..N objects (the bar's set: 2)")
+    parser.add_argument(
+        "--tower-scenes", type=at_least(0), default=0, metavar="N", help="also read back N tower round trips"
+    )
+    parser.add_argument(
+        "--probe-steps", type=at_least(0), default=0, metavar="N", help="also probe the tower's features"
+    )
+    parser.add_argument(
+        "--probe-scenes", type=at_least(1), default=4000, help="train-split scenes the probe learns from"
+    )
+    parser.add_argument(
+        "--probe-unnamed", type=at_least(0), default=0, help="unnamed-colour scenes added to its train set"
+    )
     parser.add_argument("--probe-centred", action="store_true", help="also probe the tokens minus their image mean")
     parser.add_argument("--skip-vqa", action="store_true", help="only the tower reports (a tower-only folder)")
-    add_device_arguments(parser, None, "weights dtype (default: float32)")
+    add_device_arguments(parser, None, "weights dtype (default: the stored one)")
     args = parser.parse_args()
 
     pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))
@@ -96,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(Path(__file__).name, main))

@@ -49,6 +49,15 @@ def test_bad_inputs_give_one_clear_line(tmp_path, photo, hart_fixture_dir, capsy
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_a_size_below_the_ssim_window_is_refused_before_anything_is_written(photo, tmp_path, hart_fixture_dir, capsys):
+    out = tmp_path / "recon.png"
+    model = str(hart_fixture_dir / "tokenizer")  # downsamples by 4: size 8 is a valid working size
+    assert main(["reconstruct", str(photo), "--size", "8", "--model", model, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "at least 11x11 pixels" in err and "8x8" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_console_entry_point_exits_nonzero_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "arvision", "reconstruct", str(tmp_path / "nope.png")], capture_output=True, text=True
@@ -70,3 +79,9 @@ def test_a_device_this_machine_lacks_is_named(photo, tmp_path, capsys):
         with pytest.raises(SystemExit) as stop:
             main(["reconstruct", str(photo), "--device", device, "-o", str(tmp_path / "r.png")])
         assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unknown_arguments_are_named(photo, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["reconstruct", str(photo), "--sizes", "32"])
+    assert stop.value.code == 2 and "unrecognized arguments: --sizes 32" in capsys.readouterr().err

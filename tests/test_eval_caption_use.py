@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from arvision.errors import InputError
 from arvision.eval.caption_use import caption_use, per_scale_cross_entropy
 from arvision.models.hart_sampler import Condition
 from arvision.training.hart_loss import HartLossConfig, hart_loss
@@ -31,5 +32,5 @@ def test_shuffling_identical_captions_changes_nothing_and_dropping_them_does():
     assert use.unconditional != pytest.approx(use.right, rel=1e-3)
     different = caption_use(model, quant, indices, cond)
     assert different.shuffled != pytest.approx(different.right, rel=1e-3)
-    with pytest.raises(ValueError, match="two images"):
+    with pytest.raises(InputError, match="two images"):
         caption_use(model, quant, [idx[:1] for idx in indices], same)

@@ -1,3 +1,8 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 from arvision.data.scenes import SHAPES
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.eval.hart_world import prompt_sets, world_shape_accuracy
@@ -8,6 +13,8 @@ def test_prompt_sets_split_the_pairs():
     held = {(c.graph.objects[0].colour, c.graph.objects[0].shape) for c in sets["held_out"]}
     seen = {(c.graph.objects[0].colour, c.graph.objects[0].shape) for c in sets["seen"]}
     assert held == set(WorldConfig().heldout_combos) and not held & seen and len(held | seen) == 40
+    # one object per prompt: every image of a set is about a pair of that set, none is mixed in
+    assert all(len(c.graph.objects) == 1 for cases in sets.values() for c in cases)
 
 
 def test_a_perfect_generator_scores_one_and_a_blank_one_zero():
@@ -46,3 +53,22 @@ def test_drawn_counts_the_shapes_read_back_for_each_pair():
     assert held_out["drawn"] == {
         f"{colour} {shape}": {substitute[colour]: 6} for colour, shape in WorldConfig().heldout_combos
     }
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    script = Path(__file__).parents[1] / "scripts" / "eval_hart_world.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+
+
+def test_eval_script_reports_its_settings_and_names_errors_in_one_line(hart_fixture_dir):
+    settings = run_script("--model", str(hart_fixture_dir), "--images-per-prompt", "0")
+    assert settings.returncode == 0, settings.stderr
+    assert json.loads(settings.stdout)["diffusion_steps"] == 8  # a number, not the config's string "8"
+    # the tiny fixture is class-conditional: it has no text encoder for the captions
+    refused = run_script("--model", str(hart_fixture_dir), "--images-per-prompt", "0", "--caption-use", "4")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith("eval_hart_world.py: error: this pipeline has no text encoder")
+    )

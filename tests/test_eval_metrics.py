@@ -4,6 +4,7 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from arvision.errors import InputError
 from arvision.eval.metrics import psnr, ssim, wilson_interval
 
 
@@ -35,7 +36,14 @@ def test_ssim_matches_scikit_image_gaussian_variant(pair):
 def test_identical_images_are_perfect(pair):
     clean = to_tensor(pair[0])
     assert ssim(clean, clean, data_range=1.0).item() == pytest.approx(1.0)
-    assert psnr(clean, clean, data_range=1.0).item() > 100
+    assert psnr(clean, clean, data_range=1.0).item() == float("inf")  # scikit-image's value too
+
+
+def test_ssim_refuses_images_smaller_than_its_window():
+    small = torch.zeros(1, 3, 10, 32)
+    with pytest.raises(InputError, match="at least 11x11 pixels .*got 10x32"):
+        ssim(small, small)
+    assert ssim(small, small, window=7).item() == pytest.approx(1.0)
 
 
 def test_wilson_interval_matches_hand_computed_values():
@@ -48,5 +56,5 @@ def test_wilson_interval_matches_hand_computed_values():
     # more trials, narrower: the 50-scene VILA-U eval (188 questions) against the 300-scene one (1112)
     narrow, wide = wilson_interval(418, 1112), wilson_interval(60, 188)
     assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
-    with pytest.raises(ValueError, match="successes"):
+    with pytest.raises(InputError, match="successes"):
         wilson_interval(3, 2)

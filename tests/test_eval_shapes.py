@@ -33,6 +33,46 @@ def test_reports_positions_and_nothing_on_plain_backgrounds():
     assert single_object_accuracy([grey], [("red", "circle")])["both"] == 0.0
 
 
+def test_blended_edges_between_objects_are_not_objects():
+    # A red and a blue square meeting at a 3-pixel band of their blend (130, 60, 128): saturated, nearest to
+    # purple but 68 from it. Without the palette-distance gate the band was a third, purple object.
+    pixels = np.full((64, 64, 3), 150, dtype=np.uint8)
+    pixels[12:52, 8:30] = COLOURS["red"]
+    pixels[12:52, 30:33] = (130, 60, 128)
+    pixels[12:52, 33:56] = COLOURS["blue"]
+    assert [(o.colour, o.shape) for o in detect_objects(pixels)] == [("blue", "square"), ("red", "square")]
+    # The world's own four-object scenes: the first 100 val scenes at 64 px held 5 such phantoms.
+    world = ProceduralWorld(WorldConfig(image_size=64, max_objects=4), seed=7, split="val")
+    for sample in (world.sample(i) for i in (19, 25, 57, 85, 86)):
+        found = {(o.colour, o.shape) for o in detect_objects(sample.image)}
+        assert found == {(o.colour, o.shape) for o in sample.graph.objects}
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (Image.new("RGB", (0, 0)), "non-empty image, got 0x0"),
+        (np.zeros((0, 5, 3), dtype=np.uint8), "non-empty image, got 5x0"),
+        (np.full((32, 32), 128, dtype=np.uint8), r"\[H, W, 3\] uint8 array .*got a uint8 array of shape \(32, 32\)"),
+        (np.zeros((32, 32, 4), dtype=np.uint8), r"shape \(32, 32, 4\)"),
+        (np.zeros((3, 32, 32), dtype=np.uint8), r"shape \(3, 32, 32\)"),
+        (np.zeros((32, 32, 3), dtype=np.float32), "got a float32 array"),
+        ([[0, 0, 0]], "got list"),
+        (Image.new("RGBA", (32, 32), (220, 40, 40, 0)), "opaque images; this RGBA image has transparent pixels"),
+    ],
+)
+def test_inputs_other_than_opaque_images_and_rgb_uint8_arrays_are_named(image, message):
+    with pytest.raises(InputError, match=message):
+        detect_objects(image)
+
+
+def test_opaque_images_of_any_mode_are_read_as_rgb():
+    red = Image.new("RGBA", (32, 32), (150, 150, 150, 255))
+    red.paste((220, 40, 40, 255), (8, 8, 24, 24))
+    assert [(o.colour, o.shape) for o in detect_objects(red)] == [("red", "square")]
+    assert detect_objects(Image.new("L", (32, 32), 128)) == []
+
+
 def test_shape_rules():
     assert classify_shape(0.5, 0.6, 0, 0.0) == "ring"
     assert classify_shape(0.45, 0.6, 1, 0.0) == "star"

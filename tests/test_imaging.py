@@ -84,3 +84,28 @@ def test_load_image_takes_uint8_arrays_and_names_other_inputs():
         load_image(np.zeros((4, 4, 3), dtype=np.float32))
     with pytest.raises(InputError, match="got int"):
         load_image(3)
+
+
+def test_load_image_scales_16_bit_files_to_8_bit(tmp_path):
+    ramp = np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64)  # 0..65520, mean ~32760
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")  # opens as I;16
+    Image.fromarray(ramp).save(tmp_path / "ramp.ppm")  # a 16-bit PGM opens as I (int32)
+    for name in ("ramp.png", "ramp.ppm"):
+        rgb = np.asarray(load_image(tmp_path / name))
+        assert np.array_equal(rgb[..., 0], ramp >> 8) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        assert rgb.mean() == pytest.approx(127.5)  # PIL's own conversion clamps: 254.5, almost white
+    big_endian = Image.frombytes("I;16B", (64, 64), ramp.astype(">u2").tobytes())
+    assert np.array_equal(np.asarray(load_image(big_endian))[..., 1], ramp >> 8)
+    assert pil_to_tensor(big_endian).mean().item() == pytest.approx(0.0, abs=1e-6)  # mid-grey: 127.5 of 255
+
+
+def test_load_image_takes_float_images_in_0_1_or_0_255_and_refuses_other_ranges(tmp_path):
+    floats = Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32))
+    assert np.asarray(load_image(floats))[..., 0].tolist() == [[0, 128], [255, 64]]  # PIL's own: 0, 0, 1, 0
+    eight_bit = Image.fromarray(np.array([[0.0, 2.0], [200.0, 255.0]], dtype=np.float32))
+    assert np.asarray(load_image(eight_bit))[..., 0].tolist() == [[0, 2], [200, 255]]
+    Image.fromarray(np.full((2, 2), 300.0, dtype=np.float32)).save(tmp_path / "hdr.tiff")
+    with pytest.raises(InputError, match=r"hdr.tiff: float pixels must lie in \[0, 1\] or 0..255, got 300.0"):
+        load_image(tmp_path / "hdr.tiff")
+    with pytest.raises(InputError, match="0..65535"):
+        load_image(Image.fromarray(np.full((2, 2), 70000, dtype=np.int32)))

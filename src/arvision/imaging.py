@@ -11,12 +11,41 @@ from PIL import Image
 
 from arvision.errors import InputError
 
+# PIL modes whose pixels lie beyond 0..255: PIL's own convert("RGB") clamps them (a 16-bit ramp turns white).
+_WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """``image`` as 8-bit RGB. Integer modes wider than 8 bits (I;16*, and I, which 16-bit PGM files and
+    older Pillows' 16-bit PNGs decode to) must hold 16-bit values, 0..65535, and keep their top 8 bits (as
+    OpenCV and scikit-image reduce 16-bit images). Float images (F) in [0, 1] (scikit-image's and
+    torchvision's float range) are scaled by 255; ones with values above 1 are read in PIL's own float
+    convention, 0..255. Values outside those ranges (or NaN) have no agreed meaning and are refused
+    (``name`` names the image in the error)."""
+    if image.mode == "F":
+        values = np.asarray(image)
+        if not np.all((values >= 0) & (values <= 255)):  # NaN fails both comparisons
+            raise InputError(f"{name}: float pixels must lie in [0, 1] or 0..255, got {values.min()}..{values.max()}")
+        scale = 255 if values.max(initial=0) <= 1 else 1
+        image = Image.fromarray(np.round(values * scale).astype(np.uint8))
+    elif image.mode in _WIDE_INTEGER_MODES:
+        values = np.asarray(image).astype(np.int64)
+        if not np.all((values >= 0) & (values <= 65535)):
+            raise InputError(
+                f"{name}: integer pixels must lie in 0..65535 (16 bit), got {values.min()}..{values.max()}"
+            )
+        image = Image.fromarray((values >> 8).astype(np.uint8))
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:  # a mode PIL cannot convert (La)
+        raise InputError(f"{name}: cannot convert PIL mode {image.mode} to RGB ({exc})") from exc
+
 
 def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
     """Open an image file (or take a PIL image, or an ``[H, W]`` / ``[H, W, 3]`` uint8 array) as RGB, with
-    errors that name the file."""
+    errors that name the file; 16-bit, 32-bit and float images are reduced to 8 bits by :func:`_to_rgb`."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return _to_rgb(source)
     if isinstance(source, np.ndarray):
         if (
             source.dtype != np.uint8
@@ -32,13 +61,14 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
         raise InputError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            img.load()
     except Image.DecompressionBombError as exc:  # not an OSError: PIL's guard against a huge declared size
         raise InputError(f"image too large to decode safely: {path} ({exc})") from exc
     # Besides OSError (truncated or unidentified data), PIL's decoders raise SyntaxError and ValueError on
     # malformed headers.
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"not a readable image: {path} ({exc})") from exc
+    return _to_rgb(img, str(path))
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -52,9 +82,9 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 def pil_to_tensor(images: Image.Image | list[Image.Image]) -> torch.Tensor:
-    """RGB image(s) -> float tensor ``[B, 3, H, W]`` in [-1, 1]."""
+    """Image(s) of any mode (read as by :func:`load_image`) -> float tensor ``[B, 3, H, W]`` in [-1, 1]."""
     images = [images] if isinstance(images, Image.Image) else images
-    arrays = [np.asarray(img.convert("RGB"), dtype=np.float32) for img in images]
+    arrays = [np.asarray(_to_rgb(img), dtype=np.float32) for img in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 

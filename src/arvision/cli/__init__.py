@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from arvision.errors import ArvisionError
 
@@ -27,17 +27,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
-    if extra:
-        if not hasattr(args, "overrides"):
-            build_parser().parse_args(argv)  # reports the unknown arguments and exits
-        args.overrides = [*args.overrides, *extra]
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``minimum`` (argparse names the option and exits 2 otherwise)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return whole_number
+
+
+def report_errors(prog: str, run: Callable[[], int | None]) -> int:
+    """``run()``'s exit code; an :class:`ArvisionError` is printed as one line, ``prog: error: message``, with
+    exit code 2 (argparse's for bad arguments), and Ctrl-C as "interrupted" with 130. The scripts use it too."""
     try:
-        return int(args.func(args) or 0)
+        return int(run() or 0)
     except ArvisionError as exc:
-        print(f"arvision {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides"):  # only train's free-form key=value overrides take extra arguments
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return report_errors(f"arvision {args.command}", lambda: args.func(args))

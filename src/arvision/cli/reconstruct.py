@@ -38,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--size {args.size} is not a multiple of the tokenizer's downsampling factor {down}")
     target = pil_to_tensor(resize_center_crop(image, args.size)).to(args.device)
     recon = tokenizer.reconstruct(target, mode=args.mode)
+    # Measured before anything is written, so that a size the metrics refuse leaves no file behind.
+    scores = f"PSNR {psnr(recon, target).item():.2f} dB  SSIM {ssim(recon, target).item():.4f}"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     try:
         tensor_to_pil(recon)[0].save(args.output)
     except (ValueError, OSError) as exc:
         raise InputError(f"cannot write {args.output}: {exc}") from exc
     print(f"{args.mode} reconstruction of {args.image} at {args.size}x{args.size} -> {args.output}")
-    print(f"PSNR {psnr(recon, target).item():.2f} dB  SSIM {ssim(recon, target).item():.4f}")
+    print(scores)
     return 0

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from arvision.errors import InputError
 from arvision.models.hart import HartTransformer
 from arvision.models.hart_sampler import Condition, unconditional
+from arvision.tokenizers.multiscale_quantizer import MultiScaleQuantizer
 from arvision.tokenizers.schedules import schedule_of
 
 
@@ -31,7 +33,7 @@ class CaptionUse:
 
 @torch.no_grad()
 def per_scale_cross_entropy(
-    transformer: HartTransformer, quantizer, indices: Sequence[torch.Tensor], cond: Condition
+    transformer: HartTransformer, quantizer: MultiScaleQuantizer, indices: Sequence[torch.Tensor], cond: Condition
 ) -> list[float]:
     """Teacher-forced cross-entropy of the per-scale targets ``indices`` ([B, pn^2] each), averaged per scale."""
     patch_nums = schedule_of(indices)
@@ -50,13 +52,13 @@ def per_scale_cross_entropy(
 
 
 def caption_use(
-    transformer: HartTransformer, quantizer, indices: Sequence[torch.Tensor], cond: Condition
+    transformer: HartTransformer, quantizer: MultiScaleQuantizer, indices: Sequence[torch.Tensor], cond: Condition
 ) -> CaptionUse:
     """``cond`` holds each image's own caption; "shuffled" gives image ``i`` the caption of image ``i + 1``."""
     if cond.context is None:
-        raise ValueError("caption_use needs a text-conditional model (a context, not class labels)")
+        raise InputError("caption_use needs a text-conditional model (a context, not class labels)")
     if len(indices[0]) < 2:
-        raise ValueError("caption_use needs at least two images, to shuffle their captions")
+        raise InputError("caption_use needs at least two images, to shuffle their captions")
     shuffled = Condition(*(t.roll(-1, dims=0) for t in (cond.context, cond.context_mask, cond.position_ids)))
     return CaptionUse(
         patch_nums=schedule_of(indices),

@@ -54,6 +54,9 @@ def centred(encode: Encode) -> Encode:
 
 @dataclass(frozen=True)
 class LabelledFeatures:
+    """The features of a set of single-object scenes with their objects' colour and shape labels; ``+``
+    concatenates two sets."""
+
     features: torch.Tensor  # [S, N, C]
     colours: torch.Tensor  # [S] indices into COLOUR_NAMES, or NO_COLOUR
     shapes: torch.Tensor  # [S] indices into SHAPES

@@ -13,14 +13,16 @@ from collections.abc import Callable, Sequence
 from PIL import Image
 
 from arvision.data.scenes import COLOURS, SHAPES
-from arvision.data.world import WorldConfig, single_object_prompts
+from arvision.data.world import PromptCase, WorldConfig, single_object_prompts
 from arvision.eval.metrics import wilson_interval
 from arvision.eval.shapes import detection_accuracy, main_object, single_object_targets
 
 Generate = Callable[[Sequence[str], int], list[Image.Image]]
 
 
-def prompt_sets(config: WorldConfig | None = None) -> dict[str, list]:
+def prompt_sets(config: WorldConfig | None = None) -> dict[str, list[PromptCase]]:
+    """The single-object prompts (:func:`~arvision.data.world.single_object_prompts`) of the held-out
+    colour-shape pairs (``held_out``) and of every other pair (``seen``)."""
     config = config or WorldConfig()
     held_out = set(config.heldout_combos)
     seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in held_out]
@@ -43,17 +45,20 @@ def world_shape_accuracy(
         seeds = range(first_seed, first_seed + images_per_prompt)
         images = [image for seed in seeds for image in generate(prompts, seed)]
         detected = [main_object(image) for image in images]
+        accuracy = detection_accuracy(detected, targets)
         drawn: dict[str, Counter] = defaultdict(Counter)
-        right: dict[str, list[bool]] = defaultdict(list)
-        for (colour, shape), found in zip(targets, detected, strict=True):
+        by_shape: dict[str, list[int]] = defaultdict(list)  # the images prompted with each shape
+        for index, ((colour, shape), found) in enumerate(zip(targets, detected, strict=True)):
             drawn[f"{colour} {shape}"][found.shape if found else "none"] += 1
-            right[shape].append(found is not None and (found.colour, found.shape) == (colour, shape))
-        both = sum(hits for per_shape in right.values() for hits in per_shape)
+            by_shape[shape].append(index)
         report[name] = {
-            **detection_accuracy(detected, targets),
-            "both_interval_95": wilson_interval(both, len(images)),
+            **accuracy,
+            "both_interval_95": wilson_interval(round(accuracy["both"] * len(images)), len(images)),
             "images": len(images),
-            "by_shape": {shape: sum(hits) / len(hits) for shape, hits in sorted(right.items())},
+            "by_shape": {
+                shape: detection_accuracy([detected[i] for i in picked], [targets[i] for i in picked])["both"]
+                for shape, picked in sorted(by_shape.items())
+            },
             "drawn": {pair: dict(counts.most_common()) for pair, counts in sorted(drawn.items())},
         }
     return report

@@ -7,11 +7,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from arvision.errors import InputError
+
 
 def psnr(images: torch.Tensor, targets: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB per image ``[B]`` (``data_range`` 2 for [-1, 1] images)."""
+    """Peak signal-to-noise ratio in dB per image ``[B]`` (``data_range`` 2 for [-1, 1] images); ``inf`` for
+    an image identical to its target, as in scikit-image."""
     mse = (images.float() - targets.float()).square().flatten(1).mean(dim=1)
-    return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
+    return 10 * torch.log10(data_range**2 / mse)
 
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
@@ -24,7 +27,11 @@ def ssim(
     images: torch.Tensor, targets: torch.Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5
 ) -> torch.Tensor:
     """Structural similarity per image ``[B]`` (Wang et al. 2004: Gaussian window, K1=0.01, K2=0.03),
-    averaged over channels and valid (unpadded) window positions."""
+    averaged over channels and valid (unpadded) window positions. Like scikit-image, it refuses images
+    smaller than the window (``window`` pixels a side) rather than shrink it, which would change the metric."""
+    h, w = images.shape[-2:]
+    if min(h, w) < window:
+        raise InputError(f"SSIM needs images of at least {window}x{window} pixels (its window), got {h}x{w}")
     x, y = images.double(), targets.double()
     channels = x.shape[1]
     g = _gaussian_window(window, sigma).to(x.device)
@@ -48,7 +55,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     plausibly lies when ``successes`` of ``trials`` items were right. Honest at small counts and near 0 or 1,
     where the normal approximation is not."""
     if trials < 1 or not 0 <= successes <= trials:
-        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+        raise InputError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
     rate, spread = successes / trials, z * z / trials
     centre = (rate + spread / 2) / (1 + spread)
     half = z * math.sqrt(rate * (1 - rate) / trials + spread / (4 * trials)) / (1 + spread)

@@ -18,10 +18,12 @@ from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 def reconstruction_metrics(
     tokenizer: HybridTokenizer, images: torch.Tensor, modes: Sequence[str] = ("hybrid", "discrete")
 ) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM over ``images`` ``[B, 3, H, W]`` in [-1, 1] for each decoding mode."""
+    """Mean PSNR (dB) and SSIM over ``images`` ``[B, 3, H, W]`` in [-1, 1] for each decoding mode; the
+    tokenizer runs on its own device, the metrics where ``images`` are."""
+    device = next(tokenizer.parameters()).device
     results = {}
     for mode in modes:
-        recon = tokenizer.reconstruct(images, mode=mode)
+        recon = tokenizer.reconstruct(images.to(device), mode=mode).to(images.device)
         results[f"{mode}_psnr"] = psnr(recon, images).mean().item()
         results[f"{mode}_ssim"] = ssim(recon, images).mean().item()
     return results
@@ -35,7 +37,7 @@ def readback_by_scales(
     (with their (colour, shape) targets) are decoded from the codes of the first K scales for every K
     (``"scales_K"``) and in hybrid mode (``"hybrid"``), and read back by
     :func:`~arvision.eval.shapes.single_object_accuracy`."""
-    encoded = tokenizer.encode(pil_to_tensor(list(images)))
+    encoded = tokenizer.encode(pil_to_tensor(list(images)).to(next(tokenizer.parameters()).device))
     report = {}
     for scales in range(1, len(encoded.patch_nums) + 1):
         decoded = tensor_to_pil(tokenizer.decode_first_scales(encoded, scales))
