@@ -16,7 +16,7 @@ from arvision.data import (
     held_out_single_object_prompts,
 )
 from arvision.data.render import render_scene
-from arvision.data.scenes import RELATION_MARGIN, SceneGraph, SceneObject
+from arvision.data.scenes import RELATION_MARGIN, SceneGraph, SceneObject, has_clear_position, position_name
 from arvision.errors import InputError
 
 SIZE = 64
@@ -425,7 +425,9 @@ def test_unnamed_paints_are_checked():
     ok = SceneObject("star", None, "small", (0.5, 0.5), paint=(120, 60, 20))
     assert SceneGraph.from_dict(SceneGraph((ok,), bg).to_dict()).objects[0] == ok
     for obj, message in (
-        (SceneObject("star", None, "small", (0.5, 0.5), paint=(225, 45, 35)), "within 60"),  # next to red
+        (SceneObject("star", None, "small", (0.5, 0.5), paint=(225, 45, 35)), "too close"),  # next to red
+        # 67 apart in RGB, but it reads as red (delta E 26)
+        (SceneObject("star", None, "small", (0.5, 0.5), paint=(255, 0, 0)), "too close"),
         (SceneObject("star", "red", "small", (0.5, 0.5), paint=(120, 60, 20)), "not both"),
         (SceneObject("star", None, "small", (0.5, 0.5)), "or neither"),
     ):
@@ -438,3 +440,45 @@ def test_unnamed_paints_are_checked():
 def test_a_negative_seed_is_named():
     with pytest.raises(InputError, match="seed must be >= 0, got -1"):
         ProceduralWorld(seed=-1)
+
+
+def test_existence_near_misses_do_not_give_the_answer_away_nor_name_held_out_pairs():
+    world = ProceduralWorld(WorldConfig(image_size=32, max_objects=2), seed=0, split="train")
+    heldout = {f"{c} {s}" for c, s in world.config.heldout_combos}
+    answers_by_colour: dict[str, set[str]] = {}
+    for index in range(300):
+        for question, answer in world.sample(index).vqa:
+            if question.startswith("Is there ") and len(question.split()) == 5:  # "Is there a red star?"
+                pair = question.removesuffix("?").split(" ", 3)[3]
+                assert pair not in heldout, question  # not even as a "no"
+                answers_by_colour.setdefault(pair.split()[0], set()).add(answer)
+    # Every colour is asked about with both answers: the colour word alone does not tell them apart.
+    assert set(answers_by_colour) == set(COLOURS)
+    assert all(answers == {"yes", "no"} for answers in answers_by_colour.values()), answers_by_colour
+
+
+def test_unnamed_scenes_get_shape_only_near_misses():
+    world = ProceduralWorld(WorldConfig(image_size=32, unnamed_colour_fraction=1.0), seed=0)
+    for index in range(20):
+        sample = world.sample(index)
+        shapes = {o.shape for o in sample.graph.objects}
+        misses = [q for q, a in sample.vqa if a == "no" and len(q.split()) == 4 and q.startswith("Is there")]
+        assert len(misses) == 1 and misses[0].removesuffix("?").split()[-1] not in shapes
+
+
+def test_positions_are_named_only_away_from_the_thirds():
+    world = ProceduralWorld(WorldConfig(image_size=32, max_objects=1), seed=0)
+    asked = skipped = 0
+    for index in range(200):
+        sample = world.sample(index)
+        obj = sample.graph.objects[0]
+        where = [a for q, a in sample.vqa if q.startswith("Where is")]
+        if has_clear_position(obj.centre):
+            asked += 1
+            assert where == [position_name(obj.centre)]
+        else:
+            skipped += 1
+            assert where == [] and not any(
+                c.endswith(("left", "right", "top", "bottom", "center")) for c in sample.captions
+            )
+    assert asked > 100 and skipped > 0

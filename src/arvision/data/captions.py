@@ -7,9 +7,20 @@ word), so a checker can compare strings.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-from arvision.data.scenes import COLOURS, SHAPES, SceneGraph, SceneObject, VideoScene, main_relation, position_name
+import numpy as np
+
+from arvision.data.scenes import (
+    COLOURS,
+    SHAPES,
+    SceneGraph,
+    SceneObject,
+    VideoScene,
+    has_clear_position,
+    main_relation,
+    position_name,
+)
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 MOTION_PHRASES = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
@@ -51,7 +62,8 @@ def scene_captions(graph: SceneGraph) -> list[str]:
     bg = background_phrase(graph)
     if len(objs) == 1:
         o = objs[0]
-        return [_a(o), _a(o, size=True), f"{_a(o, size=True)} on {bg}", f"{_a(o)} {position_phrase(o)}"]
+        captions = [_a(o), _a(o, size=True), f"{_a(o, size=True)} on {bg}"]
+        return captions + ([f"{_a(o)} {position_phrase(o)}"] if has_clear_position(o.centre) else [])
     pairs = []  # consecutive pairs with their clearest relation: "a red circle left of a blue square"
     for i in range(0, len(objs) - 1, 2):
         pairs.append(f"{_a(objs[i])} {main_relation(objs[i], objs[i + 1])} {_a(objs[i + 1])}")
@@ -75,8 +87,19 @@ def _first_absent(vocabulary: tuple[str, ...], used: list[str]) -> str | None:
     return next((v for v in vocabulary if v not in used), None)
 
 
-def scene_vqa(graph: SceneGraph, spatial: bool = True) -> list[tuple[str, str]]:
-    """Question-answer pairs about colour, shape, count, size, existence and, if ``spatial``, position."""
+def scene_vqa(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    spatial: bool = True,
+    allowed_pairs: Collection[tuple[str, str]] | None = None,
+) -> list[tuple[str, str]]:
+    """Question-answer pairs about colour, shape, count, size, existence and, if ``spatial``, position.
+
+    ``rng`` draws the near misses of the existence questions ("Is there a red star?" "no"), uniformly over
+    the colours absent with that shape, so that no colour word gives the answer away; ``allowed_pairs`` (a
+    split's colour-shape pairs) keeps them to pairs the split may name. "Where is" is asked only of objects
+    with a clear position (:func:`~arvision.data.scenes.has_clear_position`).
+    """
     objs = graph.objects
     shapes = [o.shape for o in objs]
     colours = [o.colour for o in objs]
@@ -93,12 +116,19 @@ def scene_vqa(graph: SceneGraph, spatial: bool = True) -> list[tuple[str, str]]:
         if colours.count(o.colour) == 1 and o.colour is not None:
             qa.append((f"What shape is the {o.colour} object?", o.shape))
         qa.append((f"Is the {o.name} large or small?", o.size))
-        if spatial:
+        if spatial and has_clear_position(o.centre):
             qa.append((f"Where is the {o.name}?", position_name(o.centre)))
         qa.append((f"Is there {_a(o)}?", "yes"))
         # A near miss: the same shape in a colour that is not in the scene.
-        other = next(c for c in COLOURS if (c, o.shape) not in present)
-        qa.append((f"Is there {article(f'{other} {o.shape}')}?", "no"))
+        nameable = [(c, o.shape) for c in COLOURS if allowed_pairs is None or (c, o.shape) in allowed_pairs]
+        others = [c for c, _ in nameable if (c, o.shape) not in present]
+        if others:
+            other = others[rng.integers(len(others))]
+            qa.append((f"Is there {article(f'{other} {o.shape}')}?", "no"))
+    absent_shapes = [shape for shape in SHAPES if shape not in shapes]
+    if any(o.colour is None for o in objs) and absent_shapes:
+        # Unnamed scenes name shapes only: their near miss is a shape that is not there.
+        qa.append((f"Is there {article(absent_shapes[rng.integers(len(absent_shapes))])}?", "no"))
     if len(objs) == 1:
         o = objs[0]
         if o.colour is not None:
@@ -153,8 +183,11 @@ def video_captions(video: VideoScene) -> list[str]:
     return [_listing(moving), f"{_listing(sized)} on {background_phrase(video.start)}"]
 
 
-def video_vqa(video: VideoScene) -> list[tuple[str, str]]:
-    """Motion questions plus the questions whose answers hold in every frame (no positions)."""
+def video_vqa(
+    video: VideoScene, rng: np.random.Generator, allowed_pairs: Collection[tuple[str, str]] | None = None
+) -> list[tuple[str, str]]:
+    """Motion questions plus the questions whose answers hold in every frame (no positions); ``rng`` and
+    ``allowed_pairs`` as in :func:`scene_vqa`."""
     objs = video.start.objects
     qa = [(f"Which way is the {o.name} moving?", d) for o, d in zip(objs, video.directions, strict=True)]
-    return qa + scene_vqa(video.start, spatial=False)
+    return qa + scene_vqa(video.start, rng, spatial=False, allowed_pairs=allowed_pairs)

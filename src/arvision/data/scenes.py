@@ -38,6 +38,11 @@ BACKGROUND_KINDS: tuple[str, ...] = ("gradient", "stripes", "noise")
 # Objects in *unnamed* colours (captions and answers name their shape only) stay at least this far in RGB
 # from every named and background colour, so no such object could pass for a named colour.
 UNNAMED_MIN_DISTANCE = 60.0
+# ... and at least this far in CIELAB (CIE76 delta E): 60 in RGB alone let pure red (255, 0, 0) and near-orange
+# paints through, which read as the named colour and showed held-out pairs to training after all.
+UNNAMED_MIN_DELTA_E = 30.0
+# A point this close to a third of the image has no clear position name ("top" or "center" by a pixel).
+POSITION_MARGIN = 0.04
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 # A relation holds only when the centres differ by more than this along its axis, so "left of" is never
 # a matter of a pixel. Non-overlapping objects always differ by more than this along one axis at least.
@@ -172,6 +177,11 @@ def main_relation(a: SceneObject, b: SceneObject) -> str:
     return "above" if dy > 0 else "below"
 
 
+def has_clear_position(point: tuple[float, float]) -> bool:
+    """Whether a point is at least :data:`POSITION_MARGIN` from the lines that split the image in thirds."""
+    return all(abs(v - cut) >= POSITION_MARGIN for v in point for cut in (1 / 3, 2 / 3))
+
+
 def position_name(point: tuple[float, float]) -> str:
     """Which ninth of the image a point is in: "top left", "top", ..., "center", ..., "bottom right"."""
     col = ("left", "", "right")[min(int(point[0] * 3), 2)]
@@ -195,7 +205,7 @@ class SceneGraph:
             if (colour is None) == (obj.paint is None):
                 raise InputError(f"a {obj.shape} needs a named colour or an unnamed paint, not both or neither")
             if obj.paint is not None and not is_unnamed_paint(obj.paint):
-                raise InputError(f"paint {obj.paint} is within {UNNAMED_MIN_DISTANCE} of a named or background colour")
+                raise InputError(f"paint {obj.paint} is too close to a named or background colour (is_unnamed_paint)")
         if len(set(pairs)) != len(pairs):
             raise InputError(f"colour-shape pairs must be distinct within a scene, got {pairs}")
         rels = tuple(
@@ -273,12 +283,26 @@ def sample_objects(
             return placed
 
 
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB values [..., 3] in 0..255 -> CIELAB [..., 3] (D65 white)."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
 _RESERVED_RGB = np.array([*COLOURS.values(), *BACKGROUND_COLOURS.values()], dtype=np.float64)
+_RESERVED_LAB = rgb_to_lab(_RESERVED_RGB)
 
 
 def is_unnamed_paint(rgb: tuple[int, int, int]) -> bool:
-    """Whether ``rgb`` is at least :data:`UNNAMED_MIN_DISTANCE` from every named and background colour."""
-    return bool(np.linalg.norm(_RESERVED_RGB - np.asarray(rgb, dtype=np.float64), axis=1).min() >= UNNAMED_MIN_DISTANCE)
+    """Whether ``rgb`` is at least :data:`UNNAMED_MIN_DISTANCE` (RGB) and :data:`UNNAMED_MIN_DELTA_E` (CIELAB)
+    from every named and background colour."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    far_in_rgb = np.linalg.norm(_RESERVED_RGB - rgb, axis=1).min() >= UNNAMED_MIN_DISTANCE
+    return bool(far_in_rgb and np.linalg.norm(_RESERVED_LAB - rgb_to_lab(rgb), axis=1).min() >= UNNAMED_MIN_DELTA_E)
 
 
 def sample_unnamed_paint(rng: np.random.Generator) -> tuple[int, int, int]:

@@ -42,7 +42,12 @@ from arvision.data.scenes import (
 from arvision.errors import InputError
 
 SPLITS = {"train": 0, "val": 1, "heldout": 2}
-UNNAMED_STREAM = 100  # the world's own generator streams: 0 scenes, 1 videos, this one; datasets use 2..99
+# The world's own generator streams: 0 scenes, 1 videos, these; datasets use 2..99.
+UNNAMED_STREAM, SCENE_VQA_STREAM, VIDEO_VQA_STREAM = 100, 101, 102
+# Changes whenever the same seed and config would give other samples, so caches of an older world rebuild.
+# 2: existence near misses drawn uniformly (and within the split's pairs), unnamed paints far in CIELAB too,
+# positions asked only when clear.
+WORLD_VERSION = 2
 
 
 @dataclass
@@ -112,6 +117,8 @@ class ProceduralWorld:
         heldout = list(self.config.heldout_combos)
         self._combos = allowed if split == "heldout" else [c for c in allowed if c not in heldout]
         self._forced = heldout if split == "heldout" else None
+        # The pairs this split's text may name: a train question never names a held-out pair, even as a "no".
+        self._nameable = None if split == "heldout" else frozenset(self._combos)
         if split == "heldout" and not heldout:
             raise InputError("the heldout split needs at least one held-out colour-shape pair")
         if len(self._combos) < max(self.config.max_objects, self.config.video_max_objects):
@@ -119,10 +126,16 @@ class ProceduralWorld:
 
     def fingerprint(self) -> dict[str, Any]:
         """What fixes every sample: the config, seed and split (JSON-able)."""
-        return {"config": dataclasses.asdict(self.config), "seed": self.seed, "split": self.split}
+        return {
+            "version": WORLD_VERSION,
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+            "split": self.split,
+        }
 
     def rng(self, index: int, stream: int) -> np.random.Generator:
-        """The generator for sample ``index`` (stream 0: scenes, 1: videos, UNNAMED_STREAM; 2..99: datasets)."""
+        """The generator for sample ``index`` (stream 0: scenes, 1: videos, 100-102: paints and VQA; 2..99:
+        datasets)."""
         if index < 0:
             raise IndexError(f"negative sample index {index}")
         return np.random.default_rng([self.seed, SPLITS[self.split], index, stream])
@@ -143,7 +156,8 @@ class ProceduralWorld:
 
     def sample(self, index: int) -> WorldSample:
         graph = self.scene(index)
-        return WorldSample(index, self.render(graph), graph, scene_captions(graph), scene_vqa(graph))
+        vqa = scene_vqa(graph, self.rng(index, SCENE_VQA_STREAM), allowed_pairs=self._nameable)
+        return WorldSample(index, self.render(graph), graph, scene_captions(graph), vqa)
 
     def video_scene(self, index: int) -> VideoScene:
         rng = self.rng(index, 1)
@@ -153,7 +167,8 @@ class ProceduralWorld:
     def video(self, index: int) -> WorldVideo:
         scene = self.video_scene(index)
         frames = [self.render(scene.frame(k)) for k in range(scene.num_frames)]
-        return WorldVideo(index, frames, scene, video_captions(scene), video_vqa(scene))
+        vqa = video_vqa(scene, self.rng(index, VIDEO_VQA_STREAM), allowed_pairs=self._nameable)
+        return WorldVideo(index, frames, scene, video_captions(scene), vqa)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from arvision.data.captions import attribute_subject, scene_vqa
+from arvision.data.captions import attribute_subject
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
 from arvision.eval.metrics import wilson_interval
@@ -44,7 +44,7 @@ def colour_shape_cases(split: str, scenes: int, image_size: int, max_objects: in
     cases = []
     for index in range(scenes):
         sample = world.sample(index)
-        for question, answer in scene_vqa(sample.graph):
+        for question, answer in sample.vqa:
             subject = attribute_subject(question, sample.graph.objects)
             if subject is not None:
                 obj = sample.graph.objects[subject]
