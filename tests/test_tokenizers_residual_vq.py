@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from arvision.errors import InputError
 from arvision.tokenizers.residual_vq import ResidualQuantizer, VQCodebook
 
 
@@ -96,3 +97,49 @@ def test_any_leading_shape(shape):
     out = rq(torch.randn(shape))
     assert out.codes.shape == (*shape[:-1], 4)
     assert out.z_q.shape == shape
+
+
+@pytest.mark.parametrize(
+    ("codes", "match"),
+    [
+        (torch.full((5, 4), 256), r"codes must be in \[0, 256\), got values in \[256, 256\]"),  # the padding row
+        (torch.full((5, 4), 300), r"\[0, 256\), got values in \[300, 300\]"),
+        (torch.tensor([[0, 1, -1, 2]]), r"\[0, 256\), got values in \[-1, 2\]"),
+        (torch.zeros(5, 5, dtype=torch.long), r"1 <= D <= depth 4, got \(5, 5\)"),
+        (torch.zeros(5, 0, dtype=torch.long), r"1 <= D <= depth 4"),
+        (torch.tensor(3), r"1 <= D <= depth 4"),
+        (torch.zeros(5, 4), "codes must be integers, got torch.float32"),
+        (torch.zeros(5, 4, dtype=torch.bool), "codes must be integers, got torch.bool"),
+    ],
+)
+def test_embed_and_decode_codes_reject_unusable_codes(codes, match):
+    rq = _quantizer()
+    with pytest.raises(InputError, match=match):
+        rq.embed_codes(codes)
+    with pytest.raises(InputError, match=match):
+        rq.decode_codes(codes)
+
+
+def test_fewer_depths_and_other_integer_dtypes_decode():
+    rq = _quantizer()
+    codes = rq(torch.randn(6, 8)).codes
+    torch.testing.assert_close(rq.decode_codes(codes[:, :2]), rq.embed_codes(codes)[:, :2].sum(1))
+    torch.testing.assert_close(rq.decode_codes(codes.int()), rq.decode_codes(codes))
+    assert rq.decode_codes(codes[:0]).shape == (0, 8)
+
+
+def test_empty_batch_in_training_mode_leaves_the_codebooks_alone():
+    rq = ResidualQuantizer(64, 32, 3).train()
+    before = {k: v.clone() for k, v in rq.state_dict().items()}
+    out = rq(torch.zeros(0, 32, requires_grad=True))
+    assert out.codes.shape == (0, 3) and out.z_q.shape == (0, 32)
+    assert out.commitment_loss.item() == 0.0 and out.commitment_loss.requires_grad
+    assert all(torch.equal(before[k], v) for k, v in rq.state_dict().items())
+
+
+def test_features_of_another_dtype_are_compared_in_the_codebook_dtype():
+    rq = _quantizer()
+    x = torch.randn(16, 8).bfloat16()
+    assert torch.equal(rq(x).codes, rq(x.float()).codes)
+    with pytest.raises(InputError, match=r"features must be \[\.\.\., 8\], got \(16, 7\)"):
+        rq(torch.randn(16, 7))

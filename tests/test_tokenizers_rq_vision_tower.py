@@ -4,6 +4,7 @@ import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from arvision.data.media import preprocess_image
+from arvision.errors import InputError
 from arvision.tokenizers.rq_vision_tower import RQVisionTower
 from arvision.tokenizers.siglip_presets import SIGLIP_PRESETS, siglip_preset
 from vilau_common import cases, fixture_pipeline, max_abs, tiny_tower_config
@@ -49,6 +50,47 @@ def test_leftover_pixels_are_dropped_by_the_valid_patch_convolution():
     tower = RQVisionTower(config).eval()
     codes, _ = tower.encode(torch.randn(1, 3, 18, 18))
     assert codes.shape == (1, 4, 4, 3)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "match"),
+    [
+        (torch.zeros(1, 3, 32, 32), r"pixels must be \[B, 3, 16, 16\].*\(1, 3, 32, 32\)"),
+        (torch.zeros(1, 3, 17, 17), r"pixels must be \[B, 3, 16, 16\].*\(1, 3, 17, 17\)"),  # not silently cropped
+        (torch.zeros(1, 3, 16, 20), r"pixels must be \[B, 3, 16, 16\]"),
+        (torch.zeros(1, 1, 16, 16), r"pixels must be \[B, 3, 16, 16\]"),
+        (torch.zeros(1, 4, 16, 16), r"pixels must be \[B, 3, 16, 16\]"),
+        (torch.zeros(1, 16, 16, 3), r"pixels must be \[B, 3, 16, 16\].*\(1, 16, 16, 3\)"),  # HWC
+        (torch.zeros(3, 16, 16), r"pixels must be \[B, 3, 16, 16\].*\(3, 16, 16\)"),  # unbatched
+        (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), "pixels must be floats in \\[-1, 1\\].*uint8"),
+        (torch.full((1, 3, 16, 16), float("nan")), "NaN or infinite"),
+        (torch.zeros(1, 3, 16, 16).index_fill_(2, torch.tensor([5]), float("inf")), "NaN or infinite"),
+    ],
+)
+def test_encode_and_features_reject_unusable_pixels(tower, pixels, match):
+    with pytest.raises(InputError, match=match):
+        tower.encode(pixels)
+    with pytest.raises(InputError, match=match):
+        tower.features(pixels)
+
+
+def test_pixels_in_another_float_dtype_are_cast_to_the_tower_dtype(tower):
+    pixels = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        codes, z_q = tower.encode(pixels)
+        codes64, z_q64 = tower.encode(pixels.double())
+        _, z_q16 = tower.encode(pixels.bfloat16())
+    assert torch.equal(codes64, codes) and z_q64.dtype == z_q16.dtype == torch.float32
+
+
+def test_decode_codes_rejects_codes_outside_the_codebook(tower):
+    codes = torch.zeros(1, 4, 4, 3, dtype=torch.long)
+    with pytest.raises(InputError, match=r"codes must be in \[0, 64\), got values in \[0, 64\]"):
+        tower.decode_codes(codes.index_fill(1, torch.tensor([2]), 64))  # the padding row
+    with pytest.raises(InputError, match="1 <= D <= depth 3"):
+        tower.decode_codes(torch.zeros(1, 4, 4, 4, dtype=torch.long))
+    with pytest.raises(InputError, match="integers"):
+        tower.codes_to_latent(codes.float())
 
 
 def test_shipped_siglip_presets_have_the_released_shapes():

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from arvision.errors import CheckpointError
+from arvision.errors import CheckpointError, InputError
 from arvision.text.base import TextEncoding, check_prompts
 from arvision.text.hart_prompt import HART_SYSTEM_PROMPT
 
@@ -39,6 +39,16 @@ class HFTextEncoder:
     ):
         if tokenizer.pad_token_id is None:
             raise CheckpointError("the text tokenizer has no pad token")
+        if max_length < 1:
+            raise InputError(f"the text encoder's max_length must be >= 1, got {max_length}")
+        # The instruction prefix is cut to max_length too, as the official code does.
+        self.prefix_ids = tokenizer(prefix, truncation=True, max_length=max_length)["input_ids"] if prefix else []
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions is not None and len(self.prefix_ids) + max_length > positions:
+            with_prefix = f" plus {len(self.prefix_ids)} instruction tokens" if self.prefix_ids else ""
+            raise InputError(
+                f"max_length {max_length}{with_prefix} exceeds the text model's max_position_embeddings ({positions})"
+            )
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_length, self.prefix = max_length, prefix
         self.spec = spec  # how a saved pipeline refers to this encoder
@@ -91,9 +101,8 @@ class HFTextEncoder:
         ids = self._tokenize(prompts)
         mask = ids != self.tokenizer.pad_token_id
         position_ids = mask.long().cumsum(dim=1) - 1
-        if self.prefix:
-            prefix = self.tokenizer(self.prefix, truncation=True, max_length=self.max_length)["input_ids"]
-            prefix = torch.tensor(prefix, device=self.device).expand(len(prompts), -1)
+        if self.prefix_ids:
+            prefix = torch.tensor(self.prefix_ids, device=self.device).expand(len(prompts), -1)
             inputs = torch.cat((prefix, ids), dim=1)
             attention = torch.cat((torch.ones_like(prefix, dtype=torch.bool), mask), dim=1)
         else:

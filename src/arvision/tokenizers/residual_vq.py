@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from arvision.errors import InputError
+
 
 class VQCodebook(nn.Module):
     """One codebook with EMA statistics.
@@ -35,9 +37,12 @@ class VQCodebook(nn.Module):
 
     @torch.no_grad()
     def distances(self, x: torch.Tensor) -> torch.Tensor:
-        """Squared L2 distances ``|x|^2 + |e|^2 - 2 x.e``: [..., dim] -> [..., n_embed] (padding row excluded)."""
+        """Squared L2 distances ``|x|^2 + |e|^2 - 2 x.e``: [..., dim] -> [..., n_embed] (padding row excluded).
+
+        ``x`` in another dtype than the codebook (bf16 features, fp32 codebook) is compared in the codebook's.
+        """
         codebook = self.weight[:-1]
-        flat = x.reshape(-1, self.dim)
+        flat = x.reshape(-1, self.dim).to(codebook.dtype)
         dist_sq = torch.addmm(
             flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)[None], flat, codebook.t(), alpha=-2.0
         )
@@ -54,26 +59,36 @@ class VQCodebook(nn.Module):
 
     @torch.no_grad()
     def ema_update(self, vectors: torch.Tensor, codes: torch.Tensor) -> None:
-        """Move the EMA statistics toward the assigned vectors; restart codes whose EMA count fell below 1."""
+        """Move the EMA statistics toward the assigned vectors; restart codes whose EMA count fell below 1.
+
+        An empty batch changes nothing; under ``torch.distributed`` an empty rank still joins the collectives
+        (contributing no vectors) so that the other ranks do not wait for it.
+        """
         vectors = vectors.reshape(-1, self.dim).float()
         codes = codes.reshape(-1)
+        distributed = dist.is_available() and dist.is_initialized()
+        if not len(vectors) and not distributed:
+            return
         one_hot = F.one_hot(codes, self.n_embed).to(vectors.dtype)  # [N, n_embed]
         counts = one_hot.sum(0)
         sums = one_hot.t() @ vectors
-        if dist.is_available() and dist.is_initialized():
+        if distributed:
             dist.all_reduce(counts)
             dist.all_reduce(sums)
         self.cluster_size_ema.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_ema.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         if self.restart_unused:
-            candidates = vectors
-            if len(candidates) < self.n_embed:
-                # Too few vectors in the batch: tile them with a little noise so every dead code gets one.
-                repeats = -(-self.n_embed // len(candidates))
-                candidates = candidates.repeat(repeats, 1)
-                candidates = candidates + torch.rand_like(candidates) * (0.01 / self.dim**0.5)
-            fresh = candidates[torch.randperm(len(candidates), device=candidates.device)[: self.n_embed]]
-            if dist.is_available() and dist.is_initialized():
+            if not len(vectors):  # an empty rank has nothing to restart from (rank 0's rows are broadcast)
+                fresh = self.embed_ema.clone()
+            else:
+                candidates = vectors
+                if len(candidates) < self.n_embed:
+                    # Too few vectors in the batch: tile them with a little noise so every dead code gets one.
+                    repeats = -(-self.n_embed // len(candidates))
+                    candidates = candidates.repeat(repeats, 1)
+                    candidates = candidates + torch.rand_like(candidates) * (0.01 / self.dim**0.5)
+                fresh = candidates[torch.randperm(len(candidates), device=candidates.device)[: self.n_embed]]
+            if distributed:
                 dist.broadcast(fresh, 0)
             used = (self.cluster_size_ema >= 1).to(vectors.dtype)[:, None]
             self.embed_ema.mul_(used).add_(fresh * (1 - used))
@@ -121,6 +136,9 @@ class ResidualQuantizer(nn.Module):
         return self.codebooks[0 if self.shared else d]
 
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
+        """Features [..., dim] -> codes [..., depth] and z_q [..., dim]; in training mode, EMA codebook updates."""
+        if x.ndim == 0 or x.shape[-1] != self.dim:
+            raise InputError(f"features must be [..., {self.dim}], got {tuple(x.shape)}")
         residual = x.detach().clone()
         total = torch.zeros_like(x)
         partial_sums, codes = [], []
@@ -135,15 +153,31 @@ class ResidualQuantizer(nn.Module):
             total = total + quant
             partial_sums.append(total)
             codes.append(code)
-        commitment = torch.stack([(x - p.detach()).pow(2).mean() for p in partial_sums]).mean()
+        if x.numel():
+            commitment = torch.stack([(x - p.detach()).pow(2).mean() for p in partial_sums]).mean()
+        else:  # an empty batch: nothing to commit (a mean over nothing would be NaN)
+            commitment = x.sum()
         z_q = x + (total - x).detach()
         return QuantizerOutput(z_q=z_q, codes=torch.stack(codes, dim=-1), commitment_loss=commitment)
 
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """Codes must be integers in ``[0, n_embed)`` (never the padding row), shaped [..., D] with D <= depth."""
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise InputError(f"codes must be integers, got {codes.dtype}")
+        if codes.ndim == 0 or not 1 <= codes.shape[-1] <= self.depth:
+            raise InputError(f"codes must be [..., D] with 1 <= D <= depth {self.depth}, got {tuple(codes.shape)}")
+        if codes.numel():
+            low, high = torch.aminmax(codes)
+            if bool((low < 0) | (high >= self.n_embed)):  # one device sync
+                raise InputError(f"codes must be in [0, {self.n_embed}), got values in [{int(low)}, {int(high)}]")
+
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Per-depth code embeddings: [..., depth] int64 -> [..., depth, dim]."""
+        """Per-depth code embeddings: [..., D] integers (D <= depth) -> [..., D, dim]."""
+        self.check_codes(codes)
+        codes = codes.long()
         return torch.stack([self.codebook(d).embed(codes[..., d]) for d in range(codes.shape[-1])], dim=-2)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Quantised features, the sum of the code embeddings: [..., depth] -> [..., dim]."""
+        """Quantised features, the sum of the code embeddings: [..., D] (D <= depth) -> [..., dim]."""
         # A running sum, in depth order, as the release computes it (bitwise the same rounding).
         return self.embed_codes(codes).cumsum(dim=-2)[..., -1, :]

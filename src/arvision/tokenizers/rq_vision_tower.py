@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import SiglipConfig, SiglipModel
 
+from arvision.errors import InputError
 from arvision.nn.vqgan import Decoder
 from arvision.tokenizers.residual_vq import QuantizerOutput, ResidualQuantizer
 
@@ -68,6 +69,18 @@ class RQVisionTowerConfig:
         return int(self.siglip["vision_config"]["hidden_size"])
 
 
+def check_pixels(pixels: torch.Tensor, size: int) -> None:
+    """Pixels must be finite floats [B, 3, size, size] (in [-1, 1]: ``data.media.preprocess_image`` makes them)."""
+    if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
+        raise InputError(f"pixels must be [B, 3, {size}, {size}] (the tower's image size), got {tuple(pixels.shape)}")
+    if not pixels.is_floating_point():
+        raise InputError(
+            f"pixels must be floats in [-1, 1] (data.media.preprocess_image makes them), got {pixels.dtype}"
+        )
+    if not bool(torch.isfinite(pixels).all()):
+        raise InputError("pixels contain NaN or infinite values")
+
+
 def _run_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     out = layer(hidden, None)
     # transformers < 5 returns a tuple from encoder layers, >= 5 a tensor.
@@ -109,7 +122,11 @@ class RQVisionTower(nn.Module):
         )
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Penultimate SigLIP layer, before ``post_layernorm``: [B, 3, R, R] -> [B, g, g, C]."""
+        """Penultimate SigLIP layer, before ``post_layernorm``: [B, 3, R, R] -> [B, g, g, C].
+
+        Pixels in another float dtype than the tower are cast to its dtype by SigLIP's patch embedding.
+        """
+        check_pixels(pixels, self.config.image_size)
         vision = self.siglip.vision_model
         hidden = vision.embeddings(pixels)
         for layer in vision.encoder.layers[:-1]:
