@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from arvision.errors import InputError
 from arvision.models.vila_u import SpecialTokens, VilaU, positions_from_mask
 from arvision.nn.sampling import filter_top_k_top_p
 from arvision.text.vicuna import IMAGE_TOKEN_INDEX
@@ -258,3 +259,19 @@ def test_fixture_depth_sampling_draws_the_official_codes_from_the_same_seed():
     finally:
         torch.set_rng_state(state)
     assert torch.equal(codes.T, c["dt.gen.sampled"])
+
+
+def test_code_generation_checks_codes_once_not_per_token(monkeypatch):
+    from arvision.tokenizers.residual_vq import ResidualQuantizer
+
+    model = tiny_vila_u()
+    calls = []
+    original = ResidualQuantizer.check_codes
+    monkeypatch.setattr(ResidualQuantizer, "check_codes", lambda self, codes: calls.append(1) or original(self, codes))
+    ids = torch.tensor([[1, 2, 3], [1, 2, 3]])
+    model.generate_codes(ids, torch.ones_like(ids), 6, generator=torch.Generator().manual_seed(0))
+    assert calls == []  # sampled codes are valid by construction: no per-token device sync
+    forced = torch.zeros(1, 6, model.config.depth.depth, dtype=torch.long)
+    forced[0, 0, 0] = model.vision_tower.quantizer.n_embed  # the padding row
+    with pytest.raises(InputError, match="codes must be in"):
+        model.generate_codes(ids, torch.ones_like(ids), 6, forced_codes=forced)

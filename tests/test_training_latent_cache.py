@@ -1,5 +1,7 @@
 import os
 import socket
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,28 +148,52 @@ def test_a_dataset_that_cannot_describe_itself_is_refused(tmp_path, tokenizer):
         CachedTargets.load_or_build(tmp_path, [{"image": torch.zeros(3, 32, 32), "caption": "x"}], tokenizer)
 
 
-def _build_on_two_ranks(rank: int, folder: str) -> None:
+def _build_on_two_ranks(rank: int, folder: str, fail_on_rank_zero: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE="2")
     dist.init_process_group("gloo", rank=rank, world_size=2)
     built = latent_cache.tokenize_targets
 
     def counted(*args):
         open(os.path.join(folder, f"built_by_rank{rank}"), "a").close()
+        if fail_on_rank_zero and rank == 0:
+            raise OSError("disk full")
         return built(*args)
 
     latent_cache.tokenize_targets = counted
     tokenizer = HybridTokenizer.from_pretrained(HART_TINY / "tokenizer")
     dataset = WorldImages(ProceduralWorld(WorldConfig(image_size=32)), length=5)
-    cache = CachedTargets.load_or_build(os.path.join(folder, "cache"), dataset, tokenizer, progress=False)
-    torch.save(cache.indices, os.path.join(folder, f"indices{rank}.pt"))
+    try:
+        cache = CachedTargets.load_or_build(os.path.join(folder, "cache"), dataset, tokenizer, progress=False)
+        torch.save(cache.indices, os.path.join(folder, f"indices{rank}.pt"))
+    except Exception as exc:
+        Path(folder, f"raised_on_rank{rank}").write_text(str(exc))
     dist.destroy_process_group()
 
 
-def test_under_torchrun_rank_zero_builds_and_the_others_load_its_cache(tmp_path, monkeypatch):
+def _spawn_two_ranks(folder: Path, monkeypatch, fail_on_rank_zero: bool = False) -> None:
     with socket.socket() as probe:  # a free port, so parallel runs of the suite do not collide
         probe.bind(("127.0.0.1", 0))
         monkeypatch.setenv("MASTER_PORT", str(probe.getsockname()[1]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.spawn(_build_on_two_ranks, args=(str(tmp_path),), nprocs=2)
+    ranks = mp.start_processes(
+        _build_on_two_ranks, args=(str(folder), fail_on_rank_zero), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.time() + 120
+    while not ranks.join(timeout=1):
+        if time.time() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the ranks did not finish: one is waiting for the other")
+
+
+def test_under_torchrun_rank_zero_builds_and_the_others_load_its_cache(tmp_path, monkeypatch):
+    _spawn_two_ranks(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.glob("built_by_*")) == ["built_by_rank0"]
     assert torch.equal(torch.load(tmp_path / "indices0.pt"), torch.load(tmp_path / "indices1.pt"))
+
+
+def test_a_failed_build_on_rank_zero_ends_the_waiting_ranks_too(tmp_path, monkeypatch):
+    _spawn_two_ranks(tmp_path, monkeypatch, fail_on_rank_zero=True)
+    assert (tmp_path / "raised_on_rank0").read_text() == "disk full"
+    assert "rank 0 failed to load or build the latent cache" in (tmp_path / "raised_on_rank1").read_text()
+    assert not (tmp_path / "built_by_rank1").exists()

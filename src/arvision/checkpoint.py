@@ -215,7 +215,8 @@ def _fsync_tree(folder: Path) -> None:
     """fsync every file and folder under ``folder``: the block may have written some without :func:`atomic_path`."""
     for root, _, files in os.walk(folder):
         for name in files:
-            _fsync(Path(root, name))
+            if not os.path.islink(Path(root, name)):  # a link's target is not this folder's to sync (may not exist)
+                _fsync(Path(root, name))
         _fsync_dir(Path(root))
 
 

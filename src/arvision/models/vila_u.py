@@ -162,9 +162,10 @@ class VilaU(nn.Module):
 
     # ----- vision tokens into the LLM -----
 
-    def project_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [..., D] -> LLM input embeddings [..., H]: the projected sum of the code embeddings."""
-        return self.mm_projector(self.vision_tower.codes_to_latent(codes))
+    def project_codes(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Codes [..., D] -> LLM input embeddings [..., H]: the projected sum of the code embeddings
+        (``check=False``: codes valid by construction, no validation and no device sync)."""
+        return self.mm_projector(self.vision_tower.codes_to_latent(codes, check))
 
     def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels [B, 3, R, R] -> (codes [B, g*g, D], features [B, g*g, H]) in raster order."""
@@ -312,6 +313,8 @@ class VilaU(nn.Module):
         ``forced_codes`` [n, T, D] replays recorded codes (teacher forcing) instead of sampling;
         ``trace`` keeps the per-step states and logits; ``on_step(t)`` is called after each token.
         """
+        if forced_codes is not None:  # checked once here: the loop below projects its codes unchecked
+            self.vision_tower.quantizer.check_codes(forced_codes)
         cache = DynamicCache()
         mask = attention_mask.long()
         embeds = self.llm.get_input_embeddings()(input_ids)
@@ -331,7 +334,7 @@ class VilaU(nn.Module):
             if t == num_tokens - 1:
                 break
             # The next input is the projected sum of the codes just drawn (the same for both halves).
-            step = self.project_codes(step_codes).repeat(2, 1)[:, None].to(embeds.dtype)
+            step = self.project_codes(step_codes, check=False).repeat(2, 1)[:, None].to(embeds.dtype)
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             position = mask.sum(-1, keepdim=True) - 1
             hidden = self.llm_hidden(step, mask, position, cache)[:, -1]

@@ -171,13 +171,18 @@ class ResidualQuantizer(nn.Module):
             if bool((low < 0) | (high >= self.n_embed)):  # one device sync
                 raise InputError(f"codes must be in [0, {self.n_embed}), got values in [{int(low)}, {int(high)}]")
 
-    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Per-depth code embeddings: [..., D] integers (D <= depth) -> [..., D, dim]."""
-        self.check_codes(codes)
+    def embed_codes(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Per-depth code embeddings: [..., D] integers (D <= depth) -> [..., D, dim].
+
+        ``check=False`` skips :meth:`check_codes` (and its device sync) for codes that are valid by
+        construction, such as those a sampling loop has just drawn, one step at a time."""
+        if check:
+            self.check_codes(codes)
         codes = codes.long()
         return torch.stack([self.codebook(d).embed(codes[..., d]) for d in range(codes.shape[-1])], dim=-2)
 
-    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Quantised features, the sum of the code embeddings: [..., D] (D <= depth) -> [..., dim]."""
+    def decode_codes(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Quantised features, the sum of the code embeddings: [..., D] (D <= depth) -> [..., dim]
+        (``check`` as in :meth:`embed_codes`)."""
         # A running sum, in depth order, as the release computes it (bitwise the same rounding).
-        return self.embed_codes(codes).cumsum(dim=-2)[..., -1, :]
+        return self.embed_codes(codes, check).cumsum(dim=-2)[..., -1, :]

@@ -147,9 +147,9 @@ class RQVisionTower(nn.Module):
         """Per-depth code embeddings: [..., D] -> [..., D, C]."""
         return self.quantizer.embed_codes(codes)
 
-    def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
-        """Sum of the code embeddings over depth: [..., D] -> [..., C]."""
-        return self.quantizer.decode_codes(codes)
+    def codes_to_latent(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Sum of the code embeddings over depth: [..., D] -> [..., C] (``check``: validate the codes first)."""
+        return self.quantizer.decode_codes(codes, check)
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """Latent grid [B, h, w, C] -> pixels [B, 3, H, W], roughly in [-1, 1] (not clamped)."""

@@ -71,18 +71,28 @@ def tokenizer_fingerprint(tokenizer: HybridTokenizer) -> str:
 def _rank_zero_first() -> Iterator[None]:
     """Run the body on rank 0 first, on the other ranks once it is done (a no-op without a process group).
 
-    A rank that raises on the way leaves the others waiting; torchrun then stops them."""
+    Rank 0 tells the others whether its body succeeded: if it raised, they raise too instead of waiting out
+    the group's timeout (two days, for long builds) under a launcher that does not stop them."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         yield
         return
     group = dist.new_group(backend="gloo", timeout=BUILD_WAIT)
-    first = dist.get_rank() == 0
-    if not first:
-        dist.barrier(group=group)
-    yield
-    if first:
-        dist.barrier(group=group)
-    dist.destroy_process_group(group)
+    done = torch.zeros(1)
+    try:
+        if dist.get_rank() == 0:
+            try:
+                yield
+            except BaseException:
+                dist.broadcast(done, src=0, group=group)  # 0: failed
+                raise
+            dist.broadcast(done.fill_(1), src=0, group=group)
+        else:
+            dist.broadcast(done, src=0, group=group)
+            if not done.item():
+                raise RuntimeError("rank 0 failed to load or build the latent cache (its error says why)")
+            yield
+    finally:
+        dist.destroy_process_group(group)
 
 
 def _stale_reason(meta: dict[str, Any], expected: dict[str, Any]) -> str | None:
@@ -164,7 +174,14 @@ class CachedTargets(Dataset):
                 return cls(tensors["indices"], tensors["residual"], meta.get("captions"), tensors.get("labels"))
             tqdm.write(f"latent cache {folder} was built for {reason}: rebuilding it")
         indices, residuals, captions, labels = [], [], [], []
-        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_collate, num_workers=num_workers)
+        # Its own generator: building must not draw from the global RNG that the training draws depend on.
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=default_collate,
+            num_workers=num_workers,
+            generator=torch.Generator(),
+        )
         device = next(tokenizer.parameters()).device
         for batch in tqdm(loader, desc="tokenizing", disable=not progress, unit="batch"):
             scales, residual = tokenize_targets(tokenizer, batch["image"].to(device))

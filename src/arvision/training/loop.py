@@ -471,11 +471,11 @@ class Trainer:
 
     def _clip_gradients(self, clip_groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
         """Clip each group's gradient norm to ``optim.grad_clip`` (if > 0); return the norms before clipping."""
+        # An infinite max_norm measures without clipping (a scale of 1); clip_grad_norm_ is in every torch>=2.3.
+        max_norm = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else math.inf
         norms = {}
         for k, (name, group) in enumerate(clip_groups.items()):
-            norm = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None])
-            if self.config.optim.grad_clip > 0:
-                torch.nn.utils.clip_grads_with_norm_(group, self.config.optim.grad_clip, norm)
+            norm = torch.nn.utils.clip_grad_norm_(group, max_norm)
             norms["grad_norm" if k == 0 else f"grad_norm_{name}"] = float(norm)
         return norms
 
