@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from arvision.checkpoint import load_checked, load_state_dict, select_prefix
+from arvision.errors import InputError
 from arvision.tokenizers.discriminator import PatchDiscriminator
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
 from arvision.training.tokenizer import (
@@ -133,6 +134,11 @@ def test_hinge_losses():
     assert hinge_discriminator_loss(torch.full((2,), 2.0), torch.full((2,), -2.0)).item() == 0.0
     assert hinge_discriminator_loss(torch.zeros(2), torch.zeros(2)).item() == 1.0
     assert hinge_generator_loss(torch.tensor([1.0, 3.0])).item() == -2.0
+
+
+def test_a_perceptual_network_without_a_weight_is_refused():
+    with pytest.raises(InputError, match="perceptual_weight 0"):
+        TokenizerObjective(make_tokenizer(), TokenizerLossConfig(), perceptual=PerceptualLoss(random_features()))
 
 
 def test_perceptual_loss_is_zero_only_for_identical_images():

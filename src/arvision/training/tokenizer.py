@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from arvision.errors import InputError
 from arvision.tokenizers.discriminator import PatchDiscriminator
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 
@@ -94,6 +95,10 @@ class TokenizerObjective(nn.Module):
         discriminator: PatchDiscriminator | None = None,
     ):
         super().__init__()
+        if perceptual is not None and config.perceptual_weight <= 0:
+            # The default weight became 0 (the task has no perceptual network): a network given without a
+            # weight would be computed every step and count for nothing.
+            raise InputError("a perceptual loss was given with perceptual_weight 0: set the weight it should have")
         self.tokenizer = tokenizer
         self.config = config
         self.perceptual = perceptual
