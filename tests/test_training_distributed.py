@@ -63,3 +63,15 @@ def test_ranks_with_different_clocks_size_one_time_budget_schedule(tmp_path):
     latest = checkpointing.latest_checkpoint(tmp_path / "checkpoints")
     assert latest.name == "step_00000047"
     assert json.loads((latest / checkpointing.STATE_FILE).read_text())["schedule_steps"] == 47
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun gloo test")
+def test_a_resume_on_more_ranks_is_refused_by_every_rank(tmp_path):
+    # Checked before the collective load: rank 1, which has no RNG file in a one-process checkpoint, must not
+    # fail alone while rank 0 waits for it inside the load.
+    config = toy_config(tmp_path, batch_size=2, ema_decay=0.5)
+    config.stop_at_step = 3
+    Trainer(config, ToyTask()).run()
+    result = torchrun(tmp_path, "ddp", "resume=1", timeout=90)
+    assert result.returncode != 0
+    assert result.stderr.count("with world_size=2: it was written with world_size=1") == 2, result.stderr[-3000:]

@@ -109,9 +109,9 @@ def toy_config(
 
 
 if __name__ == "__main__":
-    # torchrun entry: python toy_task.py OUT_DIR PARALLEL BATCH EMA [failing_rank=R] [budget=SECONDS]
+    # torchrun entry: python toy_task.py OUT_DIR PARALLEL BATCH EMA [failing_rank=R] [budget=SECONDS] [resume=1]
     # failing_rank: that rank raises at its second step. budget: time_budget_s on a fake clock whose steps take
-    # 10 s on rank 0 and 5% longer on each further rank.
+    # 10 s on rank 0 and 5% longer on each further rank. resume: continue from OUT_DIR's latest checkpoint.
     out, parallel, batch, ema = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     options = dict(arg.split("=") for arg in sys.argv[5:])
     rank = int(os.environ["RANK"])
@@ -124,4 +124,4 @@ if __name__ == "__main__":
         loop.time = SimpleNamespace(time=lambda: clock[0])
         task = SlowToyTask(clock, 10.0 * (1 + rank / 20))
         config.max_steps, config.save_every, config.time_budget_s = 1000, 1000, float(options["budget"])
-    Trainer(config, task).run()
+    Trainer(config, task).run(resume=options.get("resume") == "1")
