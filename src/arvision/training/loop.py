@@ -390,9 +390,8 @@ class Trainer:
                 (loss / c.grad_accum).backward()
                 for k, v in {"loss": loss.item(), **micro_logs}.items():
                     logs[k] = logs.get(k, 0.0) + v / c.grad_accum
-            self._stop_unless_finite(finite, "loss", step, info)
             norms = self._clip_gradients(clip_groups)
-            self._stop_unless_finite(all(map(math.isfinite, norms.values())), "gradient norm", step, info)
+            self._stop_unless_finite(finite, all(map(math.isfinite, norms.values())), step, info)
             logs.update(norms)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -482,10 +481,12 @@ class Trainer:
             norms["grad_norm" if k == 0 else f"grad_norm_{name}"] = float(norm)
         return norms
 
-    def _stop_unless_finite(self, finite: bool, what: str, step: int, info: DistInfo) -> None:
-        """Stop every rank if ``what`` is not finite on any, before the optimizer step puts it in the weights
-        (which the next checkpoint would save as good)."""
-        if not all_ranks_agree(finite, info):
+    def _stop_unless_finite(self, loss_finite: bool, grads_finite: bool, step: int, info: DistInfo) -> None:
+        """Stop every rank if the loss or the gradient norm is not finite on any, before the optimizer step puts
+        it in the weights (which the next checkpoint would save as good). One reduction: the worst rank's state."""
+        worst = min_over_ranks(2 if loss_finite and grads_finite else int(loss_finite), info)
+        if worst < 2:
+            what = "loss" if worst == 0 else "gradient norm"
             where = checkpointing.latest_checkpoint(self.ckpt_dir)
             raise TrainingDiverged(
                 f"{what} is not finite at step {step}; stopped. Last good checkpoint: {where or 'none'}"
