@@ -62,6 +62,67 @@ def test_save_pretrained_round_trip(pipe, embeds, tmp_path):
     assert torch.equal(a, b)
 
 
+def test_save_pretrained_replaces_its_own_entries_atomically_and_keeps_the_rest(pipe, tmp_path, monkeypatch):
+    folder = tmp_path / "saved"
+    pipe.save_pretrained(folder)
+    (folder / "README.md").write_text("notes")
+    (folder / "transformer" / "pytorch_model.bin").write_bytes(b"stale")
+    pipe.save_pretrained(folder)
+    assert (folder / "README.md").read_text() == "notes"  # the user's files are kept...
+    assert not (folder / "transformer" / "pytorch_model.bin").exists()  # ...the pipeline's are replaced whole
+    (folder / "transformer" / "config.json").write_text("previous")
+
+    def crash(_folder):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pipe.tokenizer, "save_pretrained", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        pipe.save_pretrained(folder)
+    # the previous folder, untouched, and nothing half-written beside it
+    assert (folder / "transformer" / "config.json").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
+
+
+def test_a_qwen2_folder_inside_the_model_folder_is_saved_relative_to_it(tiny_qwen2_24, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_qwen2_24, folder / "text_encoder")
+    HartPipeline.from_pretrained(HART_TINY, text_encoder=folder / "text_encoder").save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["text_encoder"] == {"type": "qwen2", "path": "text_encoder"}
+    folder.rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)  # a relative path is read against the model folder, not the current one
+    moved = HartPipeline.from_pretrained(tmp_path / "moved")
+    assert moved.text_encoder_spec["path"] == str((tmp_path / "moved" / "text_encoder").resolve())
+    assert moved("a red cube", seed=0, progress=False).latents.shape == (1, 8, 8, 8)
+    moved.save_pretrained(tmp_path / "elsewhere")  # outside the folder: absolute, as before
+    index = json.loads((tmp_path / "elsewhere" / "model_index.json").read_text())
+    assert index["text_encoder"]["path"] == str((tmp_path / "moved" / "text_encoder").resolve())
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("qwen2", r"text_encoder must be \{\"type\": \"minilm\"\} or .*, got 'qwen2'"),
+        ({"type": "clip"}, "text_encoder must be"),
+        ({"type": "qwen2"}, "the qwen2 text_encoder needs the path of its folder"),
+        ({"type": "qwen2", "path": ""}, "the qwen2 text_encoder needs the path of its folder"),
+    ],
+)
+def test_a_malformed_text_encoder_entry_is_named(pipe, tmp_path, entry, message):
+    pipe.save_pretrained(tmp_path / "saved")
+    index_file = tmp_path / "saved" / "model_index.json"
+    index_file.write_text(json.dumps({**json.loads(index_file.read_text()), "text_encoder": entry}))
+    with pytest.raises(CheckpointError, match=f"model_index.json: {message}"):
+        HartPipeline.from_pretrained(tmp_path / "saved")
+
+
+def test_to_moves_and_casts_the_text_encoder_too(tiny_qwen2_24):
+    qwen = HartPipeline.from_pretrained(HART_TINY, text_encoder=tiny_qwen2_24)
+    assert qwen.text_encoder.model.dtype == torch.float32
+    assert qwen.to(dtype=torch.bfloat16).text_encoder.model.dtype == torch.bfloat16
+    assert qwen.text_encoder.device == qwen.device
+
+
 def test_the_folder_sets_the_default_guidance_scale_and_top_k(pipe, embeds, tmp_path):
     assert (pipe.guidance_scale, pipe.top_k) == (4.5, None)  # official layout: the official scripts' sampling
     pipe.save_pretrained(tmp_path / "saved")
@@ -140,6 +201,16 @@ def test_bad_inputs_get_clear_errors(pipe, embeds):
     ]:
         with pytest.raises(InputError, match=message):
             pipe(prompt_embeds=embeds, progress=False, **options)
+
+
+def test_conflicting_or_malformed_arguments_are_refused(pipe, embeds):
+    with pytest.raises(InputError, match="pass seed or generator, not both"):
+        pipe(prompt_embeds=embeds, seed=7, generator=torch.Generator().manual_seed(8), progress=False)
+    with pytest.raises(InputError, match="pass prompt or prompt_embeds, not both"):
+        pipe("a red cube", prompt_embeds=embeds, progress=False)
+    for bad in (2.0, True, 0):
+        with pytest.raises(InputError, match=f"num_images_per_prompt must be a whole number >= 1, got {bad}"):
+            pipe(prompt_embeds=embeds, num_images_per_prompt=bad, progress=False)
 
 
 def test_bad_prompt_embeds_are_named_before_torch_sees_them(pipe, embeds):
@@ -279,6 +350,8 @@ def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
     assert torch.equal(by_name.latents, a.latents)
     with pytest.raises(InputError, match="unknown class name 'cok'; did you mean 'cock'"):
         loaded("cok", progress=False)
+    with pytest.raises(InputError, match="pass class_labels or class names as prompts, not both"):
+        loaded("cock", class_labels=[1], progress=False)
     with pytest.raises(InputError, match="no class names"):
         HartPipeline(tiny_class_conditional(), pipe.tokenizer)("tench", progress=False)
     with pytest.raises(InputError, match=r"outside \[0, 10\)"):
@@ -287,6 +360,14 @@ def test_class_conditional_pipeline_round_trip(pipe, tmp_path):
     index.write_text(index.read_text().replace('"7": "cock"', '"seven": "cock"'))
     with pytest.raises(CheckpointError, match="id2label must map label numbers"):
         HartPipeline.from_pretrained(tmp_path / "c2i")
+
+
+def test_a_class_name_shared_by_several_labels_is_ambiguous(pipe):
+    c2i = HartPipeline(tiny_class_conditional(), pipe.tokenizer, id2label={1: "crane", 5: "crane, bird, bird"})
+    assert c2i.labels == {"bird": 5}
+    assert c2i.get_label_ids(["bird"]) == [5]
+    with pytest.raises(InputError, match=r"class name 'crane' is ambiguous: labels 1, 5"):
+        c2i("crane", progress=False)
 
 
 def test_a_learned_level_table_limits_the_schedule(pipe):
@@ -301,3 +382,11 @@ def test_reduced_precision_runs(embeds):
     assert half.transformer.head.weight.dtype == torch.bfloat16
     out = half(prompt_embeds=embeds, seed=0, progress=False)
     assert torch.isfinite(out.latents.float()).all() and out.images[0].size == (32, 32)
+
+
+def test_save_pretrained_refuses_the_folder_it_runs_in(pipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in (".", str(tmp_path), str(tmp_path.parent)):
+        with pytest.raises(InputError, match="holds the current directory"):
+            pipe.save_pretrained(folder)
+    assert tmp_path.is_dir() and not (tmp_path / "model_index.json").exists()

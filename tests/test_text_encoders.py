@@ -29,6 +29,23 @@ def test_qwen2_real_tokens_ignore_padding_and_see_the_instruction(tiny_qwen2):
     assert (instructed.hidden[:, :10] - short.hidden[:, :10]).abs().amax() > 1e-3
 
 
+def test_the_mask_follows_the_pad_id_as_the_official_encode_prompts_does(tiny_qwen2):
+    # The official code masks `ids != pad_token_id`: a prompt spelling the pad token loses it from the mask,
+    # where the tokenizer's own attention mask would keep it.
+    enc = qwen2_text_encoder(tiny_qwen2, max_length=5)
+    tokenizer_mask = enc.tokenizer(["a<|endoftext|>b"], padding="max_length", max_length=5, truncation=True)
+    assert tokenizer_mask["attention_mask"] == [[1, 1, 1, 0, 0]]
+    out = enc.encode("a<|endoftext|>b")
+    assert out.mask.tolist() == [[True, False, True, False, False]]
+    assert out.position_ids.tolist() == [[0, 0, 1, 1, 1]]
+
+
+def test_the_truncation_warning_points_at_the_caller(tiny_qwen2):
+    with pytest.warns(UserWarning, match="truncated") as record:
+        qwen2_text_encoder(tiny_qwen2, max_length=4).encode("a red cube")
+    assert [w.filename for w in record] == [__file__]
+
+
 def test_overlong_prompts_truncate_with_a_warning_and_empty_prompts_fail(tiny_qwen2):
     enc = qwen2_text_encoder(tiny_qwen2, max_length=4)
     with pytest.warns(UserWarning, match="truncated"):

@@ -243,8 +243,21 @@ def test_missing_keys_are_listed(tmp_path):
     state = {"vae." + k: v for k, v in tok.state_dict().items() if not k.startswith("decoder.conv_out")}
     torch.save(state, tmp_path / "pytorch_model.bin")
     (tmp_path / "config.json").write_text(json.dumps(tok.config.to_dict()))
-    with pytest.raises(CheckpointError, match=r"2 missing key\(s\): decoder\.conv_out\.(weight|bias)"):
+    # named as the file spells them, with their prefix
+    with pytest.raises(CheckpointError, match=r"2 missing key\(s\): vae\.decoder\.conv_out\.(weight|bias)"):
         HybridTokenizer.from_pretrained(tmp_path)
+
+
+def test_keys_outside_the_official_prefixes_are_refused(tmp_path):
+    tok = HybridTokenizer(tiny_config())
+    state = {"vae." + k: v for k, v in tok.state_dict().items()}
+    state["disc.conv.weight"] = torch.zeros(1)  # the discriminator is ignored
+    torch.save({**state, "encoder.conv_in.weight": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps(tok.config.to_dict()))
+    with pytest.raises(CheckpointError, match=r"1 unexpected key\(s\): encoder\.conv_in\.weight$"):
+        HybridTokenizer.from_pretrained(tmp_path)
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    HybridTokenizer.from_pretrained(tmp_path)
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path):

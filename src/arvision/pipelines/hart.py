@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ OFFICIAL_MODEL_TYPE = "hart_transformer_t2i"
 EMA_FILE = "ema_model.bin"
 DEFAULT_GUIDANCE_SCALE = SamplingOptions.cfg  # the official scripts' cfg
 RAW_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+SAVED_ENTRIES = (INDEX_FILE, "transformer", "tokenizer")  # what save_pretrained writes (and replaces) in a folder
+TEXT_ENCODER_SPECS = '{"type": "minilm"} or {"type": "qwen2", "path": <folder>}'
 
 
 @dataclass
@@ -69,7 +72,8 @@ class HartPipeline:
 
     A class-conditional transformer takes ``class_labels``, or class names as prompts when the pipeline
     knows them: ``id2label`` maps each label to its name (saved in ``model_index.json``; a name may list
-    synonyms separated by commas, as ImageNet's do), and :attr:`labels` maps every name back.
+    synonyms separated by commas, as ImageNet's do), and :attr:`labels` maps every name of a single label back
+    (a name that several labels share, as ImageNet's "crane", is left out: give its label instead).
     """
 
     def __init__(
@@ -142,7 +146,7 @@ class HartPipeline:
         transformer = _load_transformer(config, weights)
         if text_encoder is None and (llm.parent / "text_encoder").is_dir():
             text_encoder = llm.parent / "text_encoder"
-        encoder, spec = _resolve_text_encoder(text_encoder, config, dtype, device)
+        encoder, spec = _resolve_text_encoder(text_encoder, config)
         return cls(transformer, tokenizer, encoder, spec).to(device=device, dtype=dtype)
 
     @classmethod
@@ -151,19 +155,18 @@ class HartPipeline:
         transformer = load_saved_transformer(folder / "transformer")
         config = transformer.config
         tokenizer = HybridTokenizer.from_pretrained(folder / "tokenizer")
-        spec = index.get("text_encoder")
+        spec = _checked_text_encoder_spec(index.get("text_encoder"), folder / INDEX_FILE)
         if text_encoder is None and spec is not None:
-            if spec.get("type") == "minilm":
-                text_encoder = minilm_text_encoder(config.context_token, device, dtype)
-            elif spec.get("type") == "qwen2":
-                text_encoder = Path(spec["path"])
-            else:
-                raise CheckpointError(f"unknown text encoder spec in {folder / INDEX_FILE}: {spec}")
+            # A relative path is relative to the model folder (so a folder holding its encoder can move);
+            # joining keeps an absolute one as is.
+            text_encoder = (
+                minilm_text_encoder(config.context_token) if spec["type"] == "minilm" else folder / spec["path"]
+            )
         guidance_scale, top_k = sampling_from_index(index, folder / INDEX_FILE)
         id2label = index.get("id2label")
         if id2label is not None:
             id2label = _id2label_from_json(id2label, folder / INDEX_FILE)
-        encoder, spec = _resolve_text_encoder(text_encoder, config, dtype, device)
+        encoder, spec = _resolve_text_encoder(text_encoder, config)
         try:
             pipe = cls(transformer, tokenizer, encoder, spec, guidance_scale, top_k, id2label=id2label)
         except InputError as exc:
@@ -171,12 +174,18 @@ class HartPipeline:
         return pipe.to(device=device, dtype=dtype)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write ``model_index.json`` (with ``id2label`` if known), ``transformer/`` and ``tokenizer/`` (the
-        text encoder by reference)."""
+        """Write ``model_index.json`` (with ``id2label`` if known), ``transformer/`` and ``tokenizer/``; the text
+        encoder by reference (a Qwen2 folder inside ``folder`` by its relative path, else by its absolute one).
+
+        The folder is written whole beside ``folder`` and then swapped in (:func:`checkpoint.atomic_folder`), so a
+        crash leaves the previous folder (or none), never a half-written one. Of an existing folder, the entries
+        above are replaced (no stale weight file survives) and every other entry (a ``text_encoder/`` folder, a
+        README...) is kept, hard-linked into the new folder where the file system allows it.
+        """
         folder = Path(folder)
-        checkpoint.save_state_dict(self.transformer.state_dict(), folder / "transformer" / "model.safetensors")
-        checkpoint.write_json(folder / "transformer" / "config.json", self.transformer.config.to_dict())
-        self.tokenizer.save_pretrained(folder / "tokenizer")
+        if Path.cwd().resolve().is_relative_to(folder.resolve()):
+            # The swap renames the folder aside: the process would be left in a deleted directory.
+            raise InputError(f"cannot save into {folder}: it holds the current directory; name a subfolder")
         index = {
             "_class_name": "HartPipeline",
             "format": "arvision",
@@ -184,14 +193,32 @@ class HartPipeline:
             "top_k": self.top_k,
         }
         if self.text_encoder_spec is not None:
-            index["text_encoder"] = self.text_encoder_spec
+            index["text_encoder"] = _spec_relative_to(self.text_encoder_spec, folder)
         if self.id2label is not None:
             index["id2label"] = {str(label): name for label, name in sorted(self.id2label.items())}
-        checkpoint.write_json(folder / INDEX_FILE, index)
+        with checkpoint.atomic_folder(folder) as tmp:
+            if folder.is_dir():
+                shutil.copytree(
+                    folder,
+                    tmp,
+                    symlinks=True,
+                    ignore=lambda where, names: SAVED_ENTRIES if Path(where) == folder else (),
+                    copy_function=_link_or_copy,
+                    dirs_exist_ok=True,
+                )
+            checkpoint.save_state_dict(self.transformer.state_dict(), tmp / "transformer" / "model.safetensors")
+            checkpoint.write_json(tmp / "transformer" / "config.json", self.transformer.config.to_dict())
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            checkpoint.write_json(tmp / INDEX_FILE, index)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
+        """Move (and cast, if ``dtype``) the transformer, the tokenizer and the text encoder if it can move (an
+        :class:`HFTextEncoder` can; ``from_pretrained``'s ``torch_dtype`` casts it the same way)."""
         self.transformer.to(device=device, dtype=dtype)
         self.tokenizer.to(device=device, dtype=dtype)
+        move = getattr(self.text_encoder, "to", None)
+        if move is not None:
+            move(device=device, dtype=dtype)
         return self
 
     @property
@@ -226,27 +253,39 @@ class HartPipeline:
 
     @property
     def labels(self) -> dict[str, int]:
-        """Class name -> label, every comma-separated synonym of ``id2label`` included (empty if unknown)."""
-        return {
-            name.strip(): label
-            for label, names in sorted((self.id2label or {}).items())
-            for name in names.split(",")
-            if name.strip()
-        }
+        """Class name -> label, every comma-separated synonym of ``id2label`` included, except the names that
+        several labels share (empty if unknown)."""
+        return {name: labels[0] for name, labels in self._labels_by_name().items() if len(labels) == 1}
+
+    def _labels_by_name(self) -> dict[str, list[int]]:
+        """Class name -> every label that lists it (ImageNet's "crane" is 134 and 517)."""
+        by_name: dict[str, list[int]] = {}
+        for label, names in sorted((self.id2label or {}).items()):
+            for name in dict.fromkeys(name.strip() for name in names.split(",")):  # each name once per label
+                if name:
+                    by_name.setdefault(name, []).append(label)
+        return by_name
 
     def get_label_ids(self, names: str | Sequence[str]) -> list[int]:
-        """Class names -> labels of a class-conditional model; an unknown name is an InputError naming it."""
+        """Class names -> labels of a class-conditional model; an unknown name, or one that several labels share,
+        is an InputError naming it."""
         names = [names] if isinstance(names, str) else list(names)
-        labels = self.labels
-        if not labels:
+        by_name = self._labels_by_name()
+        if not by_name:
             raise InputError("this model has no class names (no id2label): pass class_labels as numbers")
         ids = []
         for name in names:
-            if name.strip() not in labels:
-                close = difflib.get_close_matches(name.strip(), list(labels), n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" ({len(labels)} names)"
+            labels = by_name.get(name.strip())
+            if labels is None:
+                close = difflib.get_close_matches(name.strip(), list(by_name), n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" ({len(by_name)} names)"
                 raise InputError(f"unknown class name {name!r}{hint} (see pipe.labels)")
-            ids.append(labels[name.strip()])
+            if len(labels) > 1:
+                raise InputError(
+                    f"class name {name!r} is ambiguous: labels {', '.join(map(str, labels))} "
+                    "(pass class_labels, or a name only one of them has)"
+                )
+            ids.append(labels[0])
         return ids
 
     def encode_prompts(self, prompts: str | Sequence[str]) -> TextEncoding:
@@ -289,8 +328,14 @@ class HartPipeline:
         prompts (and negative prompts) are class names (:attr:`labels`).
         ``diffusion_steps`` sets the residual diffusion head's sampling steps (None: the model's, 8 in HART).
         """
-        if num_images_per_prompt < 1:
-            raise InputError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if (
+            isinstance(num_images_per_prompt, bool)
+            or not isinstance(num_images_per_prompt, int)
+            or num_images_per_prompt < 1
+        ):
+            raise InputError(f"num_images_per_prompt must be a whole number >= 1, got {num_images_per_prompt!r}")
+        if seed is not None and generator is not None:
+            raise InputError("pass seed or generator, not both")
         patch_nums = self.schedule_for(height, width)
         device = self.device
         cond = self._condition(prompt, prompt_embeds, class_labels, device)
@@ -303,7 +348,7 @@ class HartPipeline:
                 raise InputError(f"{negative.batch} negative prompts for {cond.batch} prompts")
         cond = _repeat(cond, num_images_per_prompt)
         negative = _repeat(negative, num_images_per_prompt) if negative is not None else None
-        if generator is None and seed is not None:
+        if seed is not None:
             generator = torch.Generator(device).manual_seed(seed)
         options = SamplingOptions(
             cfg=self.guidance_scale if guidance_scale is None else guidance_scale,
@@ -329,11 +374,15 @@ class HartPipeline:
         return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)
 
     def _condition(self, prompt, prompt_embeds, class_labels, device) -> Condition:
+        if prompt is not None and prompt_embeds is not None:
+            raise InputError("pass prompt or prompt_embeds, not both")
         if class_labels is not None and not self.transformer.config.class_conditional:
             raise InputError("class_labels need a class-conditional model; this one takes text prompts")
         if self.transformer.config.class_conditional:
             if class_labels is None and prompt is None:
                 raise InputError("this is a class-conditional model: pass class_labels (or class names as prompts)")
+            if class_labels is not None and prompt is not None:
+                raise InputError("pass class_labels or class names as prompts, not both")
             if class_labels is None:
                 class_labels = self.get_label_ids(prompt)
             labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
@@ -414,13 +463,41 @@ def _load_transformer(config: HartConfig, weights: Path) -> HartTransformer:
     return model.eval()
 
 
-def _resolve_text_encoder(text_encoder, config: HartConfig, dtype, device):
-    """(encoder or None, spec to save) from a Qwen2 folder path, a ready encoder or None."""
+def _resolve_text_encoder(text_encoder, config: HartConfig):
+    """(encoder or None, spec to save) from a Qwen2 folder path, a ready encoder or None (moved and cast by
+    :meth:`HartPipeline.to`)."""
     if text_encoder is None or config.class_conditional:
         return None, None
     if isinstance(text_encoder, (str, os.PathLike)):
-        text_encoder = qwen2_text_encoder(text_encoder, config.context_token, device, dtype)
+        text_encoder = qwen2_text_encoder(text_encoder, config.context_token)
     return text_encoder, getattr(text_encoder, "spec", None)
+
+
+def _checked_text_encoder_spec(spec: Any, where: Path) -> dict[str, Any] | None:
+    """The ``text_encoder`` entry of a ``model_index.json`` (None if absent); a malformed one is a CheckpointError."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("type") not in ("minilm", "qwen2"):
+        raise CheckpointError(f"{where}: text_encoder must be {TEXT_ENCODER_SPECS}, got {spec!r}")
+    if spec["type"] == "qwen2" and not (isinstance(spec.get("path"), str) and spec["path"].strip()):
+        raise CheckpointError(f"{where}: the qwen2 text_encoder needs the path of its folder, got {spec!r}")
+    return spec
+
+
+def _spec_relative_to(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``spec`` with a Qwen2 folder inside ``folder`` given relative to it (it then moves with the folder)."""
+    if spec.get("type") != "qwen2":
+        return spec
+    path, root = Path(spec["path"]).resolve(), folder.resolve()
+    return {**spec, "path": path.relative_to(root).as_posix()} if path.is_relative_to(root) else spec
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link (a kept text encoder may be gigabytes; the link outlives the old folder), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _repeat(cond: Condition, n: int) -> Condition:

@@ -80,13 +80,19 @@ class HFTextEncoder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HFTextEncoder:
+        """Move (and cast, if ``dtype``) the model, as ``from_pretrained``'s ``device`` and ``dtype`` do."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids [B, max_length], right-padded."""
         encoded = self.tokenizer(prompts, truncation=False)["input_ids"]
         for index, ids in enumerate(encoded):
             if len(ids) > self.max_length:
                 warnings.warn(
                     f"prompt truncated from {len(ids)} to {self.max_length} tokens: {prompts[index][:60]!r}...",
-                    stacklevel=3,
+                    stacklevel=3,  # the caller of encode()
                 )
                 # The tokenizer truncates, so that its end-of-text token (if any) is kept.
                 encoded[index] = self.tokenizer(prompts[index], truncation=True, max_length=self.max_length)[
@@ -95,10 +101,12 @@ class HFTextEncoder:
         padded = self.tokenizer.pad({"input_ids": encoded}, padding="max_length", max_length=self.max_length)
         return torch.tensor(padded["input_ids"], dtype=torch.long, device=self.device)
 
-    @torch.no_grad()
     def encode(self, prompts: str | Sequence[str]) -> TextEncoding:
         prompts = check_prompts(prompts)
+        # Tokenize outside no_grad: a decorator frame would make the truncation warning point at torch.
         ids = self._tokenize(prompts)
+        # The official encode_prompts masks by pad id, not the tokenizer's attention mask: a prompt that spells
+        # the pad token loses it from the mask there too (kept for parity with the released model).
         mask = ids != self.tokenizer.pad_token_id
         position_ids = mask.long().cumsum(dim=1) - 1
         if self.prefix_ids:
@@ -107,7 +115,8 @@ class HFTextEncoder:
             attention = torch.cat((torch.ones_like(prefix, dtype=torch.bool), mask), dim=1)
         else:
             inputs, attention = ids, mask
-        hidden = self.model(input_ids=inputs, attention_mask=attention.long()).last_hidden_state
+        with torch.no_grad():
+            hidden = self.model(input_ids=inputs, attention_mask=attention.long()).last_hidden_state
         hidden = hidden[:, inputs.shape[1] - ids.shape[1] :].float()
         return TextEncoding(hidden, mask, position_ids)
 

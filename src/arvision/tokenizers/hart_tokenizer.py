@@ -246,18 +246,20 @@ class HybridTokenizer(nn.Module):
     def from_pretrained(
         cls, folder: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> HybridTokenizer:
-        """Load the official ``tokenizer/`` folder (``vae.``-prefixed keys, ``disc.`` ignored) or our own."""
+        """Load the official ``tokenizer/`` folder (``vae.``-prefixed keys, ``disc.`` ignored) or an unprefixed
+        one; any other key is a CheckpointError naming it."""
         folder = Path(folder)
         config = HybridTokenizerConfig.from_dict(checkpoint.read_json(folder / "config.json"))
         weights = checkpoint.find_weights_file(folder)
         state = checkpoint.load_state_dict(weights)
-        if any(k.startswith(WEIGHT_PREFIX) for k in state):
-            state = checkpoint.select_prefix(state, WEIGHT_PREFIX)
-        else:
-            state = {k: v for k, v in state.items() if not k.startswith(DISCRIMINATOR_PREFIX)}
+        prefix = WEIGHT_PREFIX if any(k.startswith(WEIGHT_PREFIX) for k in state) else ""
+        state = {k: v for k, v in state.items() if not k.startswith(DISCRIMINATOR_PREFIX)}
         model = cls(config)
+        # Check the keys as the file spells them (prefix included), so that messages name what is in the file.
+        target = nn.ModuleDict({prefix.rstrip("."): model}) if prefix else model
         # The usage EMA is a training statistic whose shape follows the schedule it was trained with.
-        checkpoint.load_checked(model, state, source=str(weights), optional=lambda k: k == "quantize.ema_vocab_hit_SV")
+        ema = prefix + "quantize.ema_vocab_hit_SV"
+        checkpoint.load_checked(target, state, source=str(weights), optional=lambda k: k == ema)
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(
