@@ -66,6 +66,14 @@ def test_missing_and_unparsable_files(tmp_path):
     bad.write_text("{")
     with pytest.raises(InputError, match="bad.json"):
         load_config(Outer, bad)
+    image = tmp_path / "scene.yaml"  # a PNG under a config's name
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(InputError, match="scene.yaml is not UTF-8 text"):
+        load_config(Outer, image)
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"\x89PNG")
+    with pytest.raises(InputError, match=r"must be \.yaml, \.toml or \.json"):
+        load_config(Outer, text)
 
 
 def test_train_config_keeps_task_sections_as_dicts():

@@ -9,6 +9,7 @@ Launch with ``torchrun --nproc_per_node=N -m arvision train ...`` for DDP/FSDP2 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from arvision.errors import InputError
@@ -45,10 +46,13 @@ def run(args: argparse.Namespace) -> int:
         )
     task = build_task(config.task, config.model, config.data, seed=config.seed)
     trainer = Trainer(config, task)
+    first_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, one line for the whole job
     if args.export is not None:
         folder = trainer.export(None if args.export == "latest" else args.export, args.output)
-        print(f"checkpoint exported to {folder}")
+        if first_rank:
+            print(f"checkpoint exported to {folder}")
         return 0
     final = trainer.run(resume=args.resume)
-    print(f"trained weights written to {final}")
+    if first_rank:
+        print(f"trained weights written to {final}")
     return 0

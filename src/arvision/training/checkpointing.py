@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -146,13 +147,35 @@ def load_training_state(
     if ema is not None:
         state["ema"] = ema
     try:
+        _drop_unsaved_optimizer_state(optim_state, path)
         _dcp_call(dcp.load, state, checkpoint_id=str(path))
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
         raise CheckpointError(f"cannot restore training state from {path}: {exc}") from exc
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    # Not strict: the optimizer state left out above (dcp.load has already required every model key).
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+        options=StateDictOptions(strict=False),
+    )
     # Our own file, written by save_training_state: it holds numpy/python RNG objects, not just tensors.
     set_rng_state(torch.load(rng_file, weights_only=False), step_generator)
     return trainer_state
+
+
+def _drop_unsaved_optimizer_state(optim_state: dict[str, Any], path: Path) -> None:
+    """Leave out of ``optim_state`` the parameters the checkpoint holds no optimizer state for.
+
+    ``get_state_dict`` gives every parameter a state, but a parameter that never had a gradient (a scale a
+    low-resolution run never reaches, a frozen branch) had none when the checkpoint was saved; it gets none
+    back, as in the run that saved it.
+    """
+    prefix = "optim.state."
+    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    saved = {key[len(prefix) :].rsplit(".", 1)[0] for key in keys if key.startswith(prefix)}  # "<fqn>.exp_avg"
+    for name in [name for name in optim_state["state"] if name not in saved]:
+        del optim_state["state"][name]
 
 
 def full_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

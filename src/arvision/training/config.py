@@ -26,7 +26,12 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
-    text = path.read_text()
+    if path.suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise InputError(f"config file must be .yaml, .toml or .json: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path} is not UTF-8 text") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -38,12 +43,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib
             data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
         else:
-            raise InputError(f"config file must be .yaml, .toml or .json: {path}")
-    except InputError:
-        raise
+            data = json.loads(text)
     except Exception as exc:  # each parser raises its own error type
         raise InputError(f"cannot parse config file {path}: {exc}") from exc
     if not isinstance(data, dict):
