@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from arvision.cli import main
+from vilau_common import FIXTURE as VILA_U
 
 
 @pytest.fixture()
@@ -40,6 +41,7 @@ def test_reconstruct_defaults_to_the_bundled_photo(tmp_path, hart_fixture_dir, c
         (lambda d, p, m: ["reconstruct", str(p), "--size", "30", "--model", m], "not a multiple"),
         (lambda d, p, m: ["reconstruct", str(p), "--size", "0", "--model", m], "must be positive"),
         (lambda d, p, m: ["reconstruct", str(p), "--model", str(d)], "config.json"),
+        (lambda d, p, m: ["reconstruct", str(p), "--model", str(VILA_U)], "is a VILA-U folder; reconstruct takes"),
     ],
 )
 def test_bad_inputs_give_one_clear_line(tmp_path, photo, hart_fixture_dir, capsys, make_args, message):

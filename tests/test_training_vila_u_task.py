@@ -67,6 +67,10 @@ def test_bad_configs_name_the_key():
         _task("vila-u-tower", {"loss": {"perceptual": 1.0}})
     with pytest.raises(InputError, match="model.init_from is required"):
         build_task("vila-u-tower", {}, {})
+    with pytest.raises(InputError, match="'no/such/folder' does not exist"):
+        build_task("vila-u-tower", {"init_from": "no/such/folder"}, {})
+    with pytest.raises(InputError, match="is not a VILA-U folder"):
+        build_task("vila-u-tower", {"init_from": str(FIXTURE / "llm")}, {})
 
 
 @pytest.mark.parametrize(

@@ -29,9 +29,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
+
     if args.size <= 0:
         raise InputError(f"--size must be positive, got {args.size}")
     image = load_image(args.image)
+    if args.model is not None and is_vila_u_folder(args.model):
+        raise InputError(f"{args.model} is a VILA-U folder; reconstruct takes a HART tokenizer folder")
     tokenizer = HybridTokenizer.from_pretrained(args.model or default_model_path("tokenizer"), device=args.device)
     down = tokenizer.config.downsample
     if args.size % down:

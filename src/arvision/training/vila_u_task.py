@@ -75,6 +75,8 @@ def input_transform(features: torch.Tensor, mode: str) -> tuple[torch.Tensor, to
 def _vila_u_folder(init_from: str | None) -> Path:
     if not init_from:
         raise InputError("model.init_from is required: a VILA-U folder (config.json, llm/, vision_tower/, ...)")
+    if not Path(init_from).exists():
+        raise InputError(f"model.init_from {init_from!r} does not exist (relative paths start at {Path.cwd()})")
     if not is_vila_u_folder(init_from):
         raise InputError(f"model.init_from {init_from!r} is not a VILA-U folder")
     return Path(init_from)
