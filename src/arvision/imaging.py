@@ -56,7 +56,12 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
         return Image.fromarray(source).convert("RGB")
     if not isinstance(source, str | os.PathLike):
         raise InputError(f"an image is a file path, a PIL image or a uint8 array, got {type(source).__name__}")
-    path = Path(source)
+    return _to_rgb(open_image(source), str(source))
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file in its stored mode (palette, 16-bit, RGBA kept), with errors that name the file."""
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
     try:
@@ -68,7 +73,7 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
     # malformed headers.
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"not a readable image: {path} ({exc})") from exc
-    return _to_rgb(img, str(path))
+    return img
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:

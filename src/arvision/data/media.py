@@ -15,7 +15,7 @@ import PIL.Image
 import torch
 
 from arvision.errors import InputError
-from arvision.imaging import load_image, make_grid
+from arvision.imaging import load_image, make_grid, open_image
 
 # An animated GIF is read as an image (its first frame); convert it to a video file to describe it as one.
 # Other containers are found too: a file that PIL cannot read is tried with PyAV (see load_media).
@@ -82,15 +82,7 @@ def read_image(source: ImageInput) -> PIL.Image.Image:
         return source
     if not isinstance(source, str | os.PathLike):
         return load_image(source)
-    path = Path(source)
-    if not path.is_file():
-        raise InputError(f"image file not found: {path}")
-    try:
-        with PIL.Image.open(path) as image:
-            image.load()
-    except (PIL.UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"not a readable image: {path} ({exc})") from exc
-    return image
+    return open_image(source)
 
 
 def load_media(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image.Image]:

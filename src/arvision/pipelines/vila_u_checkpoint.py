@@ -341,17 +341,17 @@ def _weights(folder: Path) -> StateDict:
     return load_state_dict(find_weights_file(folder))
 
 
-def _safetensors_files(path: Path) -> list[Path] | None:
-    """The safetensors files behind ``path`` (a file or a shard index), or None for other formats.
-
-    A shard index is checked against the shards' headers: each shard holds exactly the keys it lists for it.
-    """
+def _safetensors_headers(path: Path) -> dict[Path, dict[str, torch.Tensor]] | None:
+    """The safetensors files behind ``path`` (a file or a shard index), each with its header's key -> meta tensor
+    of the stored shape; None for other formats. A shard index is checked against the shards' headers: each shard
+    holds exactly the keys it lists for it."""
     if path.name.endswith(".safetensors.index.json"):
-        shards = read_shard_index(path)
-        for file, keys in shards.items():
-            check_shard_keys(path, file, _header_shapes(file), keys)
-        return list(shards)
-    return [path] if path.suffix == ".safetensors" else None
+        headers = {}
+        for file, keys in read_shard_index(path).items():
+            headers[file] = _header_shapes(file)
+            check_shard_keys(path, file, headers[file], keys)
+        return headers
+    return {path: _header_shapes(path)} if path.suffix == ".safetensors" else None
 
 
 def _header_shapes(file: Path) -> dict[str, torch.Tensor]:
@@ -368,17 +368,13 @@ def _load_llm(llm: torch.nn.Module, folder: Path) -> None:
     # The 7B LLM is loaded one file at a time after checking every key and shape from the file headers,
     # so peak memory is the model plus one shard, not the model plus a full copy of its weights.
     path = find_weights_file(folder)
-    files = _safetensors_files(path)
-    if files is None:
+    headers = _safetensors_headers(path)
+    if headers is None:
         load_checked(llm, load_state_dict(path), source=str(folder))
         return
-    shapes: dict[str, torch.Tensor] = {}
-    for file in files:
-        if not file.is_file():
-            raise CheckpointError(f"missing weights file: {file}")
-        shapes.update(_header_shapes(file))
+    shapes = {key: shape for file_shapes in headers.values() for key, shape in file_shapes.items()}
     check_state_dict(llm, shapes, source=str(folder))
-    for file in files:
+    for file in headers:
         llm.load_state_dict(load_state_dict(file), strict=False)
 
 

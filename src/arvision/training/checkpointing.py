@@ -135,10 +135,10 @@ def load_training_state(
     ema: dict[str, torch.Tensor] | None,
     step_generator: torch.Generator,
     info: DistInfo,
-) -> dict[str, Any]:
-    """Restore model, optimizer, EMA (in place) and this rank's RNG; return ``trainer_state.json``."""
+) -> None:
+    """Restore model, optimizer, EMA (in place) and this rank's RNG (``trainer_state.json`` is the caller's to
+    read: :func:`read_trainer_state`)."""
     path = Path(path)
-    trainer_state = read_json(path / STATE_FILE)
     rng_file = path / f"rng_rank{info.rank}.pt"
     if not rng_file.is_file():
         raise CheckpointError(f"{path} has no RNG state for rank {info.rank}: was it written with another world size?")
@@ -161,7 +161,11 @@ def load_training_state(
     )
     # Our own file, written by save_training_state: it holds numpy/python RNG objects, not just tensors.
     set_rng_state(torch.load(rng_file, weights_only=False), step_generator)
-    return trainer_state
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.json``: its step, schedule length and data layout."""
+    return read_json(Path(path) / STATE_FILE)
 
 
 def _drop_unsaved_optimizer_state(optim_state: dict[str, Any], path: Path) -> None:

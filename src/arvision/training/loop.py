@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from arvision.checkpoint import atomic_folder, atomic_path, cast_weights, read_json, write_json
+from arvision.checkpoint import atomic_folder, atomic_path, cast_weights, write_json
 from arvision.errors import ArvisionError, CheckpointError, InputError
 from arvision.imaging import make_grid
 from arvision.training import checkpointing
@@ -335,17 +335,16 @@ class Trainer:
         if latest is not None:
             # Checked before loading, on every rank alike: with more ranks than the checkpoint has, the new
             # ranks would fail on their missing RNG files while the others wait in the collective load.
-            recorded = read_json(latest / checkpointing.STATE_FILE)
+            state = checkpointing.read_trainer_state(latest)
             for name, value in layout.items():
                 # (checkpoints written before the layout was recorded lack it)
-                if recorded.get(name, value) != value:
+                if state.get(name, value) != value:
                     raise InputError(
-                        f"cannot resume {latest} with {name}={value}: it was written with {name}={recorded[name]}, "
+                        f"cannot resume {latest} with {name}={value}: it was written with {name}={state[name]}, "
                         "and the position in the data depends on it"
                     )
-            state = checkpointing.load_training_state(
-                latest, model, optimizer, ema.shadow if ema else None, step_generator, info
-            )
+            shadow = ema.shadow if ema else None
+            checkpointing.load_training_state(latest, model, optimizer, shadow, step_generator, info)
         step, schedule_steps = int(state.get("step", 0)), int(state.get("schedule_steps", c.max_steps))
         # A time budget sizes the schedule once per run: a resumed run keeps the length its checkpoint saved.
         sized = "schedule_steps" in state
