@@ -390,3 +390,20 @@ def test_save_pretrained_refuses_the_folder_it_runs_in(pipe, tmp_path, monkeypat
         with pytest.raises(InputError, match="holds the current directory"):
             pipe.save_pretrained(folder)
     assert tmp_path.is_dir() and not (tmp_path / "model_index.json").exists()
+
+
+@pytest.mark.parametrize("more_smooth", [False, True])
+def test_a_generator_per_image_draws_each_image_as_it_comes_alone(pipe, embeds, more_smooth):
+    """diffusers' convention: with one generator per image, image i does not depend on the batch around it
+    (token draws, Gumbel mixing and the residual head's noise all come from its own generator)."""
+    seeds = [5, 6]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    batch = pipe(prompt_embeds=embeds, generator=generators, more_smooth=more_smooth, progress=False).latents
+    for i, seed in enumerate(seeds):
+        alone = TextEncoding(embeds.hidden[i : i + 1], embeds.mask[i : i + 1], embeds.position_ids[i : i + 1])
+        solo = pipe(prompt_embeds=alone, seed=seed, more_smooth=more_smooth, progress=False).latents
+        torch.testing.assert_close(batch[i : i + 1], solo, atol=1e-3, rtol=0)  # batched float sums differ
+    shared = pipe(prompt_embeds=embeds, seed=5, more_smooth=more_smooth, progress=False).latents
+    assert not torch.allclose(shared[1], batch[1], atol=1e-2)  # one generator for the batch is another stream
+    with pytest.raises(InputError, match="3 generators for 2 samples"):
+        pipe(prompt_embeds=embeds, generator=[torch.Generator() for _ in range(3)], progress=False)

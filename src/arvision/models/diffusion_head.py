@@ -20,7 +20,7 @@ from torch import nn
 
 from arvision.errors import InputError
 from arvision.nn.adaln import ada_linear, modulate
-from arvision.nn.sampling import draw_device
+from arvision.nn.sampling import Generators, draw_device, per_sample
 from arvision.nn.timestep import TimestepEmbedder
 
 NUM_TRAIN_STEPS = 1000
@@ -161,11 +161,17 @@ def _discretized_gaussian_nll(x, mean, log_scale):
     return -torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
-def _noise(given: torch.Tensor | None, shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """Replayed noise when given, else a fresh standard normal draw from ``generator``."""
+def _noise(given: torch.Tensor | None, shape, generator: Generators, device) -> torch.Tensor:
+    """Replayed noise when given, else a fresh standard normal draw from ``generator`` (a list of generators
+    draws equal shares of the rows, one each)."""
     if given is not None:
         return given.to(device, torch.float32)
-    return torch.randn(shape, generator=generator, device=draw_device(generator, device)).to(device)
+
+    def draw(rows: slice, gen: torch.Generator | None) -> torch.Tensor:
+        draws = torch.randn((rows.stop - rows.start, *shape[1:]), generator=gen, device=draw_device(gen, device))
+        return draws.to(device)
+
+    return per_sample(generator, shape[0], draw)
 
 
 class ResBlock(nn.Module):
@@ -280,14 +286,15 @@ class ResidualDiffusionHead(nn.Module):
         temperature: float = 1.0,
         noise: torch.Tensor | None = None,
         step_noise: Sequence[torch.Tensor] | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         callback: StepCallback | None = None,
         schedule: DiffusionSchedule | None = None,
     ) -> torch.Tensor:
         """Ancestral DDPM sample of the residual for every row of z [N, D] -> [N, C] (already x vae_scale).
 
         ``noise`` (x_T) and ``step_noise[i]`` (noise added after step i) replace draws from
-        ``generator``, so recorded noise can be replayed. ``callback(i, t_orig, x_t, raw_out)`` sees
+        ``generator``, so recorded noise can be replayed (a list of generators: one per equal share of the rows,
+        e.g. per image of B*L rows). ``callback(i, t_orig, x_t, raw_out)`` sees
         every step. ``schedule`` (from :meth:`sampling_schedule`) replaces the configured step count.
         ``z_uncond`` [N, D] guides eps with weight ``guidance``, except that a guidance of exactly 1 ignores it.
         """

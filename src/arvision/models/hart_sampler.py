@@ -28,7 +28,15 @@ from arvision.errors import CheckpointError, InputError
 from arvision.models.diffusion_head import NUM_TRAIN_STEPS
 from arvision.models.hart import HartConfig, HartTransformer, check_schedule
 from arvision.nn.kv_cache import KVCache
-from arvision.nn.sampling import check_sampling, filter_top_k_top_p, guide, gumbel_softmax, sample_logits
+from arvision.nn.sampling import (
+    Generators,
+    check_generators,
+    check_sampling,
+    filter_top_k_top_p,
+    guide,
+    gumbel_softmax,
+    sample_logits,
+)
 
 
 @dataclass
@@ -188,7 +196,7 @@ def sample_latent(
     *,
     patch_nums: Sequence[int] | None = None,
     negative: Condition | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     index_provider: IndexProvider | None = None,
     diffusion_noise: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None,
     callback: Callable[[ScaleStep], None] | None = None,
@@ -200,6 +208,8 @@ def sample_latent(
     ``patch_nums``: scale schedule (defaults to the model's); any schedule from 1x1 works since RoPE
     positions are normalised to the last scale (a model with a learned level table: up to its number of
     scales). ``negative``: unconditional branch for CFG (default: the official null condition).
+    ``generator``: one for the batch, or a list of one per row (each row's draws then come from its own, so a
+    row comes out as it would alone).
     ``index_provider(si, guided_logits) -> [B, pn^2]`` replaces sampling;
     ``diffusion_noise = (x_T [B*P^2, Cvae], per-step noise)`` replaces the diffusion draws.
     A condition or schedule the model cannot take is an InputError, a quantizer of another codebook a
@@ -215,6 +225,7 @@ def sample_latent(
     pn = check_schedule(patch_nums or model.config.patch_nums, model.config)
     num_scales, last = len(pn), len(pn) - 1
     B, vocab = cond.batch, model.config.vocab_size
+    check_generators(generator, B)
     device = next(model.parameters()).device
     codebook = quantizer.embedding
     guided = options.cfg != 0

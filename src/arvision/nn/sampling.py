@@ -5,9 +5,16 @@ All functions take logits shaped ``[..., V]`` and never modify their input.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from arvision.errors import InputError
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""Where random draws come from: torch's global generator (None), one generator for the whole batch, or one
+per sample (diffusers' convention), whose draws for sample i then come from generator i alone, so a sample is
+the same whether it is drawn alone or in a batch."""
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
@@ -19,6 +26,26 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
         raise InputError(f"top_k must be >= 0 (0: no top-k), got {top_k}")
     if not 0 <= top_p <= 1:
         raise InputError(f"top_p must be within [0, 1] (0: no top-p), got {top_p}")
+
+
+def per_sample(
+    generator: Generators, rows: int, draw: Callable[[slice, torch.Generator | None], torch.Tensor]
+) -> torch.Tensor:
+    """``draw(rows_slice, generator)`` for the ``rows`` leading rows of a batch: one call for a single
+    generator (or None), else one per generator on its equal share of the rows, concatenated in order."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return draw(slice(0, rows), generator)
+    generators = list(generator)
+    if not generators or rows % len(generators):
+        raise InputError(f"{len(generators)} generators for a batch of {rows} rows: give one generator per sample")
+    share = rows // len(generators)
+    return torch.cat([draw(slice(i * share, (i + 1) * share), g) for i, g in enumerate(generators)])
+
+
+def check_generators(generator: Generators, batch: int) -> None:
+    """A list of generators must hold one per sample of the batch."""
+    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
+        raise InputError(f"{len(generator)} generators for {batch} samples: give one generator per sample")
 
 
 def draw_device(generator: torch.Generator | None, device: torch.device | str) -> torch.device:
@@ -61,23 +88,34 @@ def sample_logits(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Draw one token per position: ``[..., V]`` logits -> ``[...]`` int64 indices.
 
-    ``temperature == 0`` is greedy decoding (argmax).
+    ``temperature == 0`` is greedy decoding (argmax). A list of generators splits the leading dimension
+    (the batch) among them.
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    filtered = filter_top_k_top_p(logits.float() / temperature, top_k, top_p)
-    probs = filtered.softmax(dim=-1).reshape(-1, logits.shape[-1])
-    draws = torch.multinomial(probs.to(draw_device(generator, probs.device)), num_samples=1, generator=generator)
-    return draws.to(logits.device).reshape(logits.shape[:-1])
+    probs = filter_top_k_top_p(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    probs = probs.unsqueeze(0) if probs.dim() == 1 else probs
+
+    def draw(rows: slice, gen: torch.Generator | None) -> torch.Tensor:
+        share = probs[rows].reshape(-1, probs.shape[-1]).to(draw_device(gen, probs.device))
+        return torch.multinomial(share, num_samples=1, generator=gen).to(logits.device)
+
+    return per_sample(generator, probs.shape[0], draw).reshape(logits.shape[:-1])
 
 
-def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def gumbel_softmax(logits: torch.Tensor, tau: float, generator: Generators = None) -> torch.Tensor:
     """Soft Gumbel-softmax sample ``softmax((logits + g) / tau)``, ``g = -log(Exp(1))`` drawn from
     ``generator`` (VAR/HART's ``more_smooth`` token mixing). ``-inf`` logits get zero weight."""
-    exp_draws = torch.empty(logits.shape, dtype=torch.float32, device=draw_device(generator, logits.device))
-    gumbels = -exp_draws.exponential_(generator=generator).log().to(logits.device)
+
+    def draw(rows: slice, gen: torch.Generator | None) -> torch.Tensor:
+        shape = logits[rows].shape
+        return torch.empty(shape, dtype=torch.float32, device=draw_device(gen, logits.device)).exponential_(
+            generator=gen
+        )
+
+    gumbels = -per_sample(generator, logits.shape[0], draw).log().to(logits.device)
     return ((logits.float() + gumbels) / tau).softmax(dim=-1)

@@ -42,6 +42,7 @@ from arvision.models.hart_sampler import (
     check_quantizer,
     sample_latent,
 )
+from arvision.nn.sampling import Generators
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
@@ -305,7 +306,7 @@ class HartPipeline:
         guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         seed: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         negative_prompt: str | Sequence[str] | None = None,
         prompt_embeds: TextEncoding | None = None,
         class_labels: Sequence[int] | torch.Tensor | None = None,
@@ -323,7 +324,8 @@ class HartPipeline:
         ``guidance_scale`` is HART's cfg (0 disables guidance; None: the pipeline's, 4.5 as in the official
         scripts unless the model folder names another); ``top_k`` likewise (None: the official per-scale
         schedule unless the folder names a value). ``seed``
-        (or ``generator``) makes the whole output reproducible, diffusion noise included.
+        (or ``generator``) makes the whole output reproducible, diffusion noise included; a list of generators,
+        one per image (prompt-major), makes each image reproducible on its own: image i is the same in any batch.
         ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models, whose
         prompts (and negative prompts) are class names (:attr:`labels`).
         ``diffusion_steps`` sets the residual diffusion head's sampling steps (None: the model's, 8 in HART).
