@@ -81,6 +81,20 @@ def test_describe_sampling_is_seeded_and_videos_use_one_block_per_frame(tmp_path
     assert pipe.prompt_ids("What happens?", 4).count(-200) == 4
 
 
+def test_a_seed_per_question_samples_each_answer_as_it_comes_alone():
+    pipe = fixture_pipeline()
+    image = _astronaut()
+    media = [image, image.rotate(90), image]
+    questions = ["Describe it.", "What is in the image?", "Describe it."]
+    seeds = [3, 4, 5]
+    batch = pipe.describe_batch(media, questions, seed=seeds, max_new_tokens=8)
+    alone = [pipe.describe(m, q, seed=s, max_new_tokens=8) for m, q, s in zip(media, questions, seeds)]
+    assert batch == alone
+    assert batch[0] != batch[2]  # the same question about the same image, drawn from other seeds
+    with pytest.raises(InputError, match="a list of 3 numbers"):
+        pipe.describe_batch(media, questions, seed=[1, 2])
+
+
 def test_reconstruct_matches_the_official_decoding_and_accepts_any_mode():
     c = cases()
     pipe = fixture_pipeline()

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from arvision.models.depth_transformer import DepthTransformer, DepthTransformerConfig
-from arvision.nn.sampling import guide, sample_logits
+from arvision.nn.sampling import Generators, guide, sample_logits
 from arvision.text.vicuna import IMAGE_TOKEN_INDEX
 from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
 
@@ -217,12 +217,13 @@ class VilaU(nn.Module):
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Decode B prompts at once: embeddings [B, S, H], left padded where ``attention_mask`` [B, S] is 0.
 
         Returns per row the new token ids [N_b] (up to and including its first EOS) and their next-token
-        logits [N_b, vocab]. Decoding stops when every row has reached EOS or ``max_new_tokens``.
+        logits [N_b, vocab]. Decoding stops when every row has reached EOS or ``max_new_tokens``. A list of
+        generators, one per row, makes each row's answer the one it would get alone.
         """
         batch, length = inputs_embeds.shape[:2]
         if attention_mask is None:

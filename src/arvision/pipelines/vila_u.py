@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from arvision.data.media import ImageInput, load_media, preprocess_image, read_image, to_pil
 from arvision.errors import CheckpointError, InputError
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
-from arvision.nn.sampling import check_sampling
+from arvision.nn.sampling import Generators, check_sampling
 from arvision.pipelines import vila_u_checkpoint as ckpt
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
 from arvision.text import vicuna
@@ -172,12 +172,13 @@ class VilaUPipeline:
         top_p: float | None = None,
         top_k: int | None = None,
         max_new_tokens: int | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         num_frames: int | None = None,
     ) -> list[str]:
         """One answer per (media, question) pair, decoded together (prompts left padded), one pass of the LLM
         per new token instead of one per pair. Greedy answers are :meth:`describe`'s; sampled ones draw from
-        one generator for the whole batch, so a seed reproduces the batch, not each answer alone."""
+        one generator for the whole batch when ``seed`` is a number (it reproduces the batch), or from one
+        generator per question when it is a list of seeds (answer i is then the one ``seed=seeds[i]`` gives alone)."""
         if len(media) != len(questions):
             raise InputError(f"{len(media)} images or videos for {len(questions)} questions")
         if not questions:
@@ -200,6 +201,7 @@ class VilaUPipeline:
             "top_p": s.top_p if top_p is None else top_p,
         }
         check_sampling(**sampling)  # before reading and encoding the media, which can take long
+        generator = self._generators(seed, len(questions))
         # Several questions about one image or video (the same object, as the CLI passes it) read and encode it once.
         encoded: dict[int, torch.Tensor] = {}
         prompts = []
@@ -209,7 +211,6 @@ class VilaUPipeline:
             features = encoded[id(item)]
             prompts.append(self.model.splice(self.prompt_ids(question, len(features)), features))
         embeds, mask = left_padded(prompts)
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         ids, _ = self.model.generate_text_batch(
             embeds,
             mask,
@@ -219,6 +220,15 @@ class VilaUPipeline:
             **sampling,
         )
         return [self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in ids]
+
+    def _generators(self, seed: int | Sequence[int] | None, rows: int) -> Generators:
+        """None, one generator for the batch (a seed), or one per row (a list of ``rows`` seeds)."""
+        if seed is None or isinstance(seed, int):
+            return None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        seeds = list(seed)
+        if len(seeds) != rows or not all(isinstance(s, int) for s in seeds):
+            raise InputError(f"seed must be a number or a list of {rows} numbers (one per question), got {seed!r:.80}")
+        return [torch.Generator(self.device).manual_seed(s) for s in seeds]
 
     def _frames(self, media: ImageInput | Sequence[ImageInput], num_frames: int) -> list[ImageInput]:
         """An image, a video file or frame folder (``num_frames`` sampled), or a list of frames -> frames."""
