@@ -1,0 +1,79 @@
+"""``arvision serve``: the HTTP API and web page (:mod:`arvision.serving`) over a HART text-to-image model and
+a VILA-U question-answering model (the embedded defaults unless folders are given)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from arvision.cli import at_least
+from arvision.cli.common import add_device_arguments, silence_library_progress, torch_dtype
+from arvision.defaults import default_model_path
+from arvision.errors import ArvisionError, InputError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve an HTTP API and web page (generate images, answer questions)")
+    p.add_argument("--model", type=Path, default=None, help="HART folder for /v1/generate (default: the embedded one)")
+    p.add_argument(
+        "--describe-model", type=Path, default=None, help="VILA-U folder for /v1/describe (default: the embedded one)"
+    )
+    p.add_argument("--no-generate", action="store_true", help="serve no text-to-image model")
+    p.add_argument("--no-describe", action="store_true", help="serve no question-answering model")
+    p.add_argument("--text-encoder", type=Path, default=None, help="Qwen2 text-encoder folder (official HART)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=at_least(0), default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=at_least(1), default=8, help="images or questions run together (default 8)")
+    p.add_argument(
+        "--batch-wait-ms", type=at_least(0), default=20, help="how long to wait for requests to batch (default 20)"
+    )
+    p.add_argument("--max-pending", type=at_least(1), default=64, help="queued requests before 503 (default 64)")
+    add_device_arguments(p, None, "weights dtype (default: float32 for HART, the stored dtype for VILA-U)")
+    p.set_defaults(func=run)
+
+
+def build_app(args: argparse.Namespace):
+    """Load the models the arguments name and wrap them in the app (without serving it)."""
+    try:
+        from arvision.serving.app import create_app
+    except ImportError as exc:
+        hint = "pip install 'arvision[serve]'"
+        raise ArvisionError(f"arvision serve needs the serve extra ({exc.name} is missing): {hint}") from None
+    from arvision.pipelines.hart import HartPipeline
+    from arvision.pipelines.vila_u import VilaUPipeline, is_vila_u_folder
+
+    if args.no_generate and args.no_describe:
+        raise InputError("--no-generate and --no-describe leave nothing to serve")
+    silence_library_progress()
+    generator = describer = None
+    names = {}
+    if not args.no_generate:
+        folder = args.model or default_model_path("hart")
+        if is_vila_u_folder(folder):
+            raise InputError(f"{folder} is a VILA-U model: the server generates with HART; give it as --describe-model")
+        generator = HartPipeline.from_pretrained(
+            folder, text_encoder=args.text_encoder, torch_dtype=torch_dtype(args.dtype or "float32"), device=args.device
+        )
+        names["generate"] = str(folder)
+    if not args.no_describe:
+        folder = args.describe_model or default_model_path("vila-u")
+        describer = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
+        describer.progress = False
+        names["describe"] = str(folder)
+    return create_app(
+        generator,
+        describer,
+        names=names,
+        max_batch=args.max_batch,
+        max_wait_s=args.batch_wait_ms / 1000,
+        max_pending=args.max_pending,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    app = build_app(args)
+    print(f"serving on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

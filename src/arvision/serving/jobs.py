@@ -1,0 +1,170 @@
+"""What the server's worker runs: text-to-image jobs on a HART pipeline, question-answering jobs on a VILA-U
+pipeline. A job's *settings* are its batch key (jobs with equal settings share one pipeline call); its
+*payload* is what differs within a batch. Each image and answer is drawn from its own seeded generator, so a
+result does not depend on the batch it ran in: image i of a response is ``pipe(prompt, seed=seeds[i])``'s
+single image, and an answer is ``describe(media, question, seed=seed)``'s.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from arvision.errors import InputError
+from arvision.nn.sampling import check_sampling
+from arvision.pipelines.hart import HartPipeline
+from arvision.pipelines.vila_u import VilaUPipeline
+from arvision.text.base import check_prompts
+from arvision.text.vicuna import check_user_text
+
+MAX_SEED = 2**31 - 1
+
+
+def fresh_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def image_seeds(seed: int | None, count: int) -> tuple[int, ...]:
+    """One seed per image: ``seed, seed + 1, ...`` (a fresh random start when ``seed`` is None)."""
+    start = fresh_seed() if seed is None else seed
+    if not 0 <= start <= MAX_SEED - count + 1:
+        raise InputError(f"seed must be within [0, {MAX_SEED - count + 1}] for {count} images, got {seed}")
+    return tuple(range(start, start + count))
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The sampling options of a text-to-image request (None: the pipeline's default); equal settings batch."""
+
+    size: int | None = None
+    guidance_scale: float | None = None
+    top_k: int | None = None
+    top_p: float = 0.0
+    temperature: float = 1.0
+    more_smooth: bool = False
+    diffusion_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One request: ``len(seeds)`` images of ``prompt``."""
+
+    prompt: str
+    seeds: tuple[int, ...]
+    negative_prompt: str | None = None
+
+
+def check_generation(pipe: HartPipeline, settings: GenerationSettings, job: GenerationJob) -> None:
+    """Refuse, before it is queued, a request the pipeline would refuse (a bad one would fail its batch)."""
+    check_prompts(job.prompt)
+    if job.negative_prompt is not None and not job.negative_prompt.strip():
+        raise InputError("the negative prompt is empty; leave it out to use the model's null condition")
+    check_sampling(settings.temperature, settings.top_k, settings.top_p)
+    if settings.guidance_scale is not None and settings.guidance_scale < 0:
+        raise InputError(f"guidance_scale must be >= 0 (0: no guidance), got {settings.guidance_scale}")
+    if settings.diffusion_steps is not None and settings.diffusion_steps < 1:
+        raise InputError(f"diffusion_steps must be >= 1, got {settings.diffusion_steps}")
+    pipe.schedule_for(settings.size, settings.size)
+
+
+def generation_key(settings: GenerationSettings, job: GenerationJob) -> Hashable:
+    """Jobs batch when their settings match and all or none of them have a negative prompt (the others use
+    the model's null condition, which no prompt stands for)."""
+    return ("generate", settings, job.negative_prompt is not None)
+
+
+def run_generation(pipe: HartPipeline, settings: GenerationSettings, jobs: Sequence[GenerationJob]) -> list:
+    """One pipeline call for all the jobs' images -> per job, its list of PIL images."""
+    prompts = [job.prompt for job in jobs for _ in job.seeds]
+    negatives = [job.negative_prompt for job in jobs for _ in job.seeds]
+    if len({n is None for n in negatives}) > 1:
+        raise InputError("jobs with and without a negative prompt cannot share a batch (see generation_key)")
+    images = pipe(
+        prompts,
+        height=settings.size,
+        width=settings.size,
+        guidance_scale=settings.guidance_scale,
+        top_k=settings.top_k,
+        negative_prompt=None if negatives[0] is None else negatives,
+        generator=[torch.Generator(pipe.device).manual_seed(seed) for job in jobs for seed in job.seeds],
+        top_p=settings.top_p,
+        temperature=settings.temperature,
+        more_smooth=settings.more_smooth,
+        diffusion_steps=settings.diffusion_steps,
+        progress=False,
+    ).images
+    out, start = [], 0
+    for job in jobs:
+        out.append(images[start : start + len(job.seeds)])
+        start += len(job.seeds)
+    return out
+
+
+@dataclass(frozen=True)
+class DescribeSettings:
+    """Text sampling of a question (None: the model's generation config); equal settings batch."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+
+
+def describe_key(settings: DescribeSettings) -> Hashable:
+    return ("describe", settings)
+
+
+@dataclass(frozen=True, eq=False)
+class DescribeJob:
+    """One question about an image (one frame) or a video (its frames)."""
+
+    frames: tuple[Image.Image, ...]
+    question: str
+    seed: int
+
+
+def check_describe(pipe: VilaUPipeline, settings: DescribeSettings, question: str) -> None:
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("the question is empty")
+    check_user_text(question, pipe.tokenizer, "the question")
+    s = pipe.text_sampling
+    check_sampling(
+        s.temperature if settings.temperature is None else settings.temperature,
+        s.top_k if settings.top_k is None else settings.top_k,
+        s.top_p if settings.top_p is None else settings.top_p,
+    )
+    if settings.max_new_tokens is not None and settings.max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+
+
+def run_describe(pipe: VilaUPipeline, settings: DescribeSettings, jobs: Sequence[DescribeJob]) -> list[str]:
+    media = [job.frames[0] if len(job.frames) == 1 else list(job.frames) for job in jobs]
+    return pipe.describe_batch(
+        media,
+        [job.question for job in jobs],
+        seed=[job.seed for job in jobs],
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
+    )
+
+
+@dataclass
+class Models:
+    """The pipelines a server runs (either may be None) and the runner its queue calls, keyed by
+    :func:`generation_key` and :func:`describe_key`."""
+
+    generator: HartPipeline | None = None
+    describer: VilaUPipeline | None = None
+
+    def run(self, key: Hashable, payloads: list[Any]) -> list[Any]:
+        kind, settings = key[:2]
+        if kind == "generate":
+            return run_generation(self.generator, settings, payloads)
+        return run_describe(self.describer, settings, payloads)

@@ -1,0 +1,164 @@
+import asyncio
+import base64
+import io
+
+import httpx
+import numpy as np
+import PIL.Image
+import pytest
+from fastapi.testclient import TestClient
+
+from arvision.cli import main as cli_main
+from arvision.errors import InputError
+from arvision.pipelines.hart import HartPipeline
+from arvision.serving.app import create_app
+from hart_common import HART_TINY
+from vilau_common import FIXTURE, cases, fixture_pipeline
+
+
+@pytest.fixture(scope="module")
+def hart(tiny_qwen2_24):
+    return HartPipeline.from_pretrained(HART_TINY, text_encoder=tiny_qwen2_24)
+
+
+@pytest.fixture(scope="module")
+def client(hart):
+    with TestClient(create_app(hart, fixture_pipeline(), names={"generate": "tiny"}, max_batch=4)) as client:
+        yield client
+
+
+def _decode(data: str) -> np.ndarray:
+    return np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(data))))
+
+
+def _alone(pipe, prompt, seed):
+    return np.asarray(pipe(prompt, seed=seed, progress=False).images[0])
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to the rounding of a batched float sum (one uint8 level)."""
+    return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
+
+
+def _png(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_page_and_health(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "/v1/generate" in page.text and "/v1/describe" in page.text
+    health = client.get("/health").json()
+    assert health["generate"] == {"model": "tiny", "size": 32, "guidance_scale": 4.5}
+    assert health["describe"]["image_size"] == fixture_pipeline().config.tower.image_size
+    assert health["max_batch"] == 4
+
+
+def test_generate_returns_pngs_each_as_its_seed_makes_it_alone(client, hart):
+    response = client.post("/v1/generate", json={"prompt": "a red cube", "n": 3, "seed": 7})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["seeds"] == [7, 8, 9] and (body["width"], body["height"]) == (32, 32)
+    for data, seed in zip(body["images"], body["seeds"]):
+        assert _close(_decode(data), _alone(hart, "a red cube", seed))
+    random_seed = client.post("/v1/generate", json={"prompt": "a red cube"}).json()["seeds"]
+    assert len(random_seed) == 1 and 0 <= random_seed[0] < 2**31
+
+
+def test_concurrent_requests_share_a_batch_and_get_what_they_would_alone(hart):
+    async def scenario():
+        app = create_app(hart, max_batch=8, max_wait_s=1.0)
+        requests = [{"prompt": "a red cube", "n": 2, "seed": 1}, {"prompt": "a blue ball", "seed": 5, "top_k": 7}]
+        requests += [{"prompt": "a blue ball", "n": 3, "seed": 11}]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            responses = await asyncio.gather(*(http.post("/v1/generate", json=r, timeout=60) for r in requests))
+        stats = app.state.queue.stats()
+        app.state.queue.close()
+        return [r.json() for r in responses], stats
+
+    bodies, stats = asyncio.run(scenario())
+    # The first and last requests share settings (one batch of 5 images); top_k=7 runs apart.
+    assert (stats.jobs, stats.batches, stats.largest_batch) == (3, 2, 5)
+    assert bodies[1]["seeds"] == [5]
+    top_k_7 = hart("a blue ball", seed=5, top_k=7, progress=False).images[0]
+    assert _close(_decode(bodies[1]["images"][0]), np.asarray(top_k_7))
+    for body, prompt in ((bodies[0], "a red cube"), (bodies[2], "a blue ball")):
+        for data, seed in zip(body["images"], body["seeds"]):
+            assert _close(_decode(data), _alone(hart, prompt, seed))
+
+
+@pytest.mark.parametrize(
+    "request_body, status, message",
+    [
+        ({"prompt": "   "}, 400, "prompt 0 is empty"),
+        ({"prompt": "a cube", "n": 5}, 400, "1 to 4 items"),
+        ({"prompt": "a cube", "size": 33}, 400, "not a multiple of the tokenizer's downsampling factor"),
+        ({"prompt": "a cube", "negative_prompt": " "}, 400, "negative prompt is empty"),
+        ({"prompt": "a cube", "seed": 2**31 - 1, "n": 2}, 400, "seed must be within"),
+        ({"prompt": "a cube", "top_p": 2}, 422, "top_p"),
+        ({"prompt": "a cube", "steps": 3}, 422, "steps"),
+        ({}, 422, "prompt"),
+    ],
+)
+def test_bad_generation_requests_are_named(client, request_body, status, message):
+    response = client.post("/v1/generate", json=request_body)
+    assert response.status_code == status
+    assert message in response.text
+
+
+def test_describe_answers_as_the_pipeline_does_with_the_seed_it_reports(client):
+    image = PIL.Image.fromarray(cases()["img.astronaut_uint8"].numpy())
+    form = {"question": "What is in the image?", "max_new_tokens": "6"}
+    body = client.post("/v1/describe", files={"file": ("a.png", _png(image))}, data=form).json()
+    expected = fixture_pipeline().describe(image, "What is in the image?", seed=body["seed"], max_new_tokens=6)
+    assert body["answer"] == expected
+    greedy = client.post("/v1/describe", files={"file": ("a.png", _png(image))}, data={**form, "temperature": "0"})
+    expected = fixture_pipeline().describe(image, form["question"], temperature=0.0, max_new_tokens=6)
+    assert greedy.json()["answer"] == expected
+
+
+@pytest.mark.parametrize(
+    "upload, question, status, message",
+    [
+        (("notes.txt", b"hello"), "What?", 400, "not a readable image or video: 'notes.txt'"),
+        (("empty.png", b""), "What?", 400, "the uploaded file is empty"),
+        (("a.png", None), "  ", 400, "the question is empty"),
+        (("a.png", None), "What is <image>?", 400, "special tokens"),
+    ],
+)
+def test_bad_describe_requests_are_named(client, upload, question, status, message):
+    name, data = upload
+    data = _png(PIL.Image.new("RGB", (8, 8))) if data is None else data
+    response = client.post("/v1/describe", files={"file": (name, data)}, data={"question": question})
+    assert response.status_code == status and message in response.text
+
+
+def test_an_upload_over_the_limit_is_refused(hart):
+    with TestClient(create_app(None, fixture_pipeline(), max_upload_bytes=100)) as small:
+        response = small.post("/v1/describe", files={"file": ("a.png", b"x" * 101)}, data={"question": "What?"})
+        assert response.status_code == 413 and "larger than 100 bytes" in response.text
+        missing = small.post("/v1/generate", json={"prompt": "a cube"})
+        assert missing.status_code == 404 and "no text-to-image model" in missing.text
+        assert "generate-section" in small.get("/").text and small.get("/health").json()["generate"] is None
+    with pytest.raises(InputError, match="a text-to-image model, a question-answering model, or both"):
+        create_app()
+
+
+def test_cli_serve_builds_the_app_from_folders(tmp_path, monkeypatch, capsys, tiny_qwen2_24):
+    import uvicorn
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: served.update(app=app, port=port))
+    args = ["serve", "--model", str(HART_TINY), "--text-encoder", str(tiny_qwen2_24), "--describe-model", str(FIXTURE)]
+    assert cli_main([*args, "--port", "9001", "--max-batch", "2"]) == 0
+    assert "serving on http://127.0.0.1:9001" in capsys.readouterr().out
+    with TestClient(served["app"]) as client:
+        health = client.get("/health").json()
+        assert health["max_batch"] == 2 and health["describe"]["model"] == str(FIXTURE)
+        assert client.post("/v1/generate", json={"prompt": "a cube", "n": 2}).status_code == 200
+    assert cli_main(["serve", "--model", str(FIXTURE)]) == 2
+    assert "is a VILA-U model" in capsys.readouterr().err
+    assert cli_main(["serve", "--no-generate", "--no-describe"]) == 2
+    assert "leave nothing to serve" in capsys.readouterr().err
