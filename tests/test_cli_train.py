@@ -86,3 +86,20 @@ def test_a_config_file_of_another_task_is_refused_by_name(tmp_path, capsys):
     assert "unknown config key" not in err
     assert main(["train", "hart", "--config", str(config), f"out_dir={tmp_path}", "task=vila-u"]) == 2
     assert "the override task= names task 'vila-u'" in capsys.readouterr().err
+
+
+def test_the_tokenizer_trains_on_a_folder_of_images(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(6):
+        (tmp_path / "imgs" / "sub").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20 + i, 18), (40 * i, 100, 200 - 30 * i)).save(tmp_path / "imgs" / "sub" / f"{i}.png")
+    config_path = tmp_path / "tiny.json"
+    config_path.write_text(json.dumps({**TINY, "max_steps": 2, "data": {"resolution": 16}}))
+    args = ["train", "tokenizer", "--config", str(config_path), f"out_dir={tmp_path / 'run'}"]
+    assert main([*args, "data.source=images", f"data.path={tmp_path / 'imgs'}"]) == 0
+    assert HybridTokenizer.from_pretrained(tmp_path / "run" / "final").config.vocab_size == 16
+    assert main([*args, "data.source=images", f"out_dir={tmp_path / 'other'}"]) == 2
+    assert "data.source 'images' needs data.path" in capsys.readouterr().err
+    assert main([*args, "data.policy=stretch", f"out_dir={tmp_path / 'third'}"]) == 2
+    assert "unknown crop policy 'stretch'" in capsys.readouterr().err

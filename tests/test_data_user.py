@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from arvision.data import CaptionedImages, ClassFolderImages, DataWarning, VQADataset, prepare_image
+from arvision.data import CaptionedImages, ClassFolderImages, DataWarning, ImageFiles, VQADataset, prepare_image
 from arvision.data.media import sample_frame_indices
 from arvision.errors import InputError
 from media_common import write_video
@@ -199,3 +199,38 @@ def test_unreadable_video_is_skipped(tmp_path):
     with pytest.warns(DataWarning, match="bad.mp4"):
         item = data[0]
     assert item["turns"] == [("q2", "b")] and data.skipped == 1
+
+
+def test_image_files_take_every_image_under_a_folder_and_skip_corrupt_ones(tmp_path):
+    flat(tmp_path / "a.png", (10, 0, 0))
+    (tmp_path / "a.txt").write_text("a caption is ignored")
+    flat(tmp_path / "cats" / "b.jpg", (20, 0, 0))  # class folders are searched too
+    (tmp_path / "cats" / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    data = ImageFiles.from_source(tmp_path, size=8)
+    assert [p.name for p in data.paths] == ["a.png", "b.jpg", "c.png"]
+    with pytest.warns(DataWarning, match="c.png"):
+        items = [data[i] for i in range(len(data))]
+    assert data.skipped == 1 and set(items[0]) == {"image", "index"}
+    assert [red_of(item["image"]) for item in items] == [10, 20, 10]  # c.png's place taken by the next, a.png
+    before = data.fingerprint()
+    flat(tmp_path / "d.png", (30, 0, 0))
+    assert ImageFiles.from_source(tmp_path, size=8).fingerprint() != before
+
+
+def test_image_files_from_a_listing_and_what_they_refuse(tmp_path):
+    flat(tmp_path / "imgs" / "x.png", (40, 0, 0))
+    listing = tmp_path / "list.jsonl"
+    listing.write_text(json.dumps({"image": "imgs/x.png"}) + "\n" + json.dumps({"caption": "no path"}) + "\n")
+    with pytest.warns(DataWarning, match="list.jsonl:2: needs an image path"):
+        data = ImageFiles.from_source(listing, size=4)
+    assert len(data) == 1 and red_of(data[0]["image"]) == 40
+    (tmp_path / "list.csv").write_text("file_name\nimgs/x.png\n")
+    assert len(ImageFiles.from_source(tmp_path / "list.csv", size=4)) == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images in"):
+        ImageFiles.from_source(tmp_path / "empty")
+    with pytest.raises(InputError, match="a folder, a .jsonl or a .csv"):
+        ImageFiles.from_source(tmp_path / "imgs" / "x.png")
+    with pytest.raises(InputError, match="unknown crop policy"):
+        ImageFiles.from_source(tmp_path / "imgs", policy="stretch")

@@ -5,6 +5,7 @@ sample = world.sample(7)          # .image (PIL), .graph (exact SceneGraph), .ca
 video = world.video(7)            # 8 frames of objects moving in named directions
 WorldImages(world, length=100_000)[7]   # {"image": [3, 64, 64] in [-1, 1], "caption": str, "index": 7}
 CaptionedImages.from_source("photos/")  # x.png + x.txt, or a .jsonl / .csv of path + caption
+ImageFiles.from_source("photos/")       # every image under a folder (or a listing), no captions: tokenizers
 ClassFolderImages("imagenet/train")     # root/<class_name>/*.jpg, labels in sorted class order
 VQADataset("qa.jsonl")                  # image or video + question/answer or LLaVA conversations
 """
@@ -25,7 +26,7 @@ from arvision.data.scenes import (
     VideoScene,
 )
 from arvision.data.transforms import CROP_POLICIES, prepare_image
-from arvision.data.user import CaptionedImages, ClassFolderImages, DataWarning, VQADataset
+from arvision.data.user import CaptionedImages, ClassFolderImages, DataWarning, ImageFiles, VQADataset
 from arvision.data.world import (
     SPLITS,
     ProceduralWorld,
@@ -52,6 +53,7 @@ __all__ = [
     "CaptionedImages",
     "ClassFolderImages",
     "DataWarning",
+    "ImageFiles",
     "ProceduralWorld",
     "PromptCase",
     "Relation",

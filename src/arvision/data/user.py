@@ -32,6 +32,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 IMAGE_KEYS = ("image", "path", "file", "file_name")
 MEDIA_KEYS = (*IMAGE_KEYS, "video")
 CAPTION_KEYS = ("caption", "text", "prompt")
+LISTING_SUFFIXES = (".jsonl", ".csv")
 
 
 class DataWarning(UserWarning):
@@ -107,6 +108,13 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
             yield number, entry if isinstance(entry, dict) else None
 
 
+def _listing_rows(source: Path) -> list[tuple[int, dict[str, Any] | None]]:
+    """``(line_number, row)`` of a .jsonl or .csv listing; ``None`` for a JSONL line that is not an object."""
+    if source.suffix.lower() == ".jsonl":
+        return list(_json_lines(source))
+    return [(n, row) for n, row in enumerate(csv.DictReader(_text_lines(source)), 2)]
+
+
 def _require_exists(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
@@ -164,12 +172,8 @@ class CaptionedImages(SkippingDataset):
                     records.append(CaptionedImage(image, caption))
                 else:
                     problems.append(f"{image}: no caption file {text.name} (or it is empty)")
-        elif source.suffix.lower() in (".jsonl", ".csv"):
-            if source.suffix.lower() == ".jsonl":
-                rows = list(_json_lines(source))
-            else:
-                rows = [(n, row) for n, row in enumerate(csv.DictReader(_text_lines(source)), 2)]
-            for number, row in rows:
+        elif source.suffix.lower() in LISTING_SUFFIXES:
+            for number, row in _listing_rows(source):
                 path, caption = (_first(row, IMAGE_KEYS), _first(row, CAPTION_KEYS)) if row else (None, None)
                 if isinstance(path, str) and isinstance(caption, str) and caption.strip():
                     records.append(CaptionedImage(_resolve(path, source.parent), caption.strip()))
@@ -196,6 +200,52 @@ class CaptionedImages(SkippingDataset):
         record = self.records[index]
         image = prepare_image(load_image(record.path), self.size, self.policy)
         return {"image": image, "caption": record.caption, "index": index}
+
+
+class ImageFiles(SkippingDataset):
+    """Images without captions, what a tokenizer trains on -> ``{"image": [3, size, size] in [-1, 1], "index": int}``.
+
+    Build it with :meth:`from_source`: every image under a folder (recursively, so caption files and class
+    folders may be there too), or the image column of a ``.jsonl`` / ``.csv`` listing (paths relative to it).
+    """
+
+    def __init__(self, paths: list[Path], size: int = 256, policy: str = "center") -> None:
+        super().__init__()
+        self.paths, self.size, self.policy = paths, size, check_policy(policy)
+
+    @classmethod
+    def from_source(cls, source: str | os.PathLike, size: int = 256, policy: str = "center") -> ImageFiles:
+        source = _require_exists(source)
+        problems: list[str] = []
+        if source.is_dir():
+            paths = sorted(p for p in source.rglob("*") if _is_image(p))
+        elif source.suffix.lower() in LISTING_SUFFIXES:
+            paths = []
+            for number, row in _listing_rows(source):
+                path = _first(row, IMAGE_KEYS) if row else None
+                if isinstance(path, str):
+                    paths.append(_resolve(path, source.parent))
+                else:
+                    problems.append(f"{source}:{number}: needs an image path ({'/'.join(IMAGE_KEYS)})")
+        else:
+            raise InputError(f"image data must be a folder, a .jsonl or a .csv file, got {source}")
+        dataset = cls(paths, size, policy)
+        for problem in problems:
+            dataset.skip(problem)
+        if not paths:
+            raise InputError(f"no images in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        return dataset
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What fixes the items (see :class:`~arvision.training.latent_cache.CacheableDataset`)."""
+        listing = _listing_digest((path, None) for path in self.paths)
+        return {"dataset": "ImageFiles", "size": self.size, "policy": self.policy, "listing": listing}
+
+    def load(self, index: int) -> dict[str, Any]:
+        return {"image": prepare_image(load_image(self.paths[index]), self.size, self.policy), "index": index}
 
 
 class ClassFolderImages(SkippingDataset):

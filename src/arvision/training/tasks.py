@@ -27,6 +27,8 @@ from torch.utils.data import Dataset, default_collate
 from arvision.checkpoint import read_json, select_prefix
 from arvision.data.datasets import WorldImages
 from arvision.data.photos import BundledPhotoCrops
+from arvision.data.transforms import check_policy
+from arvision.data.user import ImageFiles
 from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
 from arvision.tokenizers.discriminator import PatchDiscriminator, load_discriminator
@@ -102,12 +104,16 @@ def require_positive(section: str, values: Mapping[str, int | float]) -> None:
 class TokenizerData:
     """Where the tokenizer's training images come from, and their size."""
 
-    source: str = "photos"  # "photos": crops of scikit-image's bundled photos; "world": the procedural world
+    source: str = "photos"  # "photos": crops of scikit-image's bundled photos; "world": the procedural world;
+    # "images": your image files (data.path: a folder, searched recursively, or a .jsonl / .csv listing)
     resolution: int = 128  # a multiple of the tokenizer's downsampling
-    length: int = 100_000
+    length: int = 100_000  # photos and world only: items per epoch (your images: one epoch is each file once)
+    path: str | None = None
+    policy: str = "center"  # how your images become squares (arvision.data.transforms.CROP_POLICIES)
 
     def __post_init__(self) -> None:
         require_positive("data", {"resolution": self.resolution, "length": self.length})
+        check_policy(self.policy)
 
 
 @dataclass
@@ -170,7 +176,13 @@ class TokenizerTask(TrainingTask):
         if d.source == "world":
             world = ProceduralWorld(WorldConfig(image_size=d.resolution), seed=self.seed)
             return WorldImages(world, length=d.length)
-        raise InputError(f"data.source {d.source!r} is not available for the tokenizer task (use 'photos' or 'world')")
+        if d.source == "images":
+            if not d.path:
+                raise InputError("data.source 'images' needs data.path (an image folder, .jsonl or .csv)")
+            return ImageFiles.from_source(d.path, size=d.resolution, policy=d.policy)
+        raise InputError(
+            f"data.source {d.source!r} is not available for the tokenizer task (use 'photos', 'world' or 'images')"
+        )
 
     def collate(self, items: list[Any]) -> torch.Tensor:
         batch = default_collate(items)
