@@ -1,9 +1,11 @@
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 
 from arvision.cli import main
 from arvision.cli.common import numbered_paths
+from arvision.data.media import load_video_frames
 from vilau_common import FIXTURE, cases
 
 
@@ -46,7 +48,20 @@ def test_generate_video_writes_an_animation_and_a_strip(tmp_path, capsys):
         assert anim.n_frames == 8 and anim.size == (32, 32)
     with PIL.Image.open(tmp_path / "clip.strip.png") as strip:
         assert strip.size == (256, 32)
+    mp4 = tmp_path / "clip.mp4"
+    args = ["generate-video", "Waves on a beach.", "--model", str(FIXTURE), "--seed", "0", "--quiet", "--no-strip"]
+    assert main([*args, "-o", str(mp4)]) == 0
+    with PIL.Image.open(tmp_path / "clip.strip.png") as strip:  # the lossless frames, side by side
+        frames = np.asarray(strip.convert("RGB"), dtype=float).reshape(32, 8, 32, 3).transpose(1, 0, 2, 3)
+    mp4_frames = [np.asarray(frame, dtype=float) for frame in load_video_frames(mp4, 8)]
+
+    def blocks(frame):  # 4x4 means: H.264 halves the colour resolution, and these frames are speckled
+        return frame.reshape(8, 4, 8, 4, 3).mean((1, 3))
+
+    assert len(mp4_frames) == 8
+    assert all(np.abs(blocks(a) - blocks(b)).mean() < 5 for a, b in zip(frames, mp4_frames))  # another frame: 30+
     assert main(["generate-video", "x", "-o", str(tmp_path / "clip.png"), "--model", str(FIXTURE)]) == 2
+    assert "--output must end in .gif, .webp, .mp4" in capsys.readouterr().err
 
 
 def test_generate_video_defaults_are_the_models():

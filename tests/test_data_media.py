@@ -11,7 +11,7 @@ from arvision.data.media import (
     load_video_frames,
     preprocess_image,
     sample_frame_indices,
-    save_animation,
+    save_video,
     to_pil,
 )
 from arvision.errors import InputError
@@ -75,12 +75,26 @@ def test_animation_and_strip(tmp_path):
     frames = to_pil(torch.linspace(-1, 1, 4)[:, None, None, None].expand(4, 3, 8, 8))
     assert frames[0].getpixel((0, 0)) == (0, 0, 0) and frames[-1].getpixel((0, 0)) == (255, 255, 255)
     for suffix in (".gif", ".webp"):
-        path = save_animation(frames, tmp_path / f"a{suffix}")
+        path = save_video(frames, tmp_path / f"a{suffix}")
         with PIL.Image.open(path) as anim:
             assert anim.n_frames == 4
     assert frame_strip(frames).size == (32, 8)
-    with pytest.raises(InputError):
-        save_animation(frames, tmp_path / "a.png")
+    with pytest.raises(InputError, match="written as .gif, .webp, .mp4"):
+        save_video(frames, tmp_path / "a.png")
+    with pytest.raises(InputError, match="fps must be > 0"):
+        save_video(frames, tmp_path / "a.gif", fps=0)
+
+
+def test_an_mp4_reads_back_as_its_frames(tmp_path):
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (5, 3))
+    frames = [PIL.Image.new("RGB", (17, 9), tuple(int(v) for v in c)) for c in colours]  # odd sides are padded
+    path = save_video(frames, tmp_path / "clip.mp4", fps=2.5)
+    back = load_video_frames(path, 5)
+    assert len(back) == 5 and back[0].size == (18, 10)
+    for frame, colour in zip(back, colours):
+        mean = np.asarray(frame)[:9, :17].reshape(-1, 3).mean(0)
+        assert np.abs(mean - colour).max() < 4, (mean, colour)  # lossy, but close on flat frames
 
 
 def _normalised(array):

@@ -1,4 +1,5 @@
-"""``arvision generate-video "prompt" -o out.gif --model FOLDER``: VILA-U text-to-video (8 frames)."""
+"""``arvision generate-video "prompt" -o out.mp4 --model FOLDER``: VILA-U text-to-video (8 frames), written as
+an MP4, an animated GIF or WebP."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEF
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate-video", help="generate a short video from text (VILA-U)")
     p.add_argument("prompt")
-    p.add_argument("-o", "--output", default="video.gif", help="animated .gif or .webp (default video.gif)")
+    p.add_argument("-o", "--output", default="video.gif", help=".mp4 (H.264), .gif or .webp (default video.gif)")
     p.add_argument("--model", required=True, help="VILA-U checkpoint folder (release layout)")
     p.add_argument("-n", "--num-videos", type=int, default=1, help="videos to generate (files get -000, -001, ...)")
     p.add_argument(
@@ -32,13 +33,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from arvision.data.media import frame_strip, save_animation
+    from arvision.data.media import VIDEO_OUTPUTS, frame_strip, save_video
     from arvision.errors import InputError
     from arvision.pipelines.vila_u import VilaUPipeline
 
     output = Path(args.output)
-    if output.suffix.lower() not in {".gif", ".webp"}:
-        raise InputError(f"--output must end in .gif or .webp, got {output.name}")
+    if output.suffix.lower() not in VIDEO_OUTPUTS:
+        raise InputError(f"--output must end in {', '.join(VIDEO_OUTPUTS)}, got {output.name}")
+    if not args.fps > 0:
+        raise InputError(f"--fps must be > 0, got {args.fps}")
     if args.quiet:
         silence_library_progress()
     pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
     )
     for frames, numbered in zip(videos, numbered_paths(output, len(videos))):
-        path = save_animation(frames, numbered, fps=args.fps)
+        path = save_video(frames, numbered, fps=args.fps)
         print(path)
         if not args.no_strip:
             strip = path.with_name(f"{path.stem}.strip.png")
