@@ -9,10 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from arvision.cli import main as cli_main
+from arvision.data.media import load_video_frames
 from arvision.errors import InputError
 from arvision.pipelines.hart import HartPipeline
 from arvision.serving.app import create_app
 from hart_common import HART_TINY
+from media_common import write_video
 from vilau_common import FIXTURE, cases, fixture_pipeline
 
 
@@ -117,6 +119,15 @@ def test_describe_answers_as_the_pipeline_does_with_the_seed_it_reports(client):
     greedy = client.post("/v1/describe", files={"file": ("a.png", _png(image))}, data={**form, "temperature": "0"})
     expected = fixture_pipeline().describe(image, form["question"], temperature=0.0, max_new_tokens=6)
     assert greedy.json()["answer"] == expected
+
+
+def test_a_video_upload_is_read_as_its_frames(client, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", [i * 20 for i in range(10)])
+    form = {"question": "What happens?", "temperature": "0", "max_new_tokens": "4", "num_frames": "4"}
+    body = client.post("/v1/describe", files={"file": ("clip.mp4", video.read_bytes())}, data=form).json()
+    frames = load_video_frames(video, 4)
+    assert body["answer"] == fixture_pipeline().describe(frames, "What happens?", temperature=0.0, max_new_tokens=4)
+    assert body["answer"] != fixture_pipeline().describe(frames[:1], "What happens?", temperature=0.0, max_new_tokens=4)
 
 
 @pytest.mark.parametrize(
