@@ -59,6 +59,14 @@ class SkippingDataset(Dataset):
         self.skipped += 1
         warnings.warn(f"{message} (skipped, {self.skipped} so far)", DataWarning, stacklevel=3)
 
+    def report_listing(self, problems: list[str], nothing_usable: str) -> None:
+        """Count the listing's unusable entries as skips; an :class:`InputError` saying ``nothing_usable`` if
+        no item is left."""
+        for problem in problems:
+            self.skip(problem)
+        if not len(self):
+            raise InputError(nothing_usable)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(index)
@@ -182,10 +190,7 @@ class CaptionedImages(SkippingDataset):
         else:
             raise InputError(f"captioned data must be a folder, a .jsonl or a .csv file, got {source}")
         dataset = cls(records, size, policy)
-        for problem in problems:
-            dataset.skip(problem)
-        if not records:
-            raise InputError(f"no usable image-caption pairs in {source}")
+        dataset.report_listing(problems, f"no usable image-caption pairs in {source}")
         return dataset
 
     def __len__(self) -> int:
@@ -230,10 +235,7 @@ class ImageFiles(SkippingDataset):
         else:
             raise InputError(f"image data must be a folder, a .jsonl or a .csv file, got {source}")
         dataset = cls(paths, size, policy)
-        for problem in problems:
-            dataset.skip(problem)
-        if not paths:
-            raise InputError(f"no images in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        dataset.report_listing(problems, f"no images in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         return dataset
 
     def __len__(self) -> int:
@@ -330,10 +332,7 @@ class VQADataset(SkippingDataset):
                 self.records.append(VQARecord(path, is_video, turns))
             else:
                 problems.append(f"{source}:{number}: needs an image or video path and question/answer turns")
-        for problem in problems:
-            self.skip(problem)
-        if not self.records:
-            raise InputError(f"no usable question-answer lines in {source}")
+        self.report_listing(problems, f"no usable question-answer lines in {source}")
         if importlib.util.find_spec("av") is None and any(r.is_video and not r.media.is_dir() for r in self.records):
             raise InputError("reading video files needs PyAV: pip install 'arvision[video]' (or pip install av)")
 

@@ -22,7 +22,7 @@ import io
 import re
 import tempfile
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,6 +53,7 @@ from arvision.serving.jobs import (
 )
 
 MAX_UPLOAD_BYTES = 64 * 2**20
+GENERATION_SETTINGS = {f.name for f in fields(GenerationSettings)}  # the request fields that form the batch key
 
 
 class GenerateRequest(BaseModel):
@@ -147,15 +148,7 @@ def create_app(
     async def generate(request: GenerateRequest) -> GenerateResponse:
         if generator is None:
             raise HTTPException(404, "this server runs no text-to-image model")
-        settings = GenerationSettings(
-            size=request.size,
-            guidance_scale=request.guidance_scale,
-            top_k=request.top_k,
-            top_p=request.top_p,
-            temperature=request.temperature,
-            more_smooth=request.more_smooth,
-            diffusion_steps=request.diffusion_steps,
-        )
+        settings = GenerationSettings(**request.model_dump(include=GENERATION_SETTINGS))
         job = GenerationJob(request.prompt, image_seeds(request.seed, request.n), request.negative_prompt)
         check_generation(generator, settings, job)
         images = await asyncio.wrap_future(queue.submit(generation_key(settings, job), job, size=request.n))
