@@ -99,6 +99,7 @@ def test_concurrent_requests_share_a_batch_and_get_what_they_would_alone(hart):
         ({"prompt": "a cube", "size": 33}, 400, "not a multiple of the tokenizer's downsampling factor"),
         ({"prompt": "a cube", "negative_prompt": " "}, 400, "negative prompt is empty"),
         ({"prompt": "a cube", "seed": 2**31 - 1, "n": 2}, 400, "seed must be within"),
+        ({"prompt": "a cube", "diffusion_steps": 5000}, 400, "diffusion_steps must be within 1..1000"),
         ({"prompt": "a cube", "top_p": 2}, 422, "top_p"),
         ({"prompt": "a cube", "steps": 3}, 422, "steps"),
         ({}, 422, "prompt"),

@@ -352,9 +352,9 @@ class HartPipeline:
         negative = _repeat(negative, num_images_per_prompt) if negative is not None else None
         if seed is not None:
             generator = torch.Generator(device).manual_seed(seed)
-        options = SamplingOptions(
-            cfg=self.guidance_scale if guidance_scale is None else guidance_scale,
-            top_k=self.top_k if top_k is None else top_k,
+        options = self.sampling_options(
+            guidance_scale=guidance_scale,
+            top_k=top_k,
             top_p=top_p,
             temperature=temperature,
             more_smooth=more_smooth,
@@ -374,6 +374,17 @@ class HartPipeline:
         )
         images = self.tokenizer.decode(latents)
         return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)
+
+    def sampling_options(
+        self, *, guidance_scale: float | None = None, top_k: int | None = None, **options: Any
+    ) -> SamplingOptions:
+        """The checked sampling options of a call (:meth:`__call__`'s arguments of those names; None takes the
+        pipeline's default): an :class:`InputError` names a setting no sampler takes."""
+        return SamplingOptions(
+            cfg=self.guidance_scale if guidance_scale is None else guidance_scale,
+            top_k=self.top_k if top_k is None else top_k,
+            **options,
+        )
 
     def _condition(self, prompt, prompt_embeds, class_labels, device) -> Condition:
         if prompt is not None and prompt_embeds is not None:

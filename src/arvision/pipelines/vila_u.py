@@ -185,22 +185,14 @@ class VilaUPipeline:
             raise InputError("no questions to answer")
         if not all(isinstance(q, str) for q in questions):
             raise InputError(f"questions must be strings, got {[type(q).__name__ for q in questions]}")
-        if any(not q.strip() for q in questions):
-            raise InputError("the question is empty")
         for question in questions:
-            vicuna.check_user_text(question, self.tokenizer, "the question")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            self.check_question(question)
         frames = self.config.num_video_frames if num_frames is None else num_frames
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
             raise InputError(f"num_frames must be an integer >= 1, got {num_frames!r}")
-        s = self.text_sampling
-        sampling = {
-            "temperature": s.temperature if temperature is None else temperature,
-            "top_k": s.top_k if top_k is None else top_k,
-            "top_p": s.top_p if top_p is None else top_p,
-        }
-        check_sampling(**sampling)  # before reading and encoding the media, which can take long
+        # Checked before the media are read and encoded, which can take long.
+        options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens}
+        sampling = self.answer_sampling(**options)
         generator = self._generators(seed, len(questions))
         # Several questions about one image or video (the same object, as the CLI passes it) read and encode it once.
         encoded: dict[int, torch.Tensor] = {}
@@ -212,14 +204,35 @@ class VilaUPipeline:
             prompts.append(self.model.splice(self.prompt_ids(question, len(features)), features))
         embeds, mask = left_padded(prompts)
         ids, _ = self.model.generate_text_batch(
-            embeds,
-            mask,
-            max_new_tokens=s.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            eos_token_id=s.eos_token_id,
-            generator=generator,
-            **sampling,
+            embeds, mask, eos_token_id=self.text_sampling.eos_token_id, generator=generator, **sampling
         )
         return [self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in ids]
+
+    def check_question(self, question: str) -> None:
+        """An :class:`InputError` for a question the model cannot be asked (empty, or with special tokens)."""
+        if not question.strip():
+            raise InputError("the question is empty")
+        vicuna.check_user_text(question, self.tokenizer, "the question")
+
+    def answer_sampling(
+        self,
+        *,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+    ) -> dict[str, Any]:
+        """The checked text-sampling settings of :meth:`describe_batch` (None: the generation config's)."""
+        s = self.text_sampling
+        sampling = {
+            "temperature": s.temperature if temperature is None else temperature,
+            "top_k": s.top_k if top_k is None else top_k,
+            "top_p": s.top_p if top_p is None else top_p,
+        }
+        check_sampling(**sampling)
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        return {**sampling, "max_new_tokens": s.max_new_tokens if max_new_tokens is None else max_new_tokens}
 
     def _generators(self, seed: int | Sequence[int] | None, rows: int) -> Generators:
         """None, one generator for the batch (a seed), or one per row (a list of ``rows`` seeds)."""

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from PIL import Image
 
 from arvision.errors import InputError
-from arvision.nn.sampling import check_sampling
 from arvision.pipelines.hart import HartPipeline
 from arvision.pipelines.vila_u import VilaUPipeline
 from arvision.text.base import check_prompts
-from arvision.text.vicuna import check_user_text
 
 MAX_SEED = 2**31 - 1
 
@@ -39,7 +37,8 @@ def image_seeds(seed: int | None, count: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """The sampling options of a text-to-image request (None: the pipeline's default); equal settings batch."""
+    """The sampling options of a text-to-image request, named as :class:`HartPipeline`'s arguments (None: the
+    pipeline's default; ``size``: height and width); equal settings batch."""
 
     size: int | None = None
     guidance_scale: float | None = None
@@ -64,12 +63,10 @@ def check_generation(pipe: HartPipeline, settings: GenerationSettings, job: Gene
     check_prompts(job.prompt)
     if job.negative_prompt is not None and not job.negative_prompt.strip():
         raise InputError("the negative prompt is empty; leave it out to use the model's null condition")
-    check_sampling(settings.temperature, settings.top_k, settings.top_p)
-    if settings.guidance_scale is not None and settings.guidance_scale < 0:
-        raise InputError(f"guidance_scale must be >= 0 (0: no guidance), got {settings.guidance_scale}")
-    if settings.diffusion_steps is not None and settings.diffusion_steps < 1:
-        raise InputError(f"diffusion_steps must be >= 1, got {settings.diffusion_steps}")
-    pipe.schedule_for(settings.size, settings.size)
+    options = asdict(settings)
+    size = options.pop("size")
+    pipe.sampling_options(**options)
+    pipe.schedule_for(size, size)
 
 
 def generation_key(settings: GenerationSettings, job: GenerationJob) -> Hashable:
@@ -84,19 +81,16 @@ def run_generation(pipe: HartPipeline, settings: GenerationSettings, jobs: Seque
     negatives = [job.negative_prompt for job in jobs for _ in job.seeds]
     if len({n is None for n in negatives}) > 1:
         raise InputError("jobs with and without a negative prompt cannot share a batch (see generation_key)")
+    options = asdict(settings)
+    size = options.pop("size")
     images = pipe(
         prompts,
-        height=settings.size,
-        width=settings.size,
-        guidance_scale=settings.guidance_scale,
-        top_k=settings.top_k,
+        height=size,
+        width=size,
         negative_prompt=None if negatives[0] is None else negatives,
         generator=[torch.Generator(pipe.device).manual_seed(seed) for job in jobs for seed in job.seeds],
-        top_p=settings.top_p,
-        temperature=settings.temperature,
-        more_smooth=settings.more_smooth,
-        diffusion_steps=settings.diffusion_steps,
         progress=False,
+        **options,
     ).images
     out, start = [], 0
     for job in jobs:
@@ -129,17 +123,9 @@ class DescribeJob:
 
 
 def check_describe(pipe: VilaUPipeline, settings: DescribeSettings, question: str) -> None:
-    if not isinstance(question, str) or not question.strip():
-        raise InputError("the question is empty")
-    check_user_text(question, pipe.tokenizer, "the question")
-    s = pipe.text_sampling
-    check_sampling(
-        s.temperature if settings.temperature is None else settings.temperature,
-        s.top_k if settings.top_k is None else settings.top_k,
-        s.top_p if settings.top_p is None else settings.top_p,
-    )
-    if settings.max_new_tokens is not None and settings.max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+    """Refuse, before it is queued, a question the pipeline would refuse."""
+    pipe.check_question(question)
+    pipe.answer_sampling(**asdict(settings))
 
 
 def run_describe(pipe: VilaUPipeline, settings: DescribeSettings, jobs: Sequence[DescribeJob]) -> list[str]:
