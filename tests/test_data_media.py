@@ -81,8 +81,30 @@ def test_animation_and_strip(tmp_path):
     assert frame_strip(frames).size == (32, 8)
     with pytest.raises(InputError, match="written as .gif, .webp, .mp4"):
         save_video(frames, tmp_path / "a.png")
-    with pytest.raises(InputError, match="fps must be > 0"):
-        save_video(frames, tmp_path / "a.gif", fps=0)
+    for fps in (0, float("inf"), float("nan"), 1e-4):
+        with pytest.raises(InputError, match="fps must be a finite number >= 0.001"):
+            save_video(frames, tmp_path / "a.gif", fps=fps)
+    with pytest.raises(InputError, match="share one size, got 8x8, 9x8"):
+        save_video([*frames, PIL.Image.new("RGB", (9, 8))], tmp_path / "b.mp4")
+    with pytest.raises(InputError, match="no frames"):
+        save_video([], tmp_path / "b.mp4")
+    assert not (tmp_path / "b.mp4").exists()
+
+
+def test_a_failed_write_keeps_the_previous_video(tmp_path):
+    frames = [PIL.Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(4)]
+    path = save_video(frames, tmp_path / "a.mp4")
+    before = path.read_bytes()
+
+    class Truncated(PIL.Image.Image):  # a frame whose pixels fail to load, as a truncated file's do
+        size = (8, 8)
+
+        def convert(self, mode):
+            raise OSError("truncated frame file")
+
+    with pytest.raises(OSError, match="truncated frame file"):
+        save_video([*frames, Truncated()], path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.mp4"]
 
 
 def test_an_mp4_reads_back_as_its_frames(tmp_path):

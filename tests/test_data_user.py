@@ -234,3 +234,14 @@ def test_image_files_from_a_listing_and_what_they_refuse(tmp_path):
         ImageFiles.from_source(tmp_path / "imgs" / "x.png")
     with pytest.raises(InputError, match="unknown crop policy"):
         ImageFiles.from_source(tmp_path / "imgs", policy="stretch")
+
+
+def test_image_files_skip_hidden_folders_and_follow_folder_links_once(tmp_path):
+    root = tmp_path / "data"
+    flat(root / "a.png", (10, 0, 0))
+    flat(root / ".ipynb_checkpoints" / "a-checkpoint.png", (10, 0, 0))
+    flat(tmp_path / "elsewhere" / "b.png", (20, 0, 0))
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "linked" / "loop").symlink_to(root, target_is_directory=True)  # a link back up the tree
+    names = [p.relative_to(root).as_posix() for p in ImageFiles.from_source(root, size=4).paths]
+    assert names == ["a.png", "linked/b.png"]

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from arvision.errors import InputError
 from arvision.nn.sampling import draw_device, filter_top_k_top_p, gumbel_softmax, sample_logits
 
 
@@ -32,3 +33,19 @@ def test_a_cpu_generator_drives_cuda_sampling():
     assert cuda.device.type == "cuda" and torch.equal(cuda.cpu(), cpu)
     mixed = gumbel_softmax(logits.cuda(), 0.5, torch.Generator().manual_seed(1))
     torch.testing.assert_close(mixed.cpu(), gumbel_softmax(logits, 0.5, torch.Generator().manual_seed(1)))
+
+
+def test_a_list_of_generators_needs_one_per_row():
+    logits = torch.randn(4, 3, 50)
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    rows = sample_logits(logits, generator=gens)
+    for i in range(4):
+        assert torch.equal(rows[i], sample_logits(logits[i : i + 1], generator=torch.Generator().manual_seed(i))[0])
+    with pytest.raises(InputError, match="2 generators for 4 samples"):
+        sample_logits(logits, generator=gens[:2])
+    with pytest.raises(InputError, match="2 generators for 1 samples"):
+        gumbel_softmax(torch.randn(6), 1.0, gens[:2])
+    with pytest.raises(InputError, match="a torch.Generator or a list of them"):
+        sample_logits(logits, generator=iter(gens))
+    one = gumbel_softmax(torch.randn(6), 1.0, [torch.Generator().manual_seed(0)])
+    assert one.shape == (6,) and torch.allclose(one.sum(), torch.tensor(1.0))

@@ -91,7 +91,7 @@ def test_a_seed_per_question_samples_each_answer_as_it_comes_alone():
     alone = [pipe.describe(m, q, seed=s, max_new_tokens=8) for m, q, s in zip(media, questions, seeds)]
     assert batch == alone
     assert batch[0] != batch[2]  # the same question about the same image, drawn from other seeds
-    with pytest.raises(InputError, match="a list of 3 numbers"):
+    with pytest.raises(InputError, match=r"a list of 3 \(one per question\)"):
         pipe.describe_batch(media, questions, seed=[1, 2])
 
 
@@ -111,6 +111,23 @@ def test_generate_image_is_seeded_and_batched():
     again = pipe.generate_image("A red panda sitting on a tree.", n=2, seed=0)
     assert len(first) == 2 and first[0].size == (32, 32)
     assert [im.tobytes() for im in first] == [im.tobytes() for im in again]
+
+
+def test_a_seed_per_image_draws_each_image_as_it_comes_alone():
+    pipe = fixture_pipeline()
+    prompts = ["A red panda sitting on a tree.", "Waves on a beach at night, seen from far away."]
+    batch = pipe.generate_image(prompts, n=2, seed=[1, 2, 3, 4])
+    alone = [pipe.generate_image(p, seed=s)[0] for p, s in zip([p for p in prompts for _ in range(2)], [1, 2, 3, 4])]
+    for a, b in zip(batch, alone):
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+    videos = pipe.generate_video(prompts, seed=[5, 6])
+    second_alone = pipe.generate_video(prompts[1], seed=6)[0]
+    assert len(videos) == 2 and np.abs(np.asarray(videos[1][3], int) - np.asarray(second_alone[3], int)).max() <= 1
+    for seed, message in (([1, 2], "a list of 4 \\(one per image\\)"), (True, "whole number"), (1.5, "whole number")):
+        with pytest.raises(InputError, match=message):
+            pipe.generate_image(prompts, n=2, seed=seed)
+    with pytest.raises(InputError, match="no prompt given"):
+        pipe.generate_image([])
 
 
 def test_generate_video_returns_eight_frames_per_video():

@@ -33,15 +33,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from arvision.data.media import VIDEO_OUTPUTS, frame_strip, save_video
+    from arvision.data.media import VIDEO_OUTPUTS, check_fps, frame_strip, save_video
     from arvision.errors import InputError
     from arvision.pipelines.vila_u import VilaUPipeline
 
     output = Path(args.output)
     if output.suffix.lower() not in VIDEO_OUTPUTS:
         raise InputError(f"--output must end in {', '.join(VIDEO_OUTPUTS)}, got {output.name}")
-    if not args.fps > 0:
-        raise InputError(f"--fps must be > 0, got {args.fps}")
+    check_fps(args.fps)  # before the (slow) generation
     if args.quiet:
         silence_library_progress()
     pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))

@@ -6,6 +6,7 @@ as the official loader does: ``round(linspace(0, n_frames - 1, N))``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from fractions import Fraction
@@ -15,6 +16,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from arvision.checkpoint import atomic_path
 from arvision.errors import InputError
 from arvision.imaging import load_image, make_grid, open_image
 
@@ -153,19 +155,32 @@ VIDEO_OUTPUTS = (".gif", ".webp", ".mp4")
 
 
 def save_video(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: float = 4.0) -> Path:
-    """Write frames as an animated GIF or WebP that loops forever, or an H.264 MP4 (by the suffix)."""
+    """Write frames (of one size) as an animated GIF or WebP that loops forever, or an H.264 MP4 (by the
+    suffix). The file is written beside ``path`` and renamed onto it when complete."""
     path = Path(path)
-    if path.suffix.lower() not in VIDEO_OUTPUTS:
+    kind = path.suffix.lower()
+    if kind not in VIDEO_OUTPUTS:
         raise InputError(f"a video must be written as {', '.join(VIDEO_OUTPUTS)}, got {path.name}")
-    if not fps > 0:
-        raise InputError(f"fps must be > 0, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".mp4":
-        _write_mp4(frames, path, fps)
-    else:
-        duration = int(round(1000 / fps))
-        frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=duration, loop=0)
+    check_fps(fps)
+    if not frames:
+        raise InputError("no frames to write")
+    sizes = sorted({frame.size for frame in frames})
+    if len(sizes) > 1:
+        raise InputError(f"the frames of a video must share one size, got {', '.join(f'{w}x{h}' for w, h in sizes)}")
+    with atomic_path(path) as partial:
+        if kind == ".mp4":
+            _write_mp4(frames, partial, fps)
+        else:
+            duration = int(round(1000 / fps))
+            first, *rest = frames
+            first.save(partial, format=kind[1:].upper(), save_all=True, append_images=rest, duration=duration, loop=0)
     return path
+
+
+def check_fps(fps: float) -> None:
+    """A frame rate a video file can carry: finite, and at least one frame per 1000 s."""
+    if not (math.isfinite(fps) and fps >= 1e-3):
+        raise InputError(f"fps must be a finite number >= 0.001, got {fps}")
 
 
 def _write_mp4(frames: Sequence[PIL.Image.Image], path: Path, fps: float) -> None:
@@ -175,8 +190,9 @@ def _write_mp4(frames: Sequence[PIL.Image.Image], path: Path, fps: float) -> Non
     # H.264's yuv420p needs even sides: an odd one is padded by repeating its last pixel (a black border would
     # bleed into the edge's subsampled colour).
     pad = ((0, height % 2), (0, width % 2), (0, 0))
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+    with av.open(str(path), mode="w", format="mp4") as container:
+        # 1001 keeps the NTSC rates exact (30000/1001 = 29.97...).
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
         stream.options = {"crf": "17"}  # visually lossless for these small frames
         for frame in frames:

@@ -39,8 +39,22 @@ class DataWarning(UserWarning):
     """A data entry or file was skipped."""
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+def _image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, sorted. Links to folders are followed (each real folder once);
+    hidden files and folders (``.ipynb_checkpoints``, ``.thumbnails``) are left out."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(root) / name
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
 class SkippingDataset(Dataset):
@@ -169,7 +183,7 @@ class CaptionedImages(SkippingDataset):
         records: list[CaptionedImage] = []
         problems: list[str] = []
         if source.is_dir():
-            for image in sorted(p for p in source.rglob("*") if _is_image(p)):
+            for image in _image_files(source):
                 text = image.with_suffix(".txt")
                 try:
                     caption = text.read_text(encoding="utf-8").strip() if text.is_file() else ""
@@ -223,7 +237,7 @@ class ImageFiles(SkippingDataset):
         source = _require_exists(source)
         problems: list[str] = []
         if source.is_dir():
-            paths = sorted(p for p in source.rglob("*") if _is_image(p))
+            paths = _image_files(source)
         elif source.suffix.lower() in LISTING_SUFFIXES:
             paths = []
             for number, row in _listing_rows(source):
@@ -235,7 +249,8 @@ class ImageFiles(SkippingDataset):
         else:
             raise InputError(f"image data must be a folder, a .jsonl or a .csv file, got {source}")
         dataset = cls(paths, size, policy)
-        dataset.report_listing(problems, f"no images in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        looked_for = f" (looked for {', '.join(sorted(IMAGE_SUFFIXES))})" if source.is_dir() else ""
+        dataset.report_listing(problems, f"no images in {source}{looked_for}")
         return dataset
 
     def __len__(self) -> int:
@@ -264,7 +279,7 @@ class ClassFolderImages(SkippingDataset):
         self.records = [
             (path, label)
             for label, name in enumerate(self.classes)
-            for path in sorted(p for p in (root / name).rglob("*") if _is_image(p))
+            for path in _image_files(root / name)
         ]
         if not self.records:
             raise InputError(f"no images in class folders under {root} (expected root/<class_name>/<image>)")

@@ -171,7 +171,10 @@ def _noise(given: torch.Tensor | None, shape, generator: Generators, device) -> 
         draws = torch.randn((rows.stop - rows.start, *shape[1:]), generator=gen, device=draw_device(gen, device))
         return draws.to(device)
 
-    return per_sample(generator, shape[0], draw)
+    # A list holds one generator per sample, each drawing its equal share of the rows; the caller checks that it
+    # has one per sample (the head sees rows, not samples).
+    samples = None if generator is None or isinstance(generator, torch.Generator) else len(generator)
+    return per_sample(generator, shape[0], draw, samples)
 
 
 class ResBlock(nn.Module):

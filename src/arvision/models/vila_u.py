@@ -20,7 +20,7 @@ from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from arvision.models.depth_transformer import DepthTransformer, DepthTransformerConfig
-from arvision.nn.sampling import Generators, guide, sample_logits
+from arvision.nn.sampling import Generators, check_generators, guide, sample_logits
 from arvision.text.vicuna import IMAGE_TOKEN_INDEX
 from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
 
@@ -226,6 +226,7 @@ class VilaU(nn.Module):
         generators, one per row, makes each row's answer the one it would get alone.
         """
         batch, length = inputs_embeds.shape[:2]
+        check_generators(generator, batch)
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
         mask = attention_mask.long()
@@ -264,7 +265,7 @@ class VilaU(nn.Module):
         temperature: float = CODE_TEMPERATURE,
         top_k: int = CODE_TOP_K,
         top_p: float = CODE_TOP_P,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         forced: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample the D codes of one visual token for ``n`` images from hidden [2n, H] = [cond; uncond].
@@ -303,7 +304,7 @@ class VilaU(nn.Module):
         temperature: float = CODE_TEMPERATURE,
         top_k: int = CODE_TOP_K,
         top_p: float = CODE_TOP_P,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         forced_codes: torch.Tensor | None = None,
         trace: bool = False,
         on_step: Callable[[int], None] | None = None,
@@ -312,8 +313,10 @@ class VilaU(nn.Module):
         (rows: n conditional, then n unconditional; each ends with ``<im_start>`` or ``<vi_start>``).
 
         ``forced_codes`` [n, T, D] replays recorded codes (teacher forcing) instead of sampling;
-        ``trace`` keeps the per-step states and logits; ``on_step(t)`` is called after each token.
+        ``trace`` keeps the per-step states and logits; ``on_step(t)`` is called after each token. A list of
+        generators, one per image, draws each image's codes from its own.
         """
+        check_generators(generator, input_ids.shape[0] // 2)
         if forced_codes is not None:  # checked once here: the loop below projects its codes unchecked
             self.vision_tower.quantizer.check_codes(forced_codes)
         cache = DynamicCache()

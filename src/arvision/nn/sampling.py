@@ -29,23 +29,32 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
 
 
 def per_sample(
-    generator: Generators, rows: int, draw: Callable[[slice, torch.Generator | None], torch.Tensor]
+    generator: Generators,
+    rows: int,
+    draw: Callable[[slice, torch.Generator | None], torch.Tensor],
+    samples: int | None = None,
 ) -> torch.Tensor:
-    """``draw(rows_slice, generator)`` for the ``rows`` leading rows of a batch: one call for a single
-    generator (or None), else one per generator on its equal share of the rows, concatenated in order."""
+    """``draw(rows_slice, generator)`` for the ``rows`` leading rows of a batch: one call for a single generator
+    (or None), else one per generator, which must be one per sample (``samples``, default one per row), on its
+    sample's equal share of the rows (e.g. the L tokens of one image), concatenated in order."""
     if generator is None or isinstance(generator, torch.Generator):
         return draw(slice(0, rows), generator)
-    generators = list(generator)
-    if not generators or rows % len(generators):
-        raise InputError(f"{len(generators)} generators for a batch of {rows} rows: give one generator per sample")
-    share = rows // len(generators)
-    return torch.cat([draw(slice(i * share, (i + 1) * share), g) for i, g in enumerate(generators)])
+    samples = rows if samples is None else samples
+    check_generators(generator, samples)
+    if rows % samples:
+        raise InputError(f"{rows} rows do not split into {samples} samples")
+    share = rows // samples
+    return torch.cat([draw(slice(i * share, (i + 1) * share), g) for i, g in enumerate(generator)])
 
 
-def check_generators(generator: Generators, batch: int) -> None:
-    """A list of generators must hold one per sample of the batch."""
-    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
-        raise InputError(f"{len(generator)} generators for {batch} samples: give one generator per sample")
+def check_generators(generator: Generators, samples: int) -> None:
+    """None, one generator, or a list (tuple) of exactly one generator per sample."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise InputError(f"generator must be a torch.Generator or a list of them, got {generator!r:.80}")
+    if len(generator) != samples:
+        raise InputError(f"{len(generator)} generators for {samples} samples: give one generator per sample")
 
 
 def draw_device(generator: torch.Generator | None, device: torch.device | str) -> torch.device:
@@ -111,11 +120,11 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, generator: Generators = Non
     """Soft Gumbel-softmax sample ``softmax((logits + g) / tau)``, ``g = -log(Exp(1))`` drawn from
     ``generator`` (VAR/HART's ``more_smooth`` token mixing). ``-inf`` logits get zero weight."""
 
-    def draw(rows: slice, gen: torch.Generator | None) -> torch.Tensor:
-        shape = logits[rows].shape
-        return torch.empty(shape, dtype=torch.float32, device=draw_device(gen, logits.device)).exponential_(
-            generator=gen
-        )
+    batch = logits.unsqueeze(0) if logits.dim() == 1 else logits
 
-    gumbels = -per_sample(generator, logits.shape[0], draw).log().to(logits.device)
+    def draw(rows: slice, gen: torch.Generator | None) -> torch.Tensor:
+        draws = torch.empty(batch[rows].shape, dtype=torch.float32, device=draw_device(gen, logits.device))
+        return draws.exponential_(generator=gen).to(logits.device)
+
+    gumbels = -per_sample(generator, batch.shape[0], draw).log().reshape(logits.shape)
     return ((logits.float() + gumbels) / tau).softmax(dim=-1)

@@ -193,7 +193,7 @@ class VilaUPipeline:
         # Checked before the media are read and encoded, which can take long.
         options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens}
         sampling = self.answer_sampling(**options)
-        generator = self._generators(seed, len(questions))
+        generator = self._generators(seed, len(questions), "question")
         # Several questions about one image or video (the same object, as the CLI passes it) read and encode it once.
         encoded: dict[int, torch.Tensor] = {}
         prompts = []
@@ -234,13 +234,15 @@ class VilaUPipeline:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         return {**sampling, "max_new_tokens": s.max_new_tokens if max_new_tokens is None else max_new_tokens}
 
-    def _generators(self, seed: int | Sequence[int] | None, rows: int) -> Generators:
-        """None, one generator for the batch (a seed), or one per row (a list of ``rows`` seeds)."""
-        if seed is None or isinstance(seed, int):
-            return None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        seeds = list(seed)
-        if len(seeds) != rows or not all(isinstance(s, int) for s in seeds):
-            raise InputError(f"seed must be a number or a list of {rows} numbers (one per question), got {seed!r:.80}")
+    def _generators(self, seed: int | Sequence[int] | None, rows: int, what: str) -> Generators:
+        """None, one generator for the batch (a seed), or one per row (a list of ``rows`` seeds, one per ``what``)."""
+        if seed is None:
+            return None
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return torch.Generator(self.device).manual_seed(seed)
+        seeds = list(seed) if isinstance(seed, Sequence) and not isinstance(seed, str) else None
+        if not seeds or len(seeds) != rows or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise InputError(f"seed must be a whole number or a list of {rows} (one per {what}), got {seed!r:.80}")
         return [torch.Generator(self.device).manual_seed(s) for s in seeds]
 
     def _frames(self, media: ImageInput | Sequence[ImageInput], num_frames: int) -> list[ImageInput]:
@@ -262,28 +264,36 @@ class VilaUPipeline:
 
     # ----- generation -----
 
-    def generation_batch(self, prompt: str, n: int, video: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """n conditional rows then n unconditional (empty user turn) rows, left padded with id 0:
-        (input_ids [2n, S], attention_mask [2n, S] bool)."""
-        cond = vicuna.tokenize(vicuna.generation_prompt(prompt, video), self.tokenizer)
+    def generation_batch(
+        self, prompts: str | Sequence[str], n: int, video: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """n conditional rows per prompt (prompt-major), then as many unconditional (empty user turn) rows, left
+        padded with id 0: (input_ids [2N, S], attention_mask [2N, S] bool), N = n x prompts."""
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        cond = [vicuna.tokenize(vicuna.generation_prompt(p, video), self.tokenizer) for p in prompts for _ in range(n)]
         uncond = vicuna.tokenize(vicuna.generation_prompt("", video), self.tokenizer)
-        ids, mask = left_padded([torch.tensor(row) for row in [cond] * n + [uncond] * n])
+        ids, mask = left_padded([torch.tensor(row) for row in cond + [uncond] * len(cond)])
         return ids.to(self.device), mask.to(self.device)
 
-    def _codes(self, prompt: str, n: int, video: bool, cfg: float, seed: int | None, sampling: dict) -> torch.Tensor:
-        if not isinstance(prompt, str):
-            raise InputError(f"the prompt must be a string, got {type(prompt).__name__}")
-        if not prompt.strip():
-            raise InputError("the prompt is empty")
-        vicuna.check_user_text(prompt, self.tokenizer)
+    def _codes(self, prompts: str | Sequence[str], n: int, video: bool, cfg: float, seed, sampling) -> torch.Tensor:
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            prompts = [prompts]
+        for prompt in prompts:
+            if not isinstance(prompt, str):
+                raise InputError(f"the prompt must be a string, got {type(prompt).__name__}")
+            if not prompt.strip():
+                raise InputError("the prompt is empty")
+            vicuna.check_user_text(prompt, self.tokenizer)
+        if not prompts:
+            raise InputError("no prompt given")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"n must be an integer >= 1, got {n!r}")
         if cfg < 0:
             raise InputError(f"cfg must be >= 0, got {cfg}")
         check_sampling(**sampling)
-        ids, mask = self.generation_batch(prompt, n, video)
+        generator = self._generators(seed, len(prompts) * n, "image")
+        ids, mask = self.generation_batch(prompts, n, video)
         tokens = self.config.tower.grid**2 * (self.config.video_generation_frames if video else 1)
-        generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         with tqdm(total=tokens, desc="visual tokens", disable=not self.progress, leave=False) as bar:
             out = self.model.generate_codes(
                 ids, mask, tokens, cfg=cfg, generator=generator, on_step=lambda _: bar.update(1), **sampling
@@ -293,16 +303,18 @@ class VilaUPipeline:
     @torch.no_grad()
     def generate_image(
         self,
-        prompt: str,
+        prompt: str | Sequence[str],
         n: int = 1,
         cfg: float = DEFAULT_CFG,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         *,
         temperature: float = CODE_TEMPERATURE,
         top_k: int = CODE_TOP_K,
         top_p: float = CODE_TOP_P,
     ) -> list[PIL.Image.Image]:
-        """``n`` images for ``prompt``: R x R PIL images (R = the tower's resolution)."""
+        """``n`` images for ``prompt`` (or for each of a list of prompts, prompt-major): R x R PIL images (R = the
+        tower's resolution). ``seed``: one for the whole batch, or a list of one per image, each image then
+        drawn from its own (image i is the one ``seed=seeds[i]`` gives alone)."""
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         codes = self._codes(prompt, n, False, cfg, seed, sampling)
         images = to_pil(self.model.decode_codes(codes))
@@ -311,21 +323,21 @@ class VilaUPipeline:
     @torch.no_grad()
     def generate_video(
         self,
-        prompt: str,
+        prompt: str | Sequence[str],
         n: int = 1,
         cfg: float = DEFAULT_CFG,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         *,
         temperature: float = CODE_TEMPERATURE,
         top_k: int = CODE_TOP_K,
         top_p: float = CODE_TOP_P,
     ) -> list[list[PIL.Image.Image]]:
         """``n`` videos of ``video_generation_frames`` (8) frames: one sequence after ``<vi_start>``, each
-        frame's code map decoded on its own. Returns a list (per video) of PIL frames."""
+        frame's code map decoded on its own. Returns a list (per video) of PIL frames. Prompts and seeds as in
+        :meth:`generate_image`."""
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         codes = self._codes(prompt, n, True, cfg, seed, sampling)
-        frames = self.config.video_generation_frames
-        per_frame = codes.reshape(n * frames, -1, codes.shape[-1])
-        pixels = self.model.decode_codes(per_frame)
-        images = to_pil(pixels)
-        return [images[i * frames : (i + 1) * frames] for i in range(n)]
+        frames, videos = self.config.video_generation_frames, codes.shape[0]
+        per_frame = codes.reshape(videos * frames, -1, codes.shape[-1])
+        images = to_pil(self.model.decode_codes(per_frame))
+        return [images[i * frames : (i + 1) * frames] for i in range(videos)]

@@ -114,6 +114,8 @@ class TokenizerData:
     def __post_init__(self) -> None:
         require_positive("data", {"resolution": self.resolution, "length": self.length})
         check_policy(self.policy)
+        if self.path is not None and self.source != "images":
+            raise InputError(f"data.path is read with data.source=images only (this config has {self.source!r})")
 
 
 @dataclass
