@@ -42,7 +42,7 @@ class _Pipeline:
         (["   "], "prompt 0 is empty"),
         (["a cat", "--negative-prompt", " "], "--negative-prompt is empty"),
         (["a cat", "--top-p", "2"], "top_p must be within"),
-        (["a cat", "--temperature", "-1"], "temperature must be >= 0"),
+        (["a cat", "--temperature", "-1"], "temperature must be 0 (greedy) or a finite number"),
         (["a cat", "--top-k", "-2"], "top_k must be >= 0"),
     ],
 )

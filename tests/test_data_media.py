@@ -3,6 +3,7 @@ import PIL.Image
 import pytest
 import torch
 
+from arvision.data import media
 from arvision.data.media import (
     frame_strip,
     is_video_path,
@@ -171,3 +172,18 @@ def test_media_paths_images_videos_and_other_containers(tmp_path):
         load_media(text)
     with pytest.raises(InputError, match="image file not found"):
         load_media(tmp_path / "missing.png")
+
+
+def test_decompression_bombs_are_refused_as_images_and_as_videos(tmp_path, monkeypatch):
+    from test_imaging import bomb_png
+
+    tried_as_video = []
+    monkeypatch.setattr(media, "load_video_frames", lambda *a: tried_as_video.append(a))
+    with pytest.raises(InputError, match="too large to decode safely"):
+        load_media(bomb_png(tmp_path / "bomb.png"))
+    assert not tried_as_video  # PIL knows the format: no second try through FFmpeg
+    monkeypatch.undo()
+    video = write_video(tmp_path / "clip.mp4", [0, 50, 100], size=32)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(InputError, match="video frames too large to decode safely: .*clip.mp4 \\(32x32\\)"):
+        load_media(video, 2)

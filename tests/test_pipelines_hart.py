@@ -197,7 +197,11 @@ def test_bad_inputs_get_clear_errors(pipe, embeds):
         ({"guidance_scale": -1.0}, "guidance_scale"),
         ({"top_k": -3}, "top_k must be >= 0"),
         ({"top_p": 2.0}, "top_p must be within"),
-        ({"temperature": -0.5}, "temperature must be >= 0"),
+        ({"temperature": -0.5}, "temperature must be 0 \\(greedy\\) or a finite number"),
+        ({"temperature": float("nan")}, "temperature must be 0 \\(greedy\\) or a finite number"),
+        ({"temperature": 1e-30}, "finite number >= 0.0001"),
+        ({"guidance_scale": 3.5e38}, "guidance_scale \\(cfg\\) must be within \\[0, 10000\\]"),
+        ({"guidance_scale": float("inf")}, "guidance_scale"),
     ]:
         with pytest.raises(InputError, match=message):
             pipe(prompt_embeds=embeds, progress=False, **options)

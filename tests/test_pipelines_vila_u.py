@@ -95,6 +95,12 @@ def test_a_seed_per_question_samples_each_answer_as_it_comes_alone():
         pipe.describe_batch(media, questions, seed=[1, 2])
 
 
+def test_a_prompt_longer_than_the_context_is_named():
+    pipe = fixture_pipeline()
+    with pytest.raises(InputError, match="more than the model's 4096: shorten the question"):
+        pipe.describe(_astronaut(), "why " * 5000, temperature=0.0, max_new_tokens=1)
+
+
 def test_reconstruct_matches_the_official_decoding_and_accepts_any_mode():
     c = cases()
     pipe = fixture_pipeline()
@@ -164,7 +170,7 @@ def test_arrays_are_images_and_other_inputs_are_named():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"temperature": -1.0}, "temperature must be >= 0"),
+        ({"temperature": -1.0}, "temperature must be 0 \\(greedy\\) or a finite number"),
         ({"top_p": 1.5}, r"top_p must be within \[0, 1\]"),
         ({"top_k": -2}, "top_k must be >= 0"),
     ],
@@ -175,7 +181,7 @@ def test_sampling_settings_out_of_range_are_named(options, message):
         pipe.describe(_astronaut(), "What is it?", **options)
     with pytest.raises(InputError, match=message):
         pipe.generate_image("A red cube.", **options)
-    with pytest.raises(InputError, match="cfg must be >= 0"):
+    with pytest.raises(InputError, match="cfg must be within \\[0, 10000\\]"):
         pipe.generate_image("A red cube.", cfg=-1.0)
 
 

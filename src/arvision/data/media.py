@@ -97,12 +97,23 @@ def load_media(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image
     try:
         return [read_image(source)]
     except InputError as image_error:
-        if not Path(source).is_file():
+        if not Path(source).is_file() or _pil_identifies(source):  # an image, just not a usable one
             raise
         try:
             return load_video_frames(source, num_frames)
         except InputError:
             raise InputError(f"not a readable image or video: {source}") from image_error
+
+
+def _pil_identifies(path: str | os.PathLike) -> bool:
+    """Whether PIL recognises the file's format (a decompression bomb included), whatever its pixels hold."""
+    try:
+        with PIL.Image.open(path):
+            return True
+    except PIL.Image.DecompressionBombError:
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image.Image]:
@@ -121,6 +132,12 @@ def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PI
             if not container.streams.video:
                 raise InputError(f"no video stream in {path}")
             stream = container.streams.video[0]
+            pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
+            if PIL.Image.MAX_IMAGE_PIXELS and pixels > PIL.Image.MAX_IMAGE_PIXELS:  # PIL's limit for one image
+                raise InputError(
+                    f"video frames too large to decode safely: {path} ({stream.codec_context.width}x"
+                    f"{stream.codec_context.height})"
+                )
             # The header's frame count can be wrong; count the packets that carry data instead.
             total = sum(1 for packet in container.demux(stream) if packet.size)
         wanted = sample_frame_indices(total, num_frames)

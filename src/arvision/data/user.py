@@ -276,11 +276,7 @@ class ClassFolderImages(SkippingDataset):
         root = _require_exists(root)
         self.size, self.policy = size, check_policy(policy)
         self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        self.records = [
-            (path, label)
-            for label, name in enumerate(self.classes)
-            for path in _image_files(root / name)
-        ]
+        self.records = [(path, label) for label, name in enumerate(self.classes) for path in _image_files(root / name)]
         if not self.records:
             raise InputError(f"no images in class folders under {root} (expected root/<class_name>/<image>)")
 

@@ -16,6 +16,7 @@ noise), so a seed reproduces the whole output. For parity tests, ``index_provide
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,6 +32,7 @@ from arvision.nn.kv_cache import KVCache
 from arvision.nn.sampling import (
     Generators,
     check_generators,
+    check_guidance,
     check_sampling,
     filter_top_k_top_p,
     guide,
@@ -55,10 +57,9 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         check_sampling(self.temperature, self.top_k, self.top_p)
-        if self.cfg < 0:
-            raise InputError(f"guidance_scale (cfg) must be >= 0 (0 disables guidance), got {self.cfg}")
-        if self.diffusion_temperature < 0:
-            raise InputError(f"diffusion_temperature must be >= 0, got {self.diffusion_temperature}")
+        check_guidance(self.cfg, "guidance_scale (cfg)")
+        if not 0 <= self.diffusion_temperature < math.inf:
+            raise InputError(f"diffusion_temperature must be a finite number >= 0, got {self.diffusion_temperature}")
         if self.diffusion_steps is not None and not 1 <= self.diffusion_steps <= NUM_TRAIN_STEPS:
             raise InputError(f"diffusion_steps must be within 1..{NUM_TRAIN_STEPS}, got {self.diffusion_steps}")
 

@@ -5,6 +5,7 @@ All functions take logits shaped ``[..., V]`` and never modify their input.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -17,11 +18,21 @@ per sample (diffusers' convention), whose draws for sample i then come from gene
 the same whether it is drawn alone or in a batch."""
 
 
+MAX_GUIDANCE = 1e4  # far beyond any useful scale; larger ones overflow float32 logits into NaN probabilities
+MIN_TEMPERATURE = 1e-4  # below it (but above 0, greedy) the scaled logits overflow float32 the same way
+
+
+def check_guidance(scale: float, name: str = "guidance_scale") -> None:
+    """A classifier-free guidance scale must be a number in [0, MAX_GUIDANCE] (0 disables guidance)."""
+    if not 0 <= scale <= MAX_GUIDANCE:  # NaN fails both comparisons
+        raise InputError(f"{name} must be within [0, {MAX_GUIDANCE:g}] (0: no guidance), got {scale}")
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
-    """Refuse, naming it, a setting no sampler here takes: ``temperature`` below 0 (0 is greedy), ``top_k``
-    below 0 (0 or None: no top-k), ``top_p`` outside [0, 1] (0: no top-p)."""
-    if temperature < 0:
-        raise InputError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    """Refuse, naming it, a setting no sampler here takes: ``temperature`` other than 0 (greedy) or a finite
+    number >= MIN_TEMPERATURE, ``top_k`` below 0 (0 or None: no top-k), ``top_p`` outside [0, 1] (0: no top-p)."""
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+        raise InputError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {temperature}")
     if top_k is not None and top_k < 0:
         raise InputError(f"top_k must be >= 0 (0: no top-k), got {top_k}")
     if not 0 <= top_p <= 1:

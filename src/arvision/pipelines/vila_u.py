@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from arvision.data.media import ImageInput, load_media, preprocess_image, read_image, to_pil
 from arvision.errors import CheckpointError, InputError
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
-from arvision.nn.sampling import Generators, check_sampling
+from arvision.nn.sampling import Generators, check_guidance, check_sampling
 from arvision.pipelines import vila_u_checkpoint as ckpt
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
 from arvision.text import vicuna
@@ -202,6 +202,13 @@ class VilaUPipeline:
                 encoded[id(item)] = self.model.encode_images(self.pixels(self._frames(item, frames)))[1]
             features = encoded[id(item)]
             prompts.append(self.model.splice(self.prompt_ids(question, len(features)), features))
+        limit = self.model.llm.config.max_position_embeddings
+        longest = max(prompt.shape[0] for prompt in prompts)
+        if longest > limit:
+            raise InputError(
+                f"the prompt takes {longest} positions (the question's text and the images' tokens), more than the "
+                f"model's {limit}: shorten the question or use fewer frames"
+            )
         embeds, mask = left_padded(prompts)
         ids, _ = self.model.generate_text_batch(
             embeds, mask, eos_token_id=self.text_sampling.eos_token_id, generator=generator, **sampling
@@ -288,8 +295,7 @@ class VilaUPipeline:
             raise InputError("no prompt given")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"n must be an integer >= 1, got {n!r}")
-        if cfg < 0:
-            raise InputError(f"cfg must be >= 0, got {cfg}")
+        check_guidance(cfg, "cfg")
         check_sampling(**sampling)
         generator = self._generators(seed, len(prompts) * n, "image")
         ids, mask = self.generation_batch(prompts, n, video)

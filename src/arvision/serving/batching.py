@@ -5,7 +5,8 @@ The web server's event loop submits jobs and awaits their futures; the models ru
 worker takes the oldest job, waits up to ``max_wait_s`` for more jobs with the same key, up to ``max_batch``
 units of work (images, questions), and runs them in one call. A batch that raises is run again job by job, so
 a bad request fails alone; a job whose future was cancelled before its batch started (its client went away)
-is dropped without running.
+is dropped without running. Should the worker itself stop (a ``BaseException`` out of the runner), the queue
+closes: the waiting jobs fail and new ones are refused, rather than waiting forever.
 """
 
 from __future__ import annotations
@@ -42,12 +43,16 @@ class _Job:
 
 @dataclass
 class QueueStats:
-    """Counters since the queue started: ``jobs`` run, in ``batches`` calls; ``largest_batch`` in units."""
+    """Counters since the queue started: ``jobs`` finished (``failed`` of them with an error), ``batches``
+    runner calls that succeeded, ``largest_batch`` in units; ``pending`` jobs waiting; ``running``: whether the
+    worker is taking jobs."""
 
     pending: int = 0
     jobs: int = 0
+    failed: int = 0
     batches: int = 0
     largest_batch: int = 0
+    running: bool = True
 
 
 class BatchingQueue:
@@ -93,9 +98,14 @@ class BatchingQueue:
             self._changed.notify_all()
         return job.future
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def stats(self) -> QueueStats:
         with self._changed:
-            return QueueStats(len(self._jobs), self._stats.jobs, self._stats.batches, self._stats.largest_batch)
+            counts = (self._stats.jobs, self._stats.failed, self._stats.batches, self._stats.largest_batch)
+            return QueueStats(len(self._jobs), *counts, running=not self._closed and self._thread.is_alive())
 
     def close(self, timeout_s: float | None = 30.0) -> None:
         """Stop taking jobs, let the running batch finish, and fail the waiting jobs."""
@@ -115,8 +125,15 @@ class BatchingQueue:
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
             started = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if started:
-                self._run(started)
+            try:
+                if started:
+                    self._run(started)
+            except BaseException as exc:  # the worker stops: nothing may be left waiting for it
+                for job in started:
+                    if not job.future.done():
+                        job.future.set_exception(QueueClosed(f"the server's worker stopped: {exc!r}"))
+                self.close()
+                raise
 
     def _next_batch(self) -> list[_Job] | None:
         """The oldest job and, after up to ``max_wait_s`` more, the later ones of its key that fit beside it."""
@@ -154,6 +171,9 @@ class BatchingQueue:
                 for job in batch:
                     self._run([job])
             else:
+                with self._changed:
+                    self._stats.jobs += 1
+                    self._stats.failed += 1
                 batch[0].future.set_exception(exc)
             return
         with self._changed:
