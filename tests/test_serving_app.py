@@ -95,7 +95,8 @@ def test_concurrent_requests_share_a_batch_and_get_what_they_would_alone(hart):
     "request_body, status, message",
     [
         ({"prompt": "   "}, 400, "prompt 0 is empty"),
-        ({"prompt": "a cube", "n": 5}, 400, "1 to 4 items"),
+        ({"prompt": "a cube", "n": 5}, 400, "n must be within 1..4"),
+        ({"prompt": "a cube", "n": 10**9}, 400, "n must be within 1..4"),
         ({"prompt": "a cube", "size": 33}, 400, "not a multiple of the tokenizer's downsampling factor"),
         ({"prompt": "a cube", "negative_prompt": " "}, 400, "negative prompt is empty"),
         ({"prompt": "a cube", "seed": 2**31 - 1, "n": 2}, 400, "seed must be within"),
@@ -150,7 +151,7 @@ def test_bad_describe_requests_are_named(client, upload, question, status, messa
 def test_an_upload_over_the_limit_is_refused(hart):
     with TestClient(create_app(None, fixture_pipeline(), max_upload_bytes=100)) as small:
         response = small.post("/v1/describe", files={"file": ("a.png", b"x" * 101)}, data={"question": "What?"})
-        assert response.status_code == 413 and "larger than 100 bytes" in response.text
+        assert response.status_code == 413 and "request body is larger than 100 bytes" in response.text
         missing = small.post("/v1/generate", json={"prompt": "a cube"})
         assert missing.status_code == 404 and "no text-to-image model" in missing.text
         assert "generate-section" in small.get("/").text and small.get("/health").json()["generate"] is None
@@ -174,3 +175,71 @@ def test_cli_serve_builds_the_app_from_folders(tmp_path, monkeypatch, capsys, ti
     assert "is a VILA-U model" in capsys.readouterr().err
     assert cli_main(["serve", "--no-generate", "--no-describe"]) == 2
     assert "leave nothing to serve" in capsys.readouterr().err
+
+
+def test_a_streamed_body_over_the_limit_is_refused_as_it_arrives(hart):
+    app = create_app(hart, max_upload_bytes=1000)
+    with TestClient(app) as client:
+        chunks = iter([b"x" * 600, b"x" * 600, b"x" * 10**6])  # no Content-Length: sent chunked
+        response = client.post("/v1/generate", content=chunks, headers={"content-type": "application/json"})
+        assert response.status_code == 413 and "larger than 1000 bytes" in response.text
+
+
+def test_a_request_whose_client_left_is_dropped_before_it_runs(hart):
+    import json
+    import threading
+
+    from arvision.serving.batching import BatchingQueue
+
+    ran, release = [], threading.Event()
+
+    def runner(key, payloads):
+        ran.extend(payloads)
+        assert release.wait(10)
+        return [[PIL.Image.new("RGB", (4, 4))] for _ in payloads]
+
+    app = create_app(hart)
+    app.state.queue.close()
+    app.state.queue = BatchingQueue(runner, max_wait_s=0.0)
+    first = app.state.queue.submit("busy", "first")  # keeps the worker busy
+    body = json.dumps({"prompt": "a cube", "seed": 1}).encode()
+    sent, messages = [], iter([{"type": "http.request", "body": body, "more_body": False}])
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})  # the client has gone once the body is read
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/generate", "http_version": "1.1", "scheme": "http"}
+    scope.update(headers=[(b"content-type", b"application/json")], query_string=b"", root_path="")
+    asyncio.run(app(scope, receive, send))
+    release.set()
+    first.result(10)
+    app.state.queue.close()
+    assert ran == ["first"]  # the abandoned request never reached the model
+    assert sent[0]["status"] == 499
+
+
+def test_the_app_can_be_served_again_and_reports_a_stopped_worker(hart):
+    app = create_app(hart)
+    for _ in range(2):
+        with TestClient(app) as client:
+            assert client.post("/v1/generate", json={"prompt": "a cube", "seed": 0}).status_code == 200
+    with TestClient(app) as client:
+        app.state.queue.close()
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "stopped"
+        assert client.post("/v1/generate", json={"prompt": "a cube"}).status_code == 503
+
+
+def test_cli_serve_names_a_bad_port_and_a_missing_extra(monkeypatch, capsys):
+    import importlib.util
+
+    with pytest.raises(SystemExit):
+        cli_main(["serve", "--port", "70000"])
+    assert "a port is 0..65535, got 70000" in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert cli_main(["serve"]) == 2
+    assert "needs the serve extra (uvicorn missing): pip install 'arvision[serve]'" in capsys.readouterr().err

@@ -4,12 +4,22 @@ a VILA-U question-answering model (the embedded defaults unless folders are give
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 from arvision.cli import at_least
 from arvision.cli.common import add_device_arguments, silence_library_progress, torch_dtype
 from arvision.defaults import default_model_path
 from arvision.errors import ArvisionError, InputError
+
+SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart")  # the serve extra (python-multipart reads uploads)
+
+
+def port_number(text: str) -> int:
+    port = at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {port}")
+    return port
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,25 +32,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-describe", action="store_true", help="serve no question-answering model")
     p.add_argument("--text-encoder", type=Path, default=None, help="Qwen2 text-encoder folder (official HART)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=at_least(0), default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
     p.add_argument("--max-batch", type=at_least(1), default=8, help="images or questions run together (default 8)")
     p.add_argument(
         "--batch-wait-ms", type=at_least(0), default=20, help="how long to wait for requests to batch (default 20)"
     )
     p.add_argument("--max-pending", type=at_least(1), default=64, help="queued requests before 503 (default 64)")
+    p.add_argument(
+        "--max-upload-mb", type=at_least(1), default=64, help="largest request body, uploads included (default 64)"
+    )
     add_device_arguments(p, None, "weights dtype (default: float32 for HART, the stored dtype for VILA-U)")
     p.set_defaults(func=run)
 
 
 def build_app(args: argparse.Namespace):
     """Load the models the arguments name and wrap them in the app (without serving it)."""
-    try:
-        from arvision.serving.app import create_app
-    except ImportError as exc:
+    missing = [name for name in SERVE_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
         hint = "pip install 'arvision[serve]'"
-        raise ArvisionError(f"arvision serve needs the serve extra ({exc.name} is missing): {hint}") from None
+        raise ArvisionError(f"arvision serve needs the serve extra ({', '.join(missing)} missing): {hint}")
     from arvision.pipelines.hart import HartPipeline
     from arvision.pipelines.vila_u import VilaUPipeline, is_vila_u_folder
+    from arvision.serving.app import create_app
 
     if args.no_generate and args.no_describe:
         raise InputError("--no-generate and --no-describe leave nothing to serve")
@@ -67,6 +80,7 @@ def build_app(args: argparse.Namespace):
         max_batch=args.max_batch,
         max_wait_s=args.batch_wait_ms / 1000,
         max_pending=args.max_pending,
+        max_upload_bytes=args.max_upload_mb * 2**20,
     )
 
 

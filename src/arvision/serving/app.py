@@ -21,6 +21,7 @@ import base64
 import io
 import re
 import tempfile
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import asdict, fields
 from importlib import resources
@@ -31,6 +32,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from arvision.data.media import load_media
 from arvision.errors import ArvisionError, InputError
@@ -53,6 +55,9 @@ from arvision.serving.jobs import (
 )
 
 MAX_UPLOAD_BYTES = 64 * 2**20
+MAX_FRAMES = 64  # frames sampled from an uploaded video
+MAX_NEW_TOKENS = 4096
+DISCONNECT_POLL_S = 0.25
 GENERATION_SETTINGS = {f.name for f in fields(GenerationSettings)}  # the request fields that form the batch key
 
 
@@ -105,18 +110,23 @@ def create_app(
     if generator is None and describer is None:
         raise InputError("give the server a text-to-image model, a question-answering model, or both")
     models = Models(generator, describer)
-    queue = BatchingQueue(models.run, max_batch=max_batch, max_wait_s=max_wait_s, max_pending=max_pending)
     names = names or {}
 
+    def new_queue() -> BatchingQueue:
+        return BatchingQueue(models.run, max_batch=max_batch, max_wait_s=max_wait_s, max_pending=max_pending)
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(app: FastAPI):
+        if app.state.queue.closed:  # served before: a new run of the app gets a new worker
+            app.state.queue = new_queue()
         yield
-        queue.close()
+        await run_in_threadpool(app.state.queue.close)  # waits for the running batch: off the event loop
 
     app = FastAPI(
         title="arvision", description="HART text-to-image and VILA-U visual question answering", lifespan=lifespan
     )
-    app.state.queue, app.state.models = queue, models
+    app.state.queue, app.state.models = new_queue(), models
+    app.add_middleware(LimitBodySize, max_bytes=max_upload_bytes)
 
     @app.exception_handler(ArvisionError)
     async def named_error(_: Request, exc: ArvisionError) -> JSONResponse:
@@ -129,60 +139,102 @@ def create_app(
         return resources.files("arvision.serving").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> JSONResponse:
         generate = describe = None
         if generator is not None:
             size = generator.default_size()
             generate = {"model": names.get("generate"), "size": size, "guidance_scale": generator.guidance_scale}
         if describer is not None:
             describe = {"model": names.get("describe"), "image_size": describer.config.tower.image_size}
-        return {
-            "status": "ok",
+        stats = app.state.queue.stats()
+        body = {
+            "status": "ok" if stats.running else "stopped",
             "generate": generate,
             "describe": describe,
             "max_batch": max_batch,
-            "queue": asdict(queue.stats()),
+            "queue": asdict(stats),
         }
+        return JSONResponse(body, status_code=200 if stats.running else 503)
 
     @app.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(request: GenerateRequest) -> GenerateResponse:
+    async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
         if generator is None:
             raise HTTPException(404, "this server runs no text-to-image model")
-        settings = GenerationSettings(**request.model_dump(include=GENERATION_SETTINGS))
-        job = GenerationJob(request.prompt, image_seeds(request.seed, request.n), request.negative_prompt)
+        if body.n > max_batch:
+            raise InputError(f"n must be within 1..{max_batch} (this server's max batch), got {body.n}")
+        settings = GenerationSettings(**body.model_dump(include=GENERATION_SETTINGS))
+        job = GenerationJob(body.prompt, image_seeds(body.seed, body.n), body.negative_prompt)
         check_generation(generator, settings, job)
-        images = await asyncio.wrap_future(queue.submit(generation_key(settings, job), job, size=request.n))
+        images = await _result(request, app.state.queue.submit(generation_key(settings, job), job, size=body.n))
         width, height = images[0].size
         encoded = await run_in_threadpool(lambda: [_png_base64(image) for image in images])  # large images: ~0.1 s
         return GenerateResponse(images=encoded, seeds=list(job.seeds), width=width, height=height)
 
     @app.post("/v1/describe", response_model=DescribeResponse)
     async def describe(
+        request: Request,
         file: Annotated[UploadFile, File(description="an image or a video")],
         question: Annotated[str, Form()],
         seed: Annotated[int | None, Form(ge=0, le=MAX_SEED)] = None,
         temperature: Annotated[float | None, Form(ge=0)] = None,
         top_k: Annotated[int | None, Form(ge=0)] = None,
         top_p: Annotated[float | None, Form(ge=0, le=1)] = None,
-        max_new_tokens: Annotated[int | None, Form(ge=1)] = None,
-        num_frames: Annotated[int | None, Form(ge=1)] = None,
+        max_new_tokens: Annotated[int | None, Form(ge=1, le=MAX_NEW_TOKENS)] = None,
+        num_frames: Annotated[int | None, Form(ge=1, le=MAX_FRAMES)] = None,
     ) -> DescribeResponse:
         if describer is None:
             raise HTTPException(404, "this server runs no question-answering model")
         settings = DescribeSettings(temperature, top_k, top_p, max_new_tokens)
         check_describe(describer, settings, question)
-        data = await file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"the upload is larger than {max_upload_bytes} bytes")
+        data = await file.read()  # LimitBodySize has bounded it
         if not data:
             raise InputError("the uploaded file is empty")
         frames_wanted = describer.config.num_video_frames if num_frames is None else num_frames
-        frames = await run_in_threadpool(_read_upload, data, file.filename or "upload", frames_wanted)
+        frames = await run_in_threadpool(_read_upload, data, file.filename, frames_wanted)
         job = DescribeJob(tuple(frames), question, fresh_seed() if seed is None else seed)
-        answer = await asyncio.wrap_future(queue.submit(describe_key(settings), job))
+        answer = await _result(request, app.state.queue.submit(describe_key(settings), job))
         return DescribeResponse(answer=answer, seed=job.seed)
 
     return app
+
+
+async def _result(request: Request, job: Future) -> Any:
+    """The job's result; if the client goes away first, the job is cancelled (dropped unless it has started)."""
+    waiting = asyncio.wrap_future(job)
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return waiting.result()
+        if await request.is_disconnected():
+            job.cancel()
+            raise HTTPException(499, "the client closed the request")  # nobody reads it
+
+
+class LimitBodySize:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 before it is stored, by its declared
+    Content-Length or, for a streamed body, as soon as the bytes received pass the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = JSONResponse({"detail": f"the request body is larger than {self.max_bytes} bytes"}, 413)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_large(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, f"the request body is larger than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def _png_base64(image) -> str:
@@ -192,8 +244,9 @@ def _png_base64(image) -> str:
 
 
 def _read_upload(data: bytes, filename: str, num_frames: int) -> list:
-    """An uploaded image or video -> frames, through the same readers as files on disk (the container is
-    found by content; the name only lends its suffix), with errors that name the upload, not a temp file."""
+    """An uploaded image or video -> frames, through the same readers as files on disk, which the upload's
+    suffix steers (a video suffix goes to the video reader; others are tried as an image, then as a video),
+    with errors that name the upload, not a temporary file."""
     suffix = re.sub(r"[^A-Za-z0-9.]", "", Path(filename).suffix)[:12]
     with tempfile.TemporaryDirectory(prefix="arvision-upload-") as folder:
         path = Path(folder) / f"upload{suffix}"

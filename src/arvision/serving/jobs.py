@@ -29,9 +29,10 @@ def fresh_seed() -> int:
 
 def image_seeds(seed: int | None, count: int) -> tuple[int, ...]:
     """One seed per image: ``seed, seed + 1, ...`` (a fresh random start when ``seed`` is None)."""
-    start = fresh_seed() if seed is None else seed
-    if not 0 <= start <= MAX_SEED - count + 1:
-        raise InputError(f"seed must be within [0, {MAX_SEED - count + 1}] for {count} images, got {seed}")
+    last_start = MAX_SEED - count + 1
+    start = secrets.randbelow(last_start + 1) if seed is None else seed
+    if not 0 <= start <= last_start:
+        raise InputError(f"seed must be within [0, {last_start}] for {count} images, got {seed}")
     return tuple(range(start, start + count))
 
 
@@ -151,6 +152,8 @@ class Models:
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[Any]:
         kind, settings = key[:2]
-        if kind == "generate":
-            return run_generation(self.generator, settings, payloads)
-        return run_describe(self.describer, settings, payloads)
+        pipe = self.generator if kind == "generate" else self.describer if kind == "describe" else None
+        if pipe is None:
+            raise InputError(f"this server runs no model for {kind!r} jobs")
+        run = run_generation if kind == "generate" else run_describe
+        return run(pipe, settings, payloads)
