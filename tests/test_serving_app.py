@@ -52,7 +52,7 @@ def test_the_page_and_health(client):
     page = client.get("/")
     assert page.status_code == 200 and "/v1/generate" in page.text and "/v1/describe" in page.text
     health = client.get("/health").json()
-    assert health["generate"] == {"model": "tiny", "size": 32, "guidance_scale": 4.5}
+    assert health["generate"] == {"model": "tiny", "kind": "hart", "size": 32, "guidance_scale": 4.5}
     assert health["describe"]["image_size"] == fixture_pipeline().config.tower.image_size
     assert health["max_batch"] == 4
 
@@ -171,8 +171,11 @@ def test_cli_serve_builds_the_app_from_folders(tmp_path, monkeypatch, capsys, ti
         health = client.get("/health").json()
         assert health["max_batch"] == 2 and health["describe"]["model"] == str(FIXTURE)
         assert client.post("/v1/generate", json={"prompt": "a cube", "n": 2}).status_code == 200
-    assert cli_main(["serve", "--model", str(FIXTURE)]) == 2
-    assert "is a VILA-U model" in capsys.readouterr().err
+    assert cli_main(["serve", "--model", str(FIXTURE), "--text-encoder", str(tiny_qwen2_24)]) == 2
+    assert "--text-encoder applies to HART models only" in capsys.readouterr().err
+    assert cli_main(["serve", "--model", str(FIXTURE)]) == 0  # one VILA-U generates and answers
+    app = served["app"]
+    assert app.state.models.generator is app.state.models.describer
     assert cli_main(["serve", "--no-generate", "--no-describe"]) == 2
     assert "leave nothing to serve" in capsys.readouterr().err
 
@@ -243,3 +246,25 @@ def test_cli_serve_names_a_bad_port_and_a_missing_extra(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert cli_main(["serve"]) == 2
     assert "needs the serve extra (uvicorn missing): pip install 'arvision[serve]'" in capsys.readouterr().err
+
+
+def test_a_vila_u_server_generates_each_image_as_its_seed_makes_it_alone():
+    vila = fixture_pipeline()
+
+    async def scenario():
+        app = create_app(vila, vila, max_wait_s=1.0)
+        requests = [{"prompt": "A red panda sitting on a tree.", "n": 2, "seed": 3}, {"prompt": "Waves.", "seed": 9}]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            responses = await asyncio.gather(*(http.post("/v1/generate", json=r, timeout=60) for r in requests))
+            refused = await http.post("/v1/generate", json={"prompt": "a cube", "more_smooth": True, "size": 64})
+        stats = app.state.queue.stats()
+        app.state.queue.close()
+        return [r.json() for r in responses], stats, refused
+
+    bodies, stats, refused = asyncio.run(scenario())
+    assert (stats.jobs, stats.batches) == (2, 1)
+    for body, prompt in zip(bodies, ["A red panda sitting on a tree.", "Waves."]):
+        for data, seed in zip(body["images"], body["seeds"]):
+            assert _close(_decode(data), np.asarray(vila.generate_image(prompt, seed=seed)[0]))
+    assert refused.status_code == 400 and "more_smooth apply to HART models only" in refused.text

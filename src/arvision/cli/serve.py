@@ -1,5 +1,5 @@
-"""``arvision serve``: the HTTP API and web page (:mod:`arvision.serving`) over a HART text-to-image model and
-a VILA-U question-answering model (the embedded defaults unless folders are given)."""
+"""``arvision serve``: the HTTP API and web page (:mod:`arvision.serving`) over a text-to-image model (HART or
+VILA-U) and a VILA-U question-answering model (the embedded defaults unless folders are given)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,13 @@ def port_number(text: str) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve an HTTP API and web page (generate images, answer questions)")
-    p.add_argument("--model", type=Path, default=None, help="HART folder for /v1/generate (default: the embedded one)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="HART or VILA-U folder for /v1/generate (default: the embedded HART); a VILA-U one also answers "
+        "/v1/describe unless --describe-model is given",
+    )
     p.add_argument(
         "--describe-model", type=Path, default=None, help="VILA-U folder for /v1/describe (default: the embedded one)"
     )
@@ -63,16 +69,27 @@ def build_app(args: argparse.Namespace):
     if not args.no_generate:
         folder = args.model or default_model_path("hart")
         if is_vila_u_folder(folder):
-            raise InputError(f"{folder} is a VILA-U model: the server generates with HART; give it as --describe-model")
-        generator = HartPipeline.from_pretrained(
-            folder, text_encoder=args.text_encoder, torch_dtype=torch_dtype(args.dtype or "float32"), device=args.device
-        )
+            if args.text_encoder is not None:
+                raise InputError(f"--text-encoder applies to HART models only; {folder} is a VILA-U model")
+            generator = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
+            generator.progress = False
+        else:
+            generator = HartPipeline.from_pretrained(
+                folder,
+                text_encoder=args.text_encoder,
+                torch_dtype=torch_dtype(args.dtype or "float32"),
+                device=args.device,
+            )
         names["generate"] = str(folder)
     if not args.no_describe:
-        folder = args.describe_model or default_model_path("vila-u")
-        describer = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
-        describer.progress = False
-        names["describe"] = str(folder)
+        if isinstance(generator, VilaUPipeline) and args.describe_model is None:
+            describer = generator  # one VILA-U answers questions and generates: loaded once
+            names["describe"] = names["generate"]
+        else:
+            folder = args.describe_model or default_model_path("vila-u")
+            describer = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
+            describer.progress = False
+            names["describe"] = str(folder)
     return create_app(
         generator,
         describer,

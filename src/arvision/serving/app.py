@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from arvision.data.media import load_media
 from arvision.errors import ArvisionError, InputError
+from arvision.models.vila_u import DEFAULT_CFG
 from arvision.pipelines.hart import HartPipeline
 from arvision.pipelines.vila_u import VilaUPipeline
 from arvision.serving.batching import BatchingQueue, QueueClosed, QueueFull
@@ -72,8 +73,8 @@ class GenerateRequest(BaseModel):
     size: int | None = Field(None, gt=0, description="square image size in pixels (default: the model's)")
     guidance_scale: float | None = Field(None, ge=0)
     top_k: int | None = Field(None, ge=0)
-    top_p: float = Field(0.0, ge=0, le=1)
-    temperature: float = Field(1.0, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: float | None = Field(None, ge=0)
     more_smooth: bool = False
     diffusion_steps: int | None = Field(None, ge=1)
     negative_prompt: str | None = None
@@ -92,7 +93,7 @@ class DescribeResponse(BaseModel):
 
 
 def create_app(
-    generator: HartPipeline | None = None,
+    generator: HartPipeline | VilaUPipeline | None = None,
     describer: VilaUPipeline | None = None,
     *,
     names: dict[str, str] | None = None,
@@ -101,7 +102,8 @@ def create_app(
     max_pending: int = 64,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> FastAPI:
-    """An app serving ``generator`` (text-to-image) and/or ``describer`` (questions about images and videos).
+    """An app serving ``generator`` (text-to-image: HART, or VILA-U) and/or ``describer`` (questions about images
+    and videos: VILA-U; it may be the generator's own pipeline).
 
     ``names``: what ``/health`` calls the models (``{"generate": ..., "describe": ...}``, e.g. their folders).
     ``max_batch``: images (or questions) run together; ``max_wait_s``: how long the worker waits for more
@@ -141,9 +143,12 @@ def create_app(
     @app.get("/health")
     async def health() -> JSONResponse:
         generate = describe = None
-        if generator is not None:
-            size = generator.default_size()
-            generate = {"model": names.get("generate"), "size": size, "guidance_scale": generator.guidance_scale}
+        if isinstance(generator, VilaUPipeline):
+            size, guidance = generator.config.tower.image_size, DEFAULT_CFG
+            generate = {"model": names.get("generate"), "kind": "vila-u", "size": size, "guidance_scale": guidance}
+        elif generator is not None:
+            size, guidance = generator.default_size(), generator.guidance_scale
+            generate = {"model": names.get("generate"), "kind": "hart", "size": size, "guidance_scale": guidance}
         if describer is not None:
             describe = {"model": names.get("describe"), "image_size": describer.config.tower.image_size}
         stats = app.state.queue.stats()

@@ -1,8 +1,9 @@
-"""What the server's worker runs: text-to-image jobs on a HART pipeline, question-answering jobs on a VILA-U
-pipeline. A job's *settings* are its batch key (jobs with equal settings share one pipeline call); its
+"""What the server's worker runs: text-to-image jobs on a HART (or VILA-U) pipeline, question-answering jobs on
+a VILA-U pipeline. A job's *settings* are its batch key (jobs with equal settings share one pipeline call); its
 *payload* is what differs within a batch. Each image and answer is drawn from its own seeded generator, so a
-result does not depend on the batch it ran in: image i of a response is ``pipe(prompt, seed=seeds[i])``'s
-single image, and an answer is ``describe(media, question, seed=seed)``'s.
+result does not depend on the batch it ran in: image i of a response is the single image of
+``pipe(prompt, seed=seeds[i])`` (VILA-U: ``generate_image(prompt, seed=seeds[i])``), and an answer is
+``describe(media, question, seed=seed)``'s.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from PIL import Image
 
 from arvision.errors import InputError
+from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG
+from arvision.nn.sampling import check_guidance, check_sampling
 from arvision.pipelines.hart import HartPipeline
 from arvision.pipelines.vila_u import VilaUPipeline
 from arvision.text.base import check_prompts
@@ -39,13 +42,13 @@ def image_seeds(seed: int | None, count: int) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class GenerationSettings:
     """The sampling options of a text-to-image request, named as :class:`HartPipeline`'s arguments (None: the
-    pipeline's default; ``size``: height and width); equal settings batch."""
+    model's default; ``size``: height and width; the last two are HART's only); equal settings batch."""
 
     size: int | None = None
     guidance_scale: float | None = None
     top_k: int | None = None
-    top_p: float = 0.0
-    temperature: float = 1.0
+    top_p: float | None = None
+    temperature: float | None = None
     more_smooth: bool = False
     diffusion_steps: int | None = None
 
@@ -59,15 +62,51 @@ class GenerationJob:
     negative_prompt: str | None = None
 
 
-def check_generation(pipe: HartPipeline, settings: GenerationSettings, job: GenerationJob) -> None:
+Generator = HartPipeline | VilaUPipeline
+
+
+def check_generation(pipe: Generator, settings: GenerationSettings, job: GenerationJob) -> None:
     """Refuse, before it is queued, a request the pipeline would refuse (a bad one would fail its batch)."""
     check_prompts(job.prompt)
     if job.negative_prompt is not None and not job.negative_prompt.strip():
         raise InputError("the negative prompt is empty; leave it out to use the model's null condition")
-    options = asdict(settings)
-    size = options.pop("size")
-    pipe.sampling_options(**options)
-    pipe.schedule_for(size, size)
+    if isinstance(pipe, VilaUPipeline):
+        _vila_u_options(pipe, settings, job)
+    else:
+        pipe.sampling_options(**_hart_options(settings))
+        pipe.schedule_for(settings.size, settings.size)
+
+
+def _hart_options(settings: GenerationSettings) -> dict[str, Any]:
+    """The options a request set, as :class:`HartPipeline` keyword arguments (``size`` apart)."""
+    return {name: value for name, value in asdict(settings).items() if value is not None and name != "size"}
+
+
+def _vila_u_options(pipe: VilaUPipeline, settings: GenerationSettings, job: GenerationJob) -> dict[str, Any]:
+    """The options a request set, checked, as :meth:`VilaUPipeline.generate_image` keyword arguments."""
+    hart_only = [
+        name
+        for name, used in (
+            ("more_smooth", settings.more_smooth),
+            ("diffusion_steps", settings.diffusion_steps is not None),
+            ("negative_prompt", job.negative_prompt is not None),
+        )
+        if used
+    ]
+    if hart_only:
+        raise InputError(f"{', '.join(hart_only)} apply to HART models only; this server generates with VILA-U")
+    size = pipe.config.tower.image_size
+    if settings.size not in (None, size):
+        raise InputError(f"this VILA-U model makes {size}x{size} images, not {settings.size}x{settings.size}")
+    options = {
+        "cfg": DEFAULT_CFG if settings.guidance_scale is None else settings.guidance_scale,
+        "temperature": CODE_TEMPERATURE if settings.temperature is None else settings.temperature,
+        "top_k": CODE_TOP_K if settings.top_k is None else settings.top_k,
+        "top_p": CODE_TOP_P if settings.top_p is None else settings.top_p,
+    }
+    check_guidance(options["cfg"], "guidance_scale")
+    check_sampling(options["temperature"], options["top_k"], options["top_p"])
+    return options
 
 
 def generation_key(settings: GenerationSettings, job: GenerationJob) -> Hashable:
@@ -76,23 +115,25 @@ def generation_key(settings: GenerationSettings, job: GenerationJob) -> Hashable
     return ("generate", settings, job.negative_prompt is not None)
 
 
-def run_generation(pipe: HartPipeline, settings: GenerationSettings, jobs: Sequence[GenerationJob]) -> list:
+def run_generation(pipe: Generator, settings: GenerationSettings, jobs: Sequence[GenerationJob]) -> list:
     """One pipeline call for all the jobs' images -> per job, its list of PIL images."""
     prompts = [job.prompt for job in jobs for _ in job.seeds]
+    seeds = [seed for job in jobs for seed in job.seeds]
     negatives = [job.negative_prompt for job in jobs for _ in job.seeds]
     if len({n is None for n in negatives}) > 1:
         raise InputError("jobs with and without a negative prompt cannot share a batch (see generation_key)")
-    options = asdict(settings)
-    size = options.pop("size")
-    images = pipe(
-        prompts,
-        height=size,
-        width=size,
-        negative_prompt=None if negatives[0] is None else negatives,
-        generator=[torch.Generator(pipe.device).manual_seed(seed) for job in jobs for seed in job.seeds],
-        progress=False,
-        **options,
-    ).images
+    if isinstance(pipe, VilaUPipeline):
+        images = pipe.generate_image(prompts, seed=seeds, **_vila_u_options(pipe, settings, jobs[0]))
+    else:
+        images = pipe(
+            prompts,
+            height=settings.size,
+            width=settings.size,
+            negative_prompt=None if negatives[0] is None else negatives,
+            generator=[torch.Generator(pipe.device).manual_seed(seed) for seed in seeds],
+            progress=False,
+            **_hart_options(settings),
+        ).images
     out, start = [], 0
     for job in jobs:
         out.append(images[start : start + len(job.seeds)])
@@ -147,7 +188,7 @@ class Models:
     """The pipelines a server runs (either may be None) and the runner its queue calls, keyed by
     :func:`generation_key` and :func:`describe_key`."""
 
-    generator: HartPipeline | None = None
+    generator: Generator | None = None
     describer: VilaUPipeline | None = None
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[Any]:
