@@ -82,3 +82,16 @@ def test_vila_u_loads_in_its_stored_dtype_unless_told(tmp_path, monkeypatch, cap
     assert pipe.calls[1] == {"top_k": 7, "top_p": 0.5, "temperature": 0.0}
     assert main([*base, "--more-smooth"]) == 2
     assert "--more-smooth apply to HART models only" in capsys.readouterr().err
+
+
+def test_image_i_of_a_seeded_run_is_the_run_of_seed_plus_i(tmp_path, tiny_qwen2_24):
+    import numpy as np
+
+    base = ["generate", "a red cube", "--model", str(HART_TINY), "--text-encoder", str(tiny_qwen2_24), "--quiet"]
+    assert main([*base, "--seed", "5", "-n", "3", "-o", str(tmp_path / "batch.png")]) == 0
+    assert main([*base, "--seed", "7", "-o", str(tmp_path / "alone.png")]) == 0
+    third = np.asarray(Image.open(tmp_path / "batch-002.png"), dtype=int)
+    alone = np.asarray(Image.open(tmp_path / "alone.png"), dtype=int)
+    assert np.abs(third - alone).max() <= 1  # batched float sums round differently, by one level at most
+    first = np.asarray(Image.open(tmp_path / "batch-000.png"), dtype=int)
+    assert np.abs(first - alone).max() > 10

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from arvision.cli.common import add_device_arguments, numbered_paths, silence_library_progress, torch_dtype
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
@@ -29,7 +31,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="classifier-free guidance scale (default: the model's: HART 4.5 or its folder's, VILA-U 3)",
     )
-    p.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same images")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the first image; image i uses seed + i, so `--seed 7 -n 4` makes what `--seed 7` ... "
+        "`--seed 10` make one by one (as the server does)",
+    )
     p.add_argument("--model", type=Path, default=None, help="HART or VILA-U folder (official release or saved)")
     p.add_argument("--text-encoder", type=Path, default=None, help="Qwen2 text-encoder folder (official models)")
     p.add_argument(
@@ -121,7 +129,7 @@ def _generate_hart(folder: Path, args: argparse.Namespace) -> list:
         height=args.size,
         width=args.size,
         num_images_per_prompt=args.num_images,
-        seed=args.seed,
+        generator=None if args.seed is None else [torch.Generator(pipe.device).manual_seed(s) for s in _seeds(args)],
         negative_prompt=args.negative_prompt,
         discrete_only=args.discrete_only,
         more_smooth=args.more_smooth,
@@ -156,4 +164,10 @@ def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
     pipe = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
     pipe.progress = not args.quiet
     given = _given(args, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
-    return pipe.generate_image(args.prompt, n=args.num_images, seed=args.seed, **given)
+    seeds = None if args.seed is None else _seeds(args)
+    return pipe.generate_image(args.prompt, n=args.num_images, seed=seeds, **given)
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    """One seed per image: ``--seed``, ``--seed`` + 1, ..."""
+    return [args.seed + i for i in range(args.num_images)]
