@@ -70,5 +70,13 @@ def test_eval_script_reports_its_settings_and_names_errors_in_one_line(hart_fixt
     assert (
         refused.stderr.strip()
         .splitlines()[-1]
-        .startswith("eval_hart_world.py: error: this pipeline has no text encoder")
+        .startswith("arvision eval: error: this pipeline has no text encoder")
     )
+
+
+def test_the_installed_cli_runs_the_same_evaluation(hart_fixture_dir, capsys):
+    from arvision.cli import main
+
+    assert main(["eval", "hart-world", "--model", str(hart_fixture_dir), "--images-per-prompt", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == str(hart_fixture_dir) and report["top_k"] == "official"

@@ -78,4 +78,4 @@ def test_eval_tokenizer_names_bad_arguments_without_a_traceback(tmp_path):
     missing = run_script("--model", str(tmp_path / "nonexist"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     (line,) = missing.stderr.strip().splitlines()
-    assert line.startswith("eval_tokenizer.py: error: ") and "nonexist" in line
+    assert line.startswith("arvision eval: error: ") and "nonexist" in line

@@ -87,4 +87,4 @@ def test_eval_script_names_bad_arguments_without_a_traceback(tmp_path):
     missing = subprocess.run([sys.executable, str(script), "--model", str(tmp_path)], capture_output=True, text=True)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     (line,) = missing.stderr.strip().splitlines()
-    assert line.startswith("eval_vila_u_world.py: error: ") and "not a VILA-U folder" in line
+    assert line.startswith("arvision eval: error: ") and "not a VILA-U folder" in line

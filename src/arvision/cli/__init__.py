@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from arvision.errors import ArvisionError
 
-COMMANDS: list[str] = ["reconstruct", "generate", "describe", "generate_video", "train", "recipe", "serve"]
+COMMANDS: list[str] = ["reconstruct", "generate", "describe", "generate_video", "train", "recipe", "evaluate", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
