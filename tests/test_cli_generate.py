@@ -81,7 +81,7 @@ def test_vila_u_loads_in_its_stored_dtype_unless_told(tmp_path, monkeypatch, cap
     assert pipe.loads[1]["dtype"] == torch.float32
     assert pipe.calls[1] == {"top_k": 7, "top_p": 0.5, "temperature": 0.0}
     assert main([*base, "--more-smooth"]) == 2
-    assert "--more-smooth apply to HART models only" in capsys.readouterr().err
+    assert "--more-smooth applies to HART models only" in capsys.readouterr().err
 
 
 def test_image_i_of_a_seeded_run_is_the_run_of_seed_plus_i(tmp_path, tiny_qwen2_24):

@@ -95,4 +95,4 @@ def test_generate_dispatches_on_a_vila_u_folder(tmp_path, capsys):
     assert main(["generate", "x", "--model", str(FIXTURE), "--discrete-only", "-o", str(out)]) == 2
     assert "HART models only" in capsys.readouterr().err
     assert main(["generate", "x", "--model", str(FIXTURE), "--diffusion-steps", "4", "-o", str(out)]) == 2
-    assert "--diffusion-steps apply to HART models only" in capsys.readouterr().err
+    assert "--diffusion-steps applies to HART models only" in capsys.readouterr().err

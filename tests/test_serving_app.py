@@ -267,4 +267,4 @@ def test_a_vila_u_server_generates_each_image_as_its_seed_makes_it_alone():
     for body, prompt in zip(bodies, ["A red panda sitting on a tree.", "Waves."]):
         for data, seed in zip(body["images"], body["seeds"]):
             assert _close(_decode(data), np.asarray(vila.generate_image(prompt, seed=seed)[0]))
-    assert refused.status_code == 400 and "more_smooth apply to HART models only" in refused.text
+    assert refused.status_code == 400 and "more_smooth applies to HART models only" in refused.text

@@ -160,7 +160,8 @@ def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
         if used
     ]
     if hart_only:
-        raise InputError(f"{', '.join(hart_only)} apply to HART models only; {folder} is a VILA-U model")
+        verb = "apply" if len(hart_only) > 1 else "applies"
+        raise InputError(f"{', '.join(hart_only)} {verb} to HART models only; {folder} is a VILA-U model")
     pipe = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
     pipe.progress = not args.quiet
     given = _given(args, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)

@@ -94,7 +94,8 @@ def _vila_u_options(pipe: VilaUPipeline, settings: GenerationSettings, job: Gene
         if used
     ]
     if hart_only:
-        raise InputError(f"{', '.join(hart_only)} apply to HART models only; this server generates with VILA-U")
+        verb = "apply" if len(hart_only) > 1 else "applies"
+        raise InputError(f"{', '.join(hart_only)} {verb} to HART models only; this server generates with VILA-U")
     size = pipe.config.tower.image_size
     if settings.size not in (None, size):
         raise InputError(f"this VILA-U model makes {size}x{size} images, not {settings.size}x{settings.size}")
