@@ -67,11 +67,7 @@ def test_eval_script_reports_its_settings_and_names_errors_in_one_line(hart_fixt
     # the tiny fixture is class-conditional: it has no text encoder for the captions
     refused = run_script("--model", str(hart_fixture_dir), "--images-per-prompt", "0", "--caption-use", "4")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert (
-        refused.stderr.strip()
-        .splitlines()[-1]
-        .startswith("arvision eval: error: this pipeline has no text encoder")
-    )
+    assert refused.stderr.strip().splitlines()[-1].startswith("arvision eval: error: this pipeline has no text encoder")
 
 
 def test_the_installed_cli_runs_the_same_evaluation(hart_fixture_dir, capsys):
