@@ -64,8 +64,13 @@ def test_generate_returns_pngs_each_as_its_seed_makes_it_alone(client, hart):
     assert body["seeds"] == [7, 8, 9] and (body["width"], body["height"]) == (32, 32)
     for data, seed in zip(body["images"], body["seeds"]):
         assert _close(_decode(data), _alone(hart, "a red cube", seed))
+    assert body["warnings"] == []
     random_seed = client.post("/v1/generate", json={"prompt": "a red cube"}).json()["seeds"]
     assert len(random_seed) == 1 and 0 <= random_seed[0] < 2**31
+    limit = hart.text_encoder.max_length
+    long = client.post("/v1/generate", json={"prompt": "a red cube " * limit, "negative_prompt": "blurry"}).json()
+    count = hart.text_encoder.token_count("a red cube " * limit)
+    assert long["warnings"] == [f"the prompt is {count} tokens long; the model reads its first {limit}"]
 
 
 def test_concurrent_requests_share_a_batch_and_get_what_they_would_alone(hart):

@@ -5,7 +5,7 @@ Endpoints:
 * ``GET /``: a page to generate images from a prompt and ask questions about an image.
 * ``GET /health``: the models served, their defaults, and the queue's counters.
 * ``POST /v1/generate``: JSON ``{"prompt": ..., "n": 1, "seed": null, "size": null, ...}`` ->
-  ``{"images": [base64 PNG, ...], "seeds": [...], "width": W, "height": H}``. Image i is what
+  ``{"images": [base64 PNG, ...], "seeds": [...], "width": W, "height": H, "warnings": [...]}``. Image i is what
   ``pipe(prompt, seed=seeds[i])`` makes alone, whatever it was batched with.
 * ``POST /v1/describe``: a multipart form with ``file`` (an image or a video) and ``question`` ->
   ``{"answer": ..., "seed": ...}``.
@@ -53,6 +53,7 @@ from arvision.serving.jobs import (
     fresh_seed,
     generation_key,
     image_seeds,
+    prompt_notes,
 )
 
 MAX_UPLOAD_BYTES = 64 * 2**20
@@ -85,6 +86,7 @@ class GenerateResponse(BaseModel):
     seeds: list[int]
     width: int
     height: int
+    warnings: list[str] = Field(default_factory=list, description="e.g. a prompt longer than the model reads")
 
 
 class DescribeResponse(BaseModel):
@@ -170,10 +172,11 @@ def create_app(
         settings = GenerationSettings(**body.model_dump(include=GENERATION_SETTINGS))
         job = GenerationJob(body.prompt, image_seeds(body.seed, body.n), body.negative_prompt)
         check_generation(generator, settings, job)
+        notes = prompt_notes(generator, job)
         images = await _result(request, app.state.queue.submit(generation_key(settings, job), job, size=body.n))
         width, height = images[0].size
         encoded = await run_in_threadpool(lambda: [_png_base64(image) for image in images])  # large images: ~0.1 s
-        return GenerateResponse(images=encoded, seeds=list(job.seeds), width=width, height=height)
+        return GenerateResponse(images=encoded, seeds=list(job.seeds), width=width, height=height, warnings=notes)
 
     @app.post("/v1/describe", response_model=DescribeResponse)
     async def describe(

@@ -110,6 +110,17 @@ def _vila_u_options(pipe: VilaUPipeline, settings: GenerationSettings, job: Gene
     return options
 
 
+def prompt_notes(pipe: Generator, job: GenerationJob) -> list[str]:
+    """What a client should know about how the model reads its prompts: HART's text encoder keeps the first
+    ``max_length`` tokens of a longer one (as the official code does)."""
+    encoder = pipe.text_encoder if isinstance(pipe, HartPipeline) else None
+    notes = []
+    for what, text in (("prompt", job.prompt), ("negative prompt", job.negative_prompt)):
+        if encoder is not None and text is not None and (count := encoder.token_count(text)) > encoder.max_length:
+            notes.append(f"the {what} is {count} tokens long; the model reads its first {encoder.max_length}")
+    return notes
+
+
 def generation_key(settings: GenerationSettings, job: GenerationJob) -> Hashable:
     """Jobs batch when their settings match and all or none of them have a negative prompt (the others use
     the model's null condition, which no prompt stands for)."""

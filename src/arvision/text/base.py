@@ -32,6 +32,10 @@ class TextEncoder(Protocol):
 
     def encode(self, prompts: Sequence[str]) -> TextEncoding: ...
 
+    def token_count(self, prompt: str) -> int:
+        """Tokens in ``prompt``; beyond ``max_length`` the encoding keeps the first ``max_length``."""
+        ...
+
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     """One prompt or a list of them, each non-empty after stripping whitespace."""

@@ -85,6 +85,9 @@ class HFTextEncoder:
         self.model.to(device=device, dtype=dtype)
         return self
 
+    def token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, truncation=False)["input_ids"])
+
     def _tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids [B, max_length], right-padded."""
         encoded = self.tokenizer(prompts, truncation=False)["input_ids"]
