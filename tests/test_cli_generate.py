@@ -44,6 +44,8 @@ class _Pipeline:
         (["a cat", "--top-p", "2"], "top_p must be within"),
         (["a cat", "--temperature", "-1"], "temperature must be 0 (greedy) or a finite number"),
         (["a cat", "--top-k", "-2"], "top_k must be >= 0"),
+        (["a cat", "--cfg", "1e9"], "--cfg must be within [0, 10000]"),
+        (["a cat", "--seed", str(2**64 - 1), "-n", "2"], "--seed must be within"),
     ],
 )
 def test_bad_prompts_and_sampling_are_refused_before_the_model_loads(tmp_path, capsys, extra, message):

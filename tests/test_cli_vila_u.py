@@ -60,6 +60,11 @@ def test_generate_video_writes_an_animation_and_a_strip(tmp_path, capsys):
 
     assert len(mp4_frames) == 8
     assert all(np.abs(blocks(a) - blocks(b)).mean() < 5 for a, b in zip(frames, mp4_frames))  # another frame: 30+
+    assert main([*args, "-n", "2", "--seed", "3", "-o", str(tmp_path / "two.gif")]) == 0
+    assert main([*args, "--seed", "4", "-o", str(tmp_path / "alone.gif")]) == 0
+    with PIL.Image.open(tmp_path / "two-001.gif") as second, PIL.Image.open(tmp_path / "alone.gif") as alone:
+        first_frames = np.asarray(second.convert("RGB"), int), np.asarray(alone.convert("RGB"), int)
+    assert np.abs(first_frames[0] - first_frames[1]).mean() < 2  # video i of --seed S is --seed S+i's
     assert main(["generate-video", "x", "-o", str(tmp_path / "clip.png"), "--model", str(FIXTURE)]) == 2
     assert "--output must end in .gif, .webp, .mp4" in capsys.readouterr().err
 

@@ -243,5 +243,7 @@ def test_image_files_skip_hidden_folders_and_follow_folder_links_once(tmp_path):
     flat(tmp_path / "elsewhere" / "b.png", (20, 0, 0))
     (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (root / "linked" / "loop").symlink_to(root, target_is_directory=True)  # a link back up the tree
+    (root / "0_alias").symlink_to(root / "photos", target_is_directory=True)  # listed before its target
+    flat(root / "photos" / "c.png", (30, 0, 0))
     names = [p.relative_to(root).as_posix() for p in ImageFiles.from_source(root, size=4).paths]
-    assert names == ["a.png", "linked/b.png"]
+    assert names == ["a.png", "linked/b.png", "photos/c.png"]

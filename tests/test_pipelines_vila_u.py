@@ -99,6 +99,9 @@ def test_a_prompt_longer_than_the_context_is_named():
     pipe = fixture_pipeline()
     with pytest.raises(InputError, match="more than the model's 4096: shorten the question"):
         pipe.describe(_astronaut(), "why " * 5000, temperature=0.0, max_new_tokens=1)
+    with pytest.raises(InputError, match="beyond the model's 4096; shorten the prompt"):
+        pipe.generate_image("why " * 5000)
+    pipe.check_prompt("why " * 10)
 
 
 def test_reconstruct_matches_the_official_decoding_and_accepts_any_mode():

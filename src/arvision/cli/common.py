@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from arvision.errors import InputError
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -61,3 +63,14 @@ def silence_library_progress() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def per_image_seeds(seed: int, count: int) -> list[int]:
+    """``--seed S`` for ``count`` images (or videos): S, S + 1, ..., each drawn from its own."""
+    low, high = SEED_RANGE
+    if not (low <= seed and seed + count - 1 <= high):
+        raise InputError(f"--seed must be within {low}..{high - count + 1} for {count} images, got {seed}")
+    return [seed + i for i in range(count)]

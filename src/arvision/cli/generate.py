@@ -8,11 +8,17 @@ from pathlib import Path
 
 import torch
 
-from arvision.cli.common import add_device_arguments, numbered_paths, silence_library_progress, torch_dtype
+from arvision.cli.common import (
+    add_device_arguments,
+    numbered_paths,
+    per_image_seeds,
+    silence_library_progress,
+    torch_dtype,
+)
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
 from arvision.imaging import make_grid
-from arvision.nn.sampling import check_sampling
+from arvision.nn.sampling import check_guidance, check_sampling
 from arvision.text.base import check_prompts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -91,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if args.negative_prompt is not None and not args.negative_prompt.strip():
         raise InputError("--negative-prompt is empty; leave it out to use the model's null condition")
     check_sampling(1.0 if args.temperature is None else args.temperature, args.top_k, args.top_p or 0.0)
+    if args.cfg is not None:
+        check_guidance(args.cfg, "--cfg")
+    if args.seed is not None:
+        per_image_seeds(args.seed, args.num_images)
     if args.output.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"--output must end in one of {', '.join(IMAGE_SUFFIXES)}, got {args.output.name}")
     if args.quiet:
@@ -123,13 +133,14 @@ def _generate_hart(folder: Path, args: argparse.Namespace) -> list:
     )
     # Options not given keep the pipeline's defaults (guidance_scale and top_k may come from the folder).
     given = _given(args, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    seeds = [] if args.seed is None else per_image_seeds(args.seed, args.num_images)
     out = pipe(
         args.prompt,
         **given,
         height=args.size,
         width=args.size,
         num_images_per_prompt=args.num_images,
-        generator=None if args.seed is None else [torch.Generator(pipe.device).manual_seed(s) for s in _seeds(args)],
+        generator=[torch.Generator(pipe.device).manual_seed(seed) for seed in seeds] or None,
         negative_prompt=args.negative_prompt,
         discrete_only=args.discrete_only,
         more_smooth=args.more_smooth,
@@ -145,7 +156,7 @@ def _given(args: argparse.Namespace, **options: object) -> dict[str, object]:
 
 
 def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
-    from arvision.pipelines.vila_u import VilaUPipeline
+    from arvision.pipelines.vila_u import VilaUPipeline, refuse_hart_options
 
     hart_only = [
         flag
@@ -159,16 +170,9 @@ def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
         ]
         if used
     ]
-    if hart_only:
-        verb = "apply" if len(hart_only) > 1 else "applies"
-        raise InputError(f"{', '.join(hart_only)} {verb} to HART models only; {folder} is a VILA-U model")
+    refuse_hart_options(hart_only, str(folder))
     pipe = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
     pipe.progress = not args.quiet
     given = _given(args, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
-    seeds = None if args.seed is None else _seeds(args)
+    seeds = None if args.seed is None else per_image_seeds(args.seed, args.num_images)
     return pipe.generate_image(args.prompt, n=args.num_images, seed=seeds, **given)
-
-
-def _seeds(args: argparse.Namespace) -> list[int]:
-    """One seed per image: ``--seed``, ``--seed`` + 1, ..."""
-    return [args.seed + i for i in range(args.num_images)]

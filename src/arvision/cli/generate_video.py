@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arvision.cli.common import add_device_arguments, numbered_paths, silence_library_progress, torch_dtype
+from arvision.cli.common import (
+    add_device_arguments,
+    numbered_paths,
+    per_image_seeds,
+    silence_library_progress,
+    torch_dtype,
+)
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG
 
 
@@ -19,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cfg", type=float, default=DEFAULT_CFG, help="classifier-free guidance scale (default %(default)s)"
     )
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the first video; video i uses seed + i (as generate does)"
+    )
     p.add_argument(
         "--temperature", type=float, default=CODE_TEMPERATURE, help="code sampling temperature (default %(default)s)"
     )
@@ -41,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if output.suffix.lower() not in VIDEO_OUTPUTS:
         raise InputError(f"--output must end in {', '.join(VIDEO_OUTPUTS)}, got {output.name}")
     check_fps(args.fps)  # before the (slow) generation
+    if args.seed is not None:
+        per_image_seeds(args.seed, args.num_videos)
     if args.quiet:
         silence_library_progress()
     pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))
@@ -49,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         args.prompt,
         n=args.num_videos,
         cfg=args.cfg,
-        seed=args.seed,
+        seed=None if args.seed is None else per_image_seeds(args.seed, args.num_videos),
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,

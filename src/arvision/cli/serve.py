@@ -16,9 +16,9 @@ SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart")  # the serve extra (p
 
 
 def port_number(text: str) -> int:
-    port = at_least(0)(text)
+    port = at_least(1)(text)
     if port > 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {port}")
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {port}")
     return port
 
 
@@ -63,6 +63,13 @@ def build_app(args: argparse.Namespace):
 
     if args.no_generate and args.no_describe:
         raise InputError("--no-generate and --no-describe leave nothing to serve")
+    for off, flag, value in (
+        ("--no-generate", "--model", args.model),
+        ("--no-generate", "--text-encoder", args.text_encoder),
+        ("--no-describe", "--describe-model", args.describe_model),
+    ):
+        if value is not None and getattr(args, off[2:].replace("-", "_")):
+            raise InputError(f"{flag} has nothing to do with {off}")
     silence_library_progress()
     generator = describer = None
     names = {}

@@ -40,20 +40,28 @@ class DataWarning(UserWarning):
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder``, sorted. Links to folders are followed (each real folder once);
-    hidden files and folders (``.ipynb_checkpoints``, ``.thumbnails``) are left out."""
-    found, seen = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:  # a link back up the tree, or a second link to one folder
-            dirs.clear()
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            path = Path(root) / name
-            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                found.append(path)
+    """Every image file under ``folder``, sorted. The folder's own tree comes first; then links to folders
+    outside it are followed (each real folder once, so a link back into the tree adds nothing); hidden files
+    and folders (``.ipynb_checkpoints``, ``.thumbnails``) are left out."""
+    found: list[Path] = []
+    seen: set[str] = set()
+
+    def walk(top: Path) -> None:
+        links = []
+        for root, dirs, files in os.walk(top):  # links to folders are listed in dirs, not entered
+            seen.add(os.path.realpath(root))
+            visible = sorted(d for d in dirs if not d.startswith("."))
+            links += [Path(root, d) for d in visible if os.path.islink(Path(root, d))]
+            dirs[:] = [d for d in visible if not os.path.islink(Path(root, d))]
+            for name in files:
+                path = Path(root, name)
+                if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                    found.append(path)
+        for link in links:
+            if os.path.realpath(link) not in seen:
+                walk(link)
+
+    walk(folder)
     return sorted(found)
 
 

@@ -378,8 +378,9 @@ class HartPipeline:
     def sampling_options(
         self, *, guidance_scale: float | None = None, top_k: int | None = None, **options: Any
     ) -> SamplingOptions:
-        """The checked sampling options of a call (:meth:`__call__`'s arguments of those names; None takes the
-        pipeline's default): an :class:`InputError` names a setting no sampler takes."""
+        """The checked sampling options of a call, from :meth:`__call__`'s arguments of those names
+        (``guidance_scale`` and ``top_k`` None: the pipeline's; the others take :meth:`__call__`'s types and
+        defaults): an :class:`InputError` names a setting no sampler takes."""
         return SamplingOptions(
             cfg=self.guidance_scale if guidance_scale is None else guidance_scale,
             top_k=self.top_k if top_k is None else top_k,

@@ -282,15 +282,28 @@ class VilaUPipeline:
         ids, mask = left_padded([torch.tensor(row) for row in cond + [uncond] * len(cond)])
         return ids.to(self.device), mask.to(self.device)
 
+    def check_prompt(self, prompt: str, video: bool = False) -> None:
+        """An :class:`InputError` for a prompt the model cannot generate from: not text, empty, with special
+        tokens, or so long that it and the visual tokens overrun the LLM's context."""
+        if not isinstance(prompt, str):
+            raise InputError(f"the prompt must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise InputError("the prompt is empty")
+        vicuna.check_user_text(prompt, self.tokenizer)
+        text = len(vicuna.tokenize(vicuna.generation_prompt(prompt, video), self.tokenizer))
+        visual = self.config.tower.grid**2 * (self.config.video_generation_frames if video else 1)
+        limit = self.model.llm.config.max_position_embeddings
+        if text + visual > limit:
+            raise InputError(
+                f"the prompt takes {text} positions and the {'video' if video else 'image'} {visual} more: beyond "
+                f"the model's {limit}; shorten the prompt"
+            )
+
     def _codes(self, prompts: str | Sequence[str], n: int, video: bool, cfg: float, seed, sampling) -> torch.Tensor:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             prompts = [prompts]
         for prompt in prompts:
-            if not isinstance(prompt, str):
-                raise InputError(f"the prompt must be a string, got {type(prompt).__name__}")
-            if not prompt.strip():
-                raise InputError("the prompt is empty")
-            vicuna.check_user_text(prompt, self.tokenizer)
+            self.check_prompt(prompt, video)
         if not prompts:
             raise InputError("no prompt given")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -347,3 +360,10 @@ class VilaUPipeline:
         per_frame = codes.reshape(videos * frames, -1, codes.shape[-1])
         images = to_pil(self.model.decode_codes(per_frame))
         return [images[i * frames : (i + 1) * frames] for i in range(videos)]
+
+
+def refuse_hart_options(used: Sequence[str], model: str) -> None:
+    """An :class:`InputError` naming the HART-only options a request to a VILA-U ``model`` ``used``."""
+    if used:
+        verb = "apply" if len(used) > 1 else "applies"
+        raise InputError(f"{', '.join(used)} {verb} to HART models only; {model} is a VILA-U model")

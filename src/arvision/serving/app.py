@@ -58,6 +58,7 @@ from arvision.serving.jobs import (
 
 MAX_UPLOAD_BYTES = 64 * 2**20
 MAX_FRAMES = 64  # frames sampled from an uploaded video
+MAX_TEXT_CHARS = 10_000  # prompts and questions: far beyond any model's context, cheap to tokenize
 MAX_NEW_TOKENS = 4096
 DISCONNECT_POLL_S = 0.25
 GENERATION_SETTINGS = {f.name for f in fields(GenerationSettings)}  # the request fields that form the batch key
@@ -68,7 +69,7 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str
+    prompt: str = Field(max_length=MAX_TEXT_CHARS)
     n: int = Field(1, ge=1, description="images to generate (at most the server's max batch)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the first image; image i uses seed + i")
     size: int | None = Field(None, gt=0, description="square image size in pixels (default: the model's)")
@@ -78,7 +79,7 @@ class GenerateRequest(BaseModel):
     temperature: float | None = Field(None, ge=0)
     more_smooth: bool = False
     diffusion_steps: int | None = Field(None, ge=1)
-    negative_prompt: str | None = None
+    negative_prompt: str | None = Field(None, max_length=MAX_TEXT_CHARS)
 
 
 class GenerateResponse(BaseModel):
@@ -127,7 +128,9 @@ def create_app(
         await run_in_threadpool(app.state.queue.close)  # waits for the running batch: off the event loop
 
     app = FastAPI(
-        title="arvision", description="HART text-to-image and VILA-U visual question answering", lifespan=lifespan
+        title="arvision",
+        description="Text-to-image (HART or VILA-U) and visual question answering (VILA-U)",
+        lifespan=lifespan,
     )
     app.state.queue, app.state.models = new_queue(), models
     app.add_middleware(LimitBodySize, max_bytes=max_upload_bytes)
@@ -182,7 +185,7 @@ def create_app(
     async def describe(
         request: Request,
         file: Annotated[UploadFile, File(description="an image or a video")],
-        question: Annotated[str, Form()],
+        question: Annotated[str, Form(max_length=MAX_TEXT_CHARS)],
         seed: Annotated[int | None, Form(ge=0, le=MAX_SEED)] = None,
         temperature: Annotated[float | None, Form(ge=0)] = None,
         top_k: Annotated[int | None, Form(ge=0)] = None,

@@ -20,7 +20,7 @@ from arvision.errors import InputError
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG
 from arvision.nn.sampling import check_guidance, check_sampling
 from arvision.pipelines.hart import HartPipeline
-from arvision.pipelines.vila_u import VilaUPipeline
+from arvision.pipelines.vila_u import VilaUPipeline, refuse_hart_options
 from arvision.text.base import check_prompts
 
 MAX_SEED = 2**31 - 1
@@ -62,10 +62,10 @@ class GenerationJob:
     negative_prompt: str | None = None
 
 
-Generator = HartPipeline | VilaUPipeline
+TextToImage = HartPipeline | VilaUPipeline
 
 
-def check_generation(pipe: Generator, settings: GenerationSettings, job: GenerationJob) -> None:
+def check_generation(pipe: TextToImage, settings: GenerationSettings, job: GenerationJob) -> None:
     """Refuse, before it is queued, a request the pipeline would refuse (a bad one would fail its batch)."""
     check_prompts(job.prompt)
     if job.negative_prompt is not None and not job.negative_prompt.strip():
@@ -93,9 +93,8 @@ def _vila_u_options(pipe: VilaUPipeline, settings: GenerationSettings, job: Gene
         )
         if used
     ]
-    if hart_only:
-        verb = "apply" if len(hart_only) > 1 else "applies"
-        raise InputError(f"{', '.join(hart_only)} {verb} to HART models only; this server generates with VILA-U")
+    refuse_hart_options(hart_only, "this server's generator")
+    pipe.check_prompt(job.prompt)
     size = pipe.config.tower.image_size
     if settings.size not in (None, size):
         raise InputError(f"this VILA-U model makes {size}x{size} images, not {settings.size}x{settings.size}")
@@ -110,7 +109,7 @@ def _vila_u_options(pipe: VilaUPipeline, settings: GenerationSettings, job: Gene
     return options
 
 
-def prompt_notes(pipe: Generator, job: GenerationJob) -> list[str]:
+def prompt_notes(pipe: TextToImage, job: GenerationJob) -> list[str]:
     """What a client should know about how the model reads its prompts: HART's text encoder keeps the first
     ``max_length`` tokens of a longer one (as the official code does)."""
     encoder = pipe.text_encoder if isinstance(pipe, HartPipeline) else None
@@ -127,7 +126,7 @@ def generation_key(settings: GenerationSettings, job: GenerationJob) -> Hashable
     return ("generate", settings, job.negative_prompt is not None)
 
 
-def run_generation(pipe: Generator, settings: GenerationSettings, jobs: Sequence[GenerationJob]) -> list:
+def run_generation(pipe: TextToImage, settings: GenerationSettings, jobs: Sequence[GenerationJob]) -> list:
     """One pipeline call for all the jobs' images -> per job, its list of PIL images."""
     prompts = [job.prompt for job in jobs for _ in job.seeds]
     seeds = [seed for job in jobs for seed in job.seeds]
@@ -200,7 +199,7 @@ class Models:
     """The pipelines a server runs (either may be None) and the runner its queue calls, keyed by
     :func:`generation_key` and :func:`describe_key`."""
 
-    generator: Generator | None = None
+    generator: TextToImage | None = None
     describer: VilaUPipeline | None = None
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[Any]:
