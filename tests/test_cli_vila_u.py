@@ -23,6 +23,11 @@ def test_describe_prints_the_answer(tmp_path, capsys):
     assert first == "startror tensor         ca?"
     assert main(["describe", str(image), "Describe it.", *options]) == 0
     assert capsys.readouterr().out.strip() == second
+    sampled = ["--model", str(FIXTURE), "--max-new-tokens", "8"]
+    assert main(["describe", str(image), "What is in the image?", "Describe it.", "--seed", "5", *sampled]) == 0
+    _, second_sampled = capsys.readouterr().out.strip().split("\n\n")
+    assert main(["describe", str(image), "Describe it.", "--seed", "6", *sampled]) == 0
+    assert capsys.readouterr().out.strip() == second_sampled  # answer i of --seed S is --seed S+i's
 
 
 def test_describe_reports_bad_input_without_a_traceback(tmp_path, capsys):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from arvision.cli.common import add_device_arguments, torch_dtype
+from arvision.cli.common import add_device_arguments, per_image_seeds, torch_dtype
 from arvision.defaults import default_model_path
 
 
@@ -21,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=None, help="top-k (default: the model's, 50)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default 512)")
     p.add_argument("--frames", type=int, default=None, help="frames sampled from a video (default: config, 8)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the first answer; answer i uses seed + i (each on its own)"
+    )
     add_device_arguments(p, None, "weights dtype (default: as stored, bfloat16 for the release)")
     p.set_defaults(func=run)
 
@@ -29,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from arvision.pipelines.vila_u import VilaUPipeline
 
+    seeds = None if args.seed is None else per_image_seeds(args.seed, len(args.questions))
     folder = args.model or default_model_path("vila-u")
     pipe = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
     answers = pipe.describe_batch(
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         top_k=args.top_k,
         max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
+        seed=seeds,
         num_frames=args.frames,
     )
     print("\n\n".join(answers))
