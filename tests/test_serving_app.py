@@ -280,3 +280,36 @@ def test_a_vila_u_server_generates_each_image_as_its_seed_makes_it_alone():
         for data, seed in zip(body["images"], body["seeds"]):
             assert _close(_decode(data), np.asarray(vila.generate_image(prompt, seed=seed)[0]))
     assert refused.status_code == 400 and "more_smooth applies to HART models only" in refused.text
+
+
+def test_videos_come_from_the_vila_u_model_each_as_its_seed_makes_it_alone(hart, tmp_path):
+    vila = fixture_pipeline()
+    with TestClient(create_app(hart, vila, max_batch=4)) as client:  # HART generates images, VILA-U the videos
+        assert client.get("/health").json()["video"] == {"model": None, "frames": 8}
+        response = client.post("/v1/generate-video", json={"prompt": "Waves on a beach.", "n": 2, "seed": 3})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["format"], body["seeds"], body["frames"], body["width"]) == ("mp4", [3, 4], 8, 32)
+        path = tmp_path / "second.mp4"
+        path.write_bytes(base64.b64decode(body["videos"][1]))
+        decoded = [np.asarray(frame, dtype=float) for frame in load_video_frames(path, 8)]
+        alone = [np.asarray(frame, dtype=float) for frame in vila.generate_video("Waves on a beach.", seed=4)[0]]
+
+        def blocks(frame):  # 4x4 means: H.264 halves the colour resolution of these speckled frames
+            return frame.reshape(8, 4, 8, 4, 3).mean((1, 3))
+
+        assert len(decoded) == 8 and all(np.abs(blocks(a) - blocks(b)).mean() < 5 for a, b in zip(decoded, alone))
+        gif = client.post("/v1/generate-video", json={"prompt": "Waves.", "format": "gif", "fps": 2}).json()
+        with PIL.Image.open(io.BytesIO(base64.b64decode(gif["videos"][0]))) as animation:
+            assert animation.n_frames == 8 and animation.info["duration"] == 500
+        for request_body, status, message in (
+            ({"prompt": "Waves.", "fps": 0}, 400, "fps must be within 0.002..1000"),
+            ({"prompt": "Waves.", "format": "avi"}, 422, "format"),
+            ({"prompt": "Waves.", "n": 5}, 400, "n must be within 1..4"),
+            ({"prompt": " "}, 400, "prompt 0 is empty"),
+        ):
+            refused = client.post("/v1/generate-video", json=request_body)
+            assert refused.status_code == status and message in refused.text
+    with TestClient(create_app(hart)) as client:
+        missing = client.post("/v1/generate-video", json={"prompt": "Waves."})
+        assert missing.status_code == 404 and "videos need one" in missing.text

@@ -2,11 +2,14 @@
 
 Endpoints:
 
-* ``GET /``: a page to generate images from a prompt and ask questions about an image.
+* ``GET /``: a page to generate images (and videos) from a prompt and ask questions about an image.
 * ``GET /health``: the models served, their defaults, and the queue's counters.
 * ``POST /v1/generate``: JSON ``{"prompt": ..., "n": 1, "seed": null, "size": null, ...}`` ->
   ``{"images": [base64 PNG, ...], "seeds": [...], "width": W, "height": H, "warnings": [...]}``. Image i is what
   ``pipe(prompt, seed=seeds[i])`` makes alone, whatever it was batched with.
+* ``POST /v1/generate-video``: JSON ``{"prompt": ..., "n": 1, "seed": null, "fps": 4, "format": "mp4"}`` ->
+  ``{"videos": [base64 file, ...], "seeds": [...], "format": ..., "frames": F, ...}``, from the VILA-U model
+  (the generator if it is one, else the question-answering model).
 * ``POST /v1/describe``: a multipart form with ``file`` (an image or a video) and ``question`` ->
   ``{"answer": ..., "seed": ...}``.
 
@@ -26,7 +29,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, fields
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -34,7 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from arvision.data.media import load_media
+from arvision.data.media import check_fps, load_media, save_video
 from arvision.errors import ArvisionError, InputError
 from arvision.models.vila_u import DEFAULT_CFG
 from arvision.pipelines.hart import HartPipeline
@@ -49,11 +52,13 @@ from arvision.serving.jobs import (
     Models,
     check_describe,
     check_generation,
+    check_video,
     describe_key,
     fresh_seed,
     generation_key,
     image_seeds,
     prompt_notes,
+    video_key,
 )
 
 MAX_UPLOAD_BYTES = 64 * 2**20
@@ -88,6 +93,32 @@ class GenerateResponse(BaseModel):
     width: int
     height: int
     warnings: list[str] = Field(default_factory=list, description="e.g. a prompt longer than the model reads")
+
+
+class VideoRequest(BaseModel):
+    """A text-to-video request (VILA-U); sampling options left out (null) take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=MAX_TEXT_CHARS)
+    n: int = Field(1, ge=1, description="videos to generate (at most the server's max batch)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the first video; video i uses seed + i")
+    guidance_scale: float | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: float | None = Field(None, ge=0)
+    fps: float = Field(4.0, description="frames per second of the files")
+    format: Literal["mp4", "gif", "webp"] = "mp4"
+
+
+class VideoResponse(BaseModel):
+    videos: list[str] = Field(description="base64-encoded video files (MP4, or animated GIF / WebP)")
+    format: str
+    seeds: list[int]
+    frames: int
+    fps: float
+    width: int
+    height: int
 
 
 class DescribeResponse(BaseModel):
@@ -156,11 +187,16 @@ def create_app(
             generate = {"model": names.get("generate"), "kind": "hart", "size": size, "guidance_scale": guidance}
         if describer is not None:
             describe = {"model": names.get("describe"), "image_size": describer.config.tower.image_size}
+        video = None
+        if models.video is not None:
+            video_name = names.get("generate" if models.video is generator else "describe")
+            video = {"model": video_name, "frames": models.video.config.video_generation_frames}
         stats = app.state.queue.stats()
         body = {
             "status": "ok" if stats.running else "stopped",
             "generate": generate,
             "describe": describe,
+            "video": video,
             "max_batch": max_batch,
             "queue": asdict(stats),
         }
@@ -180,6 +216,30 @@ def create_app(
         width, height = images[0].size
         encoded = await run_in_threadpool(lambda: [_png_base64(image) for image in images])  # large images: ~0.1 s
         return GenerateResponse(images=encoded, seeds=list(job.seeds), width=width, height=height, warnings=notes)
+
+    @app.post("/v1/generate-video", response_model=VideoResponse)
+    async def generate_video(body: VideoRequest, request: Request) -> VideoResponse:
+        video_model = models.video
+        if video_model is None:
+            raise HTTPException(404, "this server runs no VILA-U model: videos need one")
+        if body.n > max_batch:
+            raise InputError(f"n must be within 1..{max_batch} (this server's max batch), got {body.n}")
+        check_fps(body.fps)
+        settings = GenerationSettings(**body.model_dump(include=GENERATION_SETTINGS))
+        job = GenerationJob(body.prompt, image_seeds(body.seed, body.n))
+        check_video(video_model, settings, job)
+        videos = await _result(request, app.state.queue.submit(video_key(settings), job, size=body.n))
+        encoded = await run_in_threadpool(lambda: [_video_base64(frames, body.fps, body.format) for frames in videos])
+        width, height = videos[0][0].size
+        return VideoResponse(
+            videos=encoded,
+            format=body.format,
+            seeds=list(job.seeds),
+            frames=len(videos[0]),
+            fps=body.fps,
+            width=width,
+            height=height,
+        )
 
     @app.post("/v1/describe", response_model=DescribeResponse)
     async def describe(
@@ -252,6 +312,12 @@ def _png_base64(image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _video_base64(frames, fps: float, kind: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="arvision-video-") as folder:
+        path = save_video(frames, Path(folder) / f"video.{kind}", fps)
+        return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def _read_upload(data: bytes, filename: str, num_frames: int) -> list:

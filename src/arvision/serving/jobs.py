@@ -82,8 +82,11 @@ def _hart_options(settings: GenerationSettings) -> dict[str, Any]:
     return {name: value for name, value in asdict(settings).items() if value is not None and name != "size"}
 
 
-def _vila_u_options(pipe: VilaUPipeline, settings: GenerationSettings, job: GenerationJob) -> dict[str, Any]:
-    """The options a request set, checked, as :meth:`VilaUPipeline.generate_image` keyword arguments."""
+def _vila_u_options(
+    pipe: VilaUPipeline, settings: GenerationSettings, job: GenerationJob, video: bool = False
+) -> dict[str, Any]:
+    """The options a request set, checked, as :meth:`VilaUPipeline.generate_image` (``generate_video``)
+    keyword arguments."""
     hart_only = [
         name
         for name, used in (
@@ -94,7 +97,7 @@ def _vila_u_options(pipe: VilaUPipeline, settings: GenerationSettings, job: Gene
         if used
     ]
     refuse_hart_options(hart_only, "this server's generator")
-    pipe.check_prompt(job.prompt)
+    pipe.check_prompt(job.prompt, video)
     size = pipe.config.tower.image_size
     if settings.size not in (None, size):
         raise InputError(f"this VILA-U model makes {size}x{size} images, not {settings.size}x{settings.size}")
@@ -152,6 +155,28 @@ def run_generation(pipe: TextToImage, settings: GenerationSettings, jobs: Sequen
     return out
 
 
+def check_video(pipe: VilaUPipeline, settings: GenerationSettings, job: GenerationJob) -> None:
+    """Refuse, before it is queued, a text-to-video request the VILA-U pipeline would refuse."""
+    check_prompts(job.prompt)
+    _vila_u_options(pipe, settings, job, video=True)
+
+
+def video_key(settings: GenerationSettings) -> Hashable:
+    return ("video", settings)
+
+
+def run_video(pipe: VilaUPipeline, settings: GenerationSettings, jobs: Sequence[GenerationJob]) -> list:
+    """One pipeline call for all the jobs' videos -> per job, its list of videos (lists of PIL frames)."""
+    prompts = [job.prompt for job in jobs for _ in job.seeds]
+    seeds = [seed for job in jobs for seed in job.seeds]
+    videos = pipe.generate_video(prompts, seed=seeds, **_vila_u_options(pipe, settings, jobs[0], video=True))
+    out, start = [], 0
+    for job in jobs:
+        out.append(videos[start : start + len(job.seeds)])
+        start += len(job.seeds)
+    return out
+
+
 @dataclass(frozen=True)
 class DescribeSettings:
     """Text sampling of a question (None: the model's generation config); equal settings batch."""
@@ -196,16 +221,21 @@ def run_describe(pipe: VilaUPipeline, settings: DescribeSettings, jobs: Sequence
 
 @dataclass
 class Models:
-    """The pipelines a server runs (either may be None) and the runner its queue calls, keyed by
-    :func:`generation_key` and :func:`describe_key`."""
+    """The pipelines a server runs (any may be None) and the runner its queue calls, keyed by
+    :func:`generation_key`, :func:`video_key` and :func:`describe_key`. ``video`` is a VILA-U pipeline:
+    the generator if it is one, else the describer."""
 
     generator: TextToImage | None = None
     describer: VilaUPipeline | None = None
 
+    @property
+    def video(self) -> VilaUPipeline | None:
+        return self.generator if isinstance(self.generator, VilaUPipeline) else self.describer
+
     def run(self, key: Hashable, payloads: list[Any]) -> list[Any]:
         kind, settings = key[:2]
-        pipe = self.generator if kind == "generate" else self.describer if kind == "describe" else None
-        if pipe is None:
+        runs = {"generate": (self.generator, run_generation), "video": (self.video, run_video)}
+        pipe, run = runs.get(kind, (self.describer, run_describe))
+        if pipe is None or kind not in (*runs, "describe"):
             raise InputError(f"this server runs no model for {kind!r} jobs")
-        run = run_generation if kind == "generate" else run_describe
         return run(pipe, settings, payloads)
