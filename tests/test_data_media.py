@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -82,9 +84,12 @@ def test_animation_and_strip(tmp_path):
     assert frame_strip(frames).size == (32, 8)
     with pytest.raises(InputError, match="written as .gif, .webp, .mp4"):
         save_video(frames, tmp_path / "a.png")
-    for fps in (0, float("inf"), float("nan"), 1e-3, 1e12):
-        with pytest.raises(InputError, match="fps must be within 0.002..1000"):
+    for fps in (0, float("inf"), float("nan"), 1e-3, 60):
+        with pytest.raises(InputError, match="fps must be within 0.002..50 for .gif files"):
             save_video(frames, tmp_path / "a.gif", fps=fps)
+    with pytest.raises(InputError, match="fps must be within 0.002..1000 for .mp4 files"):
+        save_video(frames, tmp_path / "a.mp4", fps=1e12)
+    assert save_video(frames, tmp_path / "fast.mp4", fps=60).is_file()
     with pytest.raises(InputError, match="share one size, got 8x8, 9x8"):
         save_video([*frames, PIL.Image.new("RGB", (9, 8))], tmp_path / "b.mp4")
     with pytest.raises(InputError, match="no frames"):
@@ -183,7 +188,14 @@ def test_decompression_bombs_are_refused_as_images_and_as_videos(tmp_path, monke
         load_media(bomb_png(tmp_path / "bomb.png"))
     assert not tried_as_video  # a bomb gets no second try through FFmpeg
     (tmp_path / "clip.m1v").write_bytes(b"\x00\x00\x01\xb3 not an image PIL can decode")
-    assert load_media(tmp_path / "clip.m1v") == ["frame"]  # any other unreadable image is tried as a video
+    assert load_media(tmp_path / "clip.m1v") == ["frame"]  # PIL names MPEG, reads no frames: a video
+    jpeg = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    PIL.Image.fromarray(noise).save(jpeg, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])  # the header whole, the scan cut
+    with pytest.raises(InputError, match="not a readable image"):
+        load_media(tmp_path / "cut.jpg")  # a truncated JPEG is a broken image, not a one-frame video
+    assert [path.name for path, _ in tried_as_video] == ["clip.m1v"]
     monkeypatch.undo()
     video = write_video(tmp_path / "clip.mp4", [0, 50, 100], size=32)
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)

@@ -245,5 +245,8 @@ def test_image_files_skip_hidden_folders_and_follow_folder_links_once(tmp_path):
     (root / "linked" / "loop").symlink_to(root, target_is_directory=True)  # a link back up the tree
     (root / "0_alias").symlink_to(root / "photos", target_is_directory=True)  # listed before its target
     flat(root / "photos" / "c.png", (30, 0, 0))
+    (root / "up").symlink_to(tmp_path, target_is_directory=True)  # a parent of the root: only new folders count
+    (root / "1_sub").symlink_to(tmp_path / "elsewhere" / "sub", target_is_directory=True)
+    flat(tmp_path / "elsewhere" / "sub" / "d.png", (40, 0, 0))  # reached by two links: listed once
     names = [p.relative_to(root).as_posix() for p in ImageFiles.from_source(root, size=4).paths]
-    assert names == ["a.png", "linked/b.png", "photos/c.png"]
+    assert names == ["1_sub/d.png", "a.png", "linked/b.png", "photos/c.png"]

@@ -102,6 +102,17 @@ def test_a_prompt_longer_than_the_context_is_named():
     with pytest.raises(InputError, match="beyond the model's 4096; shorten the prompt"):
         pipe.generate_image("why " * 5000)
     pipe.check_prompt("why " * 10)
+    config = pipe.model.llm.config
+    text = len(vicuna.tokenize(vicuna.generation_prompt("a cat", False), pipe.tokenizer))
+    needed = text + pipe.config.tower.grid**2 - 1  # the last visual token is drawn, never fed back
+    try:
+        config.max_position_embeddings = needed
+        pipe.check_prompt("a cat")
+        config.max_position_embeddings = needed - 1
+        with pytest.raises(InputError, match=f"beyond the model's {needed - 1}"):
+            pipe.check_prompt("a cat")
+    finally:
+        config.max_position_embeddings = 4096
 
 
 def test_reconstruct_matches_the_official_decoding_and_accepts_any_mode():

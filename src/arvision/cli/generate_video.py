@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from arvision.cli import at_least
 from arvision.cli.common import (
     add_device_arguments,
     numbered_paths,
@@ -21,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="video.gif", help=".mp4 (H.264), .gif or .webp (default video.gif)")
     p.add_argument("--model", required=True, help="VILA-U checkpoint folder (release layout)")
-    p.add_argument("-n", "--num-videos", type=int, default=1, help="videos to generate (files get -000, -001, ...)")
+    p.add_argument(
+        "-n", "--num-videos", type=at_least(1), default=1, help="videos to generate (files get -000, -001, ...)"
+    )
     p.add_argument(
         "--cfg", type=float, default=DEFAULT_CFG, help="classifier-free guidance scale (default %(default)s)"
     )
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in VIDEO_OUTPUTS:
         raise InputError(f"--output must end in {', '.join(VIDEO_OUTPUTS)}, got {output.name}")
-    check_fps(args.fps)  # before the (slow) generation
+    check_fps(args.fps, output.suffix)  # before the (slow) generation
     if args.seed is not None:
         per_image_seeds(args.seed, args.num_videos)
     if args.quiet:

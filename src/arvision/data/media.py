@@ -96,13 +96,26 @@ def load_media(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image
     try:
         return [read_image(source)]
     except InputError as image_error:
-        # A decompression bomb is an image: FFmpeg, which has no such guard, must not decode it instead.
-        if not Path(source).is_file() or isinstance(image_error.__cause__, PIL.Image.DecompressionBombError):
+        # A file PIL knows as an image (a truncated JPEG, a decompression bomb) stays an image error: FFmpeg
+        # would make frames of what it can decode, and has no bomb guard. PIL names MPEG streams, but reads no
+        # frames from them: those are videos.
+        if not Path(source).is_file() or _image_format(source) not in (None, "MPEG"):
             raise
         try:
             return load_video_frames(source, num_frames)
         except InputError:
             raise InputError(f"not a readable image or video: {source}") from image_error
+
+
+def _image_format(path: str | os.PathLike) -> str | None:
+    """The format PIL identifies the file as, from its header (None: not an image format PIL knows)."""
+    try:
+        with PIL.Image.open(path) as image:
+            return image.format
+    except PIL.Image.DecompressionBombError:
+        return "too large"
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image.Image]:
@@ -157,7 +170,10 @@ def frame_strip(frames: Sequence[PIL.Image.Image]) -> PIL.Image.Image:
     return make_grid(list(frames), columns=len(frames))
 
 
-VIDEO_OUTPUTS = (".gif", ".webp", ".mp4")
+# A GIF frame lasts a whole number of centiseconds, at most 655.35 s, and players stretch ones under 2 cs; MP4
+# and WebP time bases are exact to the millisecond.
+FPS_RANGES = {".gif": (0.002, 50.0), ".webp": (0.002, 1000.0), ".mp4": (0.002, 1000.0)}
+VIDEO_OUTPUTS = tuple(FPS_RANGES)
 
 
 def save_video(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: float = 4.0) -> Path:
@@ -167,7 +183,7 @@ def save_video(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: 
     kind = path.suffix.lower()
     if kind not in VIDEO_OUTPUTS:
         raise InputError(f"a video must be written as {', '.join(VIDEO_OUTPUTS)}, got {path.name}")
-    check_fps(fps)
+    check_fps(fps, kind)
     if not frames:
         raise InputError("no frames to write")
     sizes = sorted({frame.size for frame in frames})
@@ -183,14 +199,11 @@ def save_video(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: 
     return path
 
 
-FPS_RANGE = (0.002, 1000.0)  # a GIF frame lasts at most 655.35 s; MP4 time bases stay exact up to 1000 fps
-
-
-def check_fps(fps: float) -> None:
-    """A frame rate every video format here can carry (:data:`FPS_RANGE`)."""
-    low, high = FPS_RANGE
+def check_fps(fps: float, suffix: str) -> None:
+    """A frame rate a video of this kind (``.gif``, ``.webp``, ``.mp4``) can carry (:data:`FPS_RANGES`)."""
+    low, high = FPS_RANGES[suffix.lower()]
     if not low <= fps <= high:  # NaN fails both
-        raise InputError(f"fps must be within {low:g}..{high:g}, got {fps}")
+        raise InputError(f"fps must be within {low:g}..{high:g} for {suffix.lower()} files, got {fps}")
 
 
 def _write_mp4(frames: Sequence[PIL.Image.Image], path: Path, fps: float) -> None:

@@ -40,16 +40,24 @@ class DataWarning(UserWarning):
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder``, sorted. The folder's own tree comes first; then links to folders
-    outside it are followed (each real folder once, so a link back into the tree adds nothing); hidden files
-    and folders (``.ipynb_checkpoints``, ``.thumbnails``) are left out."""
+    """Every image file under ``folder``, sorted. The tree's own folders are walked before links to folders
+    are followed, and each real folder is walked once, so links back into the tree or to a folder already
+    walked add nothing; hidden files and folders (``.ipynb_checkpoints``, ``.thumbnails``) are left out, and a
+    folder that cannot be listed is skipped with a :class:`DataWarning`."""
     found: list[Path] = []
     seen: set[str] = set()
 
+    def unreadable(error: OSError) -> None:
+        warnings.warn(f"cannot list {error.filename}: {error.strerror} (skipped)", DataWarning, stacklevel=2)
+
     def walk(top: Path) -> None:
         links = []
-        for root, dirs, files in os.walk(top):  # links to folders are listed in dirs, not entered
-            seen.add(os.path.realpath(root))
+        for root, dirs, files in os.walk(top, onerror=unreadable):  # links to folders are listed, not entered
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs.clear()
+                continue
+            seen.add(real)
             visible = sorted(d for d in dirs if not d.startswith("."))
             links += [Path(root, d) for d in visible if os.path.islink(Path(root, d))]
             dirs[:] = [d for d in visible if not os.path.islink(Path(root, d))]
@@ -58,8 +66,7 @@ def _image_files(folder: Path) -> list[Path]:
                 if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                     found.append(path)
         for link in links:
-            if os.path.realpath(link) not in seen:
-                walk(link)
+            walk(link)
 
     walk(folder)
     return sorted(found)

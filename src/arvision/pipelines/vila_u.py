@@ -293,7 +293,7 @@ class VilaUPipeline:
         text = len(vicuna.tokenize(vicuna.generation_prompt(prompt, video), self.tokenizer))
         visual = self.config.tower.grid**2 * (self.config.video_generation_frames if video else 1)
         limit = self.model.llm.config.max_position_embeddings
-        if text + visual > limit:
+        if text + visual - 1 > limit:  # the last visual token is drawn, never fed back
             raise InputError(
                 f"the prompt takes {text} positions and the {'video' if video else 'image'} {visual} more: beyond "
                 f"the model's {limit}; shorten the prompt"

@@ -224,7 +224,7 @@ def create_app(
             raise HTTPException(404, "this server runs no VILA-U model: videos need one")
         if body.n > max_batch:
             raise InputError(f"n must be within 1..{max_batch} (this server's max batch), got {body.n}")
-        check_fps(body.fps)
+        check_fps(body.fps, f".{body.format}")
         settings = GenerationSettings(**body.model_dump(include=GENERATION_SETTINGS))
         job = GenerationJob(body.prompt, image_seeds(body.seed, body.n))
         check_video(video_model, settings, job)

@@ -35,7 +35,7 @@ def image_seeds(seed: int | None, count: int) -> tuple[int, ...]:
     last_start = MAX_SEED - count + 1
     start = secrets.randbelow(last_start + 1) if seed is None else seed
     if not 0 <= start <= last_start:
-        raise InputError(f"seed must be within [0, {last_start}] for {count} images, got {seed}")
+        raise InputError(f"seed must be within [0, {last_start}] for {count} results, got {seed}")
     return tuple(range(start, start + count))
 
 
@@ -233,9 +233,13 @@ class Models:
         return self.generator if isinstance(self.generator, VilaUPipeline) else self.describer
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[Any]:
-        kind, settings = key[:2]
-        runs = {"generate": (self.generator, run_generation), "video": (self.video, run_video)}
-        pipe, run = runs.get(kind, (self.describer, run_describe))
-        if pipe is None or kind not in (*runs, "describe"):
-            raise InputError(f"this server runs no model for {kind!r} jobs")
+        kind, settings = key[0], key[1]
+        runs = {
+            "generate": (self.generator, run_generation),
+            "video": (self.video, run_video),
+            "describe": (self.describer, run_describe),
+        }
+        pipe, run = runs[kind]
+        if pipe is None:  # the endpoints answer 404 first
+            raise RuntimeError(f"no model for {kind!r} jobs")
         return run(pipe, settings, payloads)
