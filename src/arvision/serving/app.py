@@ -69,19 +69,24 @@ DISCONNECT_POLL_S = 0.25
 GENERATION_SETTINGS = {f.name for f in fields(GenerationSettings)}  # the request fields that form the batch key
 
 
-class GenerateRequest(BaseModel):
-    """A text-to-image request; sampling options left out (null) take the model folder's defaults."""
+class SamplingRequest(BaseModel):
+    """What image and video requests share; sampling options left out (null) take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(max_length=MAX_TEXT_CHARS)
-    n: int = Field(1, ge=1, description="images to generate (at most the server's max batch)")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the first image; image i uses seed + i")
-    size: int | None = Field(None, gt=0, description="square image size in pixels (default: the model's)")
+    n: int = Field(1, ge=1, description="images (videos) to generate, at most the server's max batch")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the first result; result i uses seed + i")
     guidance_scale: float | None = Field(None, ge=0)
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, ge=0, le=1)
     temperature: float | None = Field(None, ge=0)
+
+
+class GenerateRequest(SamplingRequest):
+    """A text-to-image request (HART, or VILA-U: the last four fields are HART's only)."""
+
+    size: int | None = Field(None, gt=0, description="square image size in pixels (default: the model's)")
     more_smooth: bool = False
     diffusion_steps: int | None = Field(None, ge=1)
     negative_prompt: str | None = Field(None, max_length=MAX_TEXT_CHARS)
@@ -95,18 +100,9 @@ class GenerateResponse(BaseModel):
     warnings: list[str] = Field(default_factory=list, description="e.g. a prompt longer than the model reads")
 
 
-class VideoRequest(BaseModel):
-    """A text-to-video request (VILA-U); sampling options left out (null) take the model's defaults."""
+class VideoRequest(SamplingRequest):
+    """A text-to-video request (VILA-U)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(max_length=MAX_TEXT_CHARS)
-    n: int = Field(1, ge=1, description="videos to generate (at most the server's max batch)")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the first video; video i uses seed + i")
-    guidance_scale: float | None = Field(None, ge=0)
-    top_k: int | None = Field(None, ge=0)
-    top_p: float | None = Field(None, ge=0, le=1)
-    temperature: float | None = Field(None, ge=0)
     fps: float = Field(4.0, description="frames per second of the files")
     format: Literal["mp4", "gif", "webp"] = "mp4"
 
@@ -202,14 +198,18 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if stats.running else 503)
 
+    def sampling_job(body: SamplingRequest, negative: str | None = None) -> tuple[GenerationSettings, GenerationJob]:
+        """A request's batch key settings and its job, one seed per result."""
+        if body.n > max_batch:
+            raise InputError(f"n must be within 1..{max_batch} (this server's max batch), got {body.n}")
+        settings = GenerationSettings(**body.model_dump(include=GENERATION_SETTINGS))
+        return settings, GenerationJob(body.prompt, image_seeds(body.seed, body.n), negative)
+
     @app.post("/v1/generate", response_model=GenerateResponse)
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
         if generator is None:
             raise HTTPException(404, "this server runs no text-to-image model")
-        if body.n > max_batch:
-            raise InputError(f"n must be within 1..{max_batch} (this server's max batch), got {body.n}")
-        settings = GenerationSettings(**body.model_dump(include=GENERATION_SETTINGS))
-        job = GenerationJob(body.prompt, image_seeds(body.seed, body.n), body.negative_prompt)
+        settings, job = sampling_job(body, body.negative_prompt)
         check_generation(generator, settings, job)
         notes = prompt_notes(generator, job)
         images = await _result(request, app.state.queue.submit(generation_key(settings, job), job, size=body.n))
@@ -222,11 +222,8 @@ def create_app(
         video_model = models.video
         if video_model is None:
             raise HTTPException(404, "this server runs no VILA-U model: videos need one")
-        if body.n > max_batch:
-            raise InputError(f"n must be within 1..{max_batch} (this server's max batch), got {body.n}")
         check_fps(body.fps, f".{body.format}")
-        settings = GenerationSettings(**body.model_dump(include=GENERATION_SETTINGS))
-        job = GenerationJob(body.prompt, image_seeds(body.seed, body.n))
+        settings, job = sampling_job(body)
         check_video(video_model, settings, job)
         videos = await _result(request, app.state.queue.submit(video_key(settings), job, size=body.n))
         encoded = await run_in_threadpool(lambda: [_video_base64(frames, body.fps, body.format) for frames in videos])
