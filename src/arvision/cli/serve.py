@@ -39,7 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", type=Path, default=None, help="Qwen2 text-encoder folder (official HART)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
-    p.add_argument("--max-batch", type=at_least(1), default=8, help="images or questions run together (default 8)")
+    p.add_argument(
+        "--max-batch", type=at_least(1), default=8, help="images, videos or questions run together (default 8)"
+    )
     p.add_argument(
         "--batch-wait-ms", type=at_least(0), default=20, help="how long to wait for requests to batch (default 20)"
     )
