@@ -6,6 +6,7 @@ import httpx
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from arvision.cli import main as cli_main
@@ -313,3 +314,17 @@ def test_videos_come_from_the_vila_u_model_each_as_its_seed_makes_it_alone(hart,
     with TestClient(create_app(hart)) as client:
         missing = client.post("/v1/generate-video", json={"prompt": "Waves."})
         assert missing.status_code == 404 and "videos need one" in missing.text
+
+
+def test_a_class_conditional_hart_takes_class_names_and_names_unknown_ones(hart):
+    from test_pipelines_hart import tiny_class_conditional
+
+    torch.manual_seed(0)
+    c2i = HartPipeline(tiny_class_conditional(), hart.tokenizer, id2label={1: "tench, Tinca tinca", 7: "cock"})
+    with TestClient(create_app(c2i)) as client:
+        body = client.post("/v1/generate", json={"prompt": "Tinca tinca", "seed": 2}).json()
+        alone = c2i(class_labels=[1], seed=2, progress=False).images[0]
+        assert _close(_decode(body["images"][0]), np.asarray(alone)) and body["warnings"] == []
+        refused = client.post("/v1/generate", json={"prompt": "cok"})
+        assert refused.status_code == 400 and "unknown class name 'cok'; did you mean 'cock'" in refused.text
+        assert client.get("/health").json()["queue"]["failed"] == 0  # refused before it reached the queue

@@ -72,9 +72,11 @@ def check_generation(pipe: TextToImage, settings: GenerationSettings, job: Gener
         raise InputError("the negative prompt is empty; leave it out to use the model's null condition")
     if isinstance(pipe, VilaUPipeline):
         _vila_u_options(pipe, settings, job)
-    else:
-        pipe.sampling_options(**_hart_options(settings))
-        pipe.schedule_for(settings.size, settings.size)
+        return
+    pipe.sampling_options(**_hart_options(settings))
+    pipe.schedule_for(settings.size, settings.size)
+    if pipe.transformer.config.class_conditional:  # prompts are class names (ImageNet models)
+        pipe.get_label_ids([text for text in (job.prompt, job.negative_prompt) if text is not None])
 
 
 def _hart_options(settings: GenerationSettings) -> dict[str, Any]:
