@@ -435,6 +435,18 @@ def test_a_key_in_a_shard_the_index_does_not_name_for_it_is_refused(folder):
         VilaUPipeline.from_pretrained(folder)
 
 
+def test_to_casts_the_model_as_loading_in_that_dtype_does():
+    pipe = VilaUPipeline.from_pretrained(FIXTURE)
+    pipe.progress = False
+    assert pipe.to(dtype=torch.bfloat16) is pipe and next(pipe.model.parameters()).dtype == torch.bfloat16
+    loaded = VilaUPipeline.from_pretrained(FIXTURE, dtype=torch.bfloat16)
+    loaded.progress = False
+    options = {"temperature": 0.0, "max_new_tokens": 4}
+    answers = [p.describe(_astronaut(), "What is in the image?", **options) for p in (pipe, loaded)]
+    assert answers[0] == answers[1]
+    assert pipe.to("cpu", torch.float32).device == torch.device("cpu")
+
+
 def test_bfloat16_loading_and_inference():
     c = cases()
     pipe = VilaUPipeline.from_pretrained(FIXTURE, dtype=torch.bfloat16)

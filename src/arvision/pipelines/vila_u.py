@@ -134,6 +134,11 @@ class VilaUPipeline:
         generation = self.text_sampling.to_generation_config()
         ckpt.save_folder(self.model, Path(folder), self.tokenizer, generation, max_shard_bytes)
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VilaUPipeline:
+        """Move (and cast, if ``dtype``) the model, as ``from_pretrained``'s ``device`` and ``dtype`` do."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
     @property
     def config(self) -> VilaUConfig:
         return self.model.config
