@@ -66,10 +66,11 @@ def test_hart_gets_the_sampling_flags_given_and_its_own_defaults_otherwise(tmp_p
     assert not {"guidance_scale", "top_k", "top_p", "temperature"} & set(pipe.calls[0])
     assert pipe.calls[0]["more_smooth"] is False
     flags = ["--cfg", "2", "--top-k", "5", "--top-p", "0.8", "--temperature", "0.5", "--more-smooth"]
-    assert main([*base, *flags, "--dtype", "bfloat16"]) == 0
+    assert main([*base, *flags, "--guidance-schedule", "constant", "--dtype", "bfloat16"]) == 0
     assert pipe.loads[1]["torch_dtype"] == torch.bfloat16
     call = pipe.calls[1]
     assert (call["guidance_scale"], call["top_k"], call["top_p"], call["temperature"]) == (2.0, 5, 0.8, 0.5)
+    assert call["guidance_schedule"] == "constant" and "guidance_schedule" not in pipe.calls[0]
     assert call["more_smooth"] is True
 
 
@@ -84,6 +85,8 @@ def test_vila_u_loads_in_its_stored_dtype_unless_told(tmp_path, monkeypatch, cap
     assert pipe.calls[1] == {"top_k": 7, "top_p": 0.5, "temperature": 0.0}
     assert main([*base, "--more-smooth"]) == 2
     assert "--more-smooth applies to HART models only" in capsys.readouterr().err
+    assert main([*base, "--guidance-schedule", "linear"]) == 2
+    assert "--guidance-schedule applies to HART models only" in capsys.readouterr().err
 
 
 def test_image_i_of_a_seeded_run_is_the_run_of_seed_plus_i(tmp_path, tiny_qwen2_24):

@@ -191,6 +191,25 @@ def test_seed_reproducibility_and_modes():
     assert not torch.equal(discrete, a)
 
 
+def test_a_constant_guidance_schedule_guides_every_scale_fully(monkeypatch):
+    """ "constant" is the official sampler with the ramp's ratio 1 at every scale; "linear" is the official one."""
+    from arvision.models import hart_sampler
+
+    model, quant = _tiny_model(), _Quantizer(30, 4)
+    cond = Condition(torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.bool), torch.arange(4).expand(2, 4))
+
+    def run(schedule):
+        opts = SamplingOptions(cfg=2.0, guidance_schedule=schedule)
+        return sample_latent(model, quant, cond, opts, generator=torch.Generator().manual_seed(5), progress=False)
+
+    linear, constant = run("linear"), run("constant")
+    assert not torch.allclose(linear, constant)
+    monkeypatch.setattr(hart_sampler, "guidance_ratio", lambda si, num_scales: 1.0)
+    torch.testing.assert_close(run("linear"), constant, rtol=0, atol=0)
+    with pytest.raises(InputError, match="guidance_schedule must be one of linear, constant, got 'cosine'"):
+        SamplingOptions(guidance_schedule="cosine")
+
+
 def test_class_conditional_sampling_runs():
     model, quant = _tiny_model(num_classes=5), _Quantizer(30, 4)
     out = sample_latent(

@@ -137,7 +137,20 @@ def test_the_folder_sets_the_default_guidance_scale_and_top_k(pipe, embeds, tmp_
     assert torch.equal(by_default, named)
     official = folder(prompt_embeds=embeds, seed=2, guidance_scale=4.5, top_k=600, progress=False).latents
     assert not torch.equal(by_default, official)
-    for key, bad in [("guidance_scale", "high"), ("guidance_scale", -1), ("guidance_scale", True), ("top_k", 0)]:
+    assert index["guidance_schedule"] == "linear"
+    index_file.write_text(json.dumps({**index, "guidance_schedule": "constant"}))
+    constant = HartPipeline.from_pretrained(tmp_path / "saved")
+    assert constant.guidance_schedule == "constant"
+    by_folder = constant(prompt_embeds=embeds, seed=2, progress=False).latents
+    by_call = pipe(prompt_embeds=embeds, seed=2, guidance_schedule="constant", progress=False).latents
+    torch.testing.assert_close(by_folder, by_call)
+    for key, bad in [
+        ("guidance_scale", "high"),
+        ("guidance_scale", -1),
+        ("guidance_scale", True),
+        ("top_k", 0),
+        ("guidance_schedule", "cosine"),
+    ]:
         index_file.write_text(json.dumps({**index, key: bad}))
         with pytest.raises(CheckpointError, match=f"{key} must be"):
             HartPipeline.from_pretrained(tmp_path / "saved")

@@ -66,6 +66,10 @@ def test_generate_returns_pngs_each_as_its_seed_makes_it_alone(client, hart):
     for data, seed in zip(body["images"], body["seeds"]):
         assert _close(_decode(data), _alone(hart, "a red cube", seed))
     assert body["warnings"] == []
+    constant = client.post("/v1/generate", json={"prompt": "a red cube", "seed": 4, "guidance_schedule": "constant"})
+    alone = hart("a red cube", seed=4, guidance_schedule="constant", progress=False).images[0]
+    assert _close(_decode(constant.json()["images"][0]), np.asarray(alone))
+    assert not _close(_decode(constant.json()["images"][0]), _alone(hart, "a red cube", 4))
     random_seed = client.post("/v1/generate", json={"prompt": "a red cube"}).json()["seeds"]
     assert len(random_seed) == 1 and 0 <= random_seed[0] < 2**31
     limit = hart.text_encoder.max_length  # the tiny Qwen2's tokenizer has one token per character
@@ -270,7 +274,8 @@ def test_a_vila_u_server_generates_each_image_as_its_seed_makes_it_alone():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             responses = await asyncio.gather(*(http.post("/v1/generate", json=r, timeout=60) for r in requests))
-            refused = await http.post("/v1/generate", json={"prompt": "a cube", "more_smooth": True, "size": 64})
+            body = {"prompt": "a cube", "more_smooth": True, "guidance_schedule": "constant", "size": 64}
+            refused = await http.post("/v1/generate", json=body)
         stats = app.state.queue.stats()
         app.state.queue.close()
         return [r.json() for r in responses], stats, refused
@@ -280,7 +285,7 @@ def test_a_vila_u_server_generates_each_image_as_its_seed_makes_it_alone():
     for body, prompt in zip(bodies, ["A red panda sitting on a tree.", "Waves."]):
         for data, seed in zip(body["images"], body["seeds"]):
             assert _close(_decode(data), np.asarray(vila.generate_image(prompt, seed=seed)[0]))
-    assert refused.status_code == 400 and "more_smooth applies to HART models only" in refused.text
+    assert refused.status_code == 400 and "guidance_schedule, more_smooth apply to HART models only" in refused.text
 
 
 def test_videos_come_from_the_vila_u_model_each_as_its_seed_makes_it_alone(hart, tmp_path):

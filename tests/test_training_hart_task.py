@@ -3,7 +3,7 @@ import torch
 
 from arvision.data.scenes import COLOURS
 from arvision.errors import InputError
-from arvision.pipelines.hart import HartPipeline
+from arvision.pipelines.hart import HartPipeline, SamplingDefaults
 from arvision.training.loop import Trainer
 from arvision.training.tasks import build_task
 from hart_common import HART_TINY, TINY_MODEL, short_run
@@ -133,7 +133,11 @@ def test_init_from_starts_from_a_saved_pipeline(tmp_path):
         task = build_task("hart", {**TINY_MODEL, "init_from": str(tmp_path / "pipe"), "sampling": chosen}, {})
         return task.sampling
 
-    assert sampling(guidance_scale="3") == (3.0, 20) and sampling(top_k="null") == (4.5, None)
+    assert sampling(guidance_scale="3") == SamplingDefaults(3.0, 20, "linear")
+    assert sampling(top_k="null") == SamplingDefaults(4.5, None, "linear")
+    assert sampling(guidance_schedule="constant").guidance_schedule == "constant"
+    with pytest.raises(InputError, match="model.sampling: guidance_schedule must be one of linear, constant"):
+        sampling(guidance_schedule="cosine")
     with pytest.raises(InputError, match="model.sampling: unknown key"):
         sampling(cfg=3)
     with pytest.raises(InputError, match="model.sampling: top_k must be a whole number"):

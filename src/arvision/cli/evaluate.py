@@ -64,6 +64,9 @@ def _add_hart_world(p: argparse.ArgumentParser) -> None:
         help="top-k of the token sampling: a number, or 'official' for HART's 600/300 schedule "
         "(default: the model folder's)",
     )
+    p.add_argument(
+        "--guidance-schedule", choices=("linear", "constant"), help="guidance over the scales (default: the folder's)"
+    )
     p.add_argument("--diffusion-steps", type=at_least(1), help="residual diffusion steps (default: the model's)")
     p.add_argument("--images-per-prompt", type=at_least(0), default=2, help="0 skips the generation accuracy")
     p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. + images-per-prompt - 1")
@@ -104,6 +107,8 @@ def run_hart_world(args: argparse.Namespace) -> int:
         pipe.guidance_scale = args.cfg
     if args.top_k is not FROM_FOLDER:
         pipe.top_k = args.top_k
+    if args.guidance_schedule is not None:
+        pipe.guidance_schedule = args.guidance_schedule
 
     def generate(prompts, seed):
         return pipe(
@@ -124,6 +129,7 @@ def run_hart_world(args: argparse.Namespace) -> int:
         model=str(args.model),
         size=args.size,
         cfg=pipe.guidance_scale,
+        guidance_schedule=pipe.guidance_schedule,
         top_k=pipe.top_k or "official",
         diffusion_steps=args.diffusion_steps or pipe.transformer.diffloss.sample_schedule.num_steps,
     )

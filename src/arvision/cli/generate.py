@@ -18,6 +18,7 @@ from arvision.cli.common import (
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
 from arvision.imaging import make_grid
+from arvision.models.hart_sampler import GUIDANCE_SCHEDULES
 from arvision.nn.sampling import check_guidance, check_sampling
 from arvision.text.base import check_prompts
 
@@ -36,6 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="classifier-free guidance scale (default: the model's: HART 4.5 or its folder's, VILA-U 3)",
+    )
+    p.add_argument(
+        "--guidance-schedule",
+        choices=GUIDANCE_SCHEDULES,
+        default=None,
+        help="HART: guidance ramped over the scales (linear, the official) or the same at every scale "
+        "(constant) (default: the model's: linear, or its folder's)",
     )
     p.add_argument(
         "--seed",
@@ -132,7 +140,14 @@ def _generate_hart(folder: Path, args: argparse.Namespace) -> list:
         device=args.device,
     )
     # Options not given keep the pipeline's defaults (guidance_scale and top_k may come from the folder).
-    given = _given(args, guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    given = _given(
+        args,
+        guidance_scale=args.cfg,
+        guidance_schedule=args.guidance_schedule,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+    )
     seeds = [] if args.seed is None else per_image_seeds(args.seed, args.num_images)
     out = pipe(
         args.prompt,
@@ -162,6 +177,7 @@ def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
         flag
         for flag, used in [
             ("--size", args.size),
+            ("--guidance-schedule", args.guidance_schedule),
             ("--negative-prompt", args.negative_prompt),
             ("--discrete-only", args.discrete_only),
             ("--diffusion-steps", args.diffusion_steps),

@@ -40,13 +40,18 @@ from arvision.nn.sampling import (
     sample_logits,
 )
 
+GUIDANCE_SCHEDULES = ("linear", "constant")
+
 
 @dataclass
 class SamplingOptions:
     """``top_k=None`` uses the official 600/300 schedule; ``more_smooth`` mixes codebook vectors with a
-    Gumbel-softmax instead of taking the sampled code (official demo default, off here: it hurts FID)."""
+    Gumbel-softmax instead of taking the sampled code (official demo default, off here: it hurts FID).
+    ``guidance_schedule``: ``"linear"`` (official) ramps the guidance from 0 at the 1x1 scale to ``cfg`` at the
+    last ones; ``"constant"`` applies ``cfg`` at every scale (MAR's ``cfg_schedule="constant"``)."""
 
     cfg: float = 4.5
+    guidance_schedule: str = "linear"
     top_k: int | None = None
     top_p: float = 0.0
     temperature: float = 1.0
@@ -58,6 +63,9 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         check_sampling(self.temperature, self.top_k, self.top_p)
         check_guidance(self.cfg, "guidance_scale (cfg)")
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            known = ", ".join(GUIDANCE_SCHEDULES)
+            raise InputError(f"guidance_schedule must be one of {known}, got {self.guidance_schedule!r}")
         if not 0 <= self.diffusion_temperature < math.inf:
             raise InputError(f"diffusion_temperature must be a finite number >= 0, got {self.diffusion_temperature}")
         if self.diffusion_steps is not None and not 1 <= self.diffusion_steps <= NUM_TRAIN_STEPS:
@@ -246,8 +254,8 @@ def sample_latent(
         if si == 0:
             h = h[:, -1:]  # the last prefix position predicts the 1x1 map
         logits = model.logits(h, cond_head)
-        ratio = guidance_ratio(si, num_scales)
-        t = options.cfg * ratio
+        ratio = guidance_ratio(si, num_scales)  # the official ramp, which more_smooth's mixing also follows
+        t = options.cfg * (ratio if options.guidance_schedule == "linear" else 1.0)
         if guided:
             logits = guide(logits[:B], logits[B:], 1 + t)
         top_k = options.top_k if options.top_k is not None else official_top_k(si, vocab)

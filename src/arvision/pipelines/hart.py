@@ -23,7 +23,7 @@ import difflib
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from arvision.errors import CheckpointError, InputError
 from arvision.imaging import tensor_to_pil
 from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer, check_schedule
 from arvision.models.hart_sampler import (
+    GUIDANCE_SCHEDULES,
     Condition,
     SamplingOptions,
     ScaleStep,
@@ -67,9 +68,9 @@ class HartPipelineOutput:
 
 
 class HartPipeline:
-    """Generator + tokenizer + text encoder. Call it with prompts to get images. ``guidance_scale`` and
-    ``top_k`` are what a call uses when it names none (a folder of our own may set them in
-    ``model_index.json``; ``top_k`` None is the official per-scale schedule).
+    """Generator + tokenizer + text encoder. Call it with prompts to get images. ``guidance_scale``,
+    ``top_k`` and ``guidance_schedule`` are what a call uses when it names none (a folder of our own may set
+    them in ``model_index.json``; ``top_k`` None is the official per-scale schedule).
 
     A class-conditional transformer takes ``class_labels``, or class names as prompts when the pipeline
     knows them: ``id2label`` maps each label to its name (saved in ``model_index.json``; a name may list
@@ -86,11 +87,13 @@ class HartPipeline:
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         top_k: int | None = None,
         *,
+        guidance_schedule: str = "linear",
         id2label: Mapping[int, str] | None = None,
     ):
         check_quantizer(transformer.config, tokenizer.quantize)
         self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
         self.text_encoder_spec, self.guidance_scale, self.top_k = text_encoder_spec, guidance_scale, top_k
+        self.guidance_schedule = guidance_schedule
         self.id2label = _checked_id2label(id2label, transformer.config) if id2label is not None else None
         if text_encoder is not None:
             self._check_text_encoder(text_encoder)
@@ -163,13 +166,13 @@ class HartPipeline:
             text_encoder = (
                 minilm_text_encoder(config.context_token) if spec["type"] == "minilm" else folder / spec["path"]
             )
-        guidance_scale, top_k = sampling_from_index(index, folder / INDEX_FILE)
+        sampling = sampling_from_index(index, folder / INDEX_FILE)
         id2label = index.get("id2label")
         if id2label is not None:
             id2label = _id2label_from_json(id2label, folder / INDEX_FILE)
         encoder, spec = _resolve_text_encoder(text_encoder, config)
         try:
-            pipe = cls(transformer, tokenizer, encoder, spec, guidance_scale, top_k, id2label=id2label)
+            pipe = cls(transformer, tokenizer, encoder, spec, **asdict(sampling), id2label=id2label)
         except InputError as exc:
             raise CheckpointError(f"{folder / INDEX_FILE}: {exc}") from exc
         return pipe.to(device=device, dtype=dtype)
@@ -192,6 +195,7 @@ class HartPipeline:
             "format": "arvision",
             "guidance_scale": self.guidance_scale,
             "top_k": self.top_k,
+            "guidance_schedule": self.guidance_schedule,
         }
         if self.text_encoder_spec is not None:
             index["text_encoder"] = _spec_relative_to(self.text_encoder_spec, folder)
@@ -304,6 +308,7 @@ class HartPipeline:
         height: int | None = None,
         width: int | None = None,
         guidance_scale: float | None = None,
+        guidance_schedule: str | None = None,
         num_images_per_prompt: int = 1,
         seed: int | None = None,
         generator: Generators = None,
@@ -323,7 +328,8 @@ class HartPipeline:
 
         ``guidance_scale`` is HART's cfg (0 disables guidance; None: the pipeline's, 4.5 as in the official
         scripts unless the model folder names another); ``top_k`` likewise (None: the official per-scale
-        schedule unless the folder names a value). ``seed``
+        schedule unless the folder names a value); ``guidance_schedule`` likewise (``"linear"``, the official
+        ramp over the scales, or ``"constant"``; see :class:`SamplingOptions`). ``seed``
         (or ``generator``) makes the whole output reproducible, diffusion noise included; a list of generators,
         one per image (prompt-major), makes each image reproducible on its own: image i is the same in any batch.
         ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models, whose
@@ -354,6 +360,7 @@ class HartPipeline:
             generator = torch.Generator(device).manual_seed(seed)
         options = self.sampling_options(
             guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
             top_k=top_k,
             top_p=top_p,
             temperature=temperature,
@@ -376,13 +383,19 @@ class HartPipeline:
         return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)
 
     def sampling_options(
-        self, *, guidance_scale: float | None = None, top_k: int | None = None, **options: Any
+        self,
+        *,
+        guidance_scale: float | None = None,
+        guidance_schedule: str | None = None,
+        top_k: int | None = None,
+        **options: Any,
     ) -> SamplingOptions:
         """The checked sampling options of a call, from :meth:`__call__`'s arguments of those names
-        (``guidance_scale`` and ``top_k`` None: the pipeline's; the others take :meth:`__call__`'s types and
-        defaults): an :class:`InputError` names a setting no sampler takes."""
+        (``guidance_scale``, ``guidance_schedule`` and ``top_k`` None: the pipeline's; the others take
+        :meth:`__call__`'s types and defaults): an :class:`InputError` names a setting no sampler takes."""
         return SamplingOptions(
             cfg=self.guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_schedule=self.guidance_schedule if guidance_schedule is None else guidance_schedule,
             top_k=self.top_k if top_k is None else top_k,
             **options,
         )
@@ -452,22 +465,36 @@ def load_saved_transformer(folder: Path) -> HartTransformer:
     return _load_transformer(config, checkpoint.find_weights_file(folder))
 
 
-def sampling_defaults(folder: str | os.PathLike) -> tuple[float, int | None]:
-    """The (guidance_scale, top_k) that a saved folder's ``model_index.json`` names for calls that name none
-    (cfg 4.5 and the official top-k schedule where it names none, or has no index)."""
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a folder's ``model_index.json`` sets for calls that name none (the official scripts' sampling where
+    it sets nothing: cfg 4.5 ramped linearly over the scales, the official top-k schedule)."""
+
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    top_k: int | None = None
+    guidance_schedule: str = "linear"
+
+
+def sampling_defaults(folder: str | os.PathLike) -> SamplingDefaults:
+    """The :class:`SamplingDefaults` of a saved folder (the defaults where it has no index)."""
     where = Path(folder) / INDEX_FILE
     return sampling_from_index(checkpoint.read_json(where) if where.is_file() else {}, where)
 
 
-def sampling_from_index(index: Mapping[str, Any], where: str | os.PathLike) -> tuple[float, int | None]:
-    """The (guidance_scale, top_k) of a ``model_index.json`` dict; a bad value is a CheckpointError naming ``where``."""
+def sampling_from_index(index: Mapping[str, Any], where: str | os.PathLike) -> SamplingDefaults:
+    """The :class:`SamplingDefaults` of a ``model_index.json`` dict; a bad value is a CheckpointError naming
+    ``where``."""
     guidance_scale = index.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
         raise CheckpointError(f"{where}: guidance_scale must be a number >= 0, got {guidance_scale!r}")
     top_k = index.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise CheckpointError(f"{where}: top_k must be a whole number >= 1 or null, got {top_k!r}")
-    return float(guidance_scale), top_k
+    schedule = index.get("guidance_schedule", "linear")
+    if schedule not in GUIDANCE_SCHEDULES:
+        known = ", ".join(GUIDANCE_SCHEDULES)
+        raise CheckpointError(f"{where}: guidance_schedule must be one of {known}, got {schedule!r}")
+    return SamplingDefaults(float(guidance_scale), top_k, schedule)
 
 
 def _load_transformer(config: HartConfig, weights: Path) -> HartTransformer:

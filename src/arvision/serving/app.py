@@ -84,9 +84,10 @@ class SamplingRequest(BaseModel):
 
 
 class GenerateRequest(SamplingRequest):
-    """A text-to-image request (HART, or VILA-U: the last four fields are HART's only)."""
+    """A text-to-image request (HART, or VILA-U: the fields below, ``size`` apart, are HART's only)."""
 
     size: int | None = Field(None, gt=0, description="square image size in pixels (default: the model's)")
+    guidance_schedule: Literal["linear", "constant"] | None = None
     more_smooth: bool = False
     diffusion_steps: int | None = Field(None, ge=1)
     negative_prompt: str | None = Field(None, max_length=MAX_TEXT_CHARS)

@@ -42,10 +42,12 @@ def image_seeds(seed: int | None, count: int) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class GenerationSettings:
     """The sampling options of a text-to-image request, named as :class:`HartPipeline`'s arguments (None: the
-    model's default; ``size``: height and width; the last two are HART's only); equal settings batch."""
+    model's default; ``size``: height and width; ``guidance_schedule`` and the last two are HART's only); equal
+    settings batch."""
 
     size: int | None = None
     guidance_scale: float | None = None
+    guidance_schedule: str | None = None
     top_k: int | None = None
     top_p: float | None = None
     temperature: float | None = None
@@ -92,6 +94,7 @@ def _vila_u_options(
     hart_only = [
         name
         for name, used in (
+            ("guidance_schedule", settings.guidance_schedule is not None),
             ("more_smooth", settings.more_smooth),
             ("diffusion_steps", settings.diffusion_steps is not None),
             ("negative_prompt", job.negative_prompt is not None),

@@ -11,7 +11,7 @@ as ``id2label`` for a class-conditional model).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,13 @@ from arvision.defaults import default_model_path
 from arvision.errors import CheckpointError, InputError
 from arvision.models.hart import HartConfig, HartTransformer
 from arvision.models.hart_sampler import Condition
+from arvision.pipelines.hart import (
+    HartPipeline,
+    SamplingDefaults,
+    load_saved_transformer,
+    sampling_defaults,
+    sampling_from_index,
+)
 from arvision.text.base import TextEncoder
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
@@ -77,8 +84,9 @@ class HartModel:
     # lora.rank > 0: adapters on the blocks' linear layers learn instead of the weights (the diffusion head and
     # the rest stay as they are); the export merges them
     lora: LoraSettings = field(default_factory=LoraSettings)
-    # the sampling the exported folder names for calls that name none ({guidance_scale: 3, top_k: 20}, as the
-    # default HART's); keys left out keep init_from's, else HART's cfg 4.5 and official top-k schedule
+    # the sampling the exported folder names for calls that name none (guidance_scale, top_k, guidance_schedule:
+    # the default HART's are 1.5, 20, constant); keys left out keep init_from's, else the official scripts'
+    # (cfg 4.5 ramped linearly over the scales, the official top-k schedule)
     sampling: dict[str, Any] = field(default_factory=dict)
     # sample grids: these prompts, or for a class-conditional model its first four classes
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])
@@ -168,19 +176,17 @@ class HartTask(TrainingTask):
                 f"{self.data_config.resolution} is {schedule}), got {scales}"
             )
 
-    def _sampling(self) -> tuple[float, int | None]:
-        """(guidance_scale, top_k) of the exported folder: ``model.sampling`` over what ``init_from`` names."""
-        from arvision.pipelines.hart import sampling_defaults, sampling_from_index
-
+    def _sampling(self) -> SamplingDefaults:
+        """The exported folder's sampling defaults: ``model.sampling`` over what ``init_from`` names."""
         init_from = self.model_config.init_from
-        guidance_scale, top_k = sampling_defaults(init_from) if init_from else sampling_from_index({}, "model.sampling")
+        inherited = sampling_defaults(init_from) if init_from else sampling_from_index({}, "model.sampling")
         given = yaml_values(self.model_config.sampling)
-        chosen = {"guidance_scale": guidance_scale, "top_k": top_k, **given}
-        unknown = set(chosen) - {"guidance_scale", "top_k"}
+        known = {f.name for f in fields(SamplingDefaults)}
+        unknown = set(given) - known
         if unknown:
-            raise InputError(f"model.sampling: unknown key(s) {sorted(unknown)}; known: guidance_scale, top_k")
+            raise InputError(f"model.sampling: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
         try:
-            return sampling_from_index(chosen, "model.sampling")
+            return sampling_from_index({**asdict(inherited), **given}, "model.sampling")
         except CheckpointError as exc:
             raise InputError(str(exc)) from exc
 
@@ -227,8 +233,6 @@ class HartTask(TrainingTask):
 
     def _initial_transformer(self, folder: Path) -> HartTransformer:
         """A saved pipeline's transformer, to fine-tune; its config must describe the configured shapes."""
-        from arvision.pipelines.hart import load_saved_transformer
-
         if not (folder / "transformer" / "config.json").is_file():
             raise InputError(f"model.init_from {folder} is not a HartPipeline folder (no transformer/config.json)")
         transformer = load_saved_transformer(folder / "transformer")
@@ -270,11 +274,10 @@ class HartTask(TrainingTask):
         return list(model.transformer.blocks)
 
     def _pipeline(self, transformer: HartTransformer):
-        from arvision.pipelines.hart import HartPipeline
-
         spec = getattr(self.text_encoder, "spec", None)
         id2label = dict(enumerate(self.class_images.classes)) if self.class_images is not None else None
-        return HartPipeline(transformer, self.tokenizer, self.text_encoder, spec, *self.sampling, id2label=id2label)
+        sampling = asdict(self.sampling)
+        return HartPipeline(transformer, self.tokenizer, self.text_encoder, spec, **sampling, id2label=id2label)
 
     def export(self, weights: Mapping[str, torch.Tensor], folder: Path) -> None:
         transformer = HartTransformer(self.transformer_config)
