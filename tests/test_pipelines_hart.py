@@ -424,3 +424,13 @@ def test_a_generator_per_image_draws_each_image_as_it_comes_alone(pipe, embeds, 
     assert not torch.allclose(shared[1], batch[1], atol=1e-2)  # one generator for the batch is another stream
     with pytest.raises(InputError, match="3 generators for 2 samples"):
         pipe(prompt_embeds=embeds, generator=[torch.Generator() for _ in range(3)], progress=False)
+
+
+def test_the_pipeline_checks_its_default_sampling_when_built(pipe):
+    for options, message in [
+        ({"guidance_schedule": "cosine"}, "guidance_schedule must be one of linear, constant"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"top_k": -2}, "top_k must be >= 0"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            HartPipeline(pipe.transformer, pipe.tokenizer, **options)

@@ -2,7 +2,8 @@
 
 Per scale ``si`` of ``N``: one transformer pass over the new tokens (the context at ``si = 0``),
 logits guided as ``(1 + t) * cond - t * uncond`` with ``t = cfg * si / (N - 1)`` -- the last scale
-re-uses the ratio of scale ``N - 2``, as the official code does -- then top-k (600 before scale 7,
+re-uses the ratio of scale ``N - 2``, as the official code does; ``t = cfg`` at every scale with
+``guidance_schedule="constant"`` -- then top-k (600 before scale 7,
 300 after, clamped to the vocabulary) / top-p / temperature sampling. The sampled codes update the
 running latent ``f_hat``; the next scale's input is ``f_hat`` area-downsampled. On the last scale
 the residual diffusion head adds a continuous residual to each sampled code (skipped in
@@ -10,8 +11,8 @@ discrete-only mode), guided with the same ``t`` -- unless ``t`` is exactly 1, wh
 samples the conditional branch alone (see :meth:`ResidualDiffusionHead.sample`).
 
 Every random draw comes from one ``torch.Generator`` (token sampling, Gumbel mixing and diffusion
-noise), so a seed reproduces the whole output. For parity tests, ``index_provider`` and
-``diffusion_noise`` replay recorded indices and noise instead of drawing.
+noise), or from one per image, so a seed reproduces the whole output (each image, with one per image). For
+parity tests, ``index_provider`` and ``diffusion_noise`` replay recorded indices and noise instead of drawing.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ class SamplingOptions:
     """``top_k=None`` uses the official 600/300 schedule; ``more_smooth`` mixes codebook vectors with a
     Gumbel-softmax instead of taking the sampled code (official demo default, off here: it hurts FID).
     ``guidance_schedule``: ``"linear"`` (official) ramps the guidance from 0 at the 1x1 scale to ``cfg`` at the
-    last ones; ``"constant"`` applies ``cfg`` at every scale (MAR's ``cfg_schedule="constant"``)."""
+    last ones; ``"constant"`` applies ``cfg`` at every scale, the residual head's too (MAR's
+    ``cfg_schedule="constant"``). Either way ``more_smooth``'s mixing keeps the official ramp (it is a sharpness
+    schedule, not guidance), and a last-scale guidance of exactly 1 samples the residual from the conditional
+    branch alone (the official head's quirk): with "constant", ``cfg=1`` guides the tokens but not the residual.
+    """
 
     cfg: float = 4.5
     guidance_schedule: str = "linear"

@@ -94,6 +94,7 @@ class HartPipeline:
         self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
         self.text_encoder_spec, self.guidance_scale, self.top_k = text_encoder_spec, guidance_scale, top_k
         self.guidance_schedule = guidance_schedule
+        self.sampling_options()  # the defaults a call falls back on are checked now, not at the first call
         self.id2label = _checked_id2label(id2label, transformer.config) if id2label is not None else None
         if text_encoder is not None:
             self._check_text_encoder(text_encoder)
