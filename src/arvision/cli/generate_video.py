@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if output.suffix.lower() not in VIDEO_OUTPUTS:
         raise InputError(f"--output must end in {', '.join(VIDEO_OUTPUTS)}, got {output.name}")
     check_fps(args.fps, output.suffix)  # before the (slow) generation
-    if args.seed is not None:
-        per_image_seeds(args.seed, args.num_videos)
+    seeds = None if args.seed is None else per_image_seeds(args.seed, args.num_videos)
     if args.quiet:
         silence_library_progress()
     pipe = VilaUPipeline.from_pretrained(args.model, device=args.device, dtype=torch_dtype(args.dtype))
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         args.prompt,
         n=args.num_videos,
         cfg=args.cfg,
-        seed=None if args.seed is None else per_image_seeds(args.seed, args.num_videos),
+        seed=seeds,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,

@@ -304,6 +304,27 @@ class VilaUPipeline:
                 f"the model's {limit}; shorten the prompt"
             )
 
+    def code_sampling(
+        self,
+        *,
+        cfg: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_name: str = "cfg",
+    ) -> dict[str, Any]:
+        """The checked visual-code sampling of :meth:`generate_image` / :meth:`generate_video` (None: the
+        release's defaults); ``cfg_name`` is what an error calls the guidance scale."""
+        options = {
+            "cfg": DEFAULT_CFG if cfg is None else cfg,
+            "temperature": CODE_TEMPERATURE if temperature is None else temperature,
+            "top_k": CODE_TOP_K if top_k is None else top_k,
+            "top_p": CODE_TOP_P if top_p is None else top_p,
+        }
+        check_guidance(options["cfg"], cfg_name)
+        check_sampling(options["temperature"], options["top_k"], options["top_p"])
+        return options
+
     def _codes(self, prompts: str | Sequence[str], n: int, video: bool, cfg: float, seed, sampling) -> torch.Tensor:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             prompts = [prompts]
@@ -313,14 +334,13 @@ class VilaUPipeline:
             raise InputError("no prompt given")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"n must be an integer >= 1, got {n!r}")
-        check_guidance(cfg, "cfg")
-        check_sampling(**sampling)
+        options = self.code_sampling(cfg=cfg, **sampling)
         generator = self._generators(seed, len(prompts) * n, "image")
         ids, mask = self.generation_batch(prompts, n, video)
         tokens = self.config.tower.grid**2 * (self.config.video_generation_frames if video else 1)
         with tqdm(total=tokens, desc="visual tokens", disable=not self.progress, leave=False) as bar:
             out = self.model.generate_codes(
-                ids, mask, tokens, cfg=cfg, generator=generator, on_step=lambda _: bar.update(1), **sampling
+                ids, mask, tokens, generator=generator, on_step=lambda _: bar.update(1), **options
             )
         return out.codes
 

@@ -176,12 +176,13 @@ def create_app(
     @app.get("/health")
     async def health() -> JSONResponse:
         generate = describe = None
-        if isinstance(generator, VilaUPipeline):
-            size, guidance = generator.config.tower.image_size, DEFAULT_CFG
-            generate = {"model": names.get("generate"), "kind": "vila-u", "size": size, "guidance_scale": guidance}
-        elif generator is not None:
-            size, guidance = generator.default_size(), generator.guidance_scale
-            generate = {"model": names.get("generate"), "kind": "hart", "size": size, "guidance_scale": guidance}
+        if generator is not None:
+            kind, size, guidance = (
+                ("vila-u", generator.config.tower.image_size, DEFAULT_CFG)
+                if isinstance(generator, VilaUPipeline)
+                else ("hart", generator.default_size(), generator.guidance_scale)
+            )
+            generate = {"model": names.get("generate"), "kind": kind, "size": size, "guidance_scale": guidance}
         if describer is not None:
             describe = {"model": names.get("describe"), "image_size": describer.config.tower.image_size}
         video = None
@@ -289,10 +290,10 @@ class LimitBodySize:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = JSONResponse({"detail": f"the request body is larger than {self.max_bytes} bytes"}, 413)
+        too_large = f"the request body is larger than {self.max_bytes} bytes"
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await too_large(scope, receive, send)
+            return await JSONResponse({"detail": too_large}, 413)(scope, receive, send)
         received = 0
 
         async def counted() -> Message:
@@ -300,7 +301,7 @@ class LimitBodySize:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise HTTPException(413, f"the request body is larger than {self.max_bytes} bytes")
+                raise HTTPException(413, too_large)
             return message
 
         await self.app(scope, counted, send)

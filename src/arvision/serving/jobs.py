@@ -17,8 +17,6 @@ import torch
 from PIL import Image
 
 from arvision.errors import InputError
-from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG
-from arvision.nn.sampling import check_guidance, check_sampling
 from arvision.pipelines.hart import HartPipeline
 from arvision.pipelines.vila_u import VilaUPipeline, refuse_hart_options
 from arvision.text.base import check_prompts
@@ -73,7 +71,7 @@ def check_generation(pipe: TextToImage, settings: GenerationSettings, job: Gener
     if job.negative_prompt is not None and not job.negative_prompt.strip():
         raise InputError("the negative prompt is empty; leave it out to use the model's null condition")
     if isinstance(pipe, VilaUPipeline):
-        _vila_u_options(pipe, settings, job)
+        _check_vila_u(pipe, settings, job, video=False)
         return
     pipe.sampling_options(**_hart_options(settings))
     pipe.schedule_for(settings.size, settings.size)
@@ -86,11 +84,15 @@ def _hart_options(settings: GenerationSettings) -> dict[str, Any]:
     return {name: value for name, value in asdict(settings).items() if value is not None and name != "size"}
 
 
-def _vila_u_options(
-    pipe: VilaUPipeline, settings: GenerationSettings, job: GenerationJob, video: bool = False
-) -> dict[str, Any]:
+def _vila_u_options(pipe: VilaUPipeline, settings: GenerationSettings) -> dict[str, Any]:
     """The options a request set, checked, as :meth:`VilaUPipeline.generate_image` (``generate_video``)
     keyword arguments."""
+    given = {"cfg": settings.guidance_scale, "temperature": settings.temperature, "top_k": settings.top_k}
+    return pipe.code_sampling(**given, top_p=settings.top_p, cfg_name="guidance_scale")
+
+
+def _check_vila_u(pipe: VilaUPipeline, settings: GenerationSettings, job: GenerationJob, video: bool) -> None:
+    """Refuse what a VILA-U model cannot take: HART's options, another size, a prompt it cannot read."""
     hart_only = [
         name
         for name, used in (
@@ -106,15 +108,7 @@ def _vila_u_options(
     size = pipe.config.tower.image_size
     if settings.size not in (None, size):
         raise InputError(f"this VILA-U model makes {size}x{size} images, not {settings.size}x{settings.size}")
-    options = {
-        "cfg": DEFAULT_CFG if settings.guidance_scale is None else settings.guidance_scale,
-        "temperature": CODE_TEMPERATURE if settings.temperature is None else settings.temperature,
-        "top_k": CODE_TOP_K if settings.top_k is None else settings.top_k,
-        "top_p": CODE_TOP_P if settings.top_p is None else settings.top_p,
-    }
-    check_guidance(options["cfg"], "guidance_scale")
-    check_sampling(options["temperature"], options["top_k"], options["top_p"])
-    return options
+    _vila_u_options(pipe, settings)
 
 
 def prompt_notes(pipe: TextToImage, job: GenerationJob) -> list[str]:
@@ -134,15 +128,28 @@ def generation_key(settings: GenerationSettings, job: GenerationJob) -> Hashable
     return ("generate", settings, job.negative_prompt is not None)
 
 
+def _per_result(jobs: Sequence[GenerationJob]) -> tuple[list[str], list[int]]:
+    """The jobs' prompts and seeds, one entry per image (video), in job order."""
+    return [job.prompt for job in jobs for _ in job.seeds], [seed for job in jobs for seed in job.seeds]
+
+
+def _per_job(results: Sequence[Any], jobs: Sequence[GenerationJob]) -> list[list[Any]]:
+    """Results made in :func:`_per_result`'s order, handed back to their jobs."""
+    out, start = [], 0
+    for job in jobs:
+        out.append(list(results[start : start + len(job.seeds)]))
+        start += len(job.seeds)
+    return out
+
+
 def run_generation(pipe: TextToImage, settings: GenerationSettings, jobs: Sequence[GenerationJob]) -> list:
     """One pipeline call for all the jobs' images -> per job, its list of PIL images."""
-    prompts = [job.prompt for job in jobs for _ in job.seeds]
-    seeds = [seed for job in jobs for seed in job.seeds]
+    prompts, seeds = _per_result(jobs)
     negatives = [job.negative_prompt for job in jobs for _ in job.seeds]
     if len({n is None for n in negatives}) > 1:
         raise InputError("jobs with and without a negative prompt cannot share a batch (see generation_key)")
     if isinstance(pipe, VilaUPipeline):
-        images = pipe.generate_image(prompts, seed=seeds, **_vila_u_options(pipe, settings, jobs[0]))
+        images = pipe.generate_image(prompts, seed=seeds, **_vila_u_options(pipe, settings))
     else:
         images = pipe(
             prompts,
@@ -153,17 +160,13 @@ def run_generation(pipe: TextToImage, settings: GenerationSettings, jobs: Sequen
             progress=False,
             **_hart_options(settings),
         ).images
-    out, start = [], 0
-    for job in jobs:
-        out.append(images[start : start + len(job.seeds)])
-        start += len(job.seeds)
-    return out
+    return _per_job(images, jobs)
 
 
 def check_video(pipe: VilaUPipeline, settings: GenerationSettings, job: GenerationJob) -> None:
     """Refuse, before it is queued, a text-to-video request the VILA-U pipeline would refuse."""
     check_prompts(job.prompt)
-    _vila_u_options(pipe, settings, job, video=True)
+    _check_vila_u(pipe, settings, job, video=True)
 
 
 def video_key(settings: GenerationSettings) -> Hashable:
@@ -172,14 +175,8 @@ def video_key(settings: GenerationSettings) -> Hashable:
 
 def run_video(pipe: VilaUPipeline, settings: GenerationSettings, jobs: Sequence[GenerationJob]) -> list:
     """One pipeline call for all the jobs' videos -> per job, its list of videos (lists of PIL frames)."""
-    prompts = [job.prompt for job in jobs for _ in job.seeds]
-    seeds = [seed for job in jobs for seed in job.seeds]
-    videos = pipe.generate_video(prompts, seed=seeds, **_vila_u_options(pipe, settings, jobs[0], video=True))
-    out, start = [], 0
-    for job in jobs:
-        out.append(videos[start : start + len(job.seeds)])
-        start += len(job.seeds)
-    return out
+    prompts, seeds = _per_result(jobs)
+    return _per_job(pipe.generate_video(prompts, seed=seeds, **_vila_u_options(pipe, settings)), jobs)
 
 
 @dataclass(frozen=True)
