@@ -213,3 +213,33 @@ def test_class_folders_train_a_class_conditional_model(tmp_path):
 
     with pytest.raises(InputError, match="needs data.path"):
         build_task("hart", TINY_MODEL, {"source": "classes", "resolution": 32})
+
+
+def test_training_the_diffusion_head_alone_leaves_the_transformer_as_it_was(tmp_path):
+    task = build_task("hart", TINY_MODEL, {"resolution": 32, "length": 4})
+    torch.manual_seed(5)
+    start = task.build_model().transformer
+    task._pipeline(start).save_pretrained(tmp_path / "pipe")
+    head_only = {**TINY_MODEL, "init_from": str(tmp_path / "pipe"), "train": ["diffusion_head"]}
+    task = build_task("hart", head_only, {"resolution": 32, "length": 8})
+    final = Trainer(short_run(tmp_path / "run", max_steps=3, batch_size=2), task).run()
+    trained = HartPipeline.from_pretrained(final).transformer.state_dict()
+    head = [k for k in trained if k.startswith(("diffloss.", "decoder_norm."))]
+    rest = [k for k in trained if k not in head]
+    assert head and rest
+    assert all(torch.equal(trained[k], start.state_dict()[k]) for k in rest)
+    assert not all(torch.equal(trained[k], start.state_dict()[k]) for k in head)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"train": ["diffusion_head", "vae"]}, r"model.train: \['vae'\]; choose from"),
+        ({"train": []}, "model.train: empty"),
+        ({"train": ["diffusion_head"], "lora": {"rank": 4}}, "keep transformer in model.train"),
+        ({"train": ["diffusion_head"], "loss": {"train_scales": 3}}, "leaves out the last scale"),
+    ],
+)
+def test_train_parts_that_cannot_train_are_refused(model, message):
+    with pytest.raises(InputError, match=message):
+        build_task("hart", {**TINY_MODEL, **model}, {"resolution": 32})

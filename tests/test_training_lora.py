@@ -29,6 +29,10 @@ def test_only_the_adapters_learn_and_the_export_merges_them(tmp_path):
     assert len(trainable) == 20 and "transformer.blocks.1.attn.qkv_proj.lora_A.default.weight" in trainable
     lora_count = sum(objective.get_parameter(n).numel() for n in trainable)
     assert lora_count < 0.1 * sum(p.numel() for p in base.parameters())
+    # model.train naming the diffusion head trains it in full beside the adapters
+    with_head = build_task("hart", {**LORA_MODEL, "train": ["transformer", "diffusion_head"]}, {"resolution": 32})
+    also = {n for n, p in with_head.build_model().named_parameters() if p.requires_grad} - trainable
+    assert also and all(n.startswith(("transformer.diffloss.", "transformer.decoder_norm.")) for n in also)
 
     final = Trainer(short_run(tmp_path / "run", max_steps=4, batch_size=2), task).run()
     merged = HartPipeline.from_pretrained(final).transformer.state_dict()

@@ -10,7 +10,7 @@ as ``id2label`` for a class-conditional model).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,11 @@ class HartData:
             raise InputError(f"data.cache_workers must be >= 0, got {self.cache_workers}")
 
 
+# What ``model.train`` can name: the transformer (its blocks, embeddings and token head) and the residual
+# diffusion head (``diffloss`` and the norm of its condition, which only the head reads).
+HART_PARTS = ("transformer", "diffusion_head")
+DIFFUSION_HEAD_MODULES = ("diffloss", "decoder_norm")
+
 # The attention and MLP projections of the transformer blocks: where LoRA adapts HART by default.
 HART_LORA_TARGETS = r"blocks\.\d+\.(attn\.(qkv_proj|proj)|ffn\.(gate_proj|up_proj|down_proj))"
 
@@ -84,6 +89,9 @@ class HartModel:
     # lora.rank > 0: adapters on the blocks' linear layers learn instead of the weights (the diffusion head and
     # the rest stay as they are); the export merges them
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # the parts that learn (HART_PARTS), the others frozen; None: all (with LoRA, the adapters alone), e.g.
+    # [diffusion_head] fits the residual head to a trained transformer at a third of a full step's cost
+    train: list[str] | None = None
     # the sampling the exported folder names for calls that name none (guidance_scale, top_k, guidance_schedule:
     # the default HART's are 1.5, 20, constant); keys left out keep init_from's, else the official scripts'
     # (cfg 4.5 ramped linearly over the scales, the official top-k schedule)
@@ -93,8 +101,10 @@ class HartModel:
 
 
 class HartObjective(ObjectiveWithFrozenHelpers):
-    """``forward(batch, generator)`` -> (loss, logs); trains ``transformer`` only. ``text_encoder`` is None
-    for a class-conditional transformer, whose batches carry ``label`` [B] instead of ``caption``."""
+    """``forward(batch, generator)`` -> (loss, logs); trains the ``train`` parts of ``transformer``
+    (:data:`HART_PARTS`; "transformer" means its LoRA adapters when it has them) and nothing else.
+    ``text_encoder`` is None for a class-conditional transformer, whose batches carry ``label`` [B] instead
+    of ``caption``."""
 
     def __init__(
         self,
@@ -102,14 +112,17 @@ class HartObjective(ObjectiveWithFrozenHelpers):
         tokenizer: HybridTokenizer,
         text_encoder: TextEncoder | None,
         loss: HartLossConfig,
+        train: Sequence[str] = HART_PARTS,
     ):
         super().__init__()
         self.transformer = transformer
         self.loss_config = loss
-        if loss.train_scales is not None and loss.train_scales < len(transformer.config.patch_nums):
-            # no diffusion loss reaches them, and DDP would wait for their gradients
-            transformer.diffloss.requires_grad_(False)
-            transformer.decoder_norm.requires_grad_(False)
+        if "transformer" not in train:
+            transformer.requires_grad_(False)
+        # without the last scale no diffusion loss reaches the head, and DDP would wait for its gradients
+        coarse = loss.train_scales is not None and loss.train_scales < len(transformer.config.patch_nums)
+        for name in DIFFUSION_HEAD_MODULES:
+            getattr(transformer, name).requires_grad_("diffusion_head" in train and not coarse)
         tokenizer.eval().requires_grad_(False)
         self.frozen = (tokenizer, text_encoder)  # a tuple keeps them out of parameters() and state_dict()
 
@@ -175,6 +188,28 @@ class HartTask(TrainingTask):
                 f"model.loss.train_scales must be between 1 and {len(schedule)} (the schedule at data.resolution "
                 f"{self.data_config.resolution} is {schedule}), got {scales}"
             )
+        self.train_parts = self._train_parts()
+
+    def _train_parts(self) -> tuple[str, ...]:
+        """``model.train`` checked; None gives every part, or the adapters alone under LoRA."""
+        m = self.model_config
+        lora = m.lora.rank > 0
+        if m.train is None:
+            return ("transformer",) if lora else HART_PARTS
+        unknown = sorted(set(m.train) - set(HART_PARTS))
+        if unknown or not m.train:
+            raise InputError(f"model.train: {unknown or 'empty'}; choose from {list(HART_PARTS)}")
+        if lora and "transformer" not in m.train:
+            raise InputError(
+                "model.lora adapts the transformer: keep transformer in model.train, or set model.lora.rank=0"
+            )
+        scales = m.loss.train_scales
+        if "diffusion_head" in m.train and scales is not None and scales < len(self.transformer_config.patch_nums):
+            raise InputError(
+                f"model.train names diffusion_head, but model.loss.train_scales={scales} leaves out the last scale, "
+                "the only one its loss is on"
+            )
+        return tuple(m.train)
 
     def _sampling(self) -> SamplingDefaults:
         """The exported folder's sampling defaults: ``model.sampling`` over what ``init_from`` names."""
@@ -229,7 +264,7 @@ class HartTask(TrainingTask):
             transformer.init_weights()
         if self.model_config.lora.rank > 0:
             add_lora(transformer, self.model_config.lora, HART_LORA_TARGETS)
-        return HartObjective(transformer, self.tokenizer, self.text_encoder, self.model_config.loss)
+        return HartObjective(transformer, self.tokenizer, self.text_encoder, self.model_config.loss, self.train_parts)
 
     def _initial_transformer(self, folder: Path) -> HartTransformer:
         """A saved pipeline's transformer, to fine-tune; its config must describe the configured shapes."""
