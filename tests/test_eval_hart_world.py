@@ -3,9 +3,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from PIL import Image
+
 from arvision.data.scenes import SHAPES
 from arvision.data.world import ProceduralWorld, WorldConfig
-from arvision.eval.hart_world import prompt_sets, world_shape_accuracy
+from arvision.defaults import default_model_path
+from arvision.errors import InputError
+from arvision.eval.hart_world import prefix_readback, prompt_sets, world_shape_accuracy
+from arvision.imaging import tensor_to_pil
+from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 
 
 def test_prompt_sets_split_the_pairs():
@@ -53,6 +60,34 @@ def test_drawn_counts_the_shapes_read_back_for_each_pair():
     assert held_out["drawn"] == {
         f"{colour} {shape}": {substitute[colour]: 6} for colour, shape in WorldConfig().heldout_combos
     }
+
+
+class _PrefixOnly:
+    """A stand-in pipeline that draws nothing: the decoded codes when given every scale, else blank images."""
+
+    def __init__(self):
+        self.tokenizer = HybridTokenizer.from_pretrained(default_model_path("hart") / "tokenizer")
+        self.calls = []
+
+    def __call__(self, prompts, *, height, width, seed, prefix_indices, discrete_only, progress):
+        self.calls.append((len(prompts), seed, len(prefix_indices), discrete_only))
+        if len(prefix_indices) < 10:
+            return type("Out", (), {"images": [Image.new("RGB", (width, height))] * len(prompts)})
+        latent = self.tokenizer.indices_to_latent(prefix_indices)
+        return type("Out", (), {"images": tensor_to_pil(self.tokenizer.decode(latent))})
+
+
+def test_prefix_readback_gives_the_true_codes_and_reads_back_what_comes_out():
+    pipe = _PrefixOnly()
+    report = prefix_readback(pipe, [0, 10], images_per_prompt=1, first_seed=5)
+    assert report["prefix_0"] == {"both": 0.0, "both_discrete_only": 0.0}
+    # every scale given: the references' own codes, decoded as the tokenizer decodes them
+    assert report["prefix_10"]["both"] == report["references"]["discrete"] > 0.7
+    assert report["references"]["hybrid"] >= report["references"]["discrete"]
+    assert {call[:2] for call in pipe.calls} == {(120, 5)}
+    assert {call[2:] for call in pipe.calls} == {(0, False), (0, True), (10, False), (10, True)}
+    with pytest.raises(InputError, match=r"within 0..10, got 11"):
+        prefix_readback(pipe, [11])
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:

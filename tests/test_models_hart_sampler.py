@@ -310,3 +310,49 @@ def test_schedules_are_checked_like_the_pipeline_checks_them():
     assert sample_latent(table, quant, cond, patch_nums=(1, 3, 4), progress=False).shape == (2, 4, 4, 4)
     with pytest.raises(InputError, match="has 4 scales but this model's level table has 3"):
         sample_latent(table, quant, cond, patch_nums=(1, 2, 3, 4), progress=False)
+
+
+def test_prefix_indices_are_taken_and_only_the_later_scales_drawn(hart_cases, tiny_hart, tiny_tokenizer):
+    c = hart_cases
+    cond = Condition(c["ctx_context"], c["ctx_mask"], c["ctx_position_ids"])
+    B = cond.batch
+    codes = [torch.randint(tiny_hart.config.vocab_size, (B, pn * pn)) for pn in tiny_hart.config.patch_nums]
+
+    def run(prefix, seed, **options):
+        steps = []
+        latent = sample_latent(
+            tiny_hart,
+            tiny_tokenizer.quantize,
+            cond,
+            SamplingOptions(cfg=2.0, **options),
+            generator=torch.Generator().manual_seed(seed),
+            prefix_indices=prefix,
+            callback=steps.append,
+            progress=False,
+        )
+        return latent, [step.indices for step in steps], [step.f_hat for step in steps]
+
+    # every scale given, discrete only: the latent the tokenizer assembles from those codes
+    latent, drawn, _ = run(codes, 0, discrete_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(drawn, codes))
+    torch.testing.assert_close(latent, tiny_tokenizer.indices_to_latent(codes), atol=1e-5, rtol=0)
+    # two scales given: those are kept (more_smooth's mixing too), the rest drawn from the seed
+    _, first, smooth_latents = run(codes[:2], 0, more_smooth=True)
+    _, other, plain_latents = run(codes[:2], 1)
+    assert all(torch.equal(first[si], codes[si]) and torch.equal(other[si], codes[si]) for si in (0, 1))
+    assert torch.equal(smooth_latents[1], plain_latents[1])  # given codes are not mixed
+    assert not all(torch.equal(a, b) for a, b in zip(first[2:], other[2:]))
+    # none given: the plain sampler, draw for draw
+    plain = sample_latent(
+        tiny_hart,
+        tiny_tokenizer.quantize,
+        cond,
+        SamplingOptions(cfg=2.0),
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+    )
+    assert torch.equal(run((), 3)[0], plain)
+    with pytest.raises(InputError, match=r"prefix_indices\[1\] has shape"):
+        run([codes[0], codes[0]], 0)
+    with pytest.raises(InputError, match="scales of prefix_indices for a schedule of"):
+        run([*codes, codes[-1]], 0)

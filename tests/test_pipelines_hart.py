@@ -45,6 +45,13 @@ def test_seeded_generation_is_reproducible(pipe, embeds):
     assert not torch.equal(a.latents, c.latents)
 
 
+def test_prefix_indices_reach_the_sampler(pipe, embeds):
+    config = pipe.transformer.config
+    codes = [torch.randint(config.vocab_size, (2, pn * pn)) for pn in config.patch_nums]
+    given = pipe(prompt_embeds=embeds, seed=0, prefix_indices=codes, discrete_only=True, progress=False)
+    torch.testing.assert_close(given.latents, pipe.tokenizer.indices_to_latent(codes), atol=1e-5, rtol=0)
+
+
 def test_replayed_official_image_through_the_pipeline_decoder(pipe, hart_cases):
     """The pipeline's uint8 conversion of the official final latent equals the official image."""
     with torch.no_grad():

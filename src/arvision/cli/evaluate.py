@@ -3,7 +3,8 @@ model cards, as JSON on stdout.
 
 * ``hart-world``: shape-and-colour accuracy of a HART pipeline on single-object world prompts (held-out and
   seen colour-shape pairs); ``--caption-use N`` adds the per-scale cross-entropy of N real scenes with the
-  right, shuffled and no captions.
+  right, shuffled and no captions; ``--prefix-scales K ...`` gives the pipeline the true codes of the first K
+  scales of the prompts' reference renders and reads back what it draws from there (which scales lose the object).
 * ``vila-u-world``: colour/shape question accuracy of a VILA-U folder on world scenes; ``--tower-scenes N``
   reads colour and shape back from N tower round trips per split; ``--probe-steps N`` trains an attention
   probe on the tower's z_q (what the LLM gets) and the same probe on the pixels (``--probe-scenes``,
@@ -72,6 +73,13 @@ def _add_hart_world(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. + images-per-prompt - 1")
     p.add_argument("--grid", type=Path, help="also save the held-out images of the first seed as one PNG grid")
     p.add_argument("--caption-use", type=at_least(0), default=0, metavar="N", help="also caption use on N scenes")
+    p.add_argument(
+        "--prefix-scales",
+        type=at_least(0),
+        nargs="+",
+        metavar="K",
+        help="also read back images drawn from the reference renders' true codes of the first K scales",
+    )
     add_device_arguments(p, None, "weights dtype (default: float32)")
     p.set_defaults(func=run_hart_world)
 
@@ -97,7 +105,7 @@ def caption_use_report(pipe, scenes: int, size: int) -> dict:
 
 
 def run_hart_world(args: argparse.Namespace) -> int:
-    from arvision.eval.hart_world import prompt_sets, world_shape_accuracy
+    from arvision.eval.hart_world import prefix_readback, prompt_sets, world_shape_accuracy
     from arvision.imaging import make_grid
     from arvision.pipelines.hart import HartPipeline
 
@@ -124,6 +132,10 @@ def run_hart_world(args: argparse.Namespace) -> int:
         make_grid(generate(held_out, args.first_seed)).save(args.grid)
     if args.caption_use:
         report["caption_use"] = caption_use_report(pipe, args.caption_use, args.size)
+    if args.prefix_scales:
+        report["prefix_readback"] = prefix_readback(
+            pipe, args.prefix_scales, max(args.images_per_prompt, 1), args.first_seed, args.size
+        )
     report["seconds"] = round(time.time() - start, 1)
     report.update(
         model=str(args.model),

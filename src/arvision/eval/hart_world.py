@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import torch
 from PIL import Image
 
+from arvision.data.render import render_scene
 from arvision.data.scenes import COLOURS, SHAPES
 from arvision.data.world import PromptCase, WorldConfig, single_object_prompts
+from arvision.errors import InputError
 from arvision.eval.metrics import wilson_interval
-from arvision.eval.shapes import detection_accuracy, main_object, single_object_targets
+from arvision.eval.shapes import detection_accuracy, main_object, single_object_accuracy, single_object_targets
+from arvision.imaging import pil_to_tensor, tensor_to_pil
 
 Generate = Callable[[Sequence[str], int], list[Image.Image]]
 
@@ -61,4 +66,54 @@ def world_shape_accuracy(
             },
             "drawn": {pair: dict(counts.most_common()) for pair, counts in sorted(drawn.items())},
         }
+    return report
+
+
+@torch.no_grad()
+def prefix_readback(
+    pipe: Any, prefix_scales: Sequence[int], images_per_prompt: int = 2, first_seed: int = 0, size: int = 64
+) -> dict[str, dict[str, float]]:
+    """Which scales of a text-to-image HART (a :class:`~arvision.pipelines.hart.HartPipeline`) lose the object.
+
+    The reference render of every colour-shape pair's prompts (held-out and seen pairs together, the renders
+    of ``arvision eval tokenizer --scale-readback``) is tokenized; for each K of ``prefix_scales`` the pipeline is given the true codes of the first K
+    scales, draws the rest with its sampling (seeds as in :func:`world_shape_accuracy`), and the images are read
+    back. Per K: the right shape in the right colour with the residual head (``both``) and without it
+    (``both_discrete_only``). ``references``: the renders' own codes decoded without (``discrete``) and with
+    their true residual (``hybrid``), what a perfect generator would reach.
+    """
+    cases = single_object_prompts([(colour, shape) for colour in COLOURS for shape in SHAPES])
+    prompts = [case.prompt for case in cases]
+    targets = single_object_targets(case.graph for case in cases)
+    tokenizer = pipe.tokenizer
+    device = next(tokenizer.parameters()).device
+    encoded = tokenizer.encode(pil_to_tensor([render_scene(case.graph, size) for case in cases]).to(device))
+    references = {
+        "discrete": single_object_accuracy(
+            tensor_to_pil(tokenizer.decode(tokenizer.indices_to_latent(encoded.indices))), targets
+        ),
+        "hybrid": single_object_accuracy(tensor_to_pil(tokenizer.decode(encoded.latent)), targets),
+    }
+    report: dict[str, Any] = {"references": {k: v["both"] for k, v in references.items()}}
+    seeds = range(first_seed, first_seed + images_per_prompt)
+    for scales in prefix_scales:
+        if not 0 <= scales <= len(encoded.indices):
+            raise InputError(f"prefix scales must be within 0..{len(encoded.indices)}, got {scales}")
+        result = {}
+        for key, discrete_only in (("both", False), ("both_discrete_only", True)):
+            images = [
+                image
+                for seed in seeds
+                for image in pipe(
+                    prompts,
+                    height=size,
+                    width=size,
+                    seed=seed,
+                    prefix_indices=encoded.indices[:scales],
+                    discrete_only=discrete_only,
+                    progress=False,
+                ).images
+            ]
+            result[key] = single_object_accuracy(images, targets * images_per_prompt)["both"]
+        report[f"prefix_{scales}"] = result
     return report

@@ -211,6 +211,7 @@ def sample_latent(
     patch_nums: Sequence[int] | None = None,
     negative: Condition | None = None,
     generator: Generators = None,
+    prefix_indices: Sequence[torch.Tensor] = (),
     index_provider: IndexProvider | None = None,
     diffusion_noise: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None,
     callback: Callable[[ScaleStep], None] | None = None,
@@ -224,6 +225,8 @@ def sample_latent(
     scales). ``negative``: unconditional branch for CFG (default: the official null condition).
     ``generator``: one for the batch, or a list of one per row (each row's draws then come from its own, so a
     row comes out as it would alone).
+    ``prefix_indices``: the codes of the first scales ([B, pn^2] each, e.g. an image's own from the tokenizer),
+    taken instead of drawn: only the scales after them are sampled (what the later scales make of a given start).
     ``index_provider(si, guided_logits) -> [B, pn^2]`` replaces sampling;
     ``diffusion_noise = (x_T [B*P^2, Cvae], per-step noise)`` replaces the diffusion draws.
     A condition or schedule the model cannot take is an InputError, a quantizer of another codebook a
@@ -240,6 +243,11 @@ def sample_latent(
     num_scales, last = len(pn), len(pn) - 1
     B, vocab = cond.batch, model.config.vocab_size
     check_generators(generator, B)
+    if len(prefix_indices) > num_scales:
+        raise InputError(f"{len(prefix_indices)} scales of prefix_indices for a schedule of {num_scales}")
+    for si, given in enumerate(prefix_indices):
+        if tuple(given.shape) != (B, pn[si] ** 2):
+            raise InputError(f"prefix_indices[{si}] has shape {tuple(given.shape)}, expected {(B, pn[si] ** 2)}")
     device = next(model.parameters()).device
     codebook = quantizer.embedding
     guided = options.cfg != 0
@@ -264,13 +272,16 @@ def sample_latent(
         if guided:
             logits = guide(logits[:B], logits[B:], 1 + t)
         top_k = options.top_k if options.top_k is not None else official_top_k(si, vocab)
-        if index_provider is not None:
+        forced = si < len(prefix_indices)
+        if forced:
+            idx = prefix_indices[si].to(device)
+        elif index_provider is not None:
             idx = index_provider(si, logits).to(device)
         else:
             idx = sample_logits(
                 logits, temperature=options.temperature, top_k=top_k, top_p=options.top_p, generator=generator
             )
-        if options.more_smooth:
+        if options.more_smooth and not forced:
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)
             weights = gumbel_softmax(filter_top_k_top_p(logits, top_k, options.top_p) * (1 + ratio), tau, generator)
             codes = weights.to(codebook.weight.dtype) @ codebook.weight  # [B, l, Cvae]

@@ -322,6 +322,7 @@ class HartPipeline:
         more_smooth: bool = False,
         discrete_only: bool = False,
         diffusion_steps: int | None = None,
+        prefix_indices: Sequence[torch.Tensor] = (),
         progress: bool = True,
         callback: Callable[[ScaleStep], None] | None = None,
     ) -> HartPipelineOutput:
@@ -336,6 +337,8 @@ class HartPipeline:
         ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models, whose
         prompts (and negative prompts) are class names (:attr:`labels`).
         ``diffusion_steps`` sets the residual diffusion head's sampling steps (None: the model's, 8 in HART).
+        ``prefix_indices``: codes of the first scales, one row per image ([B, pn^2] each, e.g. from
+        ``tokenizer.encode``), taken instead of drawn (see :func:`~arvision.models.hart_sampler.sample_latent`).
         """
         if (
             isinstance(num_images_per_prompt, bool)
@@ -377,6 +380,7 @@ class HartPipeline:
             patch_nums=patch_nums,
             negative=negative,
             generator=generator,
+            prefix_indices=prefix_indices,
             callback=callback,
             progress=progress,
         )
