@@ -76,11 +76,12 @@ def prefix_readback(
     """Which scales of a text-to-image HART (a :class:`~arvision.pipelines.hart.HartPipeline`) lose the object.
 
     The reference render of every colour-shape pair's prompts (held-out and seen pairs together, the renders
-    of ``arvision eval tokenizer --scale-readback``) is tokenized; for each K of ``prefix_scales`` the pipeline is given the true codes of the first K
-    scales, draws the rest with its sampling (seeds as in :func:`world_shape_accuracy`), and the images are read
-    back. Per K: the right shape in the right colour with the residual head (``both``) and without it
-    (``both_discrete_only``). ``references``: the renders' own codes decoded without (``discrete``) and with
-    their true residual (``hybrid``), what a perfect generator would reach.
+    of ``arvision eval tokenizer --scale-readback``) is tokenized; for each K of ``prefix_scales`` the pipeline
+    is given the true codes of the first K scales, draws the rest with its sampling (seeds as in
+    :func:`world_shape_accuracy`), and the images are read back. Per K: the right shape in the right colour
+    with the residual head (``both``) and without it (``both_discrete_only``). ``references``: the renders' own
+    codes decoded without (``discrete``) and with their true residual (``hybrid``), what a perfect generator
+    would reach.
     """
     cases = single_object_prompts([(colour, shape) for colour in COLOURS for shape in SHAPES])
     prompts = [case.prompt for case in cases]
