@@ -46,6 +46,9 @@ class _Pipeline:
         (["a cat", "--top-k", "-2"], "top_k must be >= 0"),
         (["a cat", "--cfg", "1e9"], "--cfg must be within [0, 10000]"),
         (["a cat", "--seed", str(2**64 - 1), "-n", "2"], "--seed must be within"),
+        (["a cat", "--strength", "0.5"], "--strength needs --image"),
+        (["a cat", "--image", "start.png", "--strength", "2"], "--strength needs --image and a value within 0..1"),
+        (["a cat", "--image", "no-such-start.png"], "image file not found: no-such-start.png"),
     ],
 )
 def test_bad_prompts_and_sampling_are_refused_before_the_model_loads(tmp_path, capsys, extra, message):
@@ -53,7 +56,7 @@ def test_bad_prompts_and_sampling_are_refused_before_the_model_loads(tmp_path, c
     args = ["generate", *extra, "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "o.png")]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert message in err and "not found" not in err
+    assert message in err and str(tmp_path / "missing") not in err
 
 
 def test_hart_gets_the_sampling_flags_given_and_its_own_defaults_otherwise(tmp_path, monkeypatch):
@@ -72,6 +75,18 @@ def test_hart_gets_the_sampling_flags_given_and_its_own_defaults_otherwise(tmp_p
     assert (call["guidance_scale"], call["top_k"], call["top_p"], call["temperature"]) == (2.0, 5, 0.8, 0.5)
     assert call["guidance_schedule"] == "constant" and "guidance_schedule" not in pipe.calls[0]
     assert call["more_smooth"] is True
+
+
+def test_hart_image_to_image_gets_the_image_and_strength(tmp_path, monkeypatch):
+    pipe = _Pipeline()
+    monkeypatch.setattr(HartPipeline, "from_pretrained", pipe.from_pretrained)
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "start.png")
+    base = ["generate", "a cat", "--model", str(HART_TINY), "--quiet", "-o", str(tmp_path / "o.png")]
+    assert main([*base, "--image", str(tmp_path / "start.png"), "--strength", "0.3"]) == 0
+    call = pipe.calls[0]
+    assert call["strength"] == 0.3 and call["image"].size == (40, 30)
+    assert call["image"].getpixel((0, 0)) == (255, 0, 0)
+    assert main(base) == 0 and pipe.calls[1]["image"] is None and pipe.calls[1]["strength"] is None
 
 
 def test_vila_u_loads_in_its_stored_dtype_unless_told(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ from PIL import Image
 from arvision.checkpoint import load_state_dict
 from arvision.cli import main as cli_main
 from arvision.errors import CheckpointError, InputError
-from arvision.imaging import tensor_to_pil
+from arvision.imaging import pil_to_tensor, resize_center_crop, tensor_to_pil
 from arvision.models.diffusion_head import ResidualDiffusionHead
 from arvision.pipelines.hart import HartPipeline
 from arvision.text.base import TextEncoding
@@ -50,6 +50,43 @@ def test_prefix_indices_reach_the_sampler(pipe, embeds):
     codes = [torch.randint(config.vocab_size, (2, pn * pn)) for pn in config.patch_nums]
     given = pipe(prompt_embeds=embeds, seed=0, prefix_indices=codes, discrete_only=True, progress=False)
     torch.testing.assert_close(given.latents, pipe.tokenizer.indices_to_latent(codes), atol=1e-5, rtol=0)
+
+
+def test_image_to_image_keeps_the_image_codes_of_the_first_scales(pipe, embeds):
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    scales = len(pipe.transformer.config.patch_nums)
+    codes = pipe.tokenizer.encode(pil_to_tensor(resize_center_crop(picture, 32))).indices
+
+    def run(**kwargs):
+        steps = []
+        out = pipe(prompt_embeds=embeds, seed=0, callback=steps.append, progress=False, **kwargs)
+        return out, [step.indices for step in steps]
+
+    # strength 0 keeps every code: the image's discrete tokens, what the tokenizer assembles from them
+    kept, _ = run(image=picture, strength=0.0, discrete_only=True)
+    torch.testing.assert_close(kept.latents, pipe.tokenizer.indices_to_latent([c.expand(2, -1) for c in codes]))
+    # strength 1 redraws every scale: plain generation, draw for draw
+    assert torch.equal(run(image=picture, strength=1.0)[0].latents, run()[0].latents)
+    # half: the first scales are the image's, for every prompt and every image of a prompt
+    _, drawn = run(image=picture, strength=0.5, num_images_per_prompt=2)
+    kept_scales = scales - round(0.5 * scales)
+    assert 0 < kept_scales < scales
+    for si in range(kept_scales):
+        assert torch.equal(drawn[si], codes[si].expand(4, -1))
+    # one image per prompt
+    other = Image.new("RGB", (32, 32), (200, 30, 30))
+    _, drawn = run(image=[picture, other], strength=0.5)
+    assert torch.equal(drawn[kept_scales - 1][0], codes[kept_scales - 1][0])
+    assert not torch.equal(drawn[kept_scales - 1][1], codes[kept_scales - 1][0])
+    for kwargs, message in [
+        ({"strength": 0.5}, "strength needs an image"),
+        ({"image": picture, "strength": 1.5}, r"strength must be within 0..1, got 1.5"),
+        ({"image": [picture] * 3}, "3 images for 2 prompts"),
+        ({"image": "photo.png"}, "image must be a PIL image"),
+        ({"image": picture, "prefix_indices": codes[:1]}, "pass image or prefix_indices, not both"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            run(**kwargs)
 
 
 def test_replayed_official_image_through_the_pipeline_decoder(pipe, hart_cases):

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from arvision.cli.common import (
     add_device_arguments,
@@ -17,7 +18,7 @@ from arvision.cli.common import (
 )
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
-from arvision.imaging import make_grid
+from arvision.imaging import load_image, make_grid
 from arvision.models.hart_sampler import GUIDANCE_SCHEDULES
 from arvision.nn.sampling import check_guidance, check_sampling
 from arvision.text.base import check_prompts
@@ -59,6 +60,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="HART: what to steer away from, a prompt (class name) guidance pushes against "
         "(default: the model's null condition, an all-zero context or the no-class label)",
+    )
+    p.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        help="HART image-to-image: keep this image's codes of the first scales and draw the rest (see --strength)",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="with --image: the share of the scales drawn anew, 0..1 (default 0.8; 1 ignores the image)",
     )
     p.add_argument("--raw-weights", action="store_true", help="official layout: use the raw instead of EMA weights")
     p.add_argument("--discrete-only", action="store_true", help="skip the residual diffusion (ablation)")
@@ -109,13 +122,16 @@ def run(args: argparse.Namespace) -> int:
         check_guidance(args.cfg, "--cfg")
     if args.seed is not None:
         per_image_seeds(args.seed, args.num_images)
+    if args.strength is not None and (args.image is None or not 0 <= args.strength <= 1):
+        raise InputError("--strength needs --image and a value within 0..1")
     if args.output.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"--output must end in one of {', '.join(IMAGE_SUFFIXES)}, got {args.output.name}")
+    init_image = None if args.image is None else load_image(args.image)
     if args.quiet:
         silence_library_progress()
     folder = args.model or default_model_path("hart")
-    generate = _generate_vila_u if is_vila_u_folder(folder) else _generate_hart
-    images = generate(folder, args)
+    vila_u = is_vila_u_folder(folder)
+    images = _generate_vila_u(folder, args) if vila_u else _generate_hart(folder, args, init_image)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.grid and len(images) > 1:
         make_grid(images).save(args.output)
@@ -129,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_hart(folder: Path, args: argparse.Namespace) -> list:
+def _generate_hart(folder: Path, args: argparse.Namespace, init_image: Image.Image | None) -> list:
     from arvision.pipelines.hart import HartPipeline
 
     pipe = HartPipeline.from_pretrained(
@@ -160,6 +176,8 @@ def _generate_hart(folder: Path, args: argparse.Namespace) -> list:
         discrete_only=args.discrete_only,
         more_smooth=args.more_smooth,
         diffusion_steps=args.diffusion_steps,
+        image=init_image,
+        strength=args.strength,
         progress=not args.quiet,
     )
     return out.images
@@ -182,6 +200,7 @@ def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
             ("--discrete-only", args.discrete_only),
             ("--diffusion-steps", args.diffusion_steps),
             ("--more-smooth", args.more_smooth),
+            ("--image", args.image),
             ("--text-encoder", args.text_encoder),
         ]
         if used

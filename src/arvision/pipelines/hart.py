@@ -32,7 +32,7 @@ from PIL import Image
 
 from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
-from arvision.imaging import tensor_to_pil
+from arvision.imaging import load_image, pil_to_tensor, resize_center_crop, tensor_to_pil
 from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer, check_schedule
 from arvision.models.hart_sampler import (
     GUIDANCE_SCHEDULES,
@@ -322,6 +322,8 @@ class HartPipeline:
         more_smooth: bool = False,
         discrete_only: bool = False,
         diffusion_steps: int | None = None,
+        image: Image.Image | Sequence[Image.Image] | None = None,
+        strength: float | None = None,
         prefix_indices: Sequence[torch.Tensor] = (),
         progress: bool = True,
         callback: Callable[[ScaleStep], None] | None = None,
@@ -337,6 +339,10 @@ class HartPipeline:
         ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models, whose
         prompts (and negative prompts) are class names (:attr:`labels`).
         ``diffusion_steps`` sets the residual diffusion head's sampling steps (None: the model's, 8 in HART).
+        ``image`` (one, or one per prompt) with ``strength`` in [0, 1] (default 0.8) is image-to-image, as
+        diffusers' img2img pipelines: the image's own codes of the first scales are kept and the last
+        ``round(strength * scales)`` scales drawn (1: the image is ignored; 0: its codes are all kept, the
+        residual drawn). Not in the HART paper: the next-scale model's teacher forcing, as VAR's zero-shot edits.
         ``prefix_indices``: codes of the first scales, one row per image ([B, pn^2] each, e.g. from
         ``tokenizer.encode``), taken instead of drawn (see :func:`~arvision.models.hart_sampler.sample_latent`).
         """
@@ -358,6 +364,10 @@ class HartPipeline:
                 negative = _repeat(negative, cond.batch)
             if negative.batch != cond.batch:
                 raise InputError(f"{negative.batch} negative prompts for {cond.batch} prompts")
+        if image is not None and len(prefix_indices):
+            raise InputError("pass image or prefix_indices, not both")
+        prefix_indices = self._image_codes(image, strength, patch_nums, cond.batch, device) or prefix_indices
+        prefix_indices = [codes.repeat_interleave(num_images_per_prompt, dim=0) for codes in prefix_indices]
         cond = _repeat(cond, num_images_per_prompt)
         negative = _repeat(negative, num_images_per_prompt) if negative is not None else None
         if seed is not None:
@@ -386,6 +396,35 @@ class HartPipeline:
         )
         images = self.tokenizer.decode(latents)
         return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)
+
+    def _image_codes(
+        self,
+        image: Image.Image | Sequence[Image.Image] | None,
+        strength: float | None,
+        patch_nums: Sequence[int],
+        prompts: int,
+        device: torch.device,
+    ) -> list[torch.Tensor]:
+        """Image-to-image: the codes [prompts, pn^2] of the scales ``image`` keeps at ``strength`` (none without
+        an image), the image resized and centre-cropped to the size drawn."""
+        if image is None:
+            if strength is not None:
+                raise InputError("strength needs an image (image-to-image)")
+            return []
+        strength = 0.8 if strength is None else strength
+        if not 0 <= strength <= 1:
+            raise InputError(f"strength must be within 0..1, got {strength}")
+        images = [image] if isinstance(image, Image.Image) else list(image)
+        if not images or not all(isinstance(im, Image.Image) for im in images):
+            raise InputError("image must be a PIL image or a list of them")
+        if len(images) not in (1, prompts):
+            raise InputError(f"{len(images)} images for {prompts} prompts: give one image, or one per prompt")
+        size = patch_nums[-1] * self.tokenizer.config.downsample
+        pixels = pil_to_tensor([resize_center_crop(load_image(im), size) for im in images])
+        dtype = next(self.tokenizer.parameters()).dtype
+        codes = self.tokenizer.encode(pixels.to(device, dtype), patch_nums).indices
+        kept = len(patch_nums) - round(strength * len(patch_nums))
+        return [c.expand(prompts, -1) for c in codes[:kept]]
 
     def sampling_options(
         self,
