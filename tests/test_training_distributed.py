@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,9 @@ TOY_SCRIPT = Path(__file__).parent / "toy_task.py"
 
 
 def torchrun(out_dir: Path, parallel: str, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    torchrun_bin = shutil.which("torchrun") or "torchrun"
-    cmd = [torchrun_bin, "--standalone", "--nproc_per_node=2", str(TOY_SCRIPT), str(out_dir), parallel, "2", "0.5"]
+    # torchrun's module under this interpreter: a torchrun script on PATH may belong to another environment
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd = [*launcher, str(TOY_SCRIPT), str(out_dir), parallel, "2", "0.5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=timeout, env=env)
 

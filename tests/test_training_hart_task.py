@@ -69,14 +69,16 @@ def _torchrun_hart(tmp_path, parallel: str, loss: dict):
     """Trains the tiny HART for 2 steps on 2 gloo processes; returns the run folder."""
     import json
     import os
-    import shutil
     import subprocess
+    import sys
 
     script = tmp_path / "run.py"
     script.write_text(TORCHRUN_SCRIPT)
     out = tmp_path / "out"
     cmd = [
-        shutil.which("torchrun") or "torchrun",
+        sys.executable,  # torchrun's module under this interpreter, as test_training_distributed runs it
+        "-m",
+        "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
         str(script),

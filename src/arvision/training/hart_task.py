@@ -86,11 +86,11 @@ class HartModel:
     text_encoder: str = "minilm"  # "minilm" or a Qwen2 folder (class-conditional models use none)
     context_tokens: int = 32
     loss: HartLossConfig = field(default_factory=HartLossConfig)
-    # lora.rank > 0: adapters on the blocks' linear layers learn instead of the weights (the diffusion head and
-    # the rest stay as they are); the export merges them
+    # lora.rank > 0: adapters on the blocks' linear layers learn instead of the weights (the rest stays as it is,
+    # the diffusion head too unless model.train names it); the export merges them
     lora: LoraSettings = field(default_factory=LoraSettings)
     # the parts that learn (HART_PARTS), the others frozen; None: all (with LoRA, the adapters alone), e.g.
-    # [diffusion_head] fits the residual head to a trained transformer at a third of a full step's cost
+    # [diffusion_head] fits the residual head to a trained transformer at about a quarter of a full step's cost
     train: list[str] | None = None
     # the sampling the exported folder names for calls that name none (guidance_scale, top_k, guidance_schedule:
     # the default HART's are 1.5, 20, constant); keys left out keep init_from's, else the official scripts'
