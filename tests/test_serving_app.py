@@ -79,6 +79,39 @@ def test_generate_returns_pngs_each_as_its_seed_makes_it_alone(client, hart):
     assert longer["warnings"] == [f"the prompt is {limit + 5} tokens long; the model reads its first {limit}"]
 
 
+def test_image_to_image_requests_batch_and_draw_what_the_pipeline_draws_alone(hart):
+    start = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    other = PIL.Image.new("RGB", (48, 40), (30, 200, 30))
+
+    async def scenario():
+        app = create_app(hart, max_batch=8, max_wait_s=1.0)
+        requests = [
+            {
+                "prompt": "a red cube",
+                "n": 2,
+                "seed": 1,
+                "image": base64.b64encode(_png(start)).decode(),
+                "strength": 0.5,
+            },
+            {"prompt": "a blue ball", "seed": 5, "image": base64.b64encode(_png(other)).decode(), "strength": 0.5},
+            {"prompt": "a blue ball", "seed": 5},  # no image: another batch
+        ]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            responses = await asyncio.gather(*(http.post("/v1/generate", json=r, timeout=60) for r in requests))
+        stats = app.state.queue.stats()
+        app.state.queue.close()
+        return [r.json() for r in responses], stats
+
+    bodies, stats = asyncio.run(scenario())
+    assert (stats.jobs, stats.batches, stats.largest_batch) == (3, 2, 3)
+    for body, prompt, image in ((bodies[0], "a red cube", start), (bodies[1], "a blue ball", other)):
+        for data, seed in zip(body["images"], body["seeds"]):
+            alone = hart(prompt, image=image, strength=0.5, seed=seed, progress=False).images[0]
+            assert _close(_decode(data), np.asarray(alone))
+    assert _close(_decode(bodies[2]["images"][0]), _alone(hart, "a blue ball", 5))
+
+
 def test_concurrent_requests_share_a_batch_and_get_what_they_would_alone(hart):
     async def scenario():
         app = create_app(hart, max_batch=8, max_wait_s=1.0)
@@ -116,6 +149,15 @@ def test_concurrent_requests_share_a_batch_and_get_what_they_would_alone(hart):
         ({"prompt": "a cube", "steps": 3}, 422, "steps"),
         ({"prompt": "x" * 10_001}, 422, "at most 10000 characters"),
         ({}, 422, "prompt"),
+        ({"prompt": "a cube", "strength": 0.5}, 400, "strength needs an image"),
+        ({"prompt": "a cube", "image": "not base64!"}, 400, "image is not valid base64"),
+        ({"prompt": "a cube", "image": base64.b64encode(b"hello").decode()}, 400, "the image"),
+        ({"prompt": "a cube", "image": ""}, 400, "image is empty"),
+        (
+            {"prompt": "a cube", "image": base64.b64encode(_png(PIL.Image.new("RGB", (4, 4)))).decode(), "strength": 2},
+            422,
+            "strength",
+        ),
     ],
 )
 def test_bad_generation_requests_are_named(client, request_body, status, message):
@@ -276,16 +318,19 @@ def test_a_vila_u_server_generates_each_image_as_its_seed_makes_it_alone():
             responses = await asyncio.gather(*(http.post("/v1/generate", json=r, timeout=60) for r in requests))
             body = {"prompt": "a cube", "more_smooth": True, "guidance_schedule": "constant", "size": 64}
             refused = await http.post("/v1/generate", json=body)
+            start = base64.b64encode(_png(PIL.Image.new("RGB", (8, 8)))).decode()
+            no_image = await http.post("/v1/generate", json={"prompt": "a cube", "image": start})
         stats = app.state.queue.stats()
         app.state.queue.close()
-        return [r.json() for r in responses], stats, refused
+        return [r.json() for r in responses], stats, refused, no_image
 
-    bodies, stats, refused = asyncio.run(scenario())
+    bodies, stats, refused, no_image = asyncio.run(scenario())
     assert (stats.jobs, stats.batches) == (2, 1)
     for body, prompt in zip(bodies, ["A red panda sitting on a tree.", "Waves."]):
         for data, seed in zip(body["images"], body["seeds"]):
             assert _close(_decode(data), np.asarray(vila.generate_image(prompt, seed=seed)[0]))
     assert refused.status_code == 400 and "guidance_schedule, more_smooth apply to HART models only" in refused.text
+    assert no_image.status_code == 400 and "image applies to HART models only" in no_image.text
 
 
 def test_videos_come_from_the_vila_u_model_each_as_its_seed_makes_it_alone(hart, tmp_path):

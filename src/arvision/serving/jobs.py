@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Hashable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -51,15 +51,17 @@ class GenerationSettings:
     temperature: float | None = None
     more_smooth: bool = False
     diffusion_steps: int | None = None
+    strength: float | None = None  # image-to-image (the job's image)
 
 
 @dataclass(frozen=True)
 class GenerationJob:
-    """One request: ``len(seeds)`` images of ``prompt``."""
+    """One request: ``len(seeds)`` images of ``prompt`` (from ``image``, image-to-image, when given)."""
 
     prompt: str
     seeds: tuple[int, ...]
     negative_prompt: str | None = None
+    image: Image.Image | None = field(default=None, compare=False)
 
 
 TextToImage = HartPipeline | VilaUPipeline
@@ -70,6 +72,8 @@ def check_generation(pipe: TextToImage, settings: GenerationSettings, job: Gener
     check_prompts(job.prompt)
     if job.negative_prompt is not None and not job.negative_prompt.strip():
         raise InputError("the negative prompt is empty; leave it out to use the model's null condition")
+    if settings.strength is not None and job.image is None:
+        raise InputError("strength needs an image (image-to-image)")
     if isinstance(pipe, VilaUPipeline):
         _check_vila_u(pipe, settings, job, video=False)
         return
@@ -80,8 +84,10 @@ def check_generation(pipe: TextToImage, settings: GenerationSettings, job: Gener
 
 
 def _hart_options(settings: GenerationSettings) -> dict[str, Any]:
-    """The options a request set, as :class:`HartPipeline` keyword arguments (``size`` apart)."""
-    return {name: value for name, value in asdict(settings).items() if value is not None and name != "size"}
+    """The sampling options a request set, as :class:`HartPipeline` keyword arguments (``size`` and
+    ``strength`` apart)."""
+    given = asdict(settings).items()
+    return {name: value for name, value in given if value is not None and name not in ("size", "strength")}
 
 
 def _vila_u_options(pipe: VilaUPipeline, settings: GenerationSettings) -> dict[str, Any]:
@@ -100,6 +106,7 @@ def _check_vila_u(pipe: VilaUPipeline, settings: GenerationSettings, job: Genera
             ("more_smooth", settings.more_smooth),
             ("diffusion_steps", settings.diffusion_steps is not None),
             ("negative_prompt", job.negative_prompt is not None),
+            ("image", job.image is not None),
         )
         if used
     ]
@@ -124,8 +131,8 @@ def prompt_notes(pipe: TextToImage, job: GenerationJob) -> list[str]:
 
 def generation_key(settings: GenerationSettings, job: GenerationJob) -> Hashable:
     """Jobs batch when their settings match and all or none of them have a negative prompt (the others use
-    the model's null condition, which no prompt stands for)."""
-    return ("generate", settings, job.negative_prompt is not None)
+    the model's null condition, which no prompt stands for), and an image."""
+    return ("generate", settings, job.negative_prompt is not None, job.image is not None)
 
 
 def _per_result(jobs: Sequence[GenerationJob]) -> tuple[list[str], list[int]]:
@@ -146,8 +153,9 @@ def run_generation(pipe: TextToImage, settings: GenerationSettings, jobs: Sequen
     """One pipeline call for all the jobs' images -> per job, its list of PIL images."""
     prompts, seeds = _per_result(jobs)
     negatives = [job.negative_prompt for job in jobs for _ in job.seeds]
-    if len({n is None for n in negatives}) > 1:
-        raise InputError("jobs with and without a negative prompt cannot share a batch (see generation_key)")
+    starts = [job.image for job in jobs for _ in job.seeds]
+    if len({n is None for n in negatives}) > 1 or len({image is None for image in starts}) > 1:
+        raise InputError("jobs with and without a negative prompt or an image cannot share a batch (generation_key)")
     if isinstance(pipe, VilaUPipeline):
         images = pipe.generate_image(prompts, seed=seeds, **_vila_u_options(pipe, settings))
     else:
@@ -156,6 +164,8 @@ def run_generation(pipe: TextToImage, settings: GenerationSettings, jobs: Sequen
             height=settings.size,
             width=settings.size,
             negative_prompt=None if negatives[0] is None else negatives,
+            image=None if starts[0] is None else starts,
+            strength=settings.strength,
             generator=[torch.Generator(pipe.device).manual_seed(seed) for seed in seeds],
             progress=False,
             **_hart_options(settings),
