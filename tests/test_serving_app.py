@@ -49,6 +49,10 @@ def _png(image: PIL.Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _png_base64(image: PIL.Image.Image) -> str:
+    return base64.b64encode(_png(image)).decode()
+
+
 def test_the_page_and_health(client):
     page = client.get("/")
     assert page.status_code == 200 and "/v1/generate" in page.text and "/v1/describe" in page.text
@@ -79,23 +83,11 @@ def test_generate_returns_pngs_each_as_its_seed_makes_it_alone(client, hart):
     assert longer["warnings"] == [f"the prompt is {limit + 5} tokens long; the model reads its first {limit}"]
 
 
-def test_image_to_image_requests_batch_and_draw_what_the_pipeline_draws_alone(hart):
-    start = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    other = PIL.Image.new("RGB", (48, 40), (30, 200, 30))
+def _generate_concurrently(pipe, requests: list[dict]) -> tuple[list[dict], object]:
+    """POSTs the requests to /v1/generate at once (within one batching window): their bodies and the queue stats."""
 
     async def scenario():
-        app = create_app(hart, max_batch=8, max_wait_s=1.0)
-        requests = [
-            {
-                "prompt": "a red cube",
-                "n": 2,
-                "seed": 1,
-                "image": base64.b64encode(_png(start)).decode(),
-                "strength": 0.5,
-            },
-            {"prompt": "a blue ball", "seed": 5, "image": base64.b64encode(_png(other)).decode(), "strength": 0.5},
-            {"prompt": "a blue ball", "seed": 5},  # no image: another batch
-        ]
+        app = create_app(pipe, max_batch=8, max_wait_s=1.0)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             responses = await asyncio.gather(*(http.post("/v1/generate", json=r, timeout=60) for r in requests))
@@ -103,7 +95,18 @@ def test_image_to_image_requests_batch_and_draw_what_the_pipeline_draws_alone(ha
         app.state.queue.close()
         return [r.json() for r in responses], stats
 
-    bodies, stats = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_image_to_image_requests_batch_and_draw_what_the_pipeline_draws_alone(hart):
+    start = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    other = PIL.Image.new("RGB", (48, 40), (30, 200, 30))
+    requests = [
+        {"prompt": "a red cube", "n": 2, "seed": 1, "image": _png_base64(start), "strength": 0.5},
+        {"prompt": "a blue ball", "seed": 5, "image": _png_base64(other), "strength": 0.5},
+        {"prompt": "a blue ball", "seed": 5},  # no image: another batch
+    ]
+    bodies, stats = _generate_concurrently(hart, requests)
     assert (stats.jobs, stats.batches, stats.largest_batch) == (3, 2, 3)
     for body, prompt, image in ((bodies[0], "a red cube", start), (bodies[1], "a blue ball", other)):
         for data, seed in zip(body["images"], body["seeds"]):
@@ -113,18 +116,9 @@ def test_image_to_image_requests_batch_and_draw_what_the_pipeline_draws_alone(ha
 
 
 def test_concurrent_requests_share_a_batch_and_get_what_they_would_alone(hart):
-    async def scenario():
-        app = create_app(hart, max_batch=8, max_wait_s=1.0)
-        requests = [{"prompt": "a red cube", "n": 2, "seed": 1}, {"prompt": "a blue ball", "seed": 5, "top_k": 7}]
-        requests += [{"prompt": "a blue ball", "n": 3, "seed": 11}]
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            responses = await asyncio.gather(*(http.post("/v1/generate", json=r, timeout=60) for r in requests))
-        stats = app.state.queue.stats()
-        app.state.queue.close()
-        return [r.json() for r in responses], stats
-
-    bodies, stats = asyncio.run(scenario())
+    requests = [{"prompt": "a red cube", "n": 2, "seed": 1}, {"prompt": "a blue ball", "seed": 5, "top_k": 7}]
+    requests += [{"prompt": "a blue ball", "n": 3, "seed": 11}]
+    bodies, stats = _generate_concurrently(hart, requests)
     # The first and last requests share settings (one batch of 5 images); top_k=7 runs apart.
     assert (stats.jobs, stats.batches, stats.largest_batch) == (3, 2, 5)
     assert bodies[1]["seeds"] == [5]
@@ -154,7 +148,7 @@ def test_concurrent_requests_share_a_batch_and_get_what_they_would_alone(hart):
         ({"prompt": "a cube", "image": base64.b64encode(b"hello").decode()}, 400, "the image"),
         ({"prompt": "a cube", "image": ""}, 400, "image is empty"),
         (
-            {"prompt": "a cube", "image": base64.b64encode(_png(PIL.Image.new("RGB", (4, 4)))).decode(), "strength": 2},
+            {"prompt": "a cube", "image": _png_base64(PIL.Image.new("RGB", (4, 4))), "strength": 2},
             422,
             "strength",
         ),
@@ -318,7 +312,7 @@ def test_a_vila_u_server_generates_each_image_as_its_seed_makes_it_alone():
             responses = await asyncio.gather(*(http.post("/v1/generate", json=r, timeout=60) for r in requests))
             body = {"prompt": "a cube", "more_smooth": True, "guidance_schedule": "constant", "size": 64}
             refused = await http.post("/v1/generate", json=body)
-            start = base64.b64encode(_png(PIL.Image.new("RGB", (8, 8)))).decode()
+            start = _png_base64(PIL.Image.new("RGB", (8, 8)))
             no_image = await http.post("/v1/generate", json={"prompt": "a cube", "image": start})
         stats = app.state.queue.stats()
         app.state.queue.close()
