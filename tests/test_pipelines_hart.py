@@ -83,10 +83,22 @@ def test_image_to_image_keeps_the_image_codes_of_the_first_scales(pipe, embeds):
         ({"image": picture, "strength": 1.5}, r"strength must be within 0..1, got 1.5"),
         ({"image": [picture] * 3}, "3 images for 2 prompts"),
         ({"image": "photo.png"}, "image must be a PIL image"),
+        ({"image": 5}, "image must be a PIL image"),
         ({"image": picture, "prefix_indices": codes[:1]}, "pass image or prefix_indices, not both"),
     ]:
         with pytest.raises(InputError, match=message):
             run(**kwargs)
+
+
+def test_an_image_given_for_several_prompts_is_encoded_once(pipe, embeds, monkeypatch):
+    picture = Image.new("RGB", (32, 32), (10, 120, 240))
+    encoded = []
+    encode = pipe.tokenizer.encode
+    monkeypatch.setattr(pipe.tokenizer, "encode", lambda x, *a: encoded.append(x.shape[0]) or encode(x, *a))
+    both = pipe(prompt_embeds=embeds, seed=0, image=[picture, picture], strength=0.5, progress=False)
+    assert encoded == [1]
+    one = pipe(prompt_embeds=embeds, seed=0, image=picture, strength=0.5, progress=False)
+    assert torch.equal(both.latents, one.latents)
 
 
 def test_replayed_official_image_through_the_pipeline_decoder(pipe, hart_cases):

@@ -53,6 +53,7 @@ INDEX_FILE = "model_index.json"
 OFFICIAL_MODEL_TYPE = "hart_transformer_t2i"
 EMA_FILE = "ema_model.bin"
 DEFAULT_GUIDANCE_SCALE = SamplingOptions.cfg  # the official scripts' cfg
+DEFAULT_STRENGTH = 0.8  # image-to-image: the share of the scales drawn anew (diffusers' img2img default)
 RAW_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 SAVED_ENTRIES = (INDEX_FILE, "transformer", "tokenizer")  # what save_pretrained writes (and replaces) in a folder
 TEXT_ENCODER_SPECS = '{"type": "minilm"} or {"type": "qwen2", "path": <folder>}'
@@ -407,24 +408,24 @@ class HartPipeline:
     ) -> list[torch.Tensor]:
         """Image-to-image: the codes [prompts, pn^2] of the scales ``image`` keeps at ``strength`` (none without
         an image), the image resized and centre-cropped to the size drawn."""
-        if image is None:
-            if strength is not None:
-                raise InputError("strength needs an image (image-to-image)")
+        strength = image_strength(strength, image is not None)
+        if strength is None:
             return []
-        strength = 0.8 if strength is None else strength
-        if not 0 <= strength <= 1:
-            raise InputError(f"strength must be within 0..1, got {strength}")
-        images = [image] if isinstance(image, Image.Image) else list(image)
+        images = [image] if isinstance(image, Image.Image) else list(image) if isinstance(image, Sequence) else []
         if not images or not all(isinstance(im, Image.Image) for im in images):
             raise InputError("image must be a PIL image or a list of them")
         if len(images) not in (1, prompts):
             raise InputError(f"{len(images)} images for {prompts} prompts: give one image, or one per prompt")
+        # each distinct image is encoded once (a server batch repeats a request's image for each of its seeds)
+        distinct = list({id(im): im for im in images}.values())
+        position = {id(im): row for row, im in enumerate(distinct)}
         size = patch_nums[-1] * self.tokenizer.config.downsample
-        pixels = pil_to_tensor([resize_center_crop(load_image(im), size) for im in images])
+        pixels = pil_to_tensor([resize_center_crop(load_image(im), size) for im in distinct])
         dtype = next(self.tokenizer.parameters()).dtype
         codes = self.tokenizer.encode(pixels.to(device, dtype), patch_nums).indices
+        rows = torch.tensor([position[id(im)] for im in images], device=codes[0].device)
         kept = len(patch_nums) - round(strength * len(patch_nums))
-        return [c.expand(prompts, -1) for c in codes[:kept]]
+        return [c[rows].expand(prompts, -1) for c in codes[:kept]]
 
     def sampling_options(
         self,
@@ -483,6 +484,19 @@ class HartPipeline:
                 f"text encoder gives {encoder.max_length} tokens x {encoder.hidden_size} dims, the model expects "
                 f"{cfg.context_token} x {cfg.context_dim}"
             )
+
+
+def image_strength(strength: float | None, has_image: bool) -> float | None:
+    """The checked strength of an image-to-image call (None without an image; 0.8 for an image given without
+    one): an :class:`InputError` for a strength without an image or outside [0, 1]."""
+    if not has_image:
+        if strength is not None:
+            raise InputError("strength needs an image (image-to-image)")
+        return None
+    strength = DEFAULT_STRENGTH if strength is None else strength
+    if not 0 <= strength <= 1:
+        raise InputError(f"strength must be within 0..1, got {strength}")
+    return strength
 
 
 def _checked_id2label(id2label: Mapping[int, str], config: HartConfig) -> dict[int, str]:

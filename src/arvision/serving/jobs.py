@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from arvision.errors import InputError
-from arvision.pipelines.hart import HartPipeline
+from arvision.pipelines.hart import HartPipeline, image_strength
 from arvision.pipelines.vila_u import VilaUPipeline, refuse_hart_options
 from arvision.text.base import check_prompts
 
@@ -72,8 +72,7 @@ def check_generation(pipe: TextToImage, settings: GenerationSettings, job: Gener
     check_prompts(job.prompt)
     if job.negative_prompt is not None and not job.negative_prompt.strip():
         raise InputError("the negative prompt is empty; leave it out to use the model's null condition")
-    if settings.strength is not None and job.image is None:
-        raise InputError("strength needs an image (image-to-image)")
+    image_strength(settings.strength, job.image is not None)
     if isinstance(pipe, VilaUPipeline):
         _check_vila_u(pipe, settings, job, video=False)
         return
