@@ -25,6 +25,7 @@ import binascii
 import io
 import re
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import asdict, fields, replace
@@ -331,31 +332,30 @@ def _video_base64(frames, fps: float, kind: str) -> str:
 
 
 def _read_base64_image(data: str) -> Image.Image:
-    """A request's base64 image, through the reader of image files (errors name "the image", not a file)."""
+    """A request's base64 image, through the reader of image files (errors name "the image")."""
     try:
         raw = base64.b64decode(data, validate=True)
     except binascii.Error:
         raise InputError("image is not valid base64") from None
     if not raw:
         raise InputError("image is empty")
-    with tempfile.TemporaryDirectory(prefix="arvision-upload-") as folder:
-        path = Path(folder) / "image"
-        path.write_bytes(raw)
-        try:
-            return load_image(path)
-        except InputError as exc:
-            raise InputError(str(exc).replace(str(path), "the image")) from None
+    return _read_through_file(raw, "", "the image", load_image)
 
 
 def _read_upload(data: bytes, filename: str, num_frames: int) -> list:
     """An uploaded image or video -> frames, through the same readers as files on disk, which the upload's
     suffix steers (a video suffix goes to the video reader; others are tried as an image, then as a video),
-    with errors that name the upload, not a temporary file."""
+    with errors that name the upload."""
     suffix = re.sub(r"[^A-Za-z0-9.]", "", Path(filename).suffix)[:12]
+    return _read_through_file(data, suffix, repr(filename), lambda path: load_media(path, num_frames))
+
+
+def _read_through_file(data: bytes, suffix: str, shown: str, read: Callable[[Path], Any]) -> Any:
+    """``read`` a temporary file holding ``data``; its errors name ``shown``, not the temporary file."""
     with tempfile.TemporaryDirectory(prefix="arvision-upload-") as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(data)
         try:
-            return load_media(path, num_frames)
+            return read(path)
         except InputError as exc:
-            raise InputError(str(exc).replace(str(path), repr(filename))) from None
+            raise InputError(str(exc).replace(str(path), shown)) from None
