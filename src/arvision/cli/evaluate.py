@@ -241,11 +241,9 @@ def _add_tokenizer(p: argparse.ArgumentParser) -> None:
 
 def run_tokenizer(args: argparse.Namespace) -> int:
     from arvision.data.photos import bundled_photo
-    from arvision.data.render import render_scene
-    from arvision.data.scenes import COLOURS, SHAPES
-    from arvision.data.world import ProceduralWorld, WorldConfig, single_object_prompts
+    from arvision.data.world import ProceduralWorld, WorldConfig
+    from arvision.eval.hart_world import reference_scenes
     from arvision.eval.reconstruction import readback_by_scales, reconstruction_metrics
-    from arvision.eval.shapes import single_object_targets
     from arvision.imaging import pil_to_tensor, resize_center_crop
     from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 
@@ -260,8 +258,6 @@ def run_tokenizer(args: argparse.Namespace) -> int:
         "world_val": reconstruction_metrics(tokenizer, scenes),
     }
     if args.scale_readback:
-        cases = single_object_prompts([(colour, shape) for colour in COLOURS for shape in SHAPES])
-        images = [render_scene(case.graph, args.size) for case in cases]
-        targets = single_object_targets(case.graph for case in cases)
+        _, images, targets = reference_scenes(args.size)
         report["scale_readback"] = readback_by_scales(tokenizer, images, targets)
     return _report(report)

@@ -69,26 +69,35 @@ def world_shape_accuracy(
     return report
 
 
+def reference_scenes(size: int) -> tuple[list[PromptCase], list[Image.Image], list[tuple[str, str]]]:
+    """The single-object prompts of every colour-shape pair (held-out and seen together), their reference
+    renders at ``size`` and (colour, shape) targets: what the tokenizer and prefix read-backs decode."""
+    cases = single_object_prompts([(colour, shape) for colour in COLOURS for shape in SHAPES])
+    return cases, [render_scene(case.graph, size) for case in cases], single_object_targets(c.graph for c in cases)
+
+
 @torch.no_grad()
 def prefix_readback(
     pipe: Any, prefix_scales: Sequence[int], images_per_prompt: int = 2, first_seed: int = 0, size: int = 64
 ) -> dict[str, dict[str, float]]:
     """Which scales of a text-to-image HART (a :class:`~arvision.pipelines.hart.HartPipeline`) lose the object.
 
-    The reference render of every colour-shape pair's prompts (held-out and seen pairs together, the renders
-    of ``arvision eval tokenizer --scale-readback``) is tokenized; for each K of ``prefix_scales`` the pipeline
+    The reference renders of :func:`reference_scenes` (those of ``arvision eval tokenizer --scale-readback``)
+    are tokenized; for each K of ``prefix_scales`` the pipeline
     is given the true codes of the first K scales, draws the rest with its sampling (seeds as in
     :func:`world_shape_accuracy`), and the images are read back. Per K: the right shape in the right colour
     with the residual head (``both``) and without it (``both_discrete_only``). ``references``: the renders' own
     codes decoded without (``discrete``) and with their true residual (``hybrid``), what a perfect generator
     would reach.
     """
-    cases = single_object_prompts([(colour, shape) for colour in COLOURS for shape in SHAPES])
+    cases, renders, targets = reference_scenes(size)
     prompts = [case.prompt for case in cases]
-    targets = single_object_targets(case.graph for case in cases)
     tokenizer = pipe.tokenizer
     device = next(tokenizer.parameters()).device
-    encoded = tokenizer.encode(pil_to_tensor([render_scene(case.graph, size) for case in cases]).to(device))
+    encoded = tokenizer.encode(pil_to_tensor(renders).to(device))
+    for scales in prefix_scales:  # before any of the slow generation
+        if not 0 <= scales <= len(encoded.indices):
+            raise InputError(f"prefix scales must be within 0..{len(encoded.indices)}, got {scales}")
     references = {
         "discrete": single_object_accuracy(
             tensor_to_pil(tokenizer.decode(tokenizer.indices_to_latent(encoded.indices))), targets
@@ -98,8 +107,6 @@ def prefix_readback(
     report: dict[str, Any] = {"references": {k: v["both"] for k, v in references.items()}}
     seeds = range(first_seed, first_seed + images_per_prompt)
     for scales in prefix_scales:
-        if not 0 <= scales <= len(encoded.indices):
-            raise InputError(f"prefix scales must be within 0..{len(encoded.indices)}, got {scales}")
         result = {}
         for key, discrete_only in (("both", False), ("both_discrete_only", True)):
             images = [
