@@ -1,6 +1,9 @@
 import asyncio
 import base64
 import io
+import re
+import shutil
+import subprocess
 
 import httpx
 import numpy as np
@@ -60,6 +63,19 @@ def test_the_page_and_health(client):
     assert health["generate"] == {"model": "tiny", "kind": "hart", "size": 32, "guidance_scale": 4.5}
     assert health["describe"]["image_size"] == fixture_pipeline().config.tower.image_size
     assert health["max_batch"] == 4
+
+
+def test_the_page_has_image_to_image_fields_and_its_script_parses(client, tmp_path):
+    page = client.get("/").text
+    form = page[page.index('<form id="generate">') : page.index("</form>")]
+    assert 'type="file" name="start"' in form and 'name="strength"' in form and 'max="1"' in form
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node to parse the page's script")
+    (script,) = re.findall(r"<script>(.*?)</script>", page, flags=re.S)
+    (tmp_path / "page.js").write_text(script)
+    checked = subprocess.run([node, "--check", str(tmp_path / "page.js")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_generate_returns_pngs_each_as_its_seed_makes_it_alone(client, hart):
