@@ -1,5 +1,5 @@
 """``arvision eval hart-world|vila-u-world|tokenizer --model FOLDER``: the evaluations of the embedded defaults'
-model cards, as JSON on stdout.
+model cards, and ``arvision eval fid``, the papers' image-set distance; JSON on stdout.
 
 * ``hart-world``: shape-and-colour accuracy of a HART pipeline on single-object world prompts (held-out and
   seen colour-shape pairs); ``--caption-use N`` adds the per-scale cross-entropy of N real scenes with the
@@ -9,6 +9,8 @@ model cards, as JSON on stdout.
   reads colour and shape back from N tower round trips per split; ``--probe-steps N`` trains an attention
   probe on the tower's z_q (what the LLM gets) and the same probe on the pixels (``--probe-scenes``,
   ``--probe-unnamed`` unnamed-colour scenes, ``--probe-centred`` also the tokens minus their image's mean).
+* ``fid``: FID and KID between the images of two folders (or listings), with the FID Inception-v3 read from
+  its TorchScript file (``--inception``).
 * ``tokenizer``: hybrid vs discrete-only reconstruction on the held-out astronaut photo and world images;
   ``--scale-readback`` decodes every colour-shape pair's reference scene from the codes of its first K scales
   and reads colour and shape back.
@@ -35,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_hart_world(which.add_parser("hart-world", help="HART: right shape in the right colour, per pair"))
     _add_vila_u_world(which.add_parser("vila-u-world", help="VILA-U: colour/shape questions, per pair"))
     _add_tokenizer(which.add_parser("tokenizer", help="a hybrid tokenizer: hybrid vs discrete reconstruction"))
+    _add_fid(which.add_parser("fid", help="FID and KID between two image folders (Inception-v3 features)"))
 
 
 def _report(report: dict) -> int:
@@ -261,3 +264,47 @@ def run_tokenizer(args: argparse.Namespace) -> int:
         _, images, targets = reference_scenes(args.size)
         report["scale_readback"] = readback_by_scales(tokenizer, images, targets)
     return _report(report)
+
+
+# ----- fid -----
+
+
+def _add_fid(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=Path, required=True, help="generated images: a folder, or a .jsonl/.csv listing")
+    p.add_argument("--reference", type=Path, required=True, help="reference (real) images, the same forms")
+    p.add_argument(
+        "--inception",
+        type=Path,
+        required=True,
+        help="the FID Inception-v3 as TorchScript (inception-2015-12-05.pt, as clean-fid and StyleGAN3 load it)",
+    )
+    p.add_argument("--size", type=at_least(1), default=299, help="images are resized and centre-cropped to this")
+    p.add_argument("--batch-size", type=at_least(1), default=50)
+    p.add_argument("--kid-subsets", type=at_least(1), default=100, help="KID: random subsets averaged")
+    p.add_argument(
+        "--kid-subset-size", type=at_least(2), default=1000, help="KID: images per subset (at most the smaller set)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="KID's subset draws")
+    add_device_argument(p)
+    p.set_defaults(func=run_fid)
+
+
+def run_fid(args: argparse.Namespace) -> int:
+    from arvision.eval.fid import TorchScriptInception, distances, image_features
+
+    network = TorchScriptInception(args.inception)
+    sets = {}
+    for name in ("images", "reference"):
+        sets[name] = image_features(
+            getattr(args, name), network, size=args.size, batch_size=args.batch_size, device=args.device
+        )
+    report = distances(
+        sets["images"].features,
+        sets["reference"].features,
+        kid_subset_size=args.kid_subset_size,
+        kid_subsets=args.kid_subsets,
+        seed=args.seed,
+    )
+    for name, found in sets.items():
+        report[name] = {"path": str(getattr(args, name)), "count": len(found.features), "skipped": found.skipped}
+    return _report({"inception": str(args.inception), "size": args.size, **report})

@@ -1,0 +1,149 @@
+"""Fréchet and kernel Inception distances (FID, KID) between two sets of images, the metrics of the HART and
+VILA-U papers' generation tables (MJHQ-30K, ImageNet).
+
+The distances are torchmetrics' (``FrechetInceptionDistance``, ``KernelInceptionDistance``); the features are
+those of the Inception-v3 every FID paper uses (TensorFlow's 2015-12-05 graph), read from its TorchScript
+file ``inception-2015-12-05.pt`` (the one clean-fid and StyleGAN3's metrics load; nothing is downloaded here,
+so the file is given by path). Any module that maps images ``[B, 3, S, S]`` (float, 0..255) to features
+``[B, D]`` can stand in for it. Each image set is read once: both distances are computed from the same features.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from tqdm.auto import tqdm
+
+from arvision.data.user import ImageFiles
+from arvision.errors import CheckpointError, InputError
+
+FID_IMAGE_SIZE = 299  # Inception-v3's input; images are resized (PIL bicubic) and centre-cropped to it
+KID_SUBSET_SIZE = 1000  # torchmetrics' and the KID paper's, lowered to the smaller set when it has fewer
+
+
+class TorchScriptInception(nn.Module):
+    """The FID Inception-v3 from its TorchScript file: images ``[B, 3, H, W]`` as floats in 0..255 ->
+    pool features ``[B, 2048]`` (the graph resizes to 299 itself, as TensorFlow's did)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(
+                f"Inception weights not found: {path} (FID needs the TorchScript file inception-2015-12-05.pt, "
+                "the one clean-fid and StyleGAN3 use; nothing is downloaded)"
+            )
+        try:
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the weights come in
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                self.network = torch.jit.load(str(path), map_location="cpu").eval()
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not a TorchScript file: {str(exc).splitlines()[0]}") from None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images, return_features=True)
+
+
+class _GivenFeatures(nn.Module):
+    """Hands features computed beforehand to torchmetrics, whose metrics otherwise run the network each."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+@dataclass
+class ImageSetFeatures:
+    """The features ``[N, D]`` of an image set and the files left out because they could not be read."""
+
+    features: torch.Tensor
+    skipped: list[str]
+
+
+@torch.no_grad()
+def image_features(
+    source: str | os.PathLike,
+    network: nn.Module,
+    *,
+    size: int = FID_IMAGE_SIZE,
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> ImageSetFeatures:
+    """Features ``[N, D]`` (float64) of every image under a folder (or of a ``.jsonl`` / ``.csv`` listing), each
+    resized to ``size`` and centre-cropped as clean-fid does, in file-name order. An unreadable file is left
+    out (and named in ``skipped``) rather than replaced, so the set is not changed behind the metric's back."""
+    files = ImageFiles.from_source(source, size=size, policy="center")
+    network = network.to(device)
+    features: list[torch.Tensor] = []
+    skipped: list[str] = []
+    with tqdm(total=len(files), desc=f"features of {Path(source).name}", disable=not progress, leave=False) as bar:
+        for batch in _batches(files, batch_size, skipped):
+            pixels = ((batch + 1) * 127.5).round().clamp(0, 255)  # back to the files' 8-bit values
+            features.append(network(pixels.to(device)).double().cpu())
+            bar.update(batch.shape[0])
+    if not features:
+        raise InputError(f"none of the {len(files)} images under {source} could be read")
+    return ImageSetFeatures(torch.cat(features), skipped)
+
+
+def _batches(files: ImageFiles, batch_size: int, skipped: list[str]) -> Iterator[torch.Tensor]:
+    batch = []
+    for index in range(len(files)):
+        try:
+            batch.append(files.load(index)["image"])
+        except (InputError, OSError):
+            skipped.append(str(files.paths[index]))
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+
+
+def distances(
+    generated: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    kid_subsets: int = 100,
+    seed: int = 0,
+) -> dict[str, float]:
+    """FID and KID (mean and standard deviation over ``kid_subsets`` random subsets, drawn from ``seed``)
+    between two feature sets ``[N, D]`` and ``[M, D]``; the KID subset size is lowered to the smaller set."""
+    if generated.ndim != 2 or reference.ndim != 2 or generated.shape[1] != reference.shape[1]:
+        raise InputError(
+            f"feature sets must be [N, D] with the same D, got {tuple(generated.shape)} and {tuple(reference.shape)}"
+        )
+    smallest = min(len(generated), len(reference))
+    if smallest < 2:
+        raise InputError(f"FID needs at least 2 images in each set, got {len(generated)} and {len(reference)}")
+    given = _GivenFeatures(generated.shape[1])
+    fid = FrechetInceptionDistance(feature=given)
+    subset = min(kid_subset_size, smallest)
+    with warnings.catch_warnings():  # that it keeps every feature in memory: they are in memory already
+        warnings.filterwarnings("ignore", message=".*will save all extracted features", category=UserWarning)
+        kid = KernelInceptionDistance(feature=given, subsets=kid_subsets, subset_size=subset)
+    for metric in (fid, kid):
+        metric.update(reference.double(), real=True)
+        metric.update(generated.double(), real=False)
+    with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global generator
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return {
+        "fid": float(fid.compute()),
+        "kid": float(kid_mean),
+        "kid_std": float(kid_std),
+        "kid_subset_size": subset,
+    }
