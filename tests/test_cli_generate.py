@@ -1,6 +1,7 @@
 """``arvision generate``: checks before the model loads, and the options it hands to each pipeline (recorded by
 stand-ins for the pipelines' loaders; real generation runs in test_pipelines_hart / test_cli_vila_u)."""
 
+import io
 from types import SimpleNamespace
 
 import pytest
@@ -29,11 +30,11 @@ class _Pipeline:
 
     def __call__(self, prompt, **kwargs):  # HartPipeline
         self.calls.append(kwargs)
-        return SimpleNamespace(images=self._images(kwargs["num_images_per_prompt"]))
+        return SimpleNamespace(images=self._images(len(prompt) * kwargs["num_images_per_prompt"]))
 
     def generate_image(self, prompt, n, seed, **kwargs):  # VilaUPipeline
         self.calls.append(kwargs)
-        return self._images(n)
+        return self._images(len(prompt) * n)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,8 @@ class _Pipeline:
         (["a cat", "--strength", "0.5"], "--strength needs --image"),
         (["a cat", "--image", "start.png", "--strength", "2"], "--strength needs --image and a value within 0..1"),
         (["a cat", "--image", "no-such-start.png"], "image file not found: no-such-start.png"),
+        ([], "give a prompt or --prompts-file"),
+        (["--prompts-file", "no-such-prompts.txt"], "prompts file not found: no-such-prompts.txt"),
     ],
 )
 def test_bad_prompts_and_sampling_are_refused_before_the_model_loads(tmp_path, capsys, extra, message):
@@ -115,3 +118,54 @@ def test_image_i_of_a_seeded_run_is_the_run_of_seed_plus_i(tmp_path, tiny_qwen2_
     assert np.abs(third - alone).max() <= 1  # batched float sums round differently, by one level at most
     first = np.asarray(Image.open(tmp_path / "batch-000.png"), dtype=int)
     assert np.abs(first - alone).max() > 10
+
+
+@pytest.mark.parametrize(
+    "lines, extra, message",
+    [
+        ("a cat\n", ["a dog"], "give a prompt or --prompts-file"),
+        ("\n  \n", [], "no prompts in"),
+        ("a cat\n", ["--grid"], "--grid draws one prompt's images together"),
+        ("a cat\n", ["--batch-size", "0"], "--batch-size must be at least 1"),
+        ("a cat\n<UTF>", [], "not UTF-8 text"),
+    ],
+)
+def test_a_prompts_file_is_checked_before_the_model_loads(tmp_path, capsys, lines, extra, message):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(lines.replace("<UTF>", "").encode() + (b"\xff\n" if "<UTF>" in lines else b""))
+    out = tmp_path / "images"
+    args = ["generate", *extra, "--prompts-file", str(prompts), "--model", str(tmp_path / "missing"), "-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(tmp_path / "missing") not in err and not out.exists()
+    assert main([*args[:-1], str(tmp_path / "grid.png")]) == 2  # -o names a folder in this mode
+
+
+def test_a_prompts_file_draws_every_image_from_its_own_seed_and_a_rerun_keeps_what_is_there(
+    tmp_path, tiny_qwen2_24, capsys
+):
+    import numpy as np
+
+    (tmp_path / "prompts.txt").write_text("a red cube\n\na blue ball\na green cone\n")
+    model = ["--model", str(HART_TINY), "--text-encoder", str(tiny_qwen2_24), "--quiet"]
+    out = tmp_path / "images"
+    args = ["generate", "--prompts-file", str(tmp_path / "prompts.txt"), *model, "-n", "2", "--batch-size", "2"]
+    assert main([*args, "--seed", "10", "-o", str(out)]) == 0
+    names = sorted(path.name for path in out.iterdir())
+    assert names == ["00000_0.png", "00000_1.png", "00001_0.png", "00001_1.png", "00002_0.png", "00002_1.png"]
+    assert "6 images in" in capsys.readouterr().out
+    # prompt 2 ("a green cone", after a blank line), image 1: seed 10 + 2 * 2 + 1
+    assert main(["generate", "a green cone", *model, "--seed", "15", "-o", str(tmp_path / "alone.png")]) == 0
+    alone = np.asarray(Image.open(tmp_path / "alone.png"), dtype=int)
+    assert np.abs(np.asarray(Image.open(out / "00002_1.png"), dtype=int) - alone).max() <= 1
+    assert np.abs(np.asarray(Image.open(out / "00002_0.png"), dtype=int) - alone).max() > 10
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    (out / "00001_0.png").unlink()  # as if the run had been killed before prompt 1 was written
+    capsys.readouterr()
+    assert main([*args, "--seed", "10", "-o", str(out)]) == 0
+    assert "(2 drawn now)" in capsys.readouterr().out
+    after = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert after.keys() == before.keys()
+    assert all(after[name] == before[name] for name in before if name != "00001_0.png")  # kept, not redrawn
+    redrawn, first = (np.asarray(Image.open(io.BytesIO(d["00001_0.png"])), dtype=int) for d in (after, before))
+    assert np.abs(redrawn - first).max() <= 1  # drawn in a batch of one this time

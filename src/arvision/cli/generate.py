@@ -1,14 +1,18 @@
 """``arvision generate "PROMPT"``: text-to-image with a HART pipeline folder, or a VILA-U folder
-(the folder decides which model runs)."""
+(the folder decides which model runs). ``--prompts-file FILE -o DIR`` draws for every line of a file, in batches,
+into numbered files (what FID and prompt-set benchmarks take), and a rerun keeps the images already there."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
+from arvision.checkpoint import atomic_path
 from arvision.cli.common import (
     add_device_arguments,
     numbered_paths,
@@ -16,6 +20,7 @@ from arvision.cli.common import (
     silence_library_progress,
     torch_dtype,
 )
+from arvision.data.user import text_lines
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
 from arvision.imaging import load_image, make_grid
@@ -30,7 +35,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate", help="generate images from a text prompt (HART or VILA-U: the model folder decides)"
     )
-    p.add_argument("prompt", help="what the image should show (a class name for a class-conditional HART)")
+    p.add_argument("prompt", nargs="?", help="what the image should show (a class name for a class-conditional HART)")
+    p.add_argument(
+        "--prompts-file",
+        type=Path,
+        default=None,
+        help="a text file of prompts, one per line (blank lines skipped): -n images for each, written to the "
+        "folder -o as NNNNN.png (NNNNN_K.png with -n > 1), prompt i's image k from seed --seed + i * n + k; "
+        "images already there are kept",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="with --prompts-file: prompts drawn together")
     p.add_argument("-n", "--num-images", type=int, default=1, help="images to generate (default 1)")
     p.add_argument("--size", type=int, default=None, help="square image size in pixels (default: the model's)")
     p.add_argument(
@@ -104,34 +118,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "weights dtype (default: float32 for HART, the folder's stored dtype for VILA-U, bfloat16 in the release)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output PNG path")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output PNG path (a folder with --prompts-file)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from arvision.pipelines.vila_u import is_vila_u_folder
-
     if args.num_images < 1:
         raise InputError("-n must be at least 1")
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise InputError("give a prompt or --prompts-file, one of them")
     # Before the (slow) model load: what the pipelines would refuse after it.
-    check_prompts(args.prompt)
+    prompts = check_prompts(args.prompt if args.prompts_file is None else _read_prompts(args.prompts_file))
     if args.negative_prompt is not None and not args.negative_prompt.strip():
         raise InputError("--negative-prompt is empty; leave it out to use the model's null condition")
     check_sampling(1.0 if args.temperature is None else args.temperature, args.top_k, args.top_p or 0.0)
     if args.cfg is not None:
         check_guidance(args.cfg, "--cfg")
-    if args.seed is not None:
-        per_image_seeds(args.seed, args.num_images)
+    seed = args.seed
+    if args.prompts_file is not None:
+        seed = 0 if seed is None else seed  # the numbered files are then reproducible, so a rerun can resume
+        _check_prompts_file_output(args)
+    if seed is not None:
+        per_image_seeds(seed, len(prompts) * args.num_images)
     if args.strength is not None and (args.image is None or not 0 <= args.strength <= 1):
         raise InputError("--strength needs --image and a value within 0..1")
-    if args.output.suffix.lower() not in IMAGE_SUFFIXES:
+    if args.prompts_file is None and args.output.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"--output must end in one of {', '.join(IMAGE_SUFFIXES)}, got {args.output.name}")
     init_image = None if args.image is None else load_image(args.image)
     if args.quiet:
         silence_library_progress()
-    folder = args.model or default_model_path("hart")
-    vila_u = is_vila_u_folder(folder)
-    images = _generate_vila_u(folder, args) if vila_u else _generate_hart(folder, args, init_image)
+    draw = _drawer(args.model or default_model_path("hart"), args, init_image)
+    if args.prompts_file is not None:
+        return _draw_prompts_file(draw, prompts, seed, args)
+    images = draw(prompts, None if seed is None else per_image_seeds(seed, args.num_images))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.grid and len(images) > 1:
         make_grid(images).save(args.output)
@@ -145,7 +164,62 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_hart(folder: Path, args: argparse.Namespace, init_image: Image.Image | None) -> list:
+# prompts (n images each, prompt-major) and their per-image seeds (None: unseeded) -> the images
+Drawer = Callable[[list[str], "list[int] | None"], list[Image.Image]]
+
+
+def _read_prompts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(f"prompts file not found: {path}")
+    prompts = [line.strip() for line in text_lines(path) if line.strip()]
+    if not prompts:
+        raise InputError(f"no prompts in {path}: write one per line")
+    return prompts
+
+
+def _check_prompts_file_output(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.grid:
+        raise InputError("--grid draws one prompt's images together; --prompts-file writes a file per image")
+    if args.output.suffix.lower() in IMAGE_SUFFIXES or args.output.is_file():
+        raise InputError(f"with --prompts-file, -o is the folder the images go to, got {args.output}")
+
+
+def prompts_file_names(prompt: int, count: int) -> list[str]:
+    """The file names of prompt ``prompt``'s ``count`` images in a ``--prompts-file`` folder."""
+    return [f"{prompt:05d}.png"] if count == 1 else [f"{prompt:05d}_{k}.png" for k in range(count)]
+
+
+def _draw_prompts_file(draw: Drawer, prompts: list[str], seed: int, args: argparse.Namespace) -> int:
+    """Every prompt's images into ``args.output``, ``args.batch_size`` prompts per pipeline call, image k of
+    prompt i from ``seed + i * n + k``; prompts whose images are all there already are skipped (each image is
+    its seed's, so a rerun finishes an interrupted one)."""
+    n = args.num_images
+    done = [all((args.output / name).is_file() for name in prompts_file_names(i, n)) for i in range(len(prompts))]
+    todo = [i for i, there in enumerate(done) if not there]
+    args.output.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="prompts", disable=args.quiet) as bar:
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start : start + args.batch_size]
+            seeds = [seed + i * n + k for i in batch for k in range(n)]
+            images = draw([prompts[i] for i in batch], seeds)
+            names = [name for i in batch for name in prompts_file_names(i, n)]
+            for image, name in zip(images, names, strict=True):
+                with atomic_path(args.output / name) as tmp:  # a killed run leaves no half-written image
+                    image.save(tmp, format="PNG")
+            bar.update(len(batch))
+    print(f"{len(prompts) * n} images in {args.output} ({len(todo) * n} drawn now)")
+    return 0
+
+
+def _drawer(folder: Path, args: argparse.Namespace, init_image: Image.Image | None) -> Drawer:
+    from arvision.pipelines.vila_u import is_vila_u_folder
+
+    return _vila_u_drawer(folder, args) if is_vila_u_folder(folder) else _hart_drawer(folder, args, init_image)
+
+
+def _hart_drawer(folder: Path, args: argparse.Namespace, init_image: Image.Image | None) -> Drawer:
     from arvision.pipelines.hart import HartPipeline
 
     pipe = HartPipeline.from_pretrained(
@@ -164,23 +238,26 @@ def _generate_hart(folder: Path, args: argparse.Namespace, init_image: Image.Ima
         top_p=args.top_p,
         temperature=args.temperature,
     )
-    seeds = [] if args.seed is None else per_image_seeds(args.seed, args.num_images)
-    out = pipe(
-        args.prompt,
-        **given,
-        height=args.size,
-        width=args.size,
-        num_images_per_prompt=args.num_images,
-        generator=[torch.Generator(pipe.device).manual_seed(seed) for seed in seeds] or None,
-        negative_prompt=args.negative_prompt,
-        discrete_only=args.discrete_only,
-        more_smooth=args.more_smooth,
-        diffusion_steps=args.diffusion_steps,
-        image=init_image,
-        strength=args.strength,
-        progress=not args.quiet,
-    )
-    return out.images
+
+    def draw(prompts: list[str], seeds: list[int] | None) -> list[Image.Image]:
+        out = pipe(
+            prompts,
+            **given,
+            height=args.size,
+            width=args.size,
+            num_images_per_prompt=args.num_images,
+            generator=[torch.Generator(pipe.device).manual_seed(seed) for seed in seeds or ()] or None,
+            negative_prompt=args.negative_prompt,
+            discrete_only=args.discrete_only,
+            more_smooth=args.more_smooth,
+            diffusion_steps=args.diffusion_steps,
+            image=init_image,
+            strength=args.strength,
+            progress=not args.quiet,
+        )
+        return out.images
+
+    return draw
 
 
 def _given(args: argparse.Namespace, **options: object) -> dict[str, object]:
@@ -188,7 +265,7 @@ def _given(args: argparse.Namespace, **options: object) -> dict[str, object]:
     return {name: value for name, value in options.items() if value is not None}
 
 
-def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
+def _vila_u_drawer(folder: Path, args: argparse.Namespace) -> Drawer:
     from arvision.pipelines.vila_u import VilaUPipeline, refuse_hart_options
 
     hart_only = [
@@ -209,5 +286,8 @@ def _generate_vila_u(folder: Path, args: argparse.Namespace) -> list:
     pipe = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
     pipe.progress = not args.quiet
     given = _given(args, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
-    seeds = None if args.seed is None else per_image_seeds(args.seed, args.num_images)
-    return pipe.generate_image(args.prompt, n=args.num_images, seed=seeds, **given)
+
+    def draw(prompts: list[str], seeds: list[int] | None) -> list[Image.Image]:
+        return pipe.generate_image(prompts, n=args.num_images, seed=seeds, **given)
+
+    return draw

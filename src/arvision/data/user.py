@@ -123,7 +123,7 @@ def _not_utf8(where: str, exc: UnicodeDecodeError) -> str:
     return f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})"
 
 
-def _text_lines(path: Path) -> Iterator[str]:
+def text_lines(path: Path) -> Iterator[str]:
     """The lines of a UTF-8 listing file (line ends kept, as ``newline=""`` gives them to :mod:`csv`); one
     that is not UTF-8 is an :class:`InputError` naming the file and line."""
     with open(path, "rb") as f:
@@ -136,7 +136,7 @@ def _text_lines(path: Path) -> Iterator[str]:
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """``(line_number, object)`` per non-empty line; ``None`` for a line that is not a JSON object."""
-    for number, line in enumerate(_text_lines(path), 1):
+    for number, line in enumerate(text_lines(path), 1):
         if line.strip():
             try:
                 entry = json.loads(line)
@@ -149,7 +149,7 @@ def _listing_rows(source: Path) -> list[tuple[int, dict[str, Any] | None]]:
     """``(line_number, row)`` of a .jsonl or .csv listing; ``None`` for a JSONL line that is not an object."""
     if source.suffix.lower() == ".jsonl":
         return list(_json_lines(source))
-    return [(n, row) for n, row in enumerate(csv.DictReader(_text_lines(source)), 2)]
+    return [(n, row) for n, row in enumerate(csv.DictReader(text_lines(source)), 2)]
 
 
 def _require_exists(path: str | os.PathLike) -> Path:
