@@ -20,7 +20,7 @@ from arvision.cli.common import (
     silence_library_progress,
     torch_dtype,
 )
-from arvision.data.user import text_lines
+from arvision.data.prompt_files import image_names, read_prompts
 from arvision.defaults import default_model_path
 from arvision.errors import InputError
 from arvision.imaging import load_image, make_grid
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.prompt is None) == (args.prompts_file is None):
         raise InputError("give a prompt or --prompts-file, one of them")
     # Before the (slow) model load: what the pipelines would refuse after it.
-    prompts = check_prompts(args.prompt if args.prompts_file is None else _read_prompts(args.prompts_file))
+    prompts = check_prompts(args.prompt if args.prompts_file is None else read_prompts(args.prompts_file))
     if args.negative_prompt is not None and not args.negative_prompt.strip():
         raise InputError("--negative-prompt is empty; leave it out to use the model's null condition")
     check_sampling(1.0 if args.temperature is None else args.temperature, args.top_k, args.top_p or 0.0)
@@ -168,15 +168,6 @@ def run(args: argparse.Namespace) -> int:
 Drawer = Callable[[list[str], "list[int] | None"], list[Image.Image]]
 
 
-def _read_prompts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise InputError(f"prompts file not found: {path}")
-    prompts = [line.strip() for line in text_lines(path) if line.strip()]
-    if not prompts:
-        raise InputError(f"no prompts in {path}: write one per line")
-    return prompts
-
-
 def _check_prompts_file_output(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -186,17 +177,12 @@ def _check_prompts_file_output(args: argparse.Namespace) -> None:
         raise InputError(f"with --prompts-file, -o is the folder the images go to, got {args.output}")
 
 
-def prompts_file_names(prompt: int, count: int) -> list[str]:
-    """The file names of prompt ``prompt``'s ``count`` images in a ``--prompts-file`` folder."""
-    return [f"{prompt:05d}.png"] if count == 1 else [f"{prompt:05d}_{k}.png" for k in range(count)]
-
-
 def _draw_prompts_file(draw: Drawer, prompts: list[str], seed: int, args: argparse.Namespace) -> int:
     """Every prompt's images into ``args.output``, ``args.batch_size`` prompts per pipeline call, image k of
     prompt i from ``seed + i * n + k``; prompts whose images are all there already are skipped (each image is
     its seed's, so a rerun finishes an interrupted one)."""
     n = args.num_images
-    done = [all((args.output / name).is_file() for name in prompts_file_names(i, n)) for i in range(len(prompts))]
+    done = [all((args.output / name).is_file() for name in image_names(i, n)) for i in range(len(prompts))]
     todo = [i for i, there in enumerate(done) if not there]
     args.output.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="prompts", disable=args.quiet) as bar:
@@ -204,7 +190,7 @@ def _draw_prompts_file(draw: Drawer, prompts: list[str], seed: int, args: argpar
             batch = todo[start : start + args.batch_size]
             seeds = [seed + i * n + k for i in batch for k in range(n)]
             images = draw([prompts[i] for i in batch], seeds)
-            names = [name for i in batch for name in prompts_file_names(i, n)]
+            names = [name for i in batch for name in image_names(i, n)]
             for image, name in zip(images, names, strict=True):
                 with atomic_path(args.output / name) as tmp:  # a killed run leaves no half-written image
                     image.save(tmp, format="PNG")
