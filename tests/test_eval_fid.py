@@ -122,3 +122,28 @@ def test_eval_fid_names_a_missing_or_wrong_inception_file_and_an_empty_folder(tm
     assert "no images in" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
         TorchScriptInception(tmp_path / "weights.pt")
+
+
+def test_saved_reference_features_give_the_same_distances_and_only_for_the_same_network_and_size(
+    tmp_path, inception_file, capsys
+):
+    images = _folder(tmp_path / "generated", 1, 5)
+    reference = _folder(tmp_path / "real", 2, 6, brightness=30)
+    saved = tmp_path / "real.safetensors"
+    base = ["eval", "fid", "--images", str(images), "--inception", str(inception_file), "--size", "24"]
+    assert main([*base, "--reference", str(reference), "--save-reference-features", str(saved)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*base, "--reference", str(saved)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["fid"] == first["fid"] and again["kid"] == first["kid"] and again["reference"]["count"] == 6
+    other = TinyInception()
+    with torch.no_grad():
+        other.conv.weight.mul_(2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.script(other).save(str(tmp_path / "other.pt"))
+    for extra in (["--inception", str(tmp_path / "other.pt")], ["--size", "32"]):
+        assert main([*base, "--reference", str(saved), *extra]) == 2
+        assert "holds features of another network or image size" in capsys.readouterr().err
+    assert main([*base, "--reference", str(saved), "--save-reference-features", str(tmp_path / "x.safetensors")]) == 2
+    assert "already a features file" in capsys.readouterr().err

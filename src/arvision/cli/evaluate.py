@@ -27,6 +27,7 @@ import torch
 
 from arvision.cli import at_least
 from arvision.cli.common import add_device_argument, add_device_arguments, torch_dtype
+from arvision.errors import InputError
 
 FROM_FOLDER = object()  # --top-k not given: the model folder's top-k
 
@@ -271,7 +272,18 @@ def run_tokenizer(args: argparse.Namespace) -> int:
 
 def _add_fid(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, required=True, help="generated images: a folder, or a .jsonl/.csv listing")
-    p.add_argument("--reference", type=Path, required=True, help="reference (real) images, the same forms")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        required=True,
+        help="reference (real) images, the same forms, or a .safetensors file of their features (see below)",
+    )
+    p.add_argument(
+        "--save-reference-features",
+        type=Path,
+        metavar="FILE.safetensors",
+        help="also write the reference images' features, to pass as --reference next time",
+    )
     p.add_argument(
         "--inception",
         type=Path,
@@ -290,14 +302,20 @@ def _add_fid(p: argparse.ArgumentParser) -> None:
 
 
 def run_fid(args: argparse.Namespace) -> int:
-    from arvision.eval.fid import TorchScriptInception, distances, image_features
+    from arvision.eval.fid import TorchScriptInception, distances, image_features, load_features, save_features
 
+    if args.save_reference_features is not None and args.reference.suffix == ".safetensors":
+        raise InputError("--reference is already a features file: --save-reference-features has nothing to save")
     network = TorchScriptInception(args.inception)
     sets = {}
     for name in ("images", "reference"):
-        sets[name] = image_features(
-            getattr(args, name), network, size=args.size, batch_size=args.batch_size, device=args.device
-        )
+        source = getattr(args, name)
+        if name == "reference" and source.suffix == ".safetensors":
+            sets[name] = load_features(source, network_digest=network.digest, size=args.size)
+        else:
+            sets[name] = image_features(source, network, size=args.size, batch_size=args.batch_size, device=args.device)
+    if args.save_reference_features is not None:
+        save_features(sets["reference"], args.save_reference_features, network_digest=network.digest, size=args.size)
     report = distances(
         sets["images"].features,
         sets["reference"].features,

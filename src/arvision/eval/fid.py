@@ -10,6 +10,8 @@ so the file is given by path). Any module that maps images ``[B, 3, S, S]`` (flo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -17,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
 
+from arvision.checkpoint import save_state_dict
 from arvision.data.user import ImageFiles
 from arvision.errors import CheckpointError, InputError
 
@@ -31,7 +35,8 @@ KID_SUBSET_SIZE = 1000  # torchmetrics' and the KID paper's, lowered to the smal
 
 class TorchScriptInception(nn.Module):
     """The FID Inception-v3 from its TorchScript file: images ``[B, 3, H, W]`` as floats in 0..255 ->
-    pool features ``[B, 2048]`` (the graph resizes to 299 itself, as TensorFlow's did)."""
+    pool features ``[B, 2048]`` (the graph resizes to 299 itself, as TensorFlow's did). ``digest``: the file's
+    SHA-256, which saved features record so that they are only compared with features of the same network."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()
@@ -47,6 +52,7 @@ class TorchScriptInception(nn.Module):
                 self.network = torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a TorchScript file: {str(exc).splitlines()[0]}") from None
+        self.digest = hashlib.sha256(path.read_bytes()).hexdigest()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(images, return_features=True)
@@ -96,6 +102,33 @@ def image_features(
     if not features:
         raise InputError(f"none of the {len(files)} images under {source} could be read")
     return ImageSetFeatures(torch.cat(features), skipped)
+
+
+def save_features(found: ImageSetFeatures, path: str | os.PathLike, *, network_digest: str, size: int) -> None:
+    """Write an image set's features (safetensors, atomically) with what made them, for :func:`load_features`:
+    a reference set (30,000 MJHQ images, say) is then read once for every evaluation against it."""
+    metadata = {"network_sha256": network_digest, "size": str(size), "skipped": json.dumps(found.skipped)}
+    save_state_dict({"features": found.features}, path, metadata=metadata)
+
+
+def load_features(path: str | os.PathLike, *, network_digest: str, size: int) -> ImageSetFeatures:
+    """Features written by :func:`save_features`; an :class:`InputError` if another network or image size made
+    them (distances between features of different networks mean nothing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"features file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata, features = f.metadata() or {}, f.get_tensor("features")
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise InputError(f"{path} is not a features file of arvision eval fid: {exc}") from None
+    made_with = (metadata.get("network_sha256"), metadata.get("size"))
+    if made_with != (network_digest, str(size)):
+        raise InputError(
+            f"{path} holds features of another network or image size (network sha256 {made_with[0]}, size "
+            f"{made_with[1]}; this evaluation: {network_digest}, {size}): compute them again"
+        )
+    return ImageSetFeatures(features, json.loads(metadata.get("skipped", "[]")))
 
 
 def _batches(files: ImageFiles, batch_size: int, skipped: list[str]) -> Iterator[torch.Tensor]:
