@@ -88,8 +88,9 @@ def image_features(
     progress: bool = True,
 ) -> ImageSetFeatures:
     """Features ``[N, D]`` (float64) of every image under a folder (or of a ``.jsonl`` / ``.csv`` listing), each
-    resized to ``size`` and centre-cropped as clean-fid does, in file-name order. An unreadable file is left
-    out (and named in ``skipped``) rather than replaced, so the set is not changed behind the metric's back."""
+    resized to ``size`` and centre-cropped as clean-fid does, in sorted path order (a listing's own order). An
+    unreadable file is left out (and named in ``skipped``) rather than replaced, so the set is not changed
+    behind the metric's back."""
     files = ImageFiles.from_source(source, size=size, policy="center")
     network = network.to(device)
     features: list[torch.Tensor] = []
