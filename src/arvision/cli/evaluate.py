@@ -276,7 +276,7 @@ def _add_fid(p: argparse.ArgumentParser) -> None:
         "--reference",
         type=Path,
         required=True,
-        help="reference (real) images, the same forms, or a .safetensors file of their features (see below)",
+        help="reference (real) images, the same forms, or their features (--save-reference-features writes them)",
     )
     p.add_argument(
         "--save-reference-features",
