@@ -20,6 +20,7 @@ class _Pipeline:
 
     def __init__(self):
         self.loads, self.calls = [], []
+        self.device = torch.device("cpu")
 
     def from_pretrained(self, folder, **kwargs):
         self.loads.append(kwargs)
@@ -169,3 +170,14 @@ def test_a_prompts_file_draws_every_image_from_its_own_seed_and_a_rerun_keeps_wh
     assert all(after[name] == before[name] for name in before if name != "00001_0.png")  # kept, not redrawn
     redrawn, first = (np.asarray(Image.open(io.BytesIO(d["00001_0.png"])), dtype=int) for d in (after, before))
     assert np.abs(redrawn - first).max() <= 1  # drawn in a batch of one this time
+
+
+def test_a_finished_prompts_file_run_does_not_load_the_model_again(tmp_path, monkeypatch, capsys):
+    pipe = _Pipeline()
+    monkeypatch.setattr(HartPipeline, "from_pretrained", pipe.from_pretrained)
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\na bird\n")
+    args = ["generate", "--prompts-file", str(tmp_path / "prompts.txt"), "--model", str(HART_TINY), "--quiet"]
+    assert main([*args, "--batch-size", "2", "-o", str(tmp_path / "out")]) == 0
+    assert len(pipe.loads) == 1 and len(pipe.calls) == 2  # batches of 2 and 1 prompts
+    assert main([*args, "-o", str(tmp_path / "out")]) == 0
+    assert len(pipe.loads) == 1 and "(0 drawn now)" in capsys.readouterr().out

@@ -147,10 +147,11 @@ def run(args: argparse.Namespace) -> int:
     init_image = None if args.image is None else load_image(args.image)
     if args.quiet:
         silence_library_progress()
-    draw = _drawer(args.model or default_model_path("hart"), args, init_image)
+    folder = args.model or default_model_path("hart")
     if args.prompts_file is not None:
-        return _draw_prompts_file(draw, prompts, seed, args)
-    images = draw(prompts, None if seed is None else per_image_seeds(seed, args.num_images))
+        return _draw_prompts_file(lambda: _drawer(folder, args, init_image), prompts, seed, args)
+    seeds = None if seed is None else per_image_seeds(seed, args.num_images)
+    images = _drawer(folder, args, init_image)(prompts, seeds)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.grid and len(images) > 1:
         make_grid(images).save(args.output)
@@ -177,13 +178,14 @@ def _check_prompts_file_output(args: argparse.Namespace) -> None:
         raise InputError(f"with --prompts-file, -o is the folder the images go to, got {args.output}")
 
 
-def _draw_prompts_file(draw: Drawer, prompts: list[str], seed: int, args: argparse.Namespace) -> int:
+def _draw_prompts_file(load: Callable[[], Drawer], prompts: list[str], seed: int, args: argparse.Namespace) -> int:
     """Every prompt's images into ``args.output``, ``args.batch_size`` prompts per pipeline call, image k of
     prompt i from ``seed + i * n + k``; prompts whose images are all there already are skipped (each image is
-    its seed's, so a rerun finishes an interrupted one)."""
+    its seed's, so a rerun finishes an interrupted one), and the model is not loaded when none is left."""
     n = args.num_images
     done = [all((args.output / name).is_file() for name in image_names(i, n)) for i in range(len(prompts))]
     todo = [i for i, there in enumerate(done) if not there]
+    draw = load() if todo else None
     args.output.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="prompts", disable=args.quiet) as bar:
         for start in range(0, len(todo), args.batch_size):
