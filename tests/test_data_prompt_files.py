@@ -1,6 +1,6 @@
 import pytest
 
-from arvision.data.prompt_files import image_names, read_prompts
+from arvision.data.prompt_files import image_names, paired_images, read_prompts
 from arvision.errors import InputError
 
 
@@ -25,3 +25,23 @@ def test_image_names_number_prompts_and_their_images():
     assert image_names(7, 1) == ["00007.png"]
     assert image_names(12, 3) == ["00012_0.png", "00012_1.png", "00012_2.png"]
     assert image_names(123456, 1) == ["123456.png"]
+
+
+def test_paired_images_give_each_image_of_a_prompt_set_folder_its_prompt(tmp_path):
+    prompts = ["a cat", "a dog", "a bird"]
+    for name in [*image_names(0, 2), *image_names(2, 2), "cover.png", "00001.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    pairs = paired_images(tmp_path, prompts)
+    assert [(path.name, prompt) for path, prompt in pairs] == [
+        ("00000_0.png", "a cat"),
+        ("00000_1.png", "a cat"),
+        ("00002_0.png", "a bird"),
+        ("00002_1.png", "a bird"),
+    ]
+    with pytest.raises(InputError, match="00002_0.png is an image of prompt 2, but the prompts file has 2"):
+        paired_images(tmp_path, prompts[:2])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no prompt-set images"):
+        paired_images(tmp_path / "empty", prompts)
+    with pytest.raises(InputError, match="image folder not found"):
+        paired_images(tmp_path / "missing", prompts)

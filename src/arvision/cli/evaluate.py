@@ -1,5 +1,5 @@
 """``arvision eval hart-world|vila-u-world|tokenizer --model FOLDER``: the evaluations of the embedded defaults'
-model cards, and ``arvision eval fid``, the papers' image-set distance; JSON on stdout.
+model cards, and ``arvision eval fid|clip-score``, the papers' generation metrics; JSON on stdout.
 
 * ``hart-world``: shape-and-colour accuracy of a HART pipeline on single-object world prompts (held-out and
   seen colour-shape pairs); ``--caption-use N`` adds the per-scale cross-entropy of N real scenes with the
@@ -11,6 +11,8 @@ model cards, and ``arvision eval fid``, the papers' image-set distance; JSON on 
   ``--probe-unnamed`` unnamed-colour scenes, ``--probe-centred`` also the tokens minus their image's mean).
 * ``fid``: FID and KID between the images of two folders (or listings), with the FID Inception-v3 read from
   its TorchScript file (``--inception``).
+* ``clip-score``: the mean CLIP score of the images ``arvision generate --prompts-file`` drew against their
+  prompts, with a local CLIP folder (``--clip``).
 * ``tokenizer``: hybrid vs discrete-only reconstruction on the held-out astronaut photo and world images;
   ``--scale-readback`` decodes every colour-shape pair's reference scene from the codes of its first K scales
   and reads colour and shape back.
@@ -39,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_vila_u_world(which.add_parser("vila-u-world", help="VILA-U: colour/shape questions, per pair"))
     _add_tokenizer(which.add_parser("tokenizer", help="a hybrid tokenizer: hybrid vs discrete reconstruction"))
     _add_fid(which.add_parser("fid", help="FID and KID between two image folders (Inception-v3 features)"))
+    _add_clip_score(which.add_parser("clip-score", help="CLIP score of the images of generate --prompts-file"))
 
 
 def _report(report: dict) -> int:
@@ -326,3 +329,37 @@ def run_fid(args: argparse.Namespace) -> int:
     for name, found in sets.items():
         report[name] = {"path": str(getattr(args, name)), "count": len(found.features), "skipped": found.skipped}
     return _report({"inception": str(args.inception), "size": args.size, **report})
+
+
+# ----- clip-score -----
+
+
+def _add_clip_score(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--images", type=Path, required=True, help="the folder `arvision generate --prompts-file` wrote (00000.png ...)"
+    )
+    p.add_argument("--prompts-file", type=Path, required=True, help="the prompts it was drawn for, one per line")
+    p.add_argument("--clip", type=Path, required=True, help="a local transformers CLIP folder")
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    add_device_argument(p)
+    p.set_defaults(func=run_clip_score)
+
+
+def run_clip_score(args: argparse.Namespace) -> int:
+    from arvision.data.prompt_files import paired_images, read_prompts
+    from arvision.eval.clip_score import clip_scores, load_clip
+    from arvision.imaging import load_image
+
+    prompts = read_prompts(args.prompts_file)
+    pairs = paired_images(args.images, prompts)
+    clip = load_clip(args.clip, args.device)
+    images = [load_image(path) for path, _ in pairs]
+    scores = clip_scores(clip, images, [prompt for _, prompt in pairs], batch_size=args.batch_size)
+    return _report(
+        {
+            "clip": str(args.clip),
+            "clip_score": round(float(scores.mean()), 4),
+            "images": len(pairs),
+            "prompts": len({prompt for _, prompt in pairs}),
+        }
+    )

@@ -1,13 +1,16 @@
-"""Prompt sets on disk: a text file of prompts, one per line, and the names of the numbered images drawn for it
-(``arvision generate --prompts-file``)."""
+"""Prompt sets on disk: a text file of prompts, one per line, and the folder of numbered images drawn for it
+(``arvision generate --prompts-file``), which prompt-set metrics (CLIP score) read back in pairs."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from arvision.data.user import text_lines
 from arvision.errors import InputError
+
+_IMAGE_NAME = re.compile(r"(\d{5,})(?:_\d+)?\.png")  # what image_names writes
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
@@ -24,3 +27,27 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 def image_names(prompt: int, count: int) -> list[str]:
     """The file names of prompt number ``prompt``'s ``count`` images: ``00007.png``, or ``00007_0.png`` ..."""
     return [f"{prompt:05d}.png"] if count == 1 else [f"{prompt:05d}_{k}.png" for k in range(count)]
+
+
+def paired_images(folder: str | os.PathLike, prompts: list[str]) -> list[tuple[Path, str]]:
+    """Every image of a ``--prompts-file`` folder (named by :func:`image_names`) with the prompt it was drawn for,
+    in name order. A folder without such images, or with numbers past the prompts (another prompt file's
+    images), is an :class:`InputError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"image folder not found: {folder}")
+    pairs = []
+    for path in sorted(folder.iterdir()):
+        match = _IMAGE_NAME.fullmatch(path.name)
+        if match is None:
+            continue
+        number = int(match.group(1))
+        if number >= len(prompts):
+            raise InputError(
+                f"{path.name} is an image of prompt {number}, but the prompts file has {len(prompts)} prompts: "
+                "were the images drawn for another file?"
+            )
+        pairs.append((path, prompts[number]))
+    if not pairs:
+        raise InputError(f"no prompt-set images (00000.png, 00000_0.png, ...) in {folder}")
+    return pairs
