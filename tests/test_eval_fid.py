@@ -90,6 +90,8 @@ def test_image_features_read_every_file_resized_as_clean_fid_and_leave_out_unrea
         pixels = np.asarray(resize_center_crop(Image.open(path).convert("RGB"), 24), dtype=np.float32)
         expected.append(TinyInception()(torch.from_numpy(pixels).permute(2, 0, 1)[None], True)[0])
     torch.testing.assert_close(got.features, torch.stack(expected).double(), rtol=1e-5, atol=1e-6)
+    in_workers = image_features(folder, network, size=24, batch_size=2, num_workers=2, progress=False)
+    assert in_workers.skipped == got.skipped and torch.equal(in_workers.features, got.features)
 
 
 def test_eval_fid_reports_both_distances_of_two_folders(tmp_path, inception_file, capsys):

@@ -295,6 +295,7 @@ def _add_fid(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--size", type=at_least(1), default=299, help="images are resized and centre-cropped to this")
     p.add_argument("--batch-size", type=at_least(1), default=50)
+    p.add_argument("--workers", type=at_least(0), default=0, help="processes decoding the images (0: this one)")
     p.add_argument("--kid-subsets", type=at_least(1), default=100, help="KID: random subsets averaged")
     p.add_argument(
         "--kid-subset-size", type=at_least(2), default=1000, help="KID: images per subset (at most the smaller set)"
@@ -310,13 +311,14 @@ def run_fid(args: argparse.Namespace) -> int:
     if args.save_reference_features is not None and args.reference.suffix == ".safetensors":
         raise InputError("--reference is already a features file: --save-reference-features has nothing to save")
     network = TorchScriptInception(args.inception)
+    reading = {"size": args.size, "batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
     sets = {}
     for name in ("images", "reference"):
         source = getattr(args, name)
         if name == "reference" and source.suffix == ".safetensors":
             sets[name] = load_features(source, network_digest=network.digest, size=args.size)
         else:
-            sets[name] = image_features(source, network, size=args.size, batch_size=args.batch_size, device=args.device)
+            sets[name] = image_features(source, network, **reading)
     if args.save_reference_features is not None:
         save_features(sets["reference"], args.save_reference_features, network_digest=network.digest, size=args.size)
     report = distances(

@@ -14,13 +14,13 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
@@ -84,25 +84,50 @@ def image_features(
     *,
     size: int = FID_IMAGE_SIZE,
     batch_size: int = 50,
+    num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> ImageSetFeatures:
     """Features ``[N, D]`` (float64) of every image under a folder (or of a ``.jsonl`` / ``.csv`` listing), each
-    resized to ``size`` and centre-cropped as clean-fid does, in sorted path order (a listing's own order). An
-    unreadable file is left out (and named in ``skipped``) rather than replaced, so the set is not changed
-    behind the metric's back."""
-    files = ImageFiles.from_source(source, size=size, policy="center")
+    resized to ``size`` and centre-cropped as clean-fid does, in sorted path order (a listing's own order);
+    ``num_workers`` processes decode the images (on a GPU, decoding is the slow part). An unreadable file is left
+    out (and named in ``skipped``) rather than replaced, so the set is not changed behind the metric's back."""
+    files = _Readable(ImageFiles.from_source(source, size=size, policy="center"))
+    batches = DataLoader(files, batch_size=batch_size, num_workers=num_workers, collate_fn=_readable_batch)
     network = network.to(device)
     features: list[torch.Tensor] = []
     skipped: list[str] = []
     with tqdm(total=len(files), desc=f"features of {Path(source).name}", disable=not progress, leave=False) as bar:
-        for batch in _batches(files, batch_size, skipped):
-            pixels = ((batch + 1) * 127.5).round().clamp(0, 255)  # back to the files' 8-bit values
-            features.append(network(pixels.to(device)).double().cpu())
-            bar.update(batch.shape[0])
+        for images, unreadable in batches:
+            skipped += unreadable
+            if images is not None:
+                pixels = ((images + 1) * 127.5).round().clamp(0, 255)  # back to the files' 8-bit values
+                features.append(network(pixels.to(device)).double().cpu())
+            bar.update(len(unreadable) + (0 if images is None else len(images)))
     if not features:
         raise InputError(f"none of the {len(files)} images under {source} could be read")
     return ImageSetFeatures(torch.cat(features), skipped)
+
+
+class _Readable(Dataset):
+    """An :class:`ImageFiles` whose unreadable items come back as their path, to be left out, not replaced."""
+
+    def __init__(self, files: ImageFiles) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor | str:
+        try:
+            return self.files.load(index)["image"]
+        except (InputError, OSError):
+            return str(self.files.paths[index])
+
+
+def _readable_batch(items: list[torch.Tensor | str]) -> tuple[torch.Tensor | None, list[str]]:
+    images = [item for item in items if isinstance(item, torch.Tensor)]
+    return (torch.stack(images) if images else None), [item for item in items if isinstance(item, str)]
 
 
 def save_features(found: ImageSetFeatures, path: str | os.PathLike, *, network_digest: str, size: int) -> None:
@@ -130,20 +155,6 @@ def load_features(path: str | os.PathLike, *, network_digest: str, size: int) ->
             f"{made_with[1]}; this evaluation: {network_digest}, {size}): compute them again"
         )
     return ImageSetFeatures(features, json.loads(metadata.get("skipped", "[]")))
-
-
-def _batches(files: ImageFiles, batch_size: int, skipped: list[str]) -> Iterator[torch.Tensor]:
-    batch = []
-    for index in range(len(files)):
-        try:
-            batch.append(files.load(index)["image"])
-        except (InputError, OSError):
-            skipped.append(str(files.paths[index]))
-        if len(batch) == batch_size:
-            yield torch.stack(batch)
-            batch = []
-    if batch:
-        yield torch.stack(batch)
 
 
 def distances(
