@@ -350,18 +350,8 @@ def _add_clip_score(p: argparse.ArgumentParser) -> None:
 def run_clip_score(args: argparse.Namespace) -> int:
     from arvision.data.prompt_files import paired_images, read_prompts
     from arvision.eval.clip_score import clip_scores, load_clip
-    from arvision.imaging import load_image
 
-    prompts = read_prompts(args.prompts_file)
-    pairs = paired_images(args.images, prompts)
+    pairs = paired_images(args.images, read_prompts(args.prompts_file))
     clip = load_clip(args.clip, args.device)
-    images = [load_image(path) for path, _ in pairs]
-    scores = clip_scores(clip, images, [prompt for _, prompt in pairs], batch_size=args.batch_size)
-    return _report(
-        {
-            "clip": str(args.clip),
-            "clip_score": round(float(scores.mean()), 4),
-            "images": len(pairs),
-            "prompts": len({prompt for _, prompt in pairs}),
-        }
-    )
+    scores = clip_scores(clip, [path for path, _ in pairs], [prompt for _, prompt in pairs], batch_size=args.batch_size)
+    return _report({"clip": str(args.clip), "clip_score": round(float(scores.mean()), 4), "images": len(pairs)})

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from arvision.errors import CheckpointError, InputError
+from arvision.imaging import load_image
 
 
 @dataclass
@@ -57,17 +58,21 @@ def load_clip(folder: str | os.PathLike, device: str | torch.device = "cpu") -> 
 
 @torch.no_grad()
 def clip_scores(
-    clip: Clip, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = 32, progress: bool = True
+    clip: Clip,
+    images: Sequence[Image.Image | str | os.PathLike],
+    prompts: Sequence[str],
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> torch.Tensor:
-    """The CLIP score [N] of each image against its prompt (prompts longer than the text tower's context are
-    cut to it, as CLIP's tokenizer does)."""
+    """The CLIP score [N] of each image (a PIL image or a file, read a batch at a time) against its prompt
+    (prompts longer than the text tower's context are cut to it, as CLIP's tokenizer does)."""
     if len(images) != len(prompts):
         raise InputError(f"{len(images)} images for {len(prompts)} prompts: give one prompt per image")
     model, context = clip.model, clip.model.config.text_config.max_position_embeddings
     scores = []
     for start in tqdm(range(0, len(images), batch_size), desc="CLIP score", disable=not progress, leave=False):
         batch = slice(start, start + batch_size)
-        pixels = clip.image_processor(images=[im.convert("RGB") for im in images[batch]], return_tensors="pt")
+        pixels = clip.image_processor(images=[load_image(image) for image in images[batch]], return_tensors="pt")
         text = clip.tokenizer(
             list(prompts[batch]), padding=True, truncation=True, max_length=context, return_tensors="pt"
         ).to(clip.device)
