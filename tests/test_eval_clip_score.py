@@ -65,6 +65,8 @@ def test_scores_are_100_times_the_positive_cosine_the_model_itself_computes(clip
 def test_mismatched_counts_and_folders_without_a_clip_are_named(tmp_path, clip_folder):
     with pytest.raises(InputError, match="3 images for 4 prompts"):
         clip_scores(load_clip(clip_folder), _images(3), PROMPTS, progress=False)
+    with pytest.raises(InputError, match="at least one"):
+        clip_scores(load_clip(clip_folder), [], [], progress=False)
     with pytest.raises(CheckpointError, match="config.json missing"):
         load_clip(tmp_path / "missing")
     (tmp_path / "other").mkdir()

@@ -66,8 +66,8 @@ def clip_scores(
 ) -> torch.Tensor:
     """The CLIP score [N] of each image (a PIL image or a file, read a batch at a time) against its prompt
     (prompts longer than the text tower's context are cut to it, as CLIP's tokenizer does)."""
-    if len(images) != len(prompts):
-        raise InputError(f"{len(images)} images for {len(prompts)} prompts: give one prompt per image")
+    if len(images) != len(prompts) or not images:
+        raise InputError(f"{len(images)} images for {len(prompts)} prompts: give one prompt per image, at least one")
     model, context = clip.model, clip.model.config.text_config.max_position_embeddings
     scores = []
     for start in tqdm(range(0, len(images), batch_size), desc="CLIP score", disable=not progress, leave=False):
