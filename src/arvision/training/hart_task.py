@@ -42,7 +42,7 @@ from arvision.training.distributed import root_params_gathered
 from arvision.training.hart_loss import HartLossConfig, hart_loss
 from arvision.training.latent_cache import CachedTargets, tokenize_targets
 from arvision.training.lora import LoraSettings, add_lora, merge_adapters
-from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, require_positive
+from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, check_train_parts, require_positive
 
 
 @dataclass
@@ -196,13 +196,7 @@ class HartTask(TrainingTask):
         lora = m.lora.rank > 0
         if m.train is None:
             return ("transformer",) if lora else HART_PARTS
-        unknown = sorted(set(m.train) - set(HART_PARTS))
-        if unknown or not m.train:
-            raise InputError(f"model.train: {unknown or 'empty'}; choose from {list(HART_PARTS)}")
-        if lora and "transformer" not in m.train:
-            raise InputError(
-                "model.lora adapts the transformer: keep transformer in model.train, or set model.lora.rank=0"
-            )
+        check_train_parts(m.train, HART_PARTS, lora, "transformer", "transformer")
         scales = m.loss.train_scales
         if "diffusion_head" in m.train and scales is not None and scales < len(self.transformer_config.patch_nums):
             raise InputError(

@@ -14,7 +14,7 @@ Randomness, so that a run resumes bit for bit and N ranks train as one process w
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -98,6 +98,18 @@ def require_positive(section: str, values: Mapping[str, int | float]) -> None:
     for key, value in values.items():
         if value <= 0:
             raise InputError(f"{section}.{key} must be > 0, got {value}")
+
+
+def check_train_parts(train: Sequence[str], parts: Sequence[str], lora: bool, adapted: str, adapted_part: str) -> None:
+    """InputError for a ``model.train`` list that is empty or names something not in ``parts``, or that leaves
+    out ``adapted_part`` (the part holding the ``adapted`` model, e.g. the LLM) while LoRA adapters are on."""
+    unknown = sorted(set(train) - set(parts))
+    if unknown or not train:
+        raise InputError(f"model.train: {unknown or 'empty'}; choose from {list(parts)}")
+    if lora and adapted_part not in train:
+        raise InputError(
+            f"model.lora adapts the {adapted}: keep {adapted_part} in model.train, or set model.lora.rank=0"
+        )
 
 
 @dataclass

@@ -46,7 +46,7 @@ from arvision.training.config import build_dataclass, yaml_values
 from arvision.training.distributed import is_fsdp, root_params_gathered
 from arvision.training.lora import LoraSettings, add_lora, merge_adapters
 from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
-from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, require_positive
+from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, check_train_parts, require_positive
 from arvision.training.vila_u import VilaUExample, generation_example, understanding_example, vila_u_loss
 
 VILA_U_PARTS = ("llm", "mm_projector", "depth_transformer")
@@ -404,11 +404,7 @@ class VilaUTask(TrainingTask):
 
     def _check(self) -> None:
         train, d = self.model_config.train, self.data_config
-        unknown = sorted(set(train) - set(VILA_U_PARTS))
-        if unknown or not train:
-            raise InputError(f"model.train: {unknown or 'empty'}; choose from {list(VILA_U_PARTS)}")
-        if self.model_config.lora.rank > 0 and "llm" not in train:
-            raise InputError("model.lora adapts the LLM: keep llm in model.train, or set model.lora.rank=0")
+        check_train_parts(train, VILA_U_PARTS, self.model_config.lora.rank > 0, "LLM", "llm")
         for key in ("generation_fraction", "video_fraction", "caption_dropout"):
             if not 0 <= getattr(d, key) <= 1:
                 raise InputError(f"data.{key} must lie in [0, 1], got {getattr(d, key)}")
