@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # prompts (n images each, prompt-major) and their per-image seeds (None: unseeded) -> the images
-Drawer = Callable[[list[str], "list[int] | None"], list[Image.Image]]
+Drawer = Callable[[list[str], list[int] | None], list[Image.Image]]
 
 
 def _check_prompts_file_output(args: argparse.Namespace) -> None:
