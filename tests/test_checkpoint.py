@@ -135,6 +135,19 @@ def test_atomic_folder_keeps_the_old_folder_when_the_swap_fails(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
+def test_atomic_folder_deletes_what_a_crashed_swap_left(tmp_path):
+    target = tmp_path / "model"
+    with checkpoint.atomic_folder(target) as tmp:
+        (tmp / "v").write_text("1")
+    # a process killed between the swap's two renames leaves the old folder aside and none at ``target``
+    os.rename(target, tmp_path / ".model.k3x_9q0z.old")
+    (tmp_path / ".model.v2.abcdefgh.old").mkdir()  # another folder's ("model.v2") leftover, not this one's
+    with checkpoint.atomic_folder(target) as tmp:
+        (tmp / "v").write_text("2")
+    assert (target / "v").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.v2.abcdefgh.old", "model"]
+
+
 def test_save_state_dict_handles_tied_and_strided_tensors(tmp_path):
     shared = torch.arange(6.0).view(2, 3)
     checkpoint.save_state_dict({"w": shared, "tied": shared, "t": shared.T}, tmp_path / "m.safetensors")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -227,7 +228,8 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
 
     An existing ``folder`` is renamed aside, the new one renamed in, and the old one deleted; if the second
     rename fails the old one is put back. (A crash between the two renames leaves the old folder under a
-    ``.<name>.*.old`` name: POSIX has no atomic swap of two directories.)
+    ``.<name>.*.old`` name, as POSIX has no atomic swap of two directories; the next successful write of
+    ``folder`` deletes such leftovers.)
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -247,8 +249,11 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
                 os.rename(old, folder)
             raise
         _fsync_dir(folder.parent)
-        if old is not None:
-            shutil.rmtree(old)
+        # this swap's old folder, and those that crashed swaps left (the new folder supersedes them all)
+        leftover = re.compile(rf"\.{re.escape(folder.name)}\.[a-z0-9_]{{8}}\.old")  # mkdtemp's 8 random characters
+        for path in folder.parent.iterdir():
+            if path.is_dir() and leftover.fullmatch(path.name):
+                shutil.rmtree(path, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
