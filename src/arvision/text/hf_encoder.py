@@ -71,7 +71,9 @@ class HFTextEncoder:
             raise CheckpointError(f"text encoder folder {folder} has no config.json")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            model = AutoModel.from_pretrained(str(folder))
+            # float32 whatever the folder's config declares (transformers 5 would load its torch_dtype, e.g. the
+            # Qwen2 release's bfloat16): HART's official code loads the encoder in float32 (transformers 4).
+            model = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot load the text encoder from {folder}: {exc}") from exc
         return cls(model.to(device=device, dtype=dtype), tokenizer, max_length, prefix, spec)
