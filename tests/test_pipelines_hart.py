@@ -14,7 +14,7 @@ from arvision.models.diffusion_head import ResidualDiffusionHead
 from arvision.pipelines.hart import HartPipeline
 from arvision.text.base import TextEncoding
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
-from hart_common import HART_TINY, load_tiny_hart
+from hart_common import HART_TINY, load_tiny_hart, make_tiny_qwen2
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +170,21 @@ def test_a_malformed_text_encoder_entry_is_named(pipe, tmp_path, entry, message)
     index_file.write_text(json.dumps({**json.loads(index_file.read_text()), "text_encoder": entry}))
     with pytest.raises(CheckpointError, match=f"model_index.json: {message}"):
         HartPipeline.from_pretrained(tmp_path / "saved")
+
+
+def test_a_text_encoder_folder_saved_in_bfloat16_loads_in_float32(tmp_path):
+    """Whatever dtype its config declares (the Qwen2 release's is bfloat16; transformers 5 would load in
+    that), the encoder loads in float32 as the official code's does, its stored values kept exactly."""
+    from transformers import Qwen2Model
+
+    folder = make_tiny_qwen2(tmp_path / "qwen2", hidden=24)
+    Qwen2Model.from_pretrained(folder, dtype=torch.float32).to(torch.bfloat16).save_pretrained(folder)
+    stored = Qwen2Model.from_pretrained(folder, dtype=torch.bfloat16).state_dict()
+    pipe = HartPipeline.from_pretrained(HART_TINY, text_encoder=folder)
+    loaded = pipe.text_encoder.model.state_dict()
+    assert {v.dtype for v in loaded.values() if v.is_floating_point()} == {torch.float32}
+    for key, value in stored.items():
+        torch.testing.assert_close(loaded[key], value.float(), atol=0, rtol=0)
 
 
 def test_to_moves_and_casts_the_text_encoder_too(tiny_qwen2_24):
@@ -453,6 +468,7 @@ def test_a_learned_level_table_limits_the_schedule(pipe):
 def test_reduced_precision_runs(embeds):
     half = HartPipeline.from_pretrained(HART_TINY, torch_dtype=torch.bfloat16)
     assert half.transformer.head.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in half.tokenizer.parameters()} == {torch.float32}  # the official code's VAE too
     out = half(prompt_embeds=embeds, seed=0, progress=False)
     assert torch.isfinite(out.latents.float()).all() and out.images[0].size == (32, 32)
 

@@ -219,10 +219,12 @@ class HartPipeline:
             checkpoint.write_json(tmp / INDEX_FILE, index)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
-        """Move (and cast, if ``dtype``) the transformer, the tokenizer and the text encoder if it can move (an
-        :class:`HFTextEncoder` can; ``from_pretrained``'s ``torch_dtype`` casts it the same way)."""
+        """Move (and cast, if ``dtype``) the transformer and the text encoder if it can move (an
+        :class:`HFTextEncoder` can; ``from_pretrained``'s ``torch_dtype`` casts it the same way). The tokenizer
+        moves but stays float32, as the official code keeps its VAE whatever the transformer runs in: its
+        decoder's GroupNorms and wide activations are where half precision loses most."""
         self.transformer.to(device=device, dtype=dtype)
-        self.tokenizer.to(device=device, dtype=dtype)
+        self.tokenizer.to(device=device)
         move = getattr(self.text_encoder, "to", None)
         if move is not None:
             move(device=device, dtype=dtype)
@@ -395,7 +397,7 @@ class HartPipeline:
             callback=callback,
             progress=progress,
         )
-        images = self.tokenizer.decode(latents)
+        images = self.tokenizer.decode(latents.to(next(self.tokenizer.parameters()).dtype))
         return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)
 
     def _image_codes(
