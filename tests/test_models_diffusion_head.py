@@ -104,6 +104,20 @@ def test_training_loss_is_finite_and_trains():
     assert after.mean() < before.mean()
 
 
+def test_one_sampling_step_predicts_x0_in_one_go():
+    """With a single step (where the official schedule fails to build) the sampler returns the clipped x0
+    prediction from pure noise, scaled as every sample is, and nothing NaN."""
+    torch.manual_seed(0)
+    head = ResidualDiffusionHead(latent_channels=4, cond_dim=6, width=8, depth=1, num_sampling_steps="1")
+    z, noise = torch.randn(5, 6), torch.randn(5, 4)
+    got = head.sample(z, noise=noise, step_noise=[])
+    abar = torch.cumprod(1 - cosine_betas(), 0)[0]  # space_timesteps(1000, "1") keeps step 0
+    with torch.no_grad():
+        eps = head.net(noise, torch.zeros(5, dtype=torch.long), z)[:, :4].double()
+    x0 = ((noise.double() - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
+    torch.testing.assert_close(got, (x0 * 0.6).float(), atol=1e-5, rtol=0)
+
+
 def test_seeded_sampling_reproduces():
     head = ResidualDiffusionHead(latent_channels=4, cond_dim=6, width=8, depth=1)
     z = torch.randn(3, 6)

@@ -286,6 +286,11 @@ def test_bad_inputs_get_clear_errors(pipe, embeds):
         ({"temperature": 1e-30}, "finite number >= 0.0001"),
         ({"guidance_scale": 3.5e38}, "guidance_scale \\(cfg\\) must be within \\[0, 10000\\]"),
         ({"guidance_scale": float("inf")}, "guidance_scale"),
+        ({"guidance_scale": "2"}, "guidance_scale \\(cfg\\) must be a number, got '2'"),
+        ({"top_k": 1.5}, "top_k must be a whole number, got 1.5"),
+        ({"temperature": True}, "temperature must be a number, got True"),
+        ({"diffusion_steps": 2.5}, "diffusion_steps must be a whole number, got 2.5"),
+        ({"diffusion_steps": 0}, "diffusion_steps must be within 1..1000"),
     ]:
         with pytest.raises(InputError, match=message):
             pipe(prompt_embeds=embeds, progress=False, **options)

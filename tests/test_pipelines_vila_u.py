@@ -174,11 +174,16 @@ def test_arrays_are_images_and_other_inputs_are_named():
         ([], "What is it?", "non-empty list of frames"),
         (image, 5, r"questions must be strings, got \['int'\]"),
         (np.zeros((8, 8, 3)), "What is it?", "an image array must be uint8"),
+        (b"\x89PNG", "What is it?", "got the bytes of a file: pass its path"),
     ]:
         with pytest.raises(InputError, match=message):
             pipe.describe(media, question)
     with pytest.raises(InputError, match="max_new_tokens must be >= 1"):
         pipe.describe(image, "What is it?", max_new_tokens=0)
+    with pytest.raises(InputError, match="max_new_tokens must be a whole number, got 2.5"):
+        pipe.describe(image, "What is it?", max_new_tokens=2.5)
+    with pytest.raises(InputError, match="top_k must be a whole number, got 1.5"):
+        pipe.describe(image, "What is it?", top_k=1.5)
 
 
 @pytest.mark.parametrize(

@@ -103,10 +103,11 @@ class DiffusionSchedule:
         self.sqrt_recip_alphas_cumprod = (1.0 / abar).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / abar - 1).sqrt()
         self.posterior_variance = betas * (1.0 - prev) / (1.0 - abar)
-        # the posterior variance is 0 at step 0; its log is clipped to the value of step 1
-        self.posterior_log_variance_clipped = torch.cat(
-            (self.posterior_variance[1:2], self.posterior_variance[1:])
-        ).log()
+        # The posterior variance is 0 at step 0; its log is clipped to the value of step 1, or with a single
+        # step (where the official code fails) to that step's beta: step 0 adds no noise, but its log-variance
+        # must be finite for the learned-range mix not to make NaN.
+        floor = self.posterior_variance[1:2] if len(keep) > 1 else betas[:1]
+        self.posterior_log_variance_clipped = torch.cat((floor, self.posterior_variance[1:])).log()
         self.posterior_mean_coef1 = betas * prev.sqrt() / (1.0 - abar)
         self.posterior_mean_coef2 = (1.0 - prev) * (1.0 - betas).sqrt() / (1.0 - abar)
         self.log_betas = betas.log()

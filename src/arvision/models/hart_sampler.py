@@ -34,6 +34,7 @@ from arvision.nn.sampling import (
     Generators,
     check_generators,
     check_guidance,
+    check_number,
     check_sampling,
     filter_top_k_top_p,
     guide,
@@ -71,8 +72,11 @@ class SamplingOptions:
         if self.guidance_schedule not in GUIDANCE_SCHEDULES:
             known = ", ".join(GUIDANCE_SCHEDULES)
             raise InputError(f"guidance_schedule must be one of {known}, got {self.guidance_schedule!r}")
+        check_number(self.diffusion_temperature, "diffusion_temperature")
         if not 0 <= self.diffusion_temperature < math.inf:
             raise InputError(f"diffusion_temperature must be a finite number >= 0, got {self.diffusion_temperature}")
+        if self.diffusion_steps is not None:
+            check_number(self.diffusion_steps, "diffusion_steps", whole=True)
         if self.diffusion_steps is not None and not 1 <= self.diffusion_steps <= NUM_TRAIN_STEPS:
             raise InputError(f"diffusion_steps must be within 1..{NUM_TRAIN_STEPS}, got {self.diffusion_steps}")
 

@@ -6,6 +6,7 @@ All functions take logits shaped ``[..., V]`` and never modify their input.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -22,15 +23,29 @@ MAX_GUIDANCE = 1e4  # far beyond any useful scale; larger ones overflow float32 
 MIN_TEMPERATURE = 1e-4  # below it (but above 0, greedy) the scaled logits overflow float32 the same way
 
 
+def check_number(value: object, name: str, whole: bool = False) -> None:
+    """Refuse, naming it, a ``value`` that is not a real number (a whole one if ``whole``); bools are refused
+    too, as they pass for integers."""
+    kind = numbers.Integral if whole else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InputError(f"{name} must be a {'whole ' if whole else ''}number, got {value!r}")
+
+
 def check_guidance(scale: float, name: str = "guidance_scale") -> None:
     """A classifier-free guidance scale must be a number in [0, MAX_GUIDANCE] (0 disables guidance)."""
+    check_number(scale, name)
     if not 0 <= scale <= MAX_GUIDANCE:  # NaN fails both comparisons
         raise InputError(f"{name} must be within [0, {MAX_GUIDANCE:g}] (0: no guidance), got {scale}")
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
     """Refuse, naming it, a setting no sampler here takes: ``temperature`` other than 0 (greedy) or a finite
-    number >= MIN_TEMPERATURE, ``top_k`` below 0 (0 or None: no top-k), ``top_p`` outside [0, 1] (0: no top-p)."""
+    number >= MIN_TEMPERATURE, ``top_k`` below 0 (0 or None: no top-k), ``top_p`` outside [0, 1] (0: no top-p),
+    and values of the wrong type."""
+    check_number(temperature, "temperature")
+    if top_k is not None:
+        check_number(top_k, "top_k", whole=True)
+    check_number(top_p, "top_p")
     if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
         raise InputError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {temperature}")
     if top_k is not None and top_k < 0:

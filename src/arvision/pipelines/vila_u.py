@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from arvision.data.media import ImageInput, load_media, preprocess_image, read_image, to_pil
 from arvision.errors import CheckpointError, InputError
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
-from arvision.nn.sampling import Generators, check_guidance, check_sampling
+from arvision.nn.sampling import Generators, check_guidance, check_number, check_sampling
 from arvision.pipelines import vila_u_checkpoint as ckpt
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
 from arvision.text import vicuna
@@ -242,6 +242,8 @@ class VilaUPipeline:
             "top_p": s.top_p if top_p is None else top_p,
         }
         check_sampling(**sampling)
+        if max_new_tokens is not None:
+            check_number(max_new_tokens, "max_new_tokens", whole=True)
         if max_new_tokens is not None and max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         return {**sampling, "max_new_tokens": s.max_new_tokens if max_new_tokens is None else max_new_tokens}
@@ -263,6 +265,8 @@ class VilaUPipeline:
             return load_media(media, num_frames)
         if isinstance(media, ImageInput):
             return [media]
+        if isinstance(media, bytes | bytearray):  # a Sequence of ints, which would be read as frames
+            raise InputError("got the bytes of a file: pass its path, or open it as an image (PIL.Image.open)")
         if not isinstance(media, Sequence) or not media:
             raise InputError(f"expected an image, a video or a non-empty list of frames, got {media!r:.60}")
         return list(media)
