@@ -82,12 +82,68 @@ def test_image_to_image_keeps_the_image_codes_of_the_first_scales(pipe, embeds):
         ({"strength": 0.5}, "strength needs an image"),
         ({"image": picture, "strength": 1.5}, r"strength must be within 0..1, got 1.5"),
         ({"image": [picture] * 3}, "3 images for 2 prompts"),
-        ({"image": "photo.png"}, "image must be a PIL image"),
+        ({"image": "photo.png"}, "image file not found: photo.png"),
         ({"image": 5}, "image must be a PIL image"),
         ({"image": picture, "prefix_indices": codes[:1]}, "pass image or prefix_indices, not both"),
     ]:
         with pytest.raises(InputError, match=message):
             run(**kwargs)
+
+
+def test_image_to_image_takes_a_path_or_an_array_as_diffusers_does(pipe, embeds, tmp_path):
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    picture.save(tmp_path / "start.png")
+
+    def run(image):
+        return pipe(prompt_embeds=embeds, seed=0, image=image, strength=0.5, progress=False).latents
+
+    as_pil = run(picture)
+    assert torch.equal(run(str(tmp_path / "start.png")), as_pil)
+    assert torch.equal(run(tmp_path / "start.png"), as_pil)
+    assert torch.equal(run(np.asarray(picture)), as_pil)
+
+
+def test_output_types_and_the_tuple_form(pipe, embeds):
+    def run(**kwargs):
+        return pipe(prompt_embeds=embeds, seed=0, progress=False, **kwargs)
+
+    out = run()
+    assert out[0] is out.images and out["images"] is out.images and out.to_tuple() == (out.images, out.latents)
+    pixels = np.stack([np.asarray(image) for image in out.images])
+    as_np = run(output_type="np").images
+    assert as_np.shape == (2, 32, 32, 3) and as_np.dtype == np.float32
+    assert as_np.min() >= 0 and as_np.max() <= 1
+    # the PIL images are these values x 255, truncated as the official code does
+    assert np.array_equal((as_np * 255).astype(np.uint8), pixels)
+    as_pt = run(output_type="pt").images
+    torch.testing.assert_close(as_pt, torch.from_numpy(as_np).permute(0, 3, 1, 2), atol=0, rtol=0)
+    latent = run(output_type="latent")
+    assert torch.equal(latent.images, out.latents) and torch.equal(latent.latents, out.latents)
+    images, latents = run(return_dict=False)
+    assert [np.asarray(i).tolist() for i in images] == pixels.tolist() and torch.equal(latents, out.latents)
+    with pytest.raises(InputError, match="output_type must be one of pil, np, pt, latent, got 'numpy'"):
+        run(output_type="numpy")
+
+
+def test_progress_bars_follow_set_progress_bar_config(embeds, capsys):
+    pipe = HartPipeline.from_pretrained(HART_TINY)
+    pipe(prompt_embeds=embeds, seed=0)
+    assert "HART scales" in capsys.readouterr().err
+    pipe.set_progress_bar_config(disable=True)
+    pipe(prompt_embeds=embeds, seed=0)
+    assert "HART scales" not in capsys.readouterr().err
+    pipe(prompt_embeds=embeds, seed=0, progress=True)  # a call's own argument wins
+    assert "HART scales" in capsys.readouterr().err
+
+
+def test_dtype_under_either_name_and_given_to_to_in_the_device_place():
+    pipe = HartPipeline.from_pretrained(HART_TINY, dtype=torch.bfloat16)
+    assert pipe.transformer.head.weight.dtype == torch.bfloat16
+    assert pipe.to(torch.float32) is pipe and pipe.transformer.head.weight.dtype == torch.float32
+    with pytest.raises(InputError, match="dtype=torch.bfloat16 and torch_dtype=torch.float16 disagree"):
+        HartPipeline.from_pretrained(HART_TINY, dtype=torch.bfloat16, torch_dtype=torch.float16)
+    with pytest.raises(InputError, match="to\\(\\) got two dtypes"):
+        pipe.to(torch.float16, torch.bfloat16)
 
 
 def test_an_image_given_for_several_prompts_is_encoded_once(pipe, embeds, monkeypatch):

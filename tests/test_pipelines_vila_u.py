@@ -450,6 +450,19 @@ def test_to_casts_the_model_as_loading_in_that_dtype_does():
     answers = [p.describe(_astronaut(), "What is in the image?", **options) for p in (pipe, loaded)]
     assert answers[0] == answers[1]
     assert pipe.to("cpu", torch.float32).device == torch.device("cpu")
+    assert pipe.to(torch.bfloat16) is pipe and next(pipe.model.parameters()).dtype == torch.bfloat16  # diffusers'
+    assert next(VilaUPipeline.from_pretrained(FIXTURE, torch_dtype=torch.bfloat16).model.parameters()).dtype == (
+        torch.bfloat16
+    )
+
+
+def test_set_progress_bar_config_switches_the_visual_token_bar(capsys):
+    pipe = VilaUPipeline.from_pretrained(FIXTURE)
+    pipe.generate_image("a red panda", seed=0)
+    assert "visual tokens" in capsys.readouterr().err
+    pipe.set_progress_bar_config(disable=True)
+    pipe.generate_image("a red panda", seed=0)
+    assert "visual tokens" not in capsys.readouterr().err
 
 
 def test_bfloat16_loading_and_inference():

@@ -16,7 +16,7 @@ from arvision.errors import InputError
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """Where random draws come from: torch's global generator (None), one generator for the whole batch, or one
 per sample (diffusers' convention), whose draws for sample i then come from generator i alone, so a sample is
-the same whether it is drawn alone or in a batch."""
+the same whether it is drawn alone or in a batch (its draws are; batched float sums may differ in their last bits)."""
 
 
 MAX_GUIDANCE = 1e4  # far beyond any useful scale; larger ones overflow float32 logits into NaN probabilities

@@ -27,10 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
+from transformers.utils import ModelOutput
 
 from arvision import checkpoint
+from arvision.data.media import ImageInput
 from arvision.errors import CheckpointError, InputError
 from arvision.imaging import load_image, pil_to_tensor, resize_center_crop, tensor_to_pil
 from arvision.models.hart import OFFICIAL_BUFFERS, HartConfig, HartTransformer, check_schedule
@@ -44,6 +47,7 @@ from arvision.models.hart_sampler import (
     sample_latent,
 )
 from arvision.nn.sampling import Generators
+from arvision.pipelines.common import ProgressBars, pretrained_dtype, to_arguments
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
@@ -59,16 +63,21 @@ SAVED_ENTRIES = (INDEX_FILE, "transformer", "tokenizer")  # what save_pretrained
 TEXT_ENCODER_SPECS = '{"type": "minilm"} or {"type": "qwen2", "path": <folder>}'
 
 
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
 @dataclass
-class HartPipelineOutput:
-    """``images``: one PIL image per prompt x ``num_images_per_prompt`` (prompt-major order);
-    ``latents``: the generated latents [N, Cvae, h, w]."""
+class HartPipelineOutput(ModelOutput):
+    """``images``: one per prompt x ``num_images_per_prompt`` (prompt-major order), as the call's
+    ``output_type`` asked: PIL images, a float32 array [N, H, W, 3] or tensor [N, 3, H, W] in [0, 1], or the
+    latents; ``latents``: the generated latents [N, Cvae, h, w]. As transformers' and diffusers' outputs,
+    ``out[0]`` and ``out["images"]`` are ``out.images``, and ``out.to_tuple()`` is (images, latents)."""
 
-    images: list[Image.Image]
-    latents: torch.Tensor
+    images: list[Image.Image] | np.ndarray | torch.Tensor | None = None
+    latents: torch.Tensor | None = None
 
 
-class HartPipeline:
+class HartPipeline(ProgressBars):
     """Generator + tokenizer + text encoder. Call it with prompts to get images. ``guidance_scale``,
     ``top_k`` and ``guidance_schedule`` are what a call uses when it names none (a folder of our own may set
     them in ``model_index.json``; ``top_k`` None is the official per-scale schedule).
@@ -109,6 +118,7 @@ class HartPipeline:
         use_ema: bool = True,
         text_encoder: str | os.PathLike | TextEncoder | None = None,
         torch_dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> HartPipeline:
         """Load an official release or a folder written by :meth:`save_pretrained`.
@@ -116,8 +126,10 @@ class HartPipeline:
         ``use_ema`` (official layout): read ``llm/ema_model.bin`` (what the official demo uses) rather
         than the raw weights. ``text_encoder``: a Qwen2 folder, a ready encoder, or None to use what the
         folder provides (official: ``text_encoder/`` beside ``llm/`` if present; none otherwise, and
-        prompts then fail while ``prompt_embeds`` still work).
+        prompts then fail while ``prompt_embeds`` still work). ``torch_dtype`` (diffusers' name) or ``dtype``
+        (transformers'): what the transformer and text encoder run in (see :meth:`to`).
         """
+        torch_dtype = pretrained_dtype(dtype, torch_dtype)
         folder = Path(folder)
         if not folder.is_dir():
             raise CheckpointError(f"model folder not found: {folder}")
@@ -218,11 +230,14 @@ class HartPipeline:
             self.tokenizer.save_pretrained(tmp / "tokenizer")
             checkpoint.write_json(tmp / INDEX_FILE, index)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
-        """Move (and cast, if ``dtype``) the transformer and the text encoder if it can move (an
-        :class:`HFTextEncoder` can; ``from_pretrained``'s ``torch_dtype`` casts it the same way). The tokenizer
-        moves but stays float32, as the official code keeps its VAE whatever the transformer runs in: its
-        decoder's GroupNorms and wide activations are where half precision loses most."""
+    def to(
+        self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None
+    ) -> HartPipeline:
+        """Move (and cast, if ``dtype``; ``pipe.to(torch.float16)`` casts too) the transformer and the text
+        encoder if it can move (an :class:`HFTextEncoder` can; ``from_pretrained``'s ``torch_dtype`` casts it the
+        same way). The tokenizer moves but stays float32, as the official code keeps its VAE whatever the
+        transformer runs in: its decoder's GroupNorms and wide activations are where half precision loses most."""
+        device, dtype = to_arguments(device, dtype)
         self.transformer.to(device=device, dtype=dtype)
         self.tokenizer.to(device=device)
         move = getattr(self.text_encoder, "to", None)
@@ -325,12 +340,14 @@ class HartPipeline:
         more_smooth: bool = False,
         discrete_only: bool = False,
         diffusion_steps: int | None = None,
-        image: Image.Image | Sequence[Image.Image] | None = None,
+        image: ImageInput | Sequence[ImageInput] | None = None,
         strength: float | None = None,
         prefix_indices: Sequence[torch.Tensor] = (),
-        progress: bool = True,
+        progress: bool | None = None,
         callback: Callable[[ScaleStep], None] | None = None,
-    ) -> HartPipelineOutput:
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> HartPipelineOutput | tuple:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
         ``guidance_scale`` is HART's cfg (0 disables guidance; None: the pipeline's, 4.5 as in the official
@@ -338,7 +355,8 @@ class HartPipeline:
         schedule unless the folder names a value); ``guidance_schedule`` likewise (``"linear"``, the official
         ramp over the scales, or ``"constant"``; see :class:`SamplingOptions`). ``seed``
         (or ``generator``) makes the whole output reproducible, diffusion noise included; a list of generators,
-        one per image (prompt-major), makes each image reproducible on its own: image i is the same in any batch.
+        one per image (prompt-major), makes each image reproducible on its own: image i is the same in any batch
+        (to within one level of rounding).
         ``prompt_embeds`` bypasses the text encoder; ``class_labels`` drives class-conditional models, whose
         prompts (and negative prompts) are class names (:attr:`labels`).
         ``diffusion_steps`` sets the residual diffusion head's sampling steps (None: the model's, 8 in HART).
@@ -348,7 +366,12 @@ class HartPipeline:
         residual drawn). Not in the HART paper: the next-scale model's teacher forcing, as VAR's zero-shot edits.
         ``prefix_indices``: codes of the first scales, one row per image ([B, pn^2] each, e.g. from
         ``tokenizer.encode``), taken instead of drawn (see :func:`~arvision.models.hart_sampler.sample_latent`).
+        ``output_type``: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (see :class:`HartPipelineOutput`);
+        ``return_dict=False`` returns its ``to_tuple()``. ``progress`` None: the pipeline's
+        (:meth:`set_progress_bar_config`).
         """
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if (
             isinstance(num_images_per_prompt, bool)
             or not isinstance(num_images_per_prompt, int)
@@ -395,14 +418,24 @@ class HartPipeline:
             generator=generator,
             prefix_indices=prefix_indices,
             callback=callback,
-            progress=progress,
+            progress=self.progress if progress is None else progress,
         )
+        output = HartPipelineOutput(images=self._images(latents, output_type), latents=latents)
+        return output if return_dict else output.to_tuple()
+
+    def _images(self, latents: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
+        """Decoded latents [N, Cvae, h, w] as ``output_type`` asks (``"latent"``: not decoded)."""
+        if output_type == "latent":
+            return latents
         images = self.tokenizer.decode(latents.to(next(self.tokenizer.parameters()).dtype))
-        return HartPipelineOutput(images=tensor_to_pil(images), latents=latents)
+        if output_type == "pil":
+            return tensor_to_pil(images)
+        unit = ((images.float() + 1) / 2).clamp(0, 1)
+        return unit if output_type == "pt" else unit.permute(0, 2, 3, 1).cpu().numpy()
 
     def _image_codes(
         self,
-        image: Image.Image | Sequence[Image.Image] | None,
+        image: ImageInput | Sequence[ImageInput] | None,
         strength: float | None,
         patch_nums: Sequence[int],
         prompts: int,
@@ -413,9 +446,9 @@ class HartPipeline:
         strength = image_strength(strength, image is not None)
         if strength is None:
             return []
-        images = [image] if isinstance(image, Image.Image) else list(image) if isinstance(image, Sequence) else []
-        if not images or not all(isinstance(im, Image.Image) for im in images):
-            raise InputError("image must be a PIL image or a list of them")
+        images = [image] if isinstance(image, ImageInput) else list(image) if isinstance(image, Sequence) else []
+        if not images or not all(isinstance(im, ImageInput) for im in images):
+            raise InputError("image must be a PIL image, a uint8 array or an image file's path, or a list of them")
         if len(images) not in (1, prompts):
             raise InputError(f"{len(images)} images for {prompts} prompts: give one image, or one per prompt")
         # each distinct image is encoded once (a server batch repeats a request's image for each of its seeds)

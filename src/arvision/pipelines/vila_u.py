@@ -24,6 +24,7 @@ from arvision.errors import CheckpointError, InputError
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
 from arvision.nn.sampling import Generators, check_guidance, check_number, check_sampling
 from arvision.pipelines import vila_u_checkpoint as ckpt
+from arvision.pipelines.common import ProgressBars, pretrained_dtype, to_arguments
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
 from arvision.text import vicuna
 
@@ -98,24 +99,30 @@ def left_padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return padded, mask
 
 
-class VilaUPipeline:
-    """Understanding (``describe``) and generation (``generate_image``, ``generate_video``) with VILA-U."""
+class VilaUPipeline(ProgressBars):
+    """Understanding (``describe``) and generation (``generate_image``, ``generate_video``) with VILA-U; the
+    progress bar counts generated visual tokens."""
 
     def __init__(self, model: VilaU, tokenizer: Any, text_sampling: TextSampling | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.text_sampling = text_sampling or TextSampling()
-        self.progress = True  # tqdm bar over visual tokens
 
     # ----- loading and saving -----
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+        cls,
+        folder: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
     ) -> VilaUPipeline:
         """Load a release folder (``config.json``, ``llm/``, ``vision_tower/``, ``mm_projector/``) or one
-        written by :meth:`save_pretrained` (the same layout). ``dtype`` defaults to the stored one
-        (``model_dtype``: bfloat16 for the release)."""
+        written by :meth:`save_pretrained` (the same layout). ``dtype`` (or diffusers' name, ``torch_dtype``)
+        defaults to the stored one (``model_dtype``: bfloat16 for the release)."""
+        dtype = pretrained_dtype(dtype, torch_dtype)
         folder = Path(folder)
         if not ckpt.is_vila_u_folder(folder):
             raise CheckpointError(f"{folder} is not a VILA-U folder (needs config.json naming vila_u, and llm/)")
@@ -134,8 +141,12 @@ class VilaUPipeline:
         generation = self.text_sampling.to_generation_config()
         ckpt.save_folder(self.model, Path(folder), self.tokenizer, generation, max_shard_bytes)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VilaUPipeline:
-        """Move (and cast, if ``dtype``) the model, as ``from_pretrained``'s ``device`` and ``dtype`` do."""
+    def to(
+        self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None
+    ) -> VilaUPipeline:
+        """Move (and cast, if ``dtype``; ``pipe.to(torch.bfloat16)`` casts too) the model, as
+        ``from_pretrained``'s ``device`` and ``dtype`` do."""
+        device, dtype = to_arguments(device, dtype)
         self.model.to(device=device, dtype=dtype)
         return self
 
