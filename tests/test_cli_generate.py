@@ -71,7 +71,7 @@ def test_hart_gets_the_sampling_flags_given_and_its_own_defaults_otherwise(tmp_p
     assert pipe.loads[0]["torch_dtype"] == torch.float32
     # guidance_scale and top_k are left to the pipeline (its folder may set them), as are top_p and temperature
     assert not {"guidance_scale", "top_k", "top_p", "temperature"} & set(pipe.calls[0])
-    assert pipe.calls[0]["more_smooth"] is False
+    assert pipe.calls[0]["more_smooth"] is None  # the folder's (on for an official release)
     flags = ["--cfg", "2", "--top-k", "5", "--top-p", "0.8", "--temperature", "0.5", "--more-smooth"]
     assert main([*base, *flags, "--guidance-schedule", "constant", "--dtype", "bfloat16"]) == 0
     assert pipe.loads[1]["torch_dtype"] == torch.bfloat16
@@ -79,6 +79,7 @@ def test_hart_gets_the_sampling_flags_given_and_its_own_defaults_otherwise(tmp_p
     assert (call["guidance_scale"], call["top_k"], call["top_p"], call["temperature"]) == (2.0, 5, 0.8, 0.5)
     assert call["guidance_schedule"] == "constant" and "guidance_schedule" not in pipe.calls[0]
     assert call["more_smooth"] is True
+    assert main([*base, "--no-more-smooth"]) == 0 and pipe.calls[2]["more_smooth"] is False
 
 
 def test_hart_image_to_image_gets_the_image_and_strength(tmp_path, monkeypatch):

@@ -250,6 +250,26 @@ def test_to_moves_and_casts_the_text_encoder_too(tiny_qwen2_24):
     assert qwen.text_encoder.device == qwen.device
 
 
+def test_an_official_folder_samples_with_more_smooth_as_the_official_scripts_do(pipe, embeds, tmp_path):
+    assert pipe.more_smooth is True and pipe.sampling_options().more_smooth is True
+
+    def latents(p, **kwargs):
+        return p(prompt_embeds=embeds, seed=3, progress=False, **kwargs).latents
+
+    assert torch.equal(latents(pipe), latents(pipe, more_smooth=True))
+    assert not torch.equal(latents(pipe), latents(pipe, more_smooth=False))
+    pipe.save_pretrained(tmp_path / "saved")  # the folder keeps it
+    assert HartPipeline.from_pretrained(tmp_path / "saved").more_smooth is True
+    index_file = tmp_path / "saved" / "model_index.json"
+    index = json.loads(index_file.read_text())
+    del index["more_smooth"]  # a folder of ours that names none: codes as sampled
+    index_file.write_text(json.dumps(index))
+    assert HartPipeline.from_pretrained(tmp_path / "saved").more_smooth is False
+    index_file.write_text(json.dumps({**index, "more_smooth": "yes"}))
+    with pytest.raises(CheckpointError, match="model_index.json: more_smooth must be true or false, got 'yes'"):
+        HartPipeline.from_pretrained(tmp_path / "saved")
+
+
 def test_the_folder_sets_the_default_guidance_scale_and_top_k(pipe, embeds, tmp_path):
     assert (pipe.guidance_scale, pipe.top_k) == (4.5, None)  # official layout: the official scripts' sampling
     pipe.save_pretrained(tmp_path / "saved")

@@ -108,8 +108,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=None, help="code sampling temperature, 0 greedy (default 1)")
     p.add_argument(
         "--more-smooth",
-        action="store_true",
-        help="HART: mix codebook vectors with a Gumbel-softmax (the official demo's smoother look)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="HART: mix codebook vectors with a Gumbel-softmax, the official scripts' smoother look (default: the "
+        "model folder's; on for an official release, off for arvision's folders, as for the paper's FID)",
     )
     p.add_argument("--grid", action="store_true", help="with -n > 1, write one grid image instead of numbered files")
     add_device_arguments(
@@ -264,7 +266,7 @@ def _vila_u_drawer(folder: Path, args: argparse.Namespace) -> Drawer:
             ("--negative-prompt", args.negative_prompt),
             ("--discrete-only", args.discrete_only),
             ("--diffusion-steps", args.diffusion_steps),
-            ("--more-smooth", args.more_smooth),
+            ("--more-smooth", args.more_smooth is not None),
             ("--image", args.image),
             ("--text-encoder", args.text_encoder),
         ]

@@ -48,7 +48,8 @@ GUIDANCE_SCHEDULES = ("linear", "constant")
 @dataclass
 class SamplingOptions:
     """``top_k=None`` uses the official 600/300 schedule; ``more_smooth`` mixes codebook vectors with a
-    Gumbel-softmax instead of taking the sampled code (official demo default, off here: it hurts FID).
+    Gumbel-softmax instead of taking the sampled code (every official script's default; off here, as it hurts
+    FID: the pipeline turns it on for official release folders).
     ``guidance_schedule``: ``"linear"`` (official) ramps the guidance from 0 at the 1x1 scale to ``cfg`` at the
     last ones; ``"constant"`` applies ``cfg`` at every scale, the residual head's too (MAR's
     ``cfg_schedule="constant"``). Either way ``more_smooth``'s mixing keeps the official ramp (it is a sharpness

@@ -79,8 +79,9 @@ class HartPipelineOutput(ModelOutput):
 
 class HartPipeline(ProgressBars):
     """Generator + tokenizer + text encoder. Call it with prompts to get images. ``guidance_scale``,
-    ``top_k`` and ``guidance_schedule`` are what a call uses when it names none (a folder of our own may set
-    them in ``model_index.json``; ``top_k`` None is the official per-scale schedule).
+    ``top_k``, ``guidance_schedule`` and ``more_smooth`` are what a call uses when it names none (a folder of
+    our own may set them in ``model_index.json``; ``top_k`` None is the official per-scale schedule; an official
+    release folder gets the official scripts' sampling, ``more_smooth`` included).
 
     A class-conditional transformer takes ``class_labels``, or class names as prompts when the pipeline
     knows them: ``id2label`` maps each label to its name (saved in ``model_index.json``; a name may list
@@ -98,12 +99,13 @@ class HartPipeline(ProgressBars):
         top_k: int | None = None,
         *,
         guidance_schedule: str = "linear",
+        more_smooth: bool = False,
         id2label: Mapping[int, str] | None = None,
     ):
         check_quantizer(transformer.config, tokenizer.quantize)
         self.transformer, self.tokenizer, self.text_encoder = transformer.eval(), tokenizer.eval(), text_encoder
         self.text_encoder_spec, self.guidance_scale, self.top_k = text_encoder_spec, guidance_scale, top_k
-        self.guidance_schedule = guidance_schedule
+        self.guidance_schedule, self.more_smooth = guidance_schedule, more_smooth
         self.sampling_options()  # the defaults a call falls back on are checked now, not at the first call
         self.id2label = _checked_id2label(id2label, transformer.config) if id2label is not None else None
         if text_encoder is not None:
@@ -165,7 +167,8 @@ class HartPipeline(ProgressBars):
         if text_encoder is None and (llm.parent / "text_encoder").is_dir():
             text_encoder = llm.parent / "text_encoder"
         encoder, spec = _resolve_text_encoder(text_encoder, config)
-        return cls(transformer, tokenizer, encoder, spec).to(device=device, dtype=dtype)
+        # every official entry point (sample.py, app.py, latency_profile.py) samples with more_smooth on
+        return cls(transformer, tokenizer, encoder, spec, more_smooth=True).to(device=device, dtype=dtype)
 
     @classmethod
     def _load_own(cls, folder, text_encoder, dtype, device) -> HartPipeline:
@@ -210,6 +213,7 @@ class HartPipeline(ProgressBars):
             "guidance_scale": self.guidance_scale,
             "top_k": self.top_k,
             "guidance_schedule": self.guidance_schedule,
+            "more_smooth": self.more_smooth,
         }
         if self.text_encoder_spec is not None:
             index["text_encoder"] = _spec_relative_to(self.text_encoder_spec, folder)
@@ -337,7 +341,7 @@ class HartPipeline(ProgressBars):
         top_k: int | None = None,
         top_p: float = 0.0,
         temperature: float = 1.0,
-        more_smooth: bool = False,
+        more_smooth: bool | None = None,
         discrete_only: bool = False,
         diffusion_steps: int | None = None,
         image: ImageInput | Sequence[ImageInput] | None = None,
@@ -353,7 +357,8 @@ class HartPipeline(ProgressBars):
         ``guidance_scale`` is HART's cfg (0 disables guidance; None: the pipeline's, 4.5 as in the official
         scripts unless the model folder names another); ``top_k`` likewise (None: the official per-scale
         schedule unless the folder names a value); ``guidance_schedule`` likewise (``"linear"``, the official
-        ramp over the scales, or ``"constant"``; see :class:`SamplingOptions`). ``seed``
+        ramp over the scales, or ``"constant"``; see :class:`SamplingOptions`), and ``more_smooth`` (the
+        official scripts' Gumbel mixing of code vectors; on for an official release folder, off for ours). ``seed``
         (or ``generator``) makes the whole output reproducible, diffusion noise included; a list of generators,
         one per image (prompt-major), makes each image reproducible on its own: image i is the same in any batch
         (to within one level of rounding).
@@ -468,15 +473,18 @@ class HartPipeline(ProgressBars):
         guidance_scale: float | None = None,
         guidance_schedule: str | None = None,
         top_k: int | None = None,
+        more_smooth: bool | None = None,
         **options: Any,
     ) -> SamplingOptions:
         """The checked sampling options of a call, from :meth:`__call__`'s arguments of those names
-        (``guidance_scale``, ``guidance_schedule`` and ``top_k`` None: the pipeline's; the others take
-        :meth:`__call__`'s types and defaults): an :class:`InputError` names a setting no sampler takes."""
+        (``guidance_scale``, ``guidance_schedule``, ``top_k`` and ``more_smooth`` None: the pipeline's; the
+        others take :meth:`__call__`'s types and defaults): an :class:`InputError` names a setting no sampler
+        takes."""
         return SamplingOptions(
             cfg=self.guidance_scale if guidance_scale is None else guidance_scale,
             guidance_schedule=self.guidance_schedule if guidance_schedule is None else guidance_schedule,
             top_k=self.top_k if top_k is None else top_k,
+            more_smooth=self.more_smooth if more_smooth is None else more_smooth,
             **options,
         )
 
@@ -560,12 +568,14 @@ def load_saved_transformer(folder: Path) -> HartTransformer:
 
 @dataclass(frozen=True)
 class SamplingDefaults:
-    """What a folder's ``model_index.json`` sets for calls that name none (the official scripts' sampling where
-    it sets nothing: cfg 4.5 ramped linearly over the scales, the official top-k schedule)."""
+    """What a folder's ``model_index.json`` sets for calls that name none (where it sets nothing, the official
+    scripts' sampling but for ``more_smooth``: cfg 4.5 ramped linearly over the scales, the official top-k
+    schedule, sampled codes taken as they are, as for the paper's FID)."""
 
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     top_k: int | None = None
     guidance_schedule: str = "linear"
+    more_smooth: bool = False
 
 
 def sampling_defaults(folder: str | os.PathLike) -> SamplingDefaults:
@@ -587,7 +597,10 @@ def sampling_from_index(index: Mapping[str, Any], where: str | os.PathLike) -> S
     if schedule not in GUIDANCE_SCHEDULES:
         known = ", ".join(GUIDANCE_SCHEDULES)
         raise CheckpointError(f"{where}: guidance_schedule must be one of {known}, got {schedule!r}")
-    return SamplingDefaults(float(guidance_scale), top_k, schedule)
+    more_smooth = index.get("more_smooth", False)
+    if not isinstance(more_smooth, bool):
+        raise CheckpointError(f"{where}: more_smooth must be true or false, got {more_smooth!r}")
+    return SamplingDefaults(float(guidance_scale), top_k, schedule, more_smooth)
 
 
 def _load_transformer(config: HartConfig, weights: Path) -> HartTransformer:

@@ -92,7 +92,7 @@ class GenerateRequest(SamplingRequest):
 
     size: int | None = Field(None, gt=0, description="square image size in pixels (default: the model's)")
     guidance_schedule: Literal["linear", "constant"] | None = None
-    more_smooth: bool = False
+    more_smooth: bool | None = Field(None, description="HART's Gumbel mixing of code vectors (default: the model's)")
     diffusion_steps: int | None = Field(None, ge=1)
     negative_prompt: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     image: str | None = Field(

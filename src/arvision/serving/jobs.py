@@ -49,7 +49,7 @@ class GenerationSettings:
     top_k: int | None = None
     top_p: float | None = None
     temperature: float | None = None
-    more_smooth: bool = False
+    more_smooth: bool | None = None
     diffusion_steps: int | None = None
     strength: float | None = None  # image-to-image (the job's image)
 
@@ -102,7 +102,7 @@ def _check_vila_u(pipe: VilaUPipeline, settings: GenerationSettings, job: Genera
         name
         for name, used in (
             ("guidance_schedule", settings.guidance_schedule is not None),
-            ("more_smooth", settings.more_smooth),
+            ("more_smooth", settings.more_smooth is not None),
             ("diffusion_steps", settings.diffusion_steps is not None),
             ("negative_prompt", job.negative_prompt is not None),
             ("image", job.image is not None),
