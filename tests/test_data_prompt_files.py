@@ -45,3 +45,13 @@ def test_paired_images_give_each_image_of_a_prompt_set_folder_its_prompt(tmp_pat
         paired_images(tmp_path / "empty", prompts)
     with pytest.raises(InputError, match="image folder not found"):
         paired_images(tmp_path / "missing", prompts)
+
+
+def test_paired_images_come_in_numeric_order_past_five_digits(tmp_path):
+    prompts = [f"prompt {i}" for i in range(100_001)]
+    names = [*image_names(100_000, 1), *image_names(99_999, 1), *image_names(7, 11)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    order = [path.name for path, _ in paired_images(tmp_path, prompts)]
+    assert order == [*(f"00007_{k}.png" for k in range(11)), "99999.png", "100000.png"]  # 00007_10 after 00007_9
+    assert paired_images(tmp_path, prompts)[-1][1] == "prompt 100000"

@@ -10,7 +10,7 @@ from pathlib import Path
 from arvision.data.user import text_lines
 from arvision.errors import InputError
 
-_IMAGE_NAME = re.compile(r"(\d{5,})(?:_\d+)?\.png")  # what image_names writes
+_IMAGE_NAME = re.compile(r"(\d{5,})(?:_(\d+))?\.png")  # what image_names writes
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
@@ -31,17 +31,18 @@ def image_names(prompt: int, count: int) -> list[str]:
 
 def paired_images(folder: str | os.PathLike, prompts: list[str]) -> list[tuple[Path, str]]:
     """Every image of a ``--prompts-file`` folder (named by :func:`image_names`) with the prompt it was drawn for,
-    in name order. A folder without such images, or with numbers past the prompts (another prompt file's
-    images), is an :class:`InputError`."""
+    in the order of prompts and then images (numeric: ``100000.png`` comes after ``99999.png``). A folder without
+    such images, or with numbers past the prompts (another prompt file's images), is an :class:`InputError`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"image folder not found: {folder}")
-    pairs = []
-    for path in sorted(folder.iterdir()):
+    numbered = []
+    for path in folder.iterdir():
         match = _IMAGE_NAME.fullmatch(path.name)
-        if match is None:
-            continue
-        number = int(match.group(1))
+        if match is not None:
+            numbered.append((int(match.group(1)), int(match.group(2) or -1), path))
+    pairs = []
+    for number, _, path in sorted(numbered):
         if number >= len(prompts):
             raise InputError(
                 f"{path.name} is an image of prompt {number}, but the prompts file has {len(prompts)} prompts: "
