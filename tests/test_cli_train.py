@@ -68,6 +68,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert main(["train", "tokenizer", "--config", str(config_path), f"out_dir={tmp_path / 'a'}", "--export"]) == 0
     exported = load_file(str(tmp_path / "a" / "exports" / "step_00000012" / "model.safetensors"))
     assert all(torch.equal(expected[k], exported[k]) for k in expected)
+    # the override after a bare --export is an override, not the checkpoint's name
+    assert main(["train", "tokenizer", "--config", str(config_path), "--export", f"out_dir={tmp_path / 'a'}"]) == 0
 
 
 def test_train_cli_errors_are_one_line(tmp_path, capsys):
@@ -75,6 +77,8 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
     assert "data.source 'nowhere'" in capsys.readouterr().err
     assert main(["train", "tokenizer", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+    assert main(["train", "tokenizer", f"out_dir={tmp_path}", "-o", str(tmp_path / "x")]) == 2
+    assert "-o/--output goes with --export" in capsys.readouterr().err
 
 
 def test_a_config_file_of_another_task_is_refused_by_name(tmp_path, capsys):

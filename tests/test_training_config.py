@@ -59,6 +59,21 @@ def test_bad_overrides_name_the_problem(overrides, message):
         load_config(Outer, None, overrides)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("inner:\n  sizes: 3\n", "inner.sizes: expected a list, got 3"),
+        ("steps: [1, 2]\n", r"steps: cannot read \[1, 2\] as int"),
+        ("steps: .inf\n", "steps: cannot read inf as int"),
+    ],
+)
+def test_a_file_value_of_the_wrong_shape_is_named(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_config(Outer, path)
+
+
 def test_missing_and_unparsable_files(tmp_path):
     with pytest.raises(InputError, match="not found"):
         load_config(Outer, tmp_path / "nope.yaml")

@@ -104,6 +104,10 @@ def test_export_writes_a_checkpoints_weights_with_its_ema(tmp_path):
     assert all(torch.equal(final[k], exported[k]) for k in final)
     earlier = Trainer(config, ToyTask()).export(tmp_path / "checkpoints" / "step_00000002", tmp_path / "at2")
     assert not torch.equal(load_file(str(earlier / "model.safetensors"))["blocks.1.weight"], final["blocks.1.weight"])
+    by_name = Trainer(config, ToyTask()).export("step_00000002", tmp_path / "at2_by_name")  # in the run's folder
+    assert load_file(str(by_name / "model.safetensors")).keys() == final.keys()
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: step_00000003 \(nor in .*checkpoints\)"):
+        Trainer(config, ToyTask()).export("step_00000003")
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
         Trainer(config, ToyTask()).export(tmp_path / "exports")
     with pytest.raises(CheckpointError, match="no checkpoint to export"):
@@ -116,17 +120,18 @@ def test_export_writes_a_checkpoints_weights_with_its_ema(tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = toy_config(tmp_path, save_every=2)
-    with pytest.raises(TrainingDiverged, match=r"step 3.*step_00000002"):
+    # the 4th step fails: metrics.jsonl and the checkpoints would call it step 4
+    with pytest.raises(TrainingDiverged, match=r"step 4; stopped.*step_00000002"):
         Trainer(config, ToyTask(nan_at_call=4)).run()
     assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path / "checkpoints")] == ["step_00000002"]
 
 
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])
 def test_nan_gradient_of_a_finite_loss_stops_before_the_weights_take_it(tmp_path, grad_clip):
-    # The NaN gradient comes at step 3, the last before a save: applied, it would be saved as step_00000004.
+    # The NaN gradient comes at step 4, the last before a save: applied, it would be saved as step_00000004.
     optim = OptimConfig(lr=0.05, warmup_steps=1, grad_clip=grad_clip)
     config = toy_config(tmp_path, save_every=2, log_every=1, optim=optim)
-    with pytest.raises(TrainingDiverged, match=r"gradient norm is not finite at step 3.*step_00000002"):
+    with pytest.raises(TrainingDiverged, match=r"gradient norm is not finite at step 4.*step_00000002"):
         Trainer(config, ToyTask(nan_grad_at_call=4)).run()
     assert checkpoint_names(tmp_path) == ["step_00000002"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -226,7 +231,8 @@ def test_export_dtype_rounds_the_exported_weights_only(tmp_path):
     reference = final_weights(Trainer(full, ToyTask()).run().parent)
     for key, value in reference.items():
         assert value.dtype == torch.float32 and torch.equal(weights[key], value.half()), key
-    assert not [p for p in final.parent.iterdir() if p.name.startswith(".")], "no temporary folder left"
+    left = [p.name for p in final.parent.iterdir() if p.name.startswith(".")]
+    assert left == [".lock"], "no temporary folder left, only the run's lock file"
 
 
 def test_a_failed_export_leaves_the_previous_final_folder(tmp_path):
@@ -286,6 +292,40 @@ def test_time_budget_shorter_than_the_warmup_is_reported(tmp_path, monkeypatch, 
     Trainer(config, SlowToyTask(clock, 10.0)).run()
     out = capsys.readouterr().out
     assert "30 steps fit" in out and "30 steps do not pass optim.warmup_steps=100" in out
+
+
+def test_a_schedule_shorter_than_the_warmup_is_reported(tmp_path, capsys):
+    config = toy_config(tmp_path, max_steps=3)
+    config.optim.warmup_steps = 100
+    Trainer(config, ToyTask()).run()
+    assert "3 steps do not pass optim.warmup_steps=100" in capsys.readouterr().out
+
+
+def test_a_run_refuses_the_folder_another_run_is_training_in(tmp_path):
+    import fcntl
+    import os
+
+    config = toy_config(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    with (tmp_path / "run" / ".lock").open("a+") as held:  # what the other run holds while it trains
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(InputError, match=r"run is in use by another training run \(process 4242\)"):
+            Trainer(config, ToyTask()).run()
+        assert not (tmp_path / "run" / "checkpoints").exists()
+    Trainer(config, ToyTask()).run()  # released (as the system releases a killed run's lock): it trains
+    assert (tmp_path / "run" / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_out_dir_expands_a_home_and_names_a_file_in_the_way(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Trainer(toy_config("~/runs/toy"), ToyTask()).run()
+    assert (tmp_path / "runs" / "toy" / "final").is_dir()
+    (tmp_path / "notes.txt").write_text("")
+    for out_dir in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "sub"):
+        with pytest.raises(InputError, match=f"cannot use out_dir {out_dir}"):
+            Trainer(toy_config(out_dir), ToyTask()).run()
 
 
 def test_time_budget_resume_keeps_the_sized_schedule_bit_for_bit(tmp_path, monkeypatch):

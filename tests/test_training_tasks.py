@@ -24,7 +24,8 @@ def test_unknown_task_and_keys_are_named():
 @pytest.mark.parametrize(
     ("model", "data", "seed", "message"),
     [
-        ({}, {"source": "world", "resolution": 32}, -1, "seed must be >= 0, got -1"),
+        ({}, {"source": "world", "resolution": 32}, -1, r"seed must be within \[0, 2\*\*62\), got -1"),
+        ({}, {"source": "world", "resolution": 32}, 2**64 - 1, r"seed must be within \[0, 2\*\*62\), got 1844"),
         ({}, {"resolution": 0}, 0, "data.resolution must be > 0, got 0"),
         ({}, {"length": 0}, 0, "data.length must be > 0, got 0"),
         ({}, {"resolution": 40}, 0, "data.resolution 40 is not a multiple of the tokenizer's downsampling 16"),

@@ -37,6 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.export is not None and "=" in args.export and not Path(args.export).exists():
+        # `--export out_dir=runs/x`: the optional CHECKPOINT took an override
+        args.overrides, args.export = [args.export, *args.overrides], "latest"
+    if args.output is not None and args.export is None:
+        raise InputError("-o/--output goes with --export; a training run writes its weights to OUT_DIR/final")
     config = load_config(TrainConfig, args.config, args.overrides, base={"task": args.task})
     if config.task != args.task:  # its model and data sections would only be reported as unknown keys
         where = "the override task=" if "task" in parse_overrides(args.overrides) else f"the config file {args.config}"

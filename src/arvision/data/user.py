@@ -153,7 +153,7 @@ def _listing_rows(source: Path) -> list[tuple[int, dict[str, Any] | None]]:
 
 
 def _require_exists(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"data not found: {path}")
     return path

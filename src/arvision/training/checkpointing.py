@@ -147,9 +147,17 @@ def load_training_state(
     if ema is not None:
         state["ema"] = ema
     try:
-        _drop_unsaved_optimizer_state(optim_state, path)
+        saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception as exc:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {exc}") from exc
+    _check_saved_tensors(state, saved, path)
+    try:
+        _drop_unsaved_optimizer_state(optim_state, saved)
         _dcp_call(dcp.load, state, checkpoint_id=str(path))
-    except (Exception, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
+    except CheckpointException as exc:  # a BaseException, whose text holds every rank's traceback
+        causes = "; ".join(f"{type(e).__name__}: {e}" for e, _ in exc.failures.values())
+        raise CheckpointError(f"cannot restore training state from {path}: {causes}") from exc
+    except Exception as exc:
         raise CheckpointError(f"cannot restore training state from {path}: {exc}") from exc
     # Not strict: the optimizer state left out above (dcp.load has already required every model key).
     set_state_dict(
@@ -168,7 +176,29 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     return read_json(Path(path) / STATE_FILE)
 
 
-def _drop_unsaved_optimizer_state(optim_state: dict[str, Any], path: Path) -> None:
+def _check_saved_tensors(state: Mapping[str, Any], saved: Mapping[str, Any], path: Path) -> None:
+    """Refuse, naming the first differences, a checkpoint whose model or EMA tensors are not this run's: a
+    changed model override or ``ema_decay`` (DCP would fail on them with every rank's traceback)."""
+    problems = []
+    has_ema = any(key.startswith("ema.") for key in saved)
+    if "ema" in state and not has_ema:
+        problems.append("it holds no EMA weights, and this run has ema_decay > 0")
+    for part in ("model", "ema") if has_ema else ("model",):
+        for name, tensor in state.get(part, {}).items():
+            meta = saved.get(f"{part}.{name}")
+            if meta is None:
+                problems.append(f"{part} tensor {name} is missing")
+            elif tuple(getattr(meta, "size", ())) != tuple(tensor.shape):
+                problems.append(f"{part} tensor {name} is {list(meta.size)} there and {list(tensor.shape)} here")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"{path} was written for another model: {'; '.join(problems[:3])}{more}. Resume and export with the "
+            "model settings and ema_decay of the run that wrote it"
+        )
+
+
+def _drop_unsaved_optimizer_state(optim_state: dict[str, Any], saved: Mapping[str, Any]) -> None:
     """Leave out of ``optim_state`` the parameters the checkpoint holds no optimizer state for.
 
     ``get_state_dict`` gives every parameter a state, but a parameter that never had a gradient (a scale a
@@ -176,9 +206,8 @@ def _drop_unsaved_optimizer_state(optim_state: dict[str, Any], path: Path) -> No
     back, as in the run that saved it.
     """
     prefix = "optim.state."
-    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    saved = {key[len(prefix) :].rsplit(".", 1)[0] for key in keys if key.startswith(prefix)}  # "<fqn>.exp_avg"
-    for name in [name for name in optim_state["state"] if name not in saved]:
+    with_state = {key[len(prefix) :].rsplit(".", 1)[0] for key in saved if key.startswith(prefix)}  # "<fqn>.exp_avg"
+    for name in [name for name in optim_state["state"] if name not in with_state]:
         del optim_state["state"][name]
 
 

@@ -86,6 +86,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin in (tuple, list) or annotation in (tuple, list):
         if isinstance(value, str):
             value = [v for v in value.strip("[]() ").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise InputError(f"{key}: expected a list, got {value!r}")
         item_type = args[0] if args else str
         items = [_coerce(v.strip() if isinstance(v, str) else v, item_type, key) for v in value]
         return tuple(items) if (origin or annotation) is tuple else items
@@ -112,7 +114,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 number = float(value)
             except ValueError as exc:
                 raise InputError(f"{key}: cannot read {value!r} as int") from exc
-        if isinstance(number, bool) or not float(number).is_integer():
+        if isinstance(number, bool) or not isinstance(number, int | float) or not float(number).is_integer():
             raise InputError(f"{key}: cannot read {value!r} as int")
         return int(number)
     if annotation in (float, str, Path):

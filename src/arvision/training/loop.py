@@ -6,9 +6,10 @@ checkpoints (model, EMA, optimizer, data position and every RNG: ``resume=True``
 tqdm bar, a JSONL metrics log (plus TensorBoard when installed), periodic sample grids, and a clean stop on
 a NaN loss or gradient.
 
-A run's folder holds one run: a fresh run refuses one with checkpoints. ``config.json`` is the config the run
-was started with; a resume writes its own beside it (``config.resume_<step>.json``) and drops the metrics
-logged after the checkpoint it continues from, since it logs those steps again.
+A run's folder holds one run: a fresh run refuses one with checkpoints, and a run refuses a folder another
+run is training in (a lock held while it runs, released by the system if it is killed). ``config.json`` is
+the config the run was started with; a resume writes its own beside it (``config.resume_<step>.json``) and
+drops the metrics logged after the checkpoint it continues from, since it logs those steps again.
 
 What is trained is described by a :class:`~arvision.training.tasks.TrainingTask`.
 """
@@ -16,8 +17,10 @@ What is trained is described by a :class:`~arvision.training.tasks.TrainingTask`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -218,6 +221,14 @@ class EMA:
         torch._foreach_lerp_(list(self.shadow.values()), [p.detach() for p in self.params.values()], weight)
 
 
+def _warn_if_warmup_never_ends(schedule_steps: int, warmup_steps: int, remedy: str) -> None:
+    if schedule_steps <= warmup_steps:
+        tqdm.write(
+            f"warning: {schedule_steps} steps do not pass optim.warmup_steps={warmup_steps}: the learning rate "
+            f"never leaves its warmup (lower warmup_steps or {remedy})"
+        )
+
+
 def _logged_step(line: str) -> float:
     """The step of a metrics.jsonl record; a line cut short by a kill counts as past every checkpoint."""
     try:
@@ -242,7 +253,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, task: TrainingTask) -> None:
         self.config = config
         self.task = task
-        self.out_dir = Path(config.out_dir)
+        self.out_dir = Path(config.out_dir).expanduser()
         self.ckpt_dir = self.out_dir / "checkpoints"
 
     def _autocast(self, info: DistInfo) -> contextlib.AbstractContextManager:
@@ -260,13 +271,36 @@ class Trainer:
 
     def run(self, resume: bool = False) -> Path:
         """Train, from the latest checkpoint with ``resume``; return the folder of the exported weights."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way
+            raise InputError(f"cannot use out_dir {self.out_dir}: {exc.strerror or exc}") from exc
         if not resume and checkpointing.latest_checkpoint(self.ckpt_dir) is not None:
             # keep_last would prune the new run's checkpoints by step among the old run's, and resume mix them
             raise InputError(
                 f"{self.ckpt_dir} holds the checkpoints of an earlier run: pass --resume (resume=True) to continue "
                 "it, or choose another out_dir"
             )
-        return self._in_process_group(lambda info: self._run(info, resume))
+        return self._in_process_group(lambda info: self._run_alone(info, resume))
+
+    def _run_alone(self, info: DistInfo, resume: bool) -> Path:
+        """:meth:`_run` while the main rank holds ``out_dir``'s lock: a second run there (a supervisor's restart
+        while the first still trains, a recipe run twice) would prune, log and checkpoint over this one."""
+        if not info.is_main:
+            return self._run(info, resume)
+        with (self.out_dir / ".lock").open("a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                lock.seek(0)
+                raise InputError(
+                    f"{self.out_dir} is in use by another training run (process {lock.read().strip() or '?'}): "
+                    "wait for it or stop it, or choose another out_dir"
+                ) from exc
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            return self._run(info, resume)
 
     @staticmethod
     def _in_process_group(work: Callable[[DistInfo], Path]) -> Path:
@@ -282,14 +316,20 @@ class Trainer:
         return result
 
     def export(self, checkpoint: str | Path | None = None, folder: str | Path | None = None) -> Path:
-        """Write the weights of a saved checkpoint (default: the latest) as a model folder, EMA applied
+        """Write the weights of a saved checkpoint (a folder, or the name of one in the run's ``checkpoints/``;
+        default: the latest) as a model folder, EMA applied
         as at the end of a run, to ``folder`` (default: ``out_dir/exports/<checkpoint name>``, replaced if
         there; a ``folder`` of the caller's must not exist or be empty, as the export replaces it whole)."""
         if folder is not None and Path(folder).exists() and any(Path(folder).iterdir()):
             raise InputError(f"{folder} exists and is not empty: export to a new folder")
-        path = Path(checkpoint) if checkpoint is not None else checkpointing.latest_checkpoint(self.ckpt_dir)
+        latest = checkpointing.latest_checkpoint(self.ckpt_dir)
+        path = Path(checkpoint).expanduser() if checkpoint is not None else latest
         if path is None:
             raise CheckpointError(f"no checkpoint to export in {self.ckpt_dir}")
+        if not path.exists() and (self.ckpt_dir / path).is_dir():  # a checkpoint's name, e.g. step_00000300
+            path = self.ckpt_dir / path
+        if not path.exists():
+            raise CheckpointError(f"checkpoint not found: {path} (nor in {self.ckpt_dir})")
         if not (path / checkpointing.STATE_FILE).is_file():
             raise CheckpointError(f"{path} is not a training checkpoint (no {checkpointing.STATE_FILE})")
         target = Path(folder) if folder else self.out_dir / "exports" / path.name
@@ -351,6 +391,8 @@ class Trainer:
         calibration_start, calibration_end = step + CALIBRATION_SKIP, step + CALIBRATION_SKIP + CALIBRATION_STEPS
         if info.is_main:
             self._start_logs(step, resumed=latest is not None)
+            if not c.time_budget_s > 0:  # a budget's schedule is checked once it is sized
+                _warn_if_warmup_never_ends(schedule_steps, c.optim.warmup_steps, "raise max_steps")
 
         dataset = self.task.build_dataset()
         sampler = ShardedBatchSampler(
@@ -410,11 +452,7 @@ class Trainer:
                 sized, bar.total = True, schedule_steps
                 if info.is_main:
                     tqdm.write(f"time_budget_s={c.time_budget_s:g}: {rate:.3g} steps/s, {schedule_steps} steps fit")
-                    if schedule_steps <= c.optim.warmup_steps:
-                        tqdm.write(
-                            f"warning: {schedule_steps} steps do not pass optim.warmup_steps={c.optim.warmup_steps}: "
-                            "the learning rate never leaves its warmup (lower warmup_steps or raise the budget)"
-                        )
+                    _warn_if_warmup_never_ends(schedule_steps, c.optim.warmup_steps, "raise the budget")
             # Stop on every rank at the same step once any rank's clock has run out.
             out_of_time = timed and step < schedule_steps and not all_ranks_agree(elapsed < time_limit, info)
             if out_of_time and info.is_main:
@@ -487,8 +525,9 @@ class Trainer:
         if worst < 2:
             what = "loss" if worst == 0 else "gradient norm"
             where = checkpointing.latest_checkpoint(self.ckpt_dir)
+            # step counts the steps done: this one would be step + 1 in metrics.jsonl and the checkpoint names
             raise TrainingDiverged(
-                f"{what} is not finite at step {step}; stopped. Last good checkpoint: {where or 'none'}"
+                f"{what} is not finite at step {step + 1}; stopped. Last good checkpoint: {where or 'none'}"
             )
 
     def _throughput(self, info: DistInfo, steps: int, seconds: float) -> float:

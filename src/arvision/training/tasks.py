@@ -228,8 +228,10 @@ TASK_NAMES = ("tokenizer", "hart", "vila-u-tower", "vila-u")
 
 def build_task(name: str, model: Mapping[str, Any], data: Mapping[str, Any], seed: int = 0) -> TrainingTask:
     """The task ``name`` (one of :data:`TASK_NAMES`) for these ``model`` and ``data`` sections."""
-    if seed < 0:  # the TrainConfig seed reaches numpy generators (the world), which refuse negative seeds
-        raise InputError(f"seed must be >= 0, got {seed}")
+    # The TrainConfig seed reaches numpy generators (the world), which refuse negative seeds, and torch's, which
+    # take 64 bits: below 2**62 leaves room for the seed + rank and seed + epoch derived from it.
+    if not 0 <= seed < 2**62:
+        raise InputError(f"seed must be within [0, 2**62), got {seed}")
     if name == "tokenizer":
         return TokenizerTask(model, data, seed=seed)
     if name == "hart":
