@@ -65,6 +65,8 @@ def test_bad_overrides_name_the_problem(overrides, message):
         ("inner:\n  sizes: 3\n", "inner.sizes: expected a list, got 3"),
         ("steps: [1, 2]\n", r"steps: cannot read \[1, 2\] as int"),
         ("steps: .inf\n", "steps: cannot read inf as int"),
+        ("inner:\n  name: [a]\n", r"inner.name: cannot read \['a'\] as str \| None"),
+        ("inner:\n  lr: null\n", "inner.lr: expected a number, got None"),
     ],
 )
 def test_a_file_value_of_the_wrong_shape_is_named(tmp_path, text, message):
@@ -91,6 +93,13 @@ def test_missing_and_unparsable_files(tmp_path):
         load_config(Outer, text)
 
 
+def test_whole_numbers_are_read_exactly_and_null_is_not_text():
+    config = load_config(TrainConfig, None, ["seed=9007199254740993", "max_steps=2e3"])
+    assert (config.seed, config.max_steps) == (9007199254740993, 2000)  # past float's 53 bits
+    with pytest.raises(InputError, match="out_dir: expected text, got None"):
+        load_config(TrainConfig, None, [], base={"out_dir": None})
+
+
 def test_train_config_keeps_task_sections_as_dicts():
     config = load_config(TrainConfig, None, ["model.tokenizer.ch=32", "optim.lr=1e-3", "max_steps=1e3"])
     assert config.model == {"tokenizer": {"ch": "32"}} and config.optim.lr == 1e-3 and config.max_steps == 1000
@@ -104,7 +113,9 @@ def test_train_config_keeps_task_sections_as_dicts():
         ("grad_accum=0", "grad_accum must be >= 1"),
         ("stop_at_step=-1", "stop_at_step must be >= 0"),
         ("ema_decay=1", r"ema_decay must be within \[0, 1\)"),
-        ("optim.lr=0", "optim.lr must be > 0"),
+        ("optim.lr=0", "optim.lr must be a finite number > 0"),
+        ("optim.lr=inf", "optim.lr must be a finite number > 0, got inf"),
+        ("optim.lr=nan", "optim.lr must be a finite number > 0, got nan"),
         ("optim.min_lr_ratio=2", r"optim.min_lr_ratio must be within \[0, 1\]"),
         ("optim.betas=0.9,1.5", "optim.betas"),
     ],

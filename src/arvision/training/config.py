@@ -111,13 +111,19 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         number = value
         if isinstance(value, str):
             try:
-                number = float(value)
-            except ValueError as exc:
-                raise InputError(f"{key}: cannot read {value!r} as int") from exc
+                number = int(value)  # exactly, beyond float's 53 bits (seeds)
+            except ValueError:
+                try:
+                    number = float(value)  # 1e3
+                except ValueError as exc:
+                    raise InputError(f"{key}: cannot read {value!r} as int") from exc
         if isinstance(number, bool) or not isinstance(number, int | float) or not float(number).is_integer():
             raise InputError(f"{key}: cannot read {value!r} as int")
         return int(number)
     if annotation in (float, str, Path):
+        if isinstance(value, bool) or not isinstance(value, str | int | float | Path):
+            # str() would take anything: a YAML null would become the folder "None"
+            raise InputError(f"{key}: expected {'a number' if annotation is float else 'text'}, got {value!r}")
         try:
             return annotation(value)
         except (TypeError, ValueError) as exc:

@@ -71,7 +71,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # max gradient norm of each clip group (TrainingTask.clip_groups); 0 disables
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _require(0 < self.lr < math.inf, f"optim.lr must be a finite number > 0, got {self.lr}")
         _require(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"optim.betas: two in [0, 1), got {self.betas}",
