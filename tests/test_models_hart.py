@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -233,3 +235,29 @@ def test_teacher_forcing_input_from_recorded_indices(hart_cases, tiny_hart, tiny
     f = tiny_tokenizer.encode_latent(c["tok_images"])
     _, r_pre = tiny_tokenizer.quantize.latent_to_indices(f, tiny_hart.config.patch_nums)
     torch.testing.assert_close(r_pre.flatten(2).transpose(1, 2), c["tok_r_pre"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("embed_dim", "abc", "embed_dim must be a whole number >= 1, got 'abc'"),
+        ("embed_dim", None, "embed_dim must be a whole number >= 1, got None"),
+        ("num_heads", 0, "num_heads must be a whole number >= 1, got 0"),
+        ("depth", "8", "depth must be a whole number >= 1, got '8'"),
+        ("vocab_size", -1, "vocab_size must be a whole number >= 1, got -1"),
+        ("num_classes", "x", "num_classes must be a whole number >= 0, got 'x'"),
+        ("mlp_ratio", "four", "mlp_ratio must be a number > 0, got 'four'"),
+        ("norm_eps", "x", "norm_eps must be a number > 0, got 'x'"),
+        ("rope_theta", 0, "rope_theta must be a number > 0, got 0"),
+        ("cond_drop_rate", 1.0, "cond_drop_rate must be a number >= 0 and < 1, got 1.0"),
+        ("use_timestep_embed", "yes", "use_timestep_embed must be true or false, got 'yes'"),
+        ("patch_nums", 5, "patch_nums must be a list of whole numbers, got 5"),
+        ("patch_nums", [1, 2.5], "patch_nums must be a list of whole numbers, got [1, 2.5]"),
+    ],
+)
+def test_config_fields_of_the_wrong_type_or_range_are_named(field, value, message):
+    # an InputError (a ValueError): training reports it as a setting, checkpoints as their file's problem
+    with pytest.raises(InputError, match=re.escape(message)):
+        HartConfig(**{field: value})
+    with pytest.raises(CheckpointError, match=re.escape(f"llm/config.json: {message}")):
+        HartConfig.from_dict({**HartConfig().to_dict(), field: value}, source="llm/config.json")

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -8,6 +9,7 @@ from PIL import Image
 
 from arvision.checkpoint import load_state_dict
 from arvision.cli import main as cli_main
+from arvision.defaults import default_model_path
 from arvision.errors import CheckpointError, InputError
 from arvision.imaging import pil_to_tensor, resize_center_crop, tensor_to_pil
 from arvision.models.diffusion_head import ResidualDiffusionHead
@@ -587,3 +589,32 @@ def test_the_pipeline_checks_its_default_sampling_when_built(pipe):
     ]:
         with pytest.raises(InputError, match=message):
             HartPipeline(pipe.transformer, pipe.tokenizer, **options)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("embed_dim", "abc", "embed_dim must be a whole number >= 1, got 'abc'"),
+        ("embed_dim", 0, "embed_dim must be a whole number >= 1, got 0"),
+        ("num_heads", 0, "num_heads must be a whole number >= 1, got 0"),
+        ("patch_nums", 5, "patch_nums must be a list of whole numbers, got 5"),
+        ("context_dim", "x", "context_dim must be a whole number >= 1, got 'x'"),
+        ("latent_channels", "x", "latent_channels must be a whole number >= 1, got 'x'"),
+        ("rope_theta", "x", "rope_theta must be a number > 0, got 'x'"),  # loaded, and failed at the first call
+    ],
+)
+def test_a_malformed_transformer_config_is_named_with_its_file(tmp_path, field, value, message):
+    folder = tmp_path / "hart"
+    shutil.copytree(default_model_path("hart"), folder)
+    config_file = folder / "transformer" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), field: value}))
+    with pytest.raises(CheckpointError, match=re.escape(f"{config_file}: {message}")):
+        HartPipeline.from_pretrained(folder)
+
+
+def test_a_malformed_official_config_is_named_with_its_file(tmp_path):
+    folder = _copy_fixture(tmp_path)
+    config_file = folder / "llm" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "mlp_ratio": "four"}))
+    with pytest.raises(CheckpointError, match=re.escape(f"{config_file}: mlp_ratio must be a number > 0, got 'four'")):
+        HartPipeline.from_pretrained(folder)

@@ -39,6 +39,7 @@ from arvision.nn.adaln import ada_linear, modulate
 from arvision.nn.kv_cache import KVCache
 from arvision.nn.rmsnorm import RMSNorm
 from arvision.nn.rope import apply_rope, grid_positions, rope_1d, rope_2d
+from arvision.nn.sampling import check_number
 from arvision.nn.swiglu import SwiGLU, swiglu_hidden
 from arvision.nn.timestep import TimestepEmbedder
 from arvision.tokenizers.schedules import PATCH_NUMS, validate_schedule
@@ -96,6 +97,20 @@ class HartConfig:
     rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
+        # Types and ranges first: a wrong one would otherwise surface deep inside torch (or only at the
+        # first generation, for norm_eps and rope_theta). InputError is a ValueError, so callers that
+        # build configs from user settings (training) and from checkpoints (_checked) both name it.
+        sizes = ("embed_dim", "depth", "num_heads", "context_dim", "diff_width", "diff_depth", "diffusion_batch_mul")
+        for name in (*sizes, "vocab_size", "latent_channels"):
+            check_number(getattr(self, name), name, whole=True, minimum=1)
+        for name in ("context_token", "num_classes"):
+            check_number(getattr(self, name), name, whole=True, minimum=0)
+        for name in ("mlp_ratio", "norm_eps", "rope_theta"):
+            check_number(getattr(self, name), name, above=0)
+        check_number(self.cond_drop_rate, "cond_drop_rate", minimum=0, below=1)
+        for name in ("use_timestep_embed", "attn_l2_norm", "use_context_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.patch_nums = check_schedule(self.patch_nums)
         self.num_sampling_steps = str(self.num_sampling_steps)
         space_timesteps(NUM_TRAIN_STEPS, self.num_sampling_steps)  # refuses a step spec the head cannot respace
@@ -119,16 +134,21 @@ class HartConfig:
         return 1 if self.class_conditional else self.context_token
 
     @classmethod
-    def from_official(cls, llm_config: Mapping[str, Any], *, vocab_size: int, latent_channels: int) -> HartConfig:
-        """Build from an official ``llm/config.json`` dict plus the tokenizer's vocab and channels."""
+    def from_official(
+        cls, llm_config: Mapping[str, Any], *, vocab_size: int, latent_channels: int, source: str = "HART config"
+    ) -> HartConfig:
+        """Build from an official ``llm/config.json`` dict plus the tokenizer's vocab and channels; errors name
+        ``source`` (the file)."""
         llm_config = {**_OFFICIAL_DEFAULTS, **llm_config}
         for key, allowed in _SUPPORTED.items():
             if key in llm_config and llm_config[key] not in allowed:
                 supported = ", ".join(map(repr, allowed))
-                raise CheckpointError(f"unsupported HART option {key}={llm_config[key]!r} (supported: {supported})")
+                raise CheckpointError(
+                    f"{source}: unsupported HART option {key}={llm_config[key]!r} (supported: {supported})"
+                )
         names = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "latent_channels"}
         kwargs = {k: llm_config[k] for k in names if k in llm_config}
-        return cls._checked(**kwargs, vocab_size=vocab_size, latent_channels=latent_channels)
+        return cls._checked(source, **kwargs, vocab_size=vocab_size, latent_channels=latent_channels)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -136,20 +156,21 @@ class HartConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HartConfig:
+    def from_dict(cls, data: Mapping[str, Any], source: str = "HART config") -> HartConfig:
+        """Build from a saved config dict (:meth:`to_dict`); errors name ``source`` (the file)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise CheckpointError(f"unknown HART config keys: {', '.join(sorted(unknown))}")
-        return cls._checked(**data)
+            raise CheckpointError(f"{source}: unknown HART config keys: {', '.join(sorted(unknown))}")
+        return cls._checked(source, **data)
 
     @classmethod
-    def _checked(cls, **kwargs: Any) -> HartConfig:
+    def _checked(cls, source: str, **kwargs: Any) -> HartConfig:
         """A config read from a checkpoint: a value the model cannot take is the checkpoint's problem."""
         try:
             return cls(**kwargs)
         except ValueError as exc:
-            raise CheckpointError(f"HART config: {exc}") from exc
+            raise CheckpointError(f"{source}: {exc}") from exc
 
 
 def check_schedule(patch_nums: Sequence[int], config: HartConfig | None = None) -> tuple[int, ...]:

@@ -23,12 +23,30 @@ MAX_GUIDANCE = 1e4  # far beyond any useful scale; larger ones overflow float32 
 MIN_TEMPERATURE = 1e-4  # below it (but above 0, greedy) the scaled logits overflow float32 the same way
 
 
-def check_number(value: object, name: str, whole: bool = False) -> None:
-    """Refuse, naming it, a ``value`` that is not a real number (a whole one if ``whole``); bools are refused
-    too, as they pass for integers."""
+def check_number(
+    value: object,
+    name: str,
+    whole: bool = False,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+) -> None:
+    """Refuse, naming it, a ``value`` that is not a real number (a whole one if ``whole``) or lies outside the
+    bounds given (``>= minimum``, ``> above``, ``< below``); bools are refused too, as they pass for integers, and
+    NaN whenever a bound is given."""
     kind = numbers.Integral if whole else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise InputError(f"{name} must be a {'whole ' if whole else ''}number, got {value!r}")
+    bounds = [f"{sign} {bound}" for sign, bound in ((">=", minimum), (">", above), ("<", below)) if bound is not None]
+    fits = (
+        not isinstance(value, bool)
+        and isinstance(value, kind)
+        and (minimum is None or value >= minimum)
+        and (above is None or value > above)
+        and (below is None or value < below)
+    )
+    if not fits:
+        within = " " + " and ".join(bounds) if bounds else ""
+        raise InputError(f"{name} must be a {'whole ' if whole else ''}number{within}, got {value!r:.80}")
 
 
 def check_guidance(scale: float, name: str = "guidance_scale") -> None:

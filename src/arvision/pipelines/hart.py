@@ -155,7 +155,10 @@ class HartPipeline(ProgressBars):
             raise CheckpointError(f"tokenizer folder not found: {tok_folder} (expected beside {llm})")
         tokenizer = HybridTokenizer.from_pretrained(tok_folder)
         config = HartConfig.from_official(
-            llm_config, vocab_size=tokenizer.config.vocab_size, latent_channels=tokenizer.config.z_channels
+            llm_config,
+            vocab_size=tokenizer.config.vocab_size,
+            latent_channels=tokenizer.config.z_channels,
+            source=str(llm / "config.json"),
         )
         if use_ema:
             weights = llm / EMA_FILE
@@ -562,7 +565,7 @@ def _id2label_from_json(data: Any, where: Path) -> dict[int, str]:
 
 def load_saved_transformer(folder: Path) -> HartTransformer:
     """The ``transformer/`` folder written by :meth:`HartPipeline.save_pretrained` (config + weights), in eval mode."""
-    config = HartConfig.from_dict(checkpoint.read_json(folder / "config.json"))
+    config = HartConfig.from_dict(checkpoint.read_json(folder / "config.json"), source=str(folder / "config.json"))
     return _load_transformer(config, checkpoint.find_weights_file(folder))
 
 

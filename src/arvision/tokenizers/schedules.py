@@ -7,6 +7,7 @@ by resolution but really describe a latent grid (16, 32, 64), which is how
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 from arvision.errors import InputError
@@ -50,9 +51,14 @@ def schedule_for_latent(latent_size: int, default: Sequence[int] | None = None) 
     return geometric_schedule(latent_size)
 
 
-def validate_schedule(patch_nums: Sequence[int]) -> tuple[int, ...]:
-    """Check that a schedule is a strictly increasing sequence of at least two positive sizes."""
+def validate_schedule(patch_nums: Sequence[int], name: str = "patch_nums") -> tuple[int, ...]:
+    """Check that a schedule is a strictly increasing sequence of at least two positive sizes (whole numbers:
+    int() would read "8" or truncate 2.5, hiding a malformed config); errors call it ``name``."""
+    if isinstance(patch_nums, str | bytes) or not isinstance(patch_nums, Sequence):
+        raise InputError(f"{name} must be a list of whole numbers, got {patch_nums!r:.80}")
+    if not all(isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in patch_nums):
+        raise InputError(f"{name} must be a list of whole numbers, got {list(patch_nums)!r:.80}")
     patch_nums = tuple(int(p) for p in patch_nums)
     if len(patch_nums) < 2 or patch_nums[0] < 1 or any(b <= a for a, b in zip(patch_nums, patch_nums[1:])):
-        raise InputError(f"patch_nums must increase strictly from >= 1 over >= 2 scales, got {patch_nums}")
+        raise InputError(f"{name} must increase strictly from >= 1 over >= 2 scales, got {patch_nums}")
     return patch_nums
