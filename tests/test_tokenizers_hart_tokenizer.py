@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -289,3 +290,28 @@ def test_unsupported_official_options_are_refused():
     )
     config = HybridTokenizerConfig.from_dict({"vocab_size": 8, "levels": [8, 8], "hybrid": False, "ch_mult": [1, 2]})
     assert config.vocab_size == 8 and config.ch_mult == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ch", 0, "ch must be a whole number >= 1, got 0"),
+        ("norm_groups", 7, "norm_groups 7 does not divide the 8 channels of a layer"),
+        ("quant_resi", "x", "quant_resi must be a number, got 'x'"),
+        ("vocab_size", "x", "vocab_size must be a whole number >= 1, got 'x'"),
+        ("ch_mult", "abc", "ch_mult must be a non-empty list of whole numbers, got 'abc'"),
+        ("dropout", 1.0, "dropout must be a number >= 0 and < 1, got 1.0"),
+        ("quant_conv_ks", 2, "quant_conv_ks must be odd, got 2"),
+        ("v_patch_nums", "x", "v_patch_nums must be a list of whole numbers, got 'x'"),
+        ("v_patch_nums", (3, 2, 1), "v_patch_nums must increase strictly from >= 1 over >= 2 scales, got (3, 2, 1)"),
+    ],
+)
+def test_config_values_the_model_cannot_take_are_named(tmp_path, field, value, message):
+    with pytest.raises(InputError, match=re.escape(message)):  # as training builds it
+        tiny_config(**{field: value})
+    HybridTokenizer(tiny_config()).save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, field: list(value) if isinstance(value, tuple) else value}))
+    with pytest.raises(CheckpointError, match=re.escape(f"{config_file}: {message}")):
+        HybridTokenizer.from_pretrained(tmp_path)

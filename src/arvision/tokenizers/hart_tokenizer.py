@@ -20,6 +20,7 @@ from torch import nn
 
 from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
+from arvision.nn.sampling import check_number
 from arvision.nn.vqgan import Decoder, Encoder
 from arvision.tokenizers.discriminator import DISCRIMINATOR_PREFIX
 from arvision.tokenizers.multiscale_quantizer import MultiScaleQuantizer, QuantizerOutput
@@ -46,13 +47,44 @@ class HybridTokenizerConfig:
     # Not in the official config: the official model hard-codes 32 GroupNorm groups.
     norm_groups: int = 32
 
+    def __post_init__(self) -> None:
+        # Checked here so that a value the model cannot take is named before torch fails on it, for configs
+        # built in training (an InputError, which is a ValueError) and read from folders (from_dict).
+        for name in ("vocab_size", "z_channels", "ch", "norm_groups"):
+            check_number(getattr(self, name), name, whole=True, minimum=1)
+        check_number(self.dropout, "dropout", minimum=0, below=1)
+        check_number(self.beta, "beta", minimum=0)
+        check_number(self.quant_resi, "quant_resi")
+        check_number(self.share_quant_resi, "share_quant_resi", whole=True, minimum=1)
+        check_number(self.quant_conv_ks, "quant_conv_ks", whole=True, minimum=1)
+        if self.quant_conv_ks % 2 == 0:  # padding ks // 2 keeps the latent's size for odd kernels only
+            raise InputError(f"quant_conv_ks must be odd, got {self.quant_conv_ks}")
+        if not isinstance(self.using_znorm, bool):
+            raise InputError(f"using_znorm must be true or false, got {self.using_znorm!r}")
+        ch_mult = self.ch_mult
+        if isinstance(ch_mult, str | bytes) or not isinstance(ch_mult, Sequence) or not ch_mult:
+            raise InputError(f"ch_mult must be a non-empty list of whole numbers, got {ch_mult!r:.80}")
+        for mult in ch_mult:
+            check_number(mult, "each ch_mult entry", whole=True, minimum=1)
+        self.ch_mult = tuple(ch_mult)
+        # GroupNorm needs the group count to divide the channels of every norm (vqgan.group_norm takes
+        # min(groups, channels) groups, so narrower layers are fine).
+        for channels in sorted({self.ch * m for m in (1, *self.ch_mult)}):
+            if channels % min(self.norm_groups, channels):
+                raise InputError(
+                    f"norm_groups {self.norm_groups} does not divide the {channels} channels of a "
+                    f"layer (ch {self.ch} x ch_mult)"
+                )
+        self.v_patch_nums = validate_schedule(self.v_patch_nums, "v_patch_nums")
+
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HybridTokenizerConfig:
-        """Build from an official or saved config dict; options this port does not implement are errors."""
+    def from_dict(cls, data: Mapping[str, Any], source: str = "tokenizer config") -> HybridTokenizerConfig:
+        """Build from an official or saved config dict; options this port does not implement, and values the
+        model cannot take, are CheckpointErrors naming ``source`` (the file)."""
         # option -> (is the value unsupported?, why)
         unsupported = {
             "double_decoder": (bool, "a second decoder is not implemented"),
@@ -73,15 +105,12 @@ class HybridTokenizerConfig:
         }
         for key, (is_bad, why) in unsupported.items():
             if key in data and is_bad(data[key]):
-                raise CheckpointError(f"tokenizer config option {key}={data[key]!r} is not supported: {why}")
+                raise CheckpointError(f"{source}: option {key}={data[key]!r} is not supported: {why}")
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        for key in ("ch_mult", "v_patch_nums"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        config = cls(**kwargs)
-        validate_schedule(config.v_patch_nums)
-        return config
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except InputError as exc:
+            raise CheckpointError(f"{source}: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         """Official ``HARTAutoEncoderWithDiscConfig`` layout (plus ``norm_groups``)."""
@@ -249,7 +278,8 @@ class HybridTokenizer(nn.Module):
         """Load the official ``tokenizer/`` folder (``vae.``-prefixed keys, ``disc.`` ignored) or an unprefixed
         one; any other key is a CheckpointError naming it."""
         folder = Path(folder)
-        config = HybridTokenizerConfig.from_dict(checkpoint.read_json(folder / "config.json"))
+        config_file = folder / "config.json"
+        config = HybridTokenizerConfig.from_dict(checkpoint.read_json(config_file), source=str(config_file))
         weights = checkpoint.find_weights_file(folder)
         state = checkpoint.load_state_dict(weights)
         prefix = WEIGHT_PREFIX if any(k.startswith(WEIGHT_PREFIX) for k in state) else ""
