@@ -1,3 +1,9 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 import yaml
@@ -94,6 +100,9 @@ def test_recipe_runs_its_stages_in_order_and_continues_where_it_stopped(tmp_path
         ([{"name": "a b", "task": "hart"}], "letters, digits"),
         ([{"name": "a", "task": "hart", "set": {"model.transformer": {"depth": 2}}}], "by its dotted keys"),
         ([{"name": "a", "task": "hart", "steps": 3}], "unknown config key"),
+        # a stage's own config is checked before any stage trains (--dry-run too)
+        ([{"name": "a", "task": "hart", "set": {"foo": 1}}], r"stage 'a': unknown config key\(s\): foo"),
+        ([{"name": "a", "task": "hart", "set": {"max_steps": "many"}}], "stage 'a': max_steps: cannot read 'many'"),
         ([], "non-empty list of stages"),
         ([{"task": "hart"}], r"missing config key\(s\): stages.name"),
     ],
@@ -113,6 +122,25 @@ def test_a_recipe_without_out_dir_or_file_is_named(tmp_path):
 
 
 def test_a_failing_stage_stops_the_recipe_with_a_message(tmp_path, capsys):
-    path = write_recipe(tmp_path, [{"name": "a", "task": "tokenizer", "set": {"max_steps": "many"}}])
+    path = write_recipe(tmp_path, [{"name": "a", "task": "tokenizer", "set": {"model.tokenizer.chh": 3}}])
     assert cli_main(["recipe", path]) == 2
     assert "stage 1/1 'a' failed (exit status 2); run the same command again to resume it" in capsys.readouterr().err
+
+
+def test_a_sigterm_to_the_recipe_stops_its_stage(tmp_path):
+    """A kill of the recipe (a supervisor's SIGTERM) must not leave its stage training on alone."""
+    pid_file = tmp_path / "stage.pid"
+    stage = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    outer = (
+        f"import sys; from arvision.cli.recipe import run_stage; print(run_stage([sys.executable, '-c', {stage!r}]))"
+    )
+    recipe = subprocess.Popen([sys.executable, "-c", outer], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert recipe.poll() is None and time.time() < deadline, "the stage did not start"
+        time.sleep(0.05)
+    recipe.send_signal(signal.SIGTERM)
+    out, _ = recipe.communicate(timeout=30)
+    assert out.strip() == str(-signal.SIGTERM)  # the stage was stopped by the same signal
+    with pytest.raises(ProcessLookupError):  # and is gone (reaped by the recipe's wait)
+        os.kill(int(pid_file.read_text()), 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,18 @@ def stage_command(arguments: list[str], nproc_per_node: int) -> list[str]:
     return [sys.executable, "-m", "arvision", "train", *arguments]
 
 
+def run_stage(command: list[str]) -> int:
+    """Run a stage's process to its end -> its exit status. A SIGTERM to the recipe (``kill``, a supervisor,
+    ``docker stop``) is passed on, so the stage stops with it instead of training on alone (a terminal's
+    Ctrl-C reaches both already)."""
+    stage = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stage.send_signal(signum))
+    try:
+        return stage.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.nproc_per_node < 1:
         raise ArvisionError("--nproc-per-node must be at least 1")
@@ -55,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label}: {shlex.join(command[1:])}", flush=True)
         if args.dry_run:
             continue
-        code = subprocess.run(command).returncode
+        code = run_stage(command)
         if code != 0:
             raise ArvisionError(f"{label} failed (exit status {code}); run the same command again to resume it")
     if not args.dry_run:

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from arvision.errors import InputError
-from arvision.training.config import build_dataclass, read_config_file
+from arvision.training.config import build_dataclass, load_config, read_config_file
+from arvision.training.loop import TrainConfig
 from arvision.training.tasks import TASK_NAMES
 
 STAGE_REFERENCE = re.compile(r"\{([A-Za-z0-9_-]+)\}")
@@ -62,8 +63,9 @@ class Recipe:
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read and check a recipe file: stage names unique, tasks known, config files present, and every
-    ``{name}`` naming an earlier stage."""
+    """Read and check a recipe file: stage names unique, tasks known, config files present, every ``{name}``
+    naming an earlier stage, and each stage's config and overrides a valid TrainConfig (the task's own model
+    and data sections are checked when the stage starts: they may name folders earlier stages make)."""
     if not Path(path).is_file():
         raise InputError(f"recipe file not found: {path}")
     data = read_config_file(path)
@@ -94,6 +96,10 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
                 if name not in earlier:
                     raise InputError(f"{where}: {{{name}}} does not name an earlier stage")
         earlier.add(stage.name)
+        try:
+            load_config(TrainConfig, stage.config, _overrides(recipe, stage), base={"task": stage.task})
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from exc
     return recipe
 
 
@@ -113,8 +119,13 @@ def stage_arguments(recipe: Recipe, stage: RecipeStage) -> list[str]:
     args = [stage.task]
     if stage.config is not None:
         args += ["--config", stage.config]
-    for key, value in stage.set.items():
-        resolved = STAGE_REFERENCE.sub(lambda m: str(recipe.model_folder(m.group(1))), _text(value))
-        args.append(f"{key}={resolved}")
-    args.append(f"out_dir={recipe.stage_dir(stage.name)}")
-    return args
+    return args + _overrides(recipe, stage)
+
+
+def _overrides(recipe: Recipe, stage: RecipeStage) -> list[str]:
+    """``stage``'s ``key=value`` overrides, stage references resolved, its ``out_dir`` last."""
+    resolved = {
+        key: STAGE_REFERENCE.sub(lambda m: str(recipe.model_folder(m.group(1))), _text(value))
+        for key, value in stage.set.items()
+    }
+    return [f"{key}={value}" for key, value in resolved.items()] + [f"out_dir={recipe.stage_dir(stage.name)}"]
