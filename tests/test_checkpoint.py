@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from arvision import checkpoint
-from arvision.errors import CheckpointError
+from arvision.errors import CheckpointError, InputError
 
 
 def test_atomic_path_keeps_old_file_when_the_write_fails(tmp_path):
@@ -239,3 +239,14 @@ def test_a_shard_index_that_does_not_match_its_shards_is_named(shards, weight_ma
     with pytest.raises(CheckpointError, match=re.escape(message)) as info:
         _load_index(shards, weight_map)
     assert "model.safetensors.index.json" in str(info.value)
+
+
+@pytest.mark.parametrize("write", [checkpoint.atomic_path, checkpoint.atomic_folder])
+def test_atomic_writes_under_a_file_name_it_in_one_line(tmp_path, write):
+    (tmp_path / "afile").write_text("x")
+    for under, message in (
+        ("out", f"cannot write {tmp_path}/afile/out: {tmp_path}/afile is a file, not a folder"),
+        ("sub/out", f"cannot write {tmp_path}/afile/sub/out: cannot create the folder {tmp_path}/afile/sub"),
+    ):
+        with pytest.raises(InputError, match=re.escape(message)), write(tmp_path / "afile" / under):
+            pass

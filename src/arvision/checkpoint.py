@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from arvision.errors import CheckpointError
+from arvision.errors import CheckpointError, InputError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -65,7 +65,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     one, never an empty or partial one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -79,6 +79,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _make_parent(path: Path) -> None:
+    """Create the folder ``path`` goes in; an OSError (a file in the way, no permission) is an :class:`InputError`
+    naming ``path``, so that API callers get one line too."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # exist_ok: what is there is not a folder
+        raise InputError(f"cannot write {path}: {exc.filename} is a file, not a folder") from None
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: cannot create the folder {exc.filename} ({exc.strerror})") from None
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -232,7 +243,7 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     ``folder`` deletes such leftovers.)
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         yield tmp
