@@ -182,3 +182,26 @@ def test_a_finished_prompts_file_run_does_not_load_the_model_again(tmp_path, mon
     assert len(pipe.loads) == 1 and len(pipe.calls) == 2  # batches of 2 and 1 prompts
     assert main([*args, "-o", str(tmp_path / "out")]) == 0
     assert len(pipe.loads) == 1 and "(0 drawn now)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, output, message",
+    [
+        ([], "folder.png", "cannot write -o {d}/folder.png: it is a folder"),
+        (["-n", "2"], "many.png", "cannot write -o {d}/many-001.png: it is a folder"),
+        ([], "afile/g.png", "cannot write -o {d}/afile/g.png: {d}/afile is a file, not a folder"),
+        (["--prompts-file", "prompts.txt"], "afile/sub", "cannot write -o {d}/afile/sub: {d}/afile is a file"),
+        (["--prompts-file", "prompts.txt"], "afile", "cannot write -o {d}/afile: it is a file, not a folder"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys, extra, output, message):
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "many-001.png").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    extra = [str(tmp_path / e) if e.endswith(".txt") else e for e in extra]
+    prompt = [] if "--prompts-file" in extra else ["a cat"]
+    args = ["generate", *prompt, *extra, "--model", str(tmp_path / "missing"), "-o", str(tmp_path / output)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.format(d=tmp_path) in err and len(err.splitlines()) == 1

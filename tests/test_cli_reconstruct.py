@@ -87,3 +87,13 @@ def test_unknown_arguments_are_named(photo, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["reconstruct", str(photo), "--sizes", "32"])
     assert stop.value.code == 2 and "unrecognized arguments: --sizes 32" in capsys.readouterr().err
+
+
+def test_an_output_it_cannot_write_is_refused_before_the_tokenizer_loads(photo, tmp_path, capsys):
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "afile").write_text("x")
+    missing = str(tmp_path / "missing")  # reaching the loader would name this folder instead
+    for output, message in (("dir.png", "it is a folder"), ("afile/r.png", f"{tmp_path / 'afile'} is a file")):
+        assert main(["reconstruct", str(photo), "--model", missing, "-o", str(tmp_path / output)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"cannot write -o {tmp_path / output}: {message}" in err and len(err.splitlines()) == 1

@@ -106,3 +106,20 @@ def test_generate_dispatches_on_a_vila_u_folder(tmp_path, capsys):
     assert "HART models only" in capsys.readouterr().err
     assert main(["generate", "x", "--model", str(FIXTURE), "--diffusion-steps", "4", "-o", str(out)]) == 2
     assert "--diffusion-steps applies to HART models only" in capsys.readouterr().err
+
+
+def test_generate_video_refuses_an_output_it_cannot_write_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "dir.gif").mkdir()
+    (tmp_path / "taken.strip.png").mkdir()
+    (tmp_path / "afile").write_text("x")
+    base = ["generate-video", "x", "--model", str(tmp_path / "missing"), "-o"]
+    for output, message in (
+        ("dir.gif", "dir.gif: it is a folder"),
+        ("afile/v.gif", f"afile/v.gif: {tmp_path / 'afile'} is a file, not a folder"),
+        ("taken.gif", "taken.strip.png: it is a folder"),
+    ):
+        assert main([*base, str(tmp_path / output)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"cannot write -o {tmp_path}/" in err and message in err and len(err.splitlines()) == 1
+    assert main([*base, str(tmp_path / "taken.gif"), "--no-strip"]) == 2  # the strip is not written: the model loads
+    assert "taken" not in capsys.readouterr().err

@@ -149,3 +149,15 @@ def test_saved_reference_features_give_the_same_distances_and_only_for_the_same_
         assert "holds features of another network or image size" in capsys.readouterr().err
     assert main([*base, "--reference", str(saved), "--save-reference-features", str(tmp_path / "x.safetensors")]) == 2
     assert "already a features file" in capsys.readouterr().err
+
+
+def test_a_features_file_it_cannot_write_is_refused_before_the_images_are_read(tmp_path, capsys):
+    (tmp_path / "dir.safetensors").mkdir()
+    (tmp_path / "afile").write_text("x")
+    missing = str(tmp_path / "missing.pt")  # reaching the network would name it instead
+    base = ["eval", "fid", "--images", str(tmp_path), "--reference", str(tmp_path), "--inception", missing]
+    for output, message in (("dir.safetensors", "it is a folder"), ("afile/f.safetensors", "afile is a file")):
+        assert main([*base, "--save-reference-features", str(tmp_path / output)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"cannot write --save-reference-features {tmp_path / output}: " in err and message in err
+        assert len(err.splitlines()) == 1

@@ -111,3 +111,25 @@ def test_the_installed_cli_runs_the_same_evaluation(hart_fixture_dir, capsys):
     assert main(["eval", "hart-world", "--model", str(hart_fixture_dir), "--images-per-prompt", "0"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == str(hart_fixture_dir) and report["top_k"] == "official"
+
+
+def test_a_grid_it_cannot_write_is_refused_before_the_model_loads(tmp_path, capsys):
+    from arvision.cli import main
+
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "afile").write_text("x")
+    base = ["eval", "hart-world", "--model", str(tmp_path / "missing"), "--grid"]
+    for output, message in (("dir.png", "it is a folder"), ("afile/g.png", f"{tmp_path / 'afile'} is a file")):
+        assert main([*base, str(tmp_path / output)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"cannot write --grid {tmp_path / output}: {message}" in err and len(err.splitlines()) == 1
+
+
+def test_the_grid_goes_into_a_new_folder(tmp_path, capsys):
+    from arvision.cli import main
+
+    grid = tmp_path / "new" / "grid.png"
+    model = str(default_model_path("hart"))
+    args = ["eval", "hart-world", "--model", model, "--images-per-prompt", "0", "--size", "32"]
+    assert main([*args, "--grid", str(grid)]) == 0
+    assert Image.open(grid).size[0] > 32  # the held-out prompts side by side

@@ -58,6 +58,28 @@ def numbered_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i:03d}{output.suffix}") for i in range(count)]
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse, before any model loads, an output file that cannot be written: a folder at ``path``, or a file
+    where one of its parent folders would be (the write would fail only after all the work)."""
+    if path.is_dir():
+        raise InputError(f"cannot write {flag} {path}: it is a folder")
+    _check_no_file_above(path.parent, flag, path)
+
+
+def check_output_folder(path: Path, flag: str) -> None:
+    """Refuse, before any model loads, an output folder that cannot be made: a file at ``path`` or where one of
+    its parent folders would be."""
+    _check_no_file_above(path, flag, path)
+
+
+def _check_no_file_above(folder: Path, flag: str, output: Path) -> None:
+    """The nearest existing one of ``folder`` and its parents must be a folder (the others can be created)."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "it" if existing == output else str(existing)
+        raise InputError(f"cannot write {flag} {output}: {where} is a file, not a folder")
+
+
 def silence_library_progress() -> None:
     """``--quiet``: also hide the bars transformers draws while it loads weights (a process-wide switch)."""
     from transformers.utils import logging

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from arvision.cli import at_least
-from arvision.cli.common import add_device_argument, add_device_arguments, torch_dtype
+from arvision.cli.common import add_device_argument, add_device_arguments, check_output_file, torch_dtype
 from arvision.errors import InputError
 
 FROM_FOLDER = object()  # --top-k not given: the model folder's top-k
@@ -116,6 +116,8 @@ def run_hart_world(args: argparse.Namespace) -> int:
     from arvision.imaging import make_grid
     from arvision.pipelines.hart import HartPipeline
 
+    if args.grid is not None:
+        check_output_file(args.grid, "--grid")  # before the evaluation, which a bad output would waste
     pipe = HartPipeline.from_pretrained(args.model, device=args.device, torch_dtype=torch_dtype(args.dtype))
     # The pipeline's defaults, which calls that name no cfg / top-k use.
     if args.cfg is not None:
@@ -136,6 +138,7 @@ def run_hart_world(args: argparse.Namespace) -> int:
         report = world_shape_accuracy(generate, args.images_per_prompt, first_seed=args.first_seed)
     if args.grid:
         held_out = [case.prompt for case in prompt_sets()["held_out"]]
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
         make_grid(generate(held_out, args.first_seed)).save(args.grid)
     if args.caption_use:
         report["caption_use"] = caption_use_report(pipe, args.caption_use, args.size)
@@ -310,6 +313,8 @@ def run_fid(args: argparse.Namespace) -> int:
 
     if args.save_reference_features is not None and args.reference.suffix == ".safetensors":
         raise InputError("--reference is already a features file: --save-reference-features has nothing to save")
+    if args.save_reference_features is not None:
+        check_output_file(args.save_reference_features, "--save-reference-features")  # before reading the images
     network = TorchScriptInception(args.inception)
     reading = {"size": args.size, "batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
     sets = {}

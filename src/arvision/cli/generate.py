@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 from arvision.checkpoint import atomic_path
 from arvision.cli.common import (
     add_device_arguments,
+    check_output_file,
+    check_output_folder,
     numbered_paths,
     per_image_seeds,
     silence_library_progress,
@@ -144,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         per_image_seeds(seed, len(prompts) * args.num_images)
     if args.strength is not None and (args.image is None or not 0 <= args.strength <= 1):
         raise InputError("--strength needs --image and a value within 0..1")
-    if args.prompts_file is None and args.output.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InputError(f"--output must end in one of {', '.join(IMAGE_SUFFIXES)}, got {args.output.name}")
+    if args.prompts_file is None:
+        _check_output_files(args)
     init_image = None if args.image is None else load_image(args.image)
     if args.quiet:
         silence_library_progress()
@@ -156,12 +158,10 @@ def run(args: argparse.Namespace) -> int:
     images = _drawer(folder, args, init_image)(prompts, seeds)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.grid and len(images) > 1:
-        make_grid(images).save(args.output)
-        written = [args.output]
-    else:
-        written = numbered_paths(args.output, len(images))
-        for image, path in zip(images, written):
-            image.save(path)
+        images = [make_grid(images)]
+    written = _output_files(args)
+    for image, path in zip(images, written, strict=True):
+        image.save(path)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -176,8 +176,21 @@ def _check_prompts_file_output(args: argparse.Namespace) -> None:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.grid:
         raise InputError("--grid draws one prompt's images together; --prompts-file writes a file per image")
-    if args.output.suffix.lower() in IMAGE_SUFFIXES or args.output.is_file():
+    if args.output.suffix.lower() in IMAGE_SUFFIXES:
         raise InputError(f"with --prompts-file, -o is the folder the images go to, got {args.output}")
+    check_output_folder(args.output, "-o")
+
+
+def _output_files(args: argparse.Namespace) -> list[Path]:
+    """Where one prompt's images go: -o itself (one image, or --grid), else numbered files beside it."""
+    return numbered_paths(args.output, 1 if args.grid else args.num_images)
+
+
+def _check_output_files(args: argparse.Namespace) -> None:
+    if args.output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"--output must end in one of {', '.join(IMAGE_SUFFIXES)}, got {args.output.name}")
+    for path in _output_files(args):
+        check_output_file(path, "-o")
 
 
 def _draw_prompts_file(load: Callable[[], Drawer], prompts: list[str], seed: int, args: argparse.Namespace) -> int:

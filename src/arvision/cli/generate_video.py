@@ -9,6 +9,7 @@ from pathlib import Path
 from arvision.cli import at_least
 from arvision.cli.common import (
     add_device_arguments,
+    check_output_file,
     numbered_paths,
     per_image_seeds,
     silence_library_progress,
@@ -52,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if output.suffix.lower() not in VIDEO_OUTPUTS:
         raise InputError(f"--output must end in {', '.join(VIDEO_OUTPUTS)}, got {output.name}")
     check_fps(args.fps, output.suffix)  # before the (slow) generation
+    paths = numbered_paths(output, args.num_videos)
+    for path in paths:
+        for written in (path,) if args.no_strip else (path, _strip_path(path)):
+            check_output_file(written, "-o")
     seeds = None if args.seed is None else per_image_seeds(args.seed, args.num_videos)
     if args.quiet:
         silence_library_progress()
@@ -66,11 +71,14 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
     )
-    for frames, numbered in zip(videos, numbered_paths(output, len(videos))):
-        path = save_video(frames, numbered, fps=args.fps)
-        print(path)
+    for frames, path in zip(videos, paths, strict=True):
+        print(save_video(frames, path, fps=args.fps))
         if not args.no_strip:
-            strip = path.with_name(f"{path.stem}.strip.png")
-            frame_strip(frames).save(strip)
-            print(strip)
+            frame_strip(frames).save(_strip_path(path))
+            print(_strip_path(path))
     return 0
+
+
+def _strip_path(video: Path) -> Path:
+    """Where a video's frames side by side go: ``NAME.strip.png`` beside it."""
+    return video.with_name(f"{video.stem}.strip.png")

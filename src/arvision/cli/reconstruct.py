@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arvision.cli.common import add_device_argument
+from arvision.cli.common import add_device_argument, check_output_file
 from arvision.defaults import DEFAULTS_DIR, default_model_path
 from arvision.errors import InputError
 from arvision.eval.metrics import psnr, ssim
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.size <= 0:
         raise InputError(f"--size must be positive, got {args.size}")
+    check_output_file(args.output, "-o")  # before the work, which a bad output would waste
     image = load_image(args.image)
     if args.model is not None and is_vila_u_folder(args.model):
         raise InputError(f"{args.model} is a VILA-U folder; reconstruct takes a HART tokenizer folder")
