@@ -58,6 +58,12 @@ def numbered_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i:03d}{output.suffix}") for i in range(count)]
 
 
+def check_input_file(path: Path, flag: str) -> None:
+    """An input file given as a folder is named as one (the readers would call it "not found")."""
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder, not a file")
+
+
 def check_output_file(path: Path, flag: str) -> None:
     """Refuse, before any model loads, an output file that cannot be written: a folder at ``path``, or a file
     where one of its parent folders would be (the write would fail only after all the work)."""
