@@ -32,6 +32,12 @@ def test_hart_task_derives_shapes_from_tokenizer_and_text_encoder():
         ({}, {"resolution": 0}, "data.resolution must be > 0, got 0"),
         ({}, {"resolution": 32, "length": 0}, "data.length must be > 0, got 0"),
         ({"lora": {"rank": -1}}, {"resolution": 32}, "rank >= 0"),
+        ({}, {"resolution": 32, "length": 10**12}, "data.length must be at most 100,000,000"),
+        (
+            {"transformer": {**TINY_MODEL["transformer"], "vocab_size": 7}},
+            {"resolution": 32},
+            r"model.transformer.vocab_size is not set by hand: the tokenizer's codebook sets it \(640\)",
+        ),
     ],
 )
 def test_out_of_range_settings_are_named(model, data, message):

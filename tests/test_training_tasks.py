@@ -30,6 +30,9 @@ def test_unknown_task_and_keys_are_named():
         ({}, {"length": 0}, 0, "data.length must be > 0, got 0"),
         ({}, {"resolution": 40}, 0, "data.resolution 40 is not a multiple of the tokenizer's downsampling 16"),
         ({"loss": {"perceptual_weight": 1.0}}, {}, 0, "model.loss.perceptual_weight: .* no perceptual network"),
+        ({"loss": {"continuous_prob": 2}}, {}, 0, r"model.loss.continuous_prob must be within \[0, 1\], got 2"),
+        ({"loss": {"gan_weight": -1}}, {}, 0, "model.loss.gan_weight must be a finite number >= 0, got -1"),
+        ({}, {"length": 10**9}, 0, "data.length must be at most 100,000,000"),
     ],
 )
 def test_tokenizer_task_names_out_of_range_settings(model, data, seed, message):

@@ -322,6 +322,8 @@ def test_a_fresh_llm_of_another_size_trains_on_the_same_tower_and_exports(tmp_pa
         _task("vila-u", model={"llm": llm, "train": ["llm"]})
     with pytest.raises(InputError, match="model.llm"):
         _task("vila-u", model={"llm": {"hidden_size": 100, "num_attention_heads": 3}})
+    with pytest.raises(InputError, match=r"model.llm: unknown LlamaConfig key\(s\) \['bogus_key'\]"):
+        _task("vila-u", model={"llm": {**llm, "bogus_key": 3}})
 
 
 def test_input_transforms_standardise_or_whiten_features():

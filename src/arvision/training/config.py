@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -194,3 +195,25 @@ def load_config(
         data = _merge(data, read_config_file(path))
     data = _merge(data, _nest(parse_overrides(overrides)))
     return build_dataclass(cls, data)
+
+
+# An epoch's sample indices are shuffled in memory (8 bytes each): 1e8 is 800 MB, far past any epoch of use.
+MAX_DATA_LENGTH = 10**8
+
+
+def require_positive(section: str, values: Mapping[str, int | float]) -> None:
+    """InputError naming ``section.key`` for the first value that is not > 0 (a ``length`` not within
+    1..MAX_DATA_LENGTH)."""
+    for key, value in values.items():
+        if value <= 0:
+            raise InputError(f"{section}.{key} must be > 0, got {value}")
+        if key == "length" and value > MAX_DATA_LENGTH:
+            raise InputError(f"{section}.length must be at most {MAX_DATA_LENGTH:,} (one epoch's order), got {value}")
+
+
+def require_within(section: str, values: Mapping[str, float], low: float, high: float = math.inf) -> None:
+    """InputError naming ``section.key`` for the first value that is not a finite number in [low, high]."""
+    for key, value in values.items():
+        if not (low <= value <= high and math.isfinite(value)):  # NaN fails the comparisons
+            bounds = f"within [{low:g}, {high:g}]" if high < math.inf else f"a finite number >= {low:g}"
+            raise InputError(f"{section}.{key} must be {bounds}, got {value}")

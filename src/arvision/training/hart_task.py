@@ -37,12 +37,12 @@ from arvision.pipelines.hart import (
 from arvision.text.base import TextEncoder
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
-from arvision.training.config import build_dataclass, yaml_values
+from arvision.training.config import build_dataclass, require_positive, yaml_values
 from arvision.training.distributed import root_params_gathered
 from arvision.training.hart_loss import HartLossConfig, hart_loss
 from arvision.training.latent_cache import CachedTargets, tokenize_targets
 from arvision.training.lora import LoraSettings, add_lora, merge_adapters
-from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, check_train_parts, require_positive
+from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, check_train_parts
 
 
 @dataclass
@@ -243,6 +243,17 @@ class HartTask(TrainingTask):
             derived["num_classes"] = len(self.class_images.classes)
         else:
             derived |= {"context_dim": self.text_encoder.hidden_size, "context_token": self.text_encoder.max_length}
+        sources = {
+            "vocab_size": "the tokenizer's codebook",
+            "latent_channels": "the tokenizer's latent channels",
+            "patch_nums": "the tokenizer's schedule at data.resolution",
+            "num_classes": "the class folders",
+            "context_dim": "the text encoder",
+            "context_token": "model.context_tokens",
+        }
+        for key in derived.keys() & self.model_config.transformer.keys():
+            # it would be replaced: a run must not silently differ from its config
+            raise InputError(f"model.transformer.{key} is not set by hand: {sources[key]} sets it ({derived[key]})")
         try:
             return build_dataclass(
                 HartConfig, {**self.model_config.transformer, **derived}, prefix="model.transformer."

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from arvision.tokenizers.rq_vision_tower import RQVisionTower
+from arvision.training.config import require_within
 
 
 @dataclass
@@ -28,6 +29,9 @@ class TowerLossWeights:
     contrastive: float = 1.0
     reconstruction: float = 1.0
     perceptual: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_within("model.loss", vars(self), 0)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
 from arvision.tokenizers.discriminator import PatchDiscriminator, load_discriminator
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
-from arvision.training.config import build_dataclass
+from arvision.training.config import build_dataclass, require_positive
 from arvision.training.distributed import unwrap
 from arvision.training.tokenizer import TokenizerLossConfig, TokenizerObjective, set_train_mode
 
@@ -91,13 +91,6 @@ class ObjectiveWithFrozenHelpers(nn.Module):
         for module in self.frozen_modules():
             module._apply(fn)
         return self
-
-
-def require_positive(section: str, values: Mapping[str, int | float]) -> None:
-    """InputError naming ``section.key`` for the first value that is not > 0."""
-    for key, value in values.items():
-        if value <= 0:
-            raise InputError(f"{section}.{key} must be > 0, got {value}")
 
 
 def check_train_parts(train: Sequence[str], parts: Sequence[str], lora: bool, adapted: str, adapted_part: str) -> None:

@@ -29,6 +29,7 @@ from torch.func import functional_call
 from arvision.errors import InputError
 from arvision.tokenizers.discriminator import PatchDiscriminator
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
+from arvision.training.config import require_within
 
 FeatureExtractor = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
@@ -76,6 +77,14 @@ class TokenizerLossConfig:
     mode: Literal["decoder", "full"] = "decoder"
     # "full" mode: restart codes hit less than this fraction of a uniform share (0 disables restarts).
     restart_dead_codes: float = 0.0
+
+    def __post_init__(self) -> None:
+        weights = ("l1_weight", "l2_weight", "perceptual_weight", "vq_weight", "gan_weight")
+        require_within("model.loss", {name: getattr(self, name) for name in weights}, 0)
+        require_within(
+            "model.loss", {"continuous_prob": self.continuous_prob, "restart_dead_codes": self.restart_dead_codes}, 0, 1
+        )
+        require_within("model.loss", {"gan_start": self.gan_start}, 0)
 
 
 class TokenizerObjective(nn.Module):

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, default_collate
+from transformers import LlamaConfig
 
 from arvision.checkpoint import select_prefix
 from arvision.data.datasets import WorldImages, WorldVideos, WorldVQA
@@ -42,11 +43,11 @@ from arvision.text.base import TextEncoder
 from arvision.text.hashed_words import hashed_word_ids
 from arvision.text.hf_encoder import minilm_text_encoder
 from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
-from arvision.training.config import build_dataclass, yaml_values
+from arvision.training.config import build_dataclass, require_positive, yaml_values
 from arvision.training.distributed import is_fsdp, root_params_gathered
 from arvision.training.lora import LoraSettings, add_lora, merge_adapters
 from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
-from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, check_train_parts, require_positive
+from arvision.training.tasks import ObjectiveWithFrozenHelpers, TrainingTask, check_train_parts
 from arvision.training.vila_u import VilaUExample, generation_example, understanding_example, vila_u_loss
 
 VILA_U_PARTS = ("llm", "mm_projector", "depth_transformer")
@@ -393,6 +394,10 @@ class VilaUTask(TrainingTask):
         if set(VILA_U_PARTS) - set(self.model_config.train):
             raise InputError(f"model.llm starts {list(VILA_U_PARTS)} afresh, so model.train must name them all")
         parsed = yaml_values(llm_overrides)  # LlamaConfig checks types strictly
+        # LlamaConfig would keep an unknown key as an attribute and train as if it were not given
+        unknown = sorted(set(parsed) - set(LlamaConfig().to_dict()) - set(base.config.llm))
+        if unknown:
+            raise InputError(f"model.llm: unknown LlamaConfig key(s) {unknown}")
         llm = {**base.config.llm, **parsed}
         try:
             depth = replace(base.config.depth, llm_dim=int(llm["hidden_size"]))
