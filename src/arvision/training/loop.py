@@ -112,7 +112,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     ema_decay: float = 0.0  # 0 disables the EMA
     save_every: int = 500
-    keep_last: int = 3
+    keep_last: int = 3  # 0 keeps every checkpoint
     log_every: int = 10
     sample_every: int = 0  # 0 disables sample grids
     num_workers: int = 0
