@@ -39,7 +39,7 @@ def test_reconstruct_defaults_to_the_bundled_photo(tmp_path, hart_fixture_dir, c
         (lambda d, p, m: ["reconstruct", str(d / "missing.png"), "--model", m], "image file not found"),
         (lambda d, p, m: ["reconstruct", str(d / "notes.txt"), "--model", m], "not a readable image"),
         (lambda d, p, m: ["reconstruct", str(p), "--size", "30", "--model", m], "not a multiple"),
-        (lambda d, p, m: ["reconstruct", str(p), "--size", "0", "--model", m], "must be positive"),
+        (lambda d, p, m: ["reconstruct", str(p), "--size", "0", "--model", m], "--size must be within 8..256"),
         (lambda d, p, m: ["reconstruct", str(p), "--model", str(d)], "config.json"),
         (lambda d, p, m: ["reconstruct", str(p), "--model", str(VILA_U)], "is a VILA-U folder; reconstruct takes"),
     ],
@@ -97,3 +97,16 @@ def test_an_output_it_cannot_write_is_refused_before_the_tokenizer_loads(photo, 
         assert main(["reconstruct", str(photo), "--model", missing, "-o", str(tmp_path / output)]) == 2
         err = capsys.readouterr().err.strip()
         assert f"cannot write -o {tmp_path / output}: {message}" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "eval tokenizer"])
+@pytest.mark.parametrize("size", [4, 260])
+def test_a_size_outside_the_token_grids_is_named_before_any_image_is_resized(hart_fixture_dir, capsys, command, size):
+    model = str(hart_fixture_dir / "tokenizer")  # downsamples by 4: token grids 2x2..64x64 are 8..256 px
+    assert main([*command.split(), "--size", str(size), "--model", model]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        f"--size must be within 8..256 for this tokenizer (token grids of 2x2 to 64x64, 4px per token), got {size}"
+        in err
+    )
+    assert len(err.splitlines()) == 1

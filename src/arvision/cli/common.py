@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from arvision.errors import InputError
+from arvision.tokenizers.schedules import MAX_LATENT_SIZE
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -84,6 +85,20 @@ def _check_no_file_above(folder: Path, flag: str, output: Path) -> None:
     if existing is not None and not existing.is_dir():
         where = "it" if existing == output else str(existing)
         raise InputError(f"cannot write {flag} {output}: {where} is a file, not a folder")
+
+
+def check_tokenizer_size(size: int, downsample: int) -> None:
+    """``--size`` of a tokenizer round trip: a multiple of its downsampling, with a token grid of 2x2 (the least
+    a multi-scale schedule takes) to HART's largest (a larger image only exhausts memory), checked before any
+    image is resized to it."""
+    low, high = 2 * downsample, MAX_LATENT_SIZE * downsample
+    if not low <= size <= high:
+        raise InputError(
+            f"--size must be within {low}..{high} for this tokenizer (token grids of 2x2 to "
+            f"{MAX_LATENT_SIZE}x{MAX_LATENT_SIZE}, {downsample}px per token), got {size}"
+        )
+    if size % downsample:
+        raise InputError(f"--size {size} is not a multiple of the tokenizer's downsampling factor {downsample}")
 
 
 def silence_library_progress() -> None:

@@ -28,7 +28,13 @@ from pathlib import Path
 import torch
 
 from arvision.cli import at_least
-from arvision.cli.common import add_device_argument, add_device_arguments, check_output_file, torch_dtype
+from arvision.cli.common import (
+    add_device_argument,
+    add_device_arguments,
+    check_output_file,
+    check_tokenizer_size,
+    torch_dtype,
+)
 from arvision.errors import InputError
 
 FROM_FOLDER = object()  # --top-k not given: the model folder's top-k
@@ -258,6 +264,7 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 
     tokenizer = HybridTokenizer.from_pretrained(args.model, device=args.device)
+    check_tokenizer_size(args.size, tokenizer.config.downsample)
     astronaut = pil_to_tensor(resize_center_crop(bundled_photo("astronaut"), args.size))
     world = ProceduralWorld(WorldConfig(image_size=args.size), seed=1234, split="val")
     scenes = torch.cat([pil_to_tensor(world.sample(i).image) for i in range(args.world_images)])

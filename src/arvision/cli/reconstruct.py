@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arvision.cli.common import add_device_argument, check_output_file
+from arvision.cli.common import add_device_argument, check_output_file, check_tokenizer_size
 from arvision.defaults import DEFAULTS_DIR, default_model_path
 from arvision.errors import InputError
 from arvision.eval.metrics import psnr, ssim
@@ -31,16 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
 
-    if args.size <= 0:
-        raise InputError(f"--size must be positive, got {args.size}")
     check_output_file(args.output, "-o")  # before the work, which a bad output would waste
     image = load_image(args.image)
     if args.model is not None and is_vila_u_folder(args.model):
         raise InputError(f"{args.model} is a VILA-U folder; reconstruct takes a HART tokenizer folder")
     tokenizer = HybridTokenizer.from_pretrained(args.model or default_model_path("tokenizer"), device=args.device)
-    down = tokenizer.config.downsample
-    if args.size % down:
-        raise InputError(f"--size {args.size} is not a multiple of the tokenizer's downsampling factor {down}")
+    check_tokenizer_size(args.size, tokenizer.config.downsample)
     target = pil_to_tensor(resize_center_crop(image, args.size)).to(args.device)
     recon = tokenizer.reconstruct(target, mode=args.mode)
     # Measured before anything is written, so that a size the metrics refuse leaves no file behind.
