@@ -485,3 +485,84 @@ def test_generated_pixels_are_the_official_mapping_of_the_decoder_output():
     official = c["e2e.image"].permute(0, 2, 3, 1).to(torch.uint8)  # the release's astype(np.uint8)
     ours = torch.from_numpy(np.stack([np.asarray(im) for im in images]))
     assert (ours.int() - official.int()).abs().max() <= 1
+
+
+def _edit_json(path, keys, value):
+    """Set ``keys`` (a path into the JSON object of ``path``) to ``value``; ``...`` deletes the key."""
+    data = json.loads(path.read_text())
+    node = data
+    for key in keys[:-1]:
+        node = node[key]
+    if value is ...:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("file", "keys", "value", "message"),
+    [
+        (
+            "vision_tower",
+            ("rqvaesiglip", "n_embed"),
+            "abc",
+            "rqvaesiglip.n_embed must be a whole number >= 1, got 'abc'",
+        ),
+        ("vision_tower", ("rqvaesiglip", "decay"), "x", "rqvaesiglip.decay must be a number >= 0 and < 1, got 'x'"),
+        ("vision_tower", ("rqtransformer", "embed_dim"), "x", "rqtransformer.embed_dim must be a whole number"),
+        ("vision_tower", ("rqvaesiglip", "ddconfig", "ch"), "x", "rqvaesiglip.ddconfig.ch must be a whole number"),
+        (
+            "vision_tower",
+            ("rqvaesiglip", "siglip_config", "vision_config", "patch_size"),
+            0,
+            "siglip vision_config.patch_size must be a whole number >= 1, got 0",
+        ),
+        (
+            "vision_tower",
+            ("rqvaesiglip", "siglip_config", "vision_config", "num_hidden_layers"),
+            "x",
+            "siglip_config: Validation error for field 'num_hidden_layers'",
+        ),
+        ("vision_tower", ("rqtransformer", "head", "block", "n_head"), 0, "n_head must be a whole number >= 1, got 0"),
+        ("vision_tower", ("rqtransformer", "head", "block", "n_head"), 3, "embed_dim 64 is not divisible by n_head 3"),
+        ("llm", ("vocab_size",), ..., "vocab_size must be a whole number >= 1, got None"),
+        ("llm", ("num_hidden_layers",), "x", "'num_hidden_layers'"),
+        ("llm", ("num_attention_heads",), 3, "not a multiple of the number of attention heads"),
+        ("llm", ("rope_scaling",), {"type": "foo"}, "rope_scaling type 'foo' is not one transformers knows"),
+        ("top", ("num_video_frames",), "x", "num_video_frames must be a whole number >= 1, got 'x'"),
+        ("top", ("mm_use_im_patch_token",), "false", "mm_use_im_patch_token must be true or false, got 'false'"),
+    ],
+)
+def test_malformed_config_values_name_the_file_and_key(folder, file, keys, value, message):
+    path = folder / "config.json" if file == "top" else folder / file / "config.json"
+    _edit_json(path, keys, value)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: ") + ".*" + re.escape(message)):
+        VilaUPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("temperature", "x", "temperature must be a number, got 'x'"),
+        ("top_k", -5, "top_k must be >= 0 (0: no top-k), got -5"),
+        ("do_sample", "yes", "do_sample must be true or false, got 'yes'"),
+    ],
+)
+def test_a_malformed_generation_config_is_named_at_load(folder, key, value, message):
+    _edit_json(folder / "llm" / "generation_config.json", (key,), value)
+    with pytest.raises(CheckpointError, match=re.escape(f"llm/generation_config.json: {message}")):
+        VilaUPipeline.from_pretrained(folder)
+
+
+def test_a_malformed_tokenizer_json_is_named(folder):
+    (folder / "llm" / "tokenizer.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=re.escape(f"cannot load the tokenizer in {folder / 'llm'}")):
+        VilaUPipeline.from_pretrained(folder)
+
+
+def test_a_corrupt_top_config_is_named_as_such(folder):
+    (folder / "config.json").write_text("{garbage")
+    assert not is_vila_u_folder(folder)
+    with pytest.raises(CheckpointError, match=re.escape(f"cannot parse {folder / 'config.json'}")):
+        VilaUPipeline.from_pretrained(folder)

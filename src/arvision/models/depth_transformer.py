@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from arvision.errors import InputError
+from arvision.nn.sampling import check_number
+
 # Per block: [] before the first step, then [keys, values] of shape [N, heads, positions, head_dim].
 DepthCache = list[list[torch.Tensor]]
 
@@ -38,6 +41,16 @@ class DepthTransformerConfig:
     n_head: int = 40
     vocab_size: int = 16384
     resid_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "code_dim", "llm_dim", "embed_dim", "n_layer", "n_head", "vocab_size"):
+            check_number(getattr(self, name), name, whole=True, minimum=1)
+        check_number(self.resid_dropout, "resid_dropout", minimum=0, below=1)
+        # the attention splits embed_dim into n_head heads; otherwise it fails only at the first generation
+        if self.embed_dim % self.n_head:
+            raise InputError(
+                f"the depth transformer's embed_dim {self.embed_dim} is not divisible by n_head {self.n_head}"
+            )
 
 
 class CausalSelfAttention(nn.Module):

@@ -31,12 +31,15 @@ from arvision.text import vicuna
 __all__ = ["VilaUPipeline", "TextSampling", "is_vila_u_folder"]
 
 
+GENERATION_FILE = "llm/generation_config.json"
+
+
 def _eos_id(value: Any) -> int:
     """``eos_token_id`` of a generation config (an id or a list of ids: the first stops decoding)."""
     ids = value if isinstance(value, list) else [value]
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise CheckpointError(
-            f"llm/generation_config.json: eos_token_id must be a token id or a non-empty list of ids, got {value!r}"
+            f"{GENERATION_FILE}: eos_token_id must be a token id or a non-empty list of ids, got {value!r}"
         )
     return ids[0]
 
@@ -55,15 +58,22 @@ class TextSampling:
 
     @classmethod
     def from_generation_config(cls, data: dict[str, Any]) -> TextSampling:
-        sampling = cls(
-            temperature=float(data.get("temperature", 1.0)),
-            top_p=float(data.get("top_p", 1.0)),
-            top_k=int(data.get("top_k", 50)),
+        """The settings of a ``generation_config.json`` dict (transformers' defaults for what it omits); a value no
+        sampler takes is a CheckpointError naming the file, at load rather than as if a call had passed it."""
+        temperature, top_p, top_k = data.get("temperature", 1.0), data.get("top_p", 1.0), data.get("top_k", 50)
+        do_sample = data.get("do_sample", False)
+        try:
+            check_sampling(temperature, top_k, top_p)
+            if not isinstance(do_sample, bool):
+                raise InputError(f"do_sample must be true or false, got {do_sample!r}")
+        except InputError as exc:
+            raise CheckpointError(f"{GENERATION_FILE}: {exc}") from exc
+        return cls(
+            temperature=float(temperature) if do_sample else 0.0,
+            top_p=float(top_p),
+            top_k=int(top_k),
             eos_token_id=_eos_id(data.get("eos_token_id", 2)),
         )
-        if not data.get("do_sample", False):
-            sampling.temperature = 0.0
-        return sampling
 
     def to_generation_config(self) -> dict[str, Any]:
         return {
@@ -124,15 +134,21 @@ class VilaUPipeline(ProgressBars):
         defaults to the stored one (``model_dtype``: bfloat16 for the release)."""
         dtype = pretrained_dtype(dtype, torch_dtype)
         folder = Path(folder)
-        if not ckpt.is_vila_u_folder(folder):
-            raise CheckpointError(f"{folder} is not a VILA-U folder (needs config.json naming vila_u, and llm/)")
+        ckpt.check_vila_u_folder(folder)
         config, generation = ckpt.read_config(folder)
+        text_sampling = TextSampling.from_generation_config(generation)
         tokenizer = ckpt.load_tokenizer(folder / "llm", config.vocab_size)
-        with _default_dtype(dtype or ckpt.stored_dtype(folder)):
-            model = VilaU.empty(config)  # every weight is loaded next
+        try:
+            with _default_dtype(dtype or ckpt.stored_dtype(folder)):
+                model = VilaU.empty(config)  # every weight is loaded next
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            # what read_config's checks leave to transformers, which validates at other points in other versions
+            raise CheckpointError(
+                f"{folder}: its config files do not build a VILA-U model: {ckpt.one_line(exc)}"
+            ) from exc
         ckpt.load_weights(model, folder)
         model.to(device=device)
-        return cls(model, tokenizer, TextSampling.from_generation_config(generation))
+        return cls(model, tokenizer, text_sampling)
 
     def save_pretrained(self, folder: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:
         """Write the release layout, loadable here and by the official code: ``llm/`` gets the source's

@@ -14,15 +14,19 @@ hold one fused ``qkv`` conv where the release stores ``q``, ``k``, ``v``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from transformers import LlamaConfig, SiglipConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from arvision.checkpoint import (
     StateDict,
@@ -37,9 +41,10 @@ from arvision.checkpoint import (
     select_prefix,
     write_json,
 )
-from arvision.errors import CheckpointError
+from arvision.errors import CheckpointError, InputError
 from arvision.models.depth_transformer import DepthTransformerConfig
 from arvision.models.vila_u import SpecialTokens, VilaU, VilaUConfig
+from arvision.nn.sampling import check_number
 from arvision.text.vicuna import IM_END, IM_START, VI_END, VI_START
 from arvision.tokenizers.rq_vision_tower import PixelDecoderConfig, RQVisionTower, RQVisionTowerConfig
 from arvision.tokenizers.siglip_presets import siglip_preset
@@ -66,6 +71,61 @@ def is_vila_u_folder(folder: str | os.PathLike) -> bool:
     return str(data.get("model_type", "")).startswith("vila_u") or "llm_cfg" in data
 
 
+def check_vila_u_folder(folder: Path) -> None:
+    """A CheckpointError unless ``folder`` is in the VILA-U layout (:func:`is_vila_u_folder`); a top
+    ``config.json`` beside ``llm/`` that cannot be parsed is named as such, not as another kind of folder."""
+    if (folder / "llm").is_dir() and (folder / "config.json").is_file():
+        read_json(folder / "config.json")
+    if not is_vila_u_folder(folder):
+        raise CheckpointError(f"{folder} is not a VILA-U folder (needs config.json naming vila_u, and llm/)")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (transformers' validation errors span several)."""
+    return " ".join(str(exc).split())
+
+
+def _transformers_config(config_class: type, kwargs: Mapping[str, Any], source: Path, where: str = "") -> Any:
+    """``config_class(**kwargs)``, a CheckpointError naming ``source`` (and ``where`` in it) if transformers refuses
+    it: its validation raises many error types (strict dataclasses since v5), none of them a CheckpointError."""
+    try:
+        return config_class(**kwargs)
+    except Exception as exc:
+        raise CheckpointError(f"{source}: {where}{one_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _naming(source: Path) -> Iterator[None]:
+    """A value the model cannot take (an InputError from the checks below) is the file's problem."""
+    try:
+        yield
+    except InputError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+
+
+def _whole(section: Mapping[str, Any] | list, key: str | int, where: str = "", default: Any = None) -> int:
+    """``section[key]`` (or ``default`` where it is missing and one is given) checked as a whole number >= 1;
+    errors call it ``where`` + ``key`` (``[i]`` for a list). int() would read "8" or truncate 2.5 silently."""
+    value = section[key] if default is None else section.get(key, default)
+    check_number(value, f"{where}[{key}]" if isinstance(key, int) else where + key, whole=True, minimum=1)
+    return int(value)
+
+
+def _real(section: Mapping[str, Any], key: str, where: str, default: float, **bounds: float) -> float:
+    """``section.get(key, default)`` checked as a number within ``bounds`` (see :func:`check_number`)."""
+    value = section.get(key, default)
+    check_number(value, where + key, **bounds)
+    return float(value)
+
+
+def _flag(section: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    """``section.get(key, default)`` checked as a JSON boolean (bool("false") would be True)."""
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise InputError(f"{where}{key} must be true or false, got {value!r}")
+    return value
+
+
 # ----- configs -----
 
 
@@ -81,45 +141,12 @@ def _siglip_config(rq: dict[str, Any], source: Path) -> dict[str, Any]:
 
 
 def tower_config_from_release(data: dict[str, Any], source: Path) -> tuple[RQVisionTowerConfig, DepthTransformerConfig]:
-    """``vision_tower/config.json`` (RQVAESIGLIPTransformerConfig) -> our two configs."""
+    """``vision_tower/config.json`` (RQVAESIGLIPTransformerConfig) -> our two configs; a malformed value is a
+    CheckpointError naming ``source`` and the key."""
     try:
-        rq, head = data["rqvaesiglip"], data["rqtransformer"]
-        latent, code = list(rq["latent_shape"]), list(rq["code_shape"])
-        if latent[:2] != code[:2]:
-            raise CheckpointError(f"{source}: latent_shape {latent} and code_shape {code} differ spatially")
-        dd = rq["ddconfig"]
-        decoder = PixelDecoderConfig(
-            ch=dd["ch"],
-            ch_mult=tuple(dd["ch_mult"]),
-            num_res_blocks=dd["num_res_blocks"],
-            attn_resolutions=tuple(dd.get("attn_resolutions", ())),
-            z_channels=dd["z_channels"],
-            resolution=dd["resolution"],
-            out_ch=dd.get("out_ch", 3),
-            dropout=dd.get("dropout", 0.0),
-        )
-        resize = rq.get("decoder_latent_shape")
-        tower = RQVisionTowerConfig(
-            siglip=_siglip_config(rq, source),
-            n_embed=int(rq["n_embed"]),
-            depth=int(code[2]),
-            shared_codebook=bool(rq.get("shared_codebook", False)),
-            decay=float(rq.get("decay", 0.99)),
-            restart_unused_codes=bool(rq.get("restart_unused_codes", True)),
-            latent_loss_weight=float(rq.get("latent_loss_weight", 0.25)),
-            decoder=decoder,
-            decoder_latent_shape=tuple(resize) if resize else None,
-        )
-        depth = DepthTransformerConfig(
-            depth=int(head["block_size"][2]),
-            code_dim=int(head["input_embed_dim_1"]),
-            llm_dim=int(head["input_embed_dim_2"]),
-            embed_dim=int(head["embed_dim"]),
-            n_layer=int(head["head"]["n_layer"]),
-            n_head=int(head["head"]["block"]["n_head"]),
-            vocab_size=int(head["vocab_size"]),
-        )
-    except (KeyError, TypeError, IndexError) as exc:
+        with _naming(source):
+            tower, depth, latent = _tower_configs(data, source)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise CheckpointError(f"{source}: malformed vision tower config ({exc!r})") from exc
     if tower.dim != latent[2] or depth.code_dim != tower.dim:
         raise CheckpointError(f"{source}: code width {latent[2]} / {depth.code_dim} != SigLIP width {tower.dim}")
@@ -129,6 +156,56 @@ def tower_config_from_release(data: dict[str, Any], source: Path) -> tuple[RQVis
             f"does not match the quantizer (D={tower.depth}, {tower.n_embed} codes)"
         )
     return tower, depth
+
+
+def _tower_configs(data: dict[str, Any], source: Path) -> tuple[RQVisionTowerConfig, DepthTransformerConfig, list[int]]:
+    """:func:`tower_config_from_release`'s configs and the latent shape, each value checked (InputErrors)."""
+    rq, head = data["rqvaesiglip"], data["rqtransformer"]
+    latent = [_whole(rq["latent_shape"], i, "rqvaesiglip.latent_shape") for i in range(3)]
+    code = [_whole(rq["code_shape"], i, "rqvaesiglip.code_shape") for i in range(3)]
+    if latent[:2] != code[:2]:
+        raise CheckpointError(f"{source}: latent_shape {latent} and code_shape {code} differ spatially")
+    dd, where = rq["ddconfig"], "rqvaesiglip.ddconfig."
+    decoder = PixelDecoderConfig(
+        ch=_whole(dd, "ch", where),
+        ch_mult=tuple(_whole(dd["ch_mult"], i, where + "ch_mult") for i in range(len(dd["ch_mult"]))),
+        num_res_blocks=_whole(dd, "num_res_blocks", where),
+        attn_resolutions=tuple(dd.get("attn_resolutions", ())),
+        z_channels=_whole(dd, "z_channels", where),
+        resolution=_whole(dd, "resolution", where),
+        out_ch=_whole(dd, "out_ch", where, default=3),
+        dropout=_real(dd, "dropout", where, 0.0, minimum=0, below=1),
+    )
+    if not dd["ch_mult"]:
+        raise InputError(f"{where}ch_mult is empty")
+    siglip = _siglip_config(rq, source)
+    for key in ("hidden_size", "image_size", "patch_size"):  # what the tower's shapes are computed from
+        _whole(siglip["vision_config"], key, "siglip vision_config.")
+    _transformers_config(SiglipConfig, siglip, source, "siglip_config: ")
+    resize = rq.get("decoder_latent_shape")
+    if resize:
+        resize = tuple(_whole(resize, i, "rqvaesiglip.decoder_latent_shape") for i in range(2))
+    tower = RQVisionTowerConfig(
+        siglip=siglip,
+        n_embed=_whole(rq, "n_embed", "rqvaesiglip."),
+        depth=code[2],
+        shared_codebook=_flag(rq, "shared_codebook", "rqvaesiglip.", False),
+        decay=_real(rq, "decay", "rqvaesiglip.", 0.99, minimum=0, below=1),
+        restart_unused_codes=_flag(rq, "restart_unused_codes", "rqvaesiglip.", True),
+        latent_loss_weight=_real(rq, "latent_loss_weight", "rqvaesiglip.", 0.25, minimum=0),
+        decoder=decoder,
+        decoder_latent_shape=resize or None,
+    )
+    depth = DepthTransformerConfig(
+        depth=_whole(head["block_size"], 2, "rqtransformer.block_size"),
+        code_dim=_whole(head, "input_embed_dim_1", "rqtransformer."),
+        llm_dim=_whole(head, "input_embed_dim_2", "rqtransformer."),
+        embed_dim=_whole(head, "embed_dim", "rqtransformer."),
+        n_layer=_whole(head["head"], "n_layer", "rqtransformer.head."),
+        n_head=_whole(head["head"]["block"], "n_head", "rqtransformer.head.block."),
+        vocab_size=_whole(head, "vocab_size", "rqtransformer."),
+    )
+    return tower, depth, latent
 
 
 def tower_config_to_release(
@@ -181,22 +258,29 @@ def tower_config_to_release(
 
 def read_config(folder: Path) -> tuple[VilaUConfig, dict[str, Any]]:
     """Top, llm, vision tower and projector configs -> (:class:`VilaUConfig`, LLM generation defaults)."""
-    top = read_json(folder / "config.json")
-    if top.get("mm_use_im_patch_token", True):
-        # The release's builder defaults a missing flag to True and then adds <im_patch>, growing the
-        # vocabulary by one: every "vocab_size - 4" special-token id would then be off by one.
+    top_file = folder / "config.json"
+    top = read_json(top_file)
+    with _naming(top_file):
+        # The release's builder defaults a missing flag to True.
+        patch_token = _flag(top, "mm_use_im_patch_token", "", True)
+        start_end = _flag(top, "mm_use_im_start_end", "", True) and _flag(top, "mm_use_vi_start_end", "", True)
+        num_video_frames = _whole(top, "num_video_frames", default=8)
+    if patch_token:
+        # The release's builder then adds <im_patch>, growing the vocabulary by one: every "vocab_size - 4"
+        # special-token id would then be off by one.
         state = "missing" if "mm_use_im_patch_token" not in top else "true"
         raise CheckpointError(
-            f"{folder / 'config.json'}: mm_use_im_patch_token is {state}; VILA-U weights need it false "
+            f"{top_file}: mm_use_im_patch_token is {state}; VILA-U weights need it false "
             "(an <im_patch> token would shift the <im_start>...<vi_end> ids). Set it to false if the "
             "vocabulary really ends with <im_start> <im_end> <vi_start> <vi_end>."
         )
-    if not top.get("mm_use_im_start_end", True) or not top.get("mm_use_vi_start_end", True):
-        raise CheckpointError(f"{folder / 'config.json'}: mm_use_im_start_end and mm_use_vi_start_end must be true")
+    if not start_end:
+        raise CheckpointError(f"{top_file}: mm_use_im_start_end and mm_use_vi_start_end must be true")
     llm_file = folder / "llm" / "config.json"
     llm = read_json(llm_file) if llm_file.is_file() else top.get("llm_cfg")
     if not isinstance(llm, dict):
         raise CheckpointError(f"no LLM config in {folder} (llm/config.json or llm_cfg)")
+    _check_llm_config(llm, llm_file if llm_file.is_file() else top_file)
     projector = read_json(folder / "mm_projector" / "config.json")
     if projector.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
         raise CheckpointError(f"unsupported mm_projector_type {projector.get('mm_projector_type')!r}")
@@ -211,10 +295,26 @@ def read_config(folder: Path) -> tuple[VilaUConfig, dict[str, Any]]:
         llm=llm,
         tower=tower,
         depth=depth,
-        num_video_frames=int(top.get("num_video_frames", 8)),
+        num_video_frames=num_video_frames,
         siglip_name=str(tower_data["rqvaesiglip"].get("pretrained_model", RELEASE_SIGLIP)),
     )
     return config, generation
+
+
+def _check_llm_config(llm: dict[str, Any], source: Path) -> None:
+    """A CheckpointError naming ``source`` unless transformers builds a ``LlamaConfig`` from ``llm`` and it has
+    the sizes read before that (``vocab_size``, which LlamaConfig would default, and ``hidden_size``)."""
+    with _naming(source):
+        for key in ("vocab_size", "hidden_size"):
+            check_number(llm.get(key), key, whole=True, minimum=1)  # a missing one is None, named as such
+    config = _transformers_config(LlamaConfig, llm, source)
+    # transformers only warns of an unknown RoPE type here, then fails with a bare KeyError building the model
+    # (the scaling is rope_parameters since transformers 5, rope_scaling before)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+        known = ", ".join(ROPE_INIT_FUNCTIONS)
+        raise CheckpointError(f"{source}: rope_scaling type {rope_type!r} is not one transformers knows ({known})")
 
 
 _DTYPES = {"torch.float32": torch.float32, "torch.float16": torch.float16, "torch.bfloat16": torch.bfloat16}
@@ -235,8 +335,8 @@ def load_tokenizer(folder: Path, vocab_size: int) -> Any:
         raise CheckpointError(f"{folder}: missing tokenizer.model (the SentencePiece vocabulary; or tokenizer.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), legacy=False)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}") from exc
+    except Exception as exc:  # a malformed tokenizer.json fails in transformers or the tokenizers library, many ways
+        raise CheckpointError(f"cannot load the tokenizer in {folder}: {one_line(exc)}") from exc
     if len(tokenizer) != vocab_size:
         raise CheckpointError(
             f"{folder}: the tokenizer has {len(tokenizer)} tokens but the LLM's vocab_size is {vocab_size} "
