@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from arvision.checkpoint import save_state_dict
 from arvision.data.media import load_video_frames, to_pil
 from arvision.errors import CheckpointError, InputError
+from arvision.pipelines import vila_u_checkpoint
 from arvision.pipelines.vila_u import TextSampling, VilaUPipeline, is_vila_u_folder
 from arvision.pipelines.vila_u_checkpoint import tower_state_from_release, tower_state_to_release
 from arvision.text import vicuna
@@ -566,3 +568,27 @@ def test_a_corrupt_top_config_is_named_as_such(folder):
     assert not is_vila_u_folder(folder)
     with pytest.raises(CheckpointError, match=re.escape(f"cannot parse {folder / 'config.json'}")):
         VilaUPipeline.from_pretrained(folder)
+
+
+def test_save_pretrained_over_a_folder_is_atomic_and_keeps_other_entries(folder, monkeypatch):
+    (folder / "README.md").write_text("notes")
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    written = []
+
+    def crash_after_one(state, path, metadata=None):  # the LLM's weights are written first
+        if written:
+            raise RuntimeError("disk full")
+        written.append(path)
+        save_state_dict(state, path, metadata)
+
+    monkeypatch.setattr(vila_u_checkpoint, "save_state_dict", crash_after_one)
+    with pytest.raises(RuntimeError, match="disk full"):
+        fixture_pipeline().save_pretrained(folder)
+    # the previous folder, untouched, and nothing half-written beside it
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+    monkeypatch.undo()
+    fixture_pipeline().save_pretrained(folder, max_shard_bytes=300_000)
+    assert (folder / "README.md").read_text() == "notes"
+    assert not (folder / "llm" / "model.safetensors").exists()  # replaced by shards, not left stale beside them
+    assert VilaUPipeline.from_pretrained(folder).text_sampling == fixture_pipeline().text_sampling

@@ -4,6 +4,7 @@ import re
 import pytest
 import torch
 
+from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
 from arvision.tokenizers.schedules import PATCH_NUMS
@@ -315,3 +316,28 @@ def test_config_values_the_model_cannot_take_are_named(tmp_path, field, value, m
     config_file.write_text(json.dumps({**config, field: list(value) if isinstance(value, tuple) else value}))
     with pytest.raises(CheckpointError, match=re.escape(f"{config_file}: {message}")):
         HybridTokenizer.from_pretrained(tmp_path)
+
+
+def test_save_pretrained_over_a_folder_swaps_weights_and_config_together(tmp_path, monkeypatch):
+    folder = tmp_path / "tokenizer"
+    torch.manual_seed(0)
+    HybridTokenizer(tiny_config()).save_pretrained(folder)
+    (folder / "README.md").write_text("notes")
+    (folder / "pytorch_model.bin").write_bytes(b"stale")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    torch.manual_seed(1)
+    other = HybridTokenizer(tiny_config(vocab_size=32))
+
+    def crash(path, data):  # after the weights, before the config
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint, "write_json", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        other.save_pretrained(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no new weights beside the old config
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer"]
+    monkeypatch.undo()
+    other.save_pretrained(folder)
+    assert (folder / "README.md").read_text() == "notes"
+    assert not (folder / "pytorch_model.bin").exists()
+    assert HybridTokenizer.from_pretrained(folder).config.vocab_size == 32

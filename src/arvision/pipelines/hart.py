@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from arvision.models.hart_sampler import (
     sample_latent,
 )
 from arvision.nn.sampling import Generators
-from arvision.pipelines.common import ProgressBars, pretrained_dtype, to_arguments
+from arvision.pipelines.common import ProgressBars, pretrained_dtype, replacing_folder, to_arguments
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
@@ -207,9 +206,6 @@ class HartPipeline(ProgressBars):
         README...) is kept, hard-linked into the new folder where the file system allows it.
         """
         folder = Path(folder)
-        if Path.cwd().resolve().is_relative_to(folder.resolve()):
-            # The swap renames the folder aside: the process would be left in a deleted directory.
-            raise InputError(f"cannot save into {folder}: it holds the current directory; name a subfolder")
         index = {
             "_class_name": "HartPipeline",
             "format": "arvision",
@@ -222,16 +218,7 @@ class HartPipeline(ProgressBars):
             index["text_encoder"] = _spec_relative_to(self.text_encoder_spec, folder)
         if self.id2label is not None:
             index["id2label"] = {str(label): name for label, name in sorted(self.id2label.items())}
-        with checkpoint.atomic_folder(folder) as tmp:
-            if folder.is_dir():
-                shutil.copytree(
-                    folder,
-                    tmp,
-                    symlinks=True,
-                    ignore=lambda where, names: SAVED_ENTRIES if Path(where) == folder else (),
-                    copy_function=_link_or_copy,
-                    dirs_exist_ok=True,
-                )
+        with replacing_folder(folder, SAVED_ENTRIES) as tmp:
             checkpoint.save_state_dict(self.transformer.state_dict(), tmp / "transformer" / "model.safetensors")
             checkpoint.write_json(tmp / "transformer" / "config.json", self.transformer.config.to_dict())
             self.tokenizer.save_pretrained(tmp / "tokenizer")
@@ -640,14 +627,6 @@ def _spec_relative_to(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
         return spec
     path, root = Path(spec["path"]).resolve(), folder.resolve()
     return {**spec, "path": path.relative_to(root).as_posix()} if path.is_relative_to(root) else spec
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    """Hard-link (a kept text encoder may be gigabytes; the link outlives the old folder), else copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _repeat(cond: Condition, n: int) -> Condition:

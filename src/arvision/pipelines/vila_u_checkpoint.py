@@ -45,6 +45,7 @@ from arvision.errors import CheckpointError, InputError
 from arvision.models.depth_transformer import DepthTransformerConfig
 from arvision.models.vila_u import SpecialTokens, VilaU, VilaUConfig
 from arvision.nn.sampling import check_number
+from arvision.pipelines.common import replacing_folder
 from arvision.text.vicuna import IM_END, IM_START, VI_END, VI_START
 from arvision.tokenizers.rq_vision_tower import PixelDecoderConfig, RQVisionTower, RQVisionTowerConfig
 from arvision.tokenizers.siglip_presets import siglip_preset
@@ -56,6 +57,7 @@ RELEASE_SIGLIP = "google/siglip-large-patch16-256"
 # What the official code reads from llm/ besides the tokenizer_config.json: it loads the slow SentencePiece
 # tokenizer (use_fast=False), which needs tokenizer.model; the two JSON files carry the added tokens.
 TOKENIZER_FILES = ("tokenizer.model", "special_tokens_map.json", "added_tokens.json")
+SAVED_ENTRIES = ("config.json", "llm", "mm_projector", "vision_tower")  # what save_folder writes (and replaces)
 
 
 def is_vila_u_folder(folder: str | os.PathLike) -> bool:
@@ -504,8 +506,6 @@ def load_vision_tower(folder: Path) -> RQVisionTower:
 
 def _save_sharded(state: StateDict, folder: Path, max_bytes: int) -> None:
     """HF-style shards ``model-0000i-of-0000N.safetensors`` + index (one ``model.safetensors`` if it fits)."""
-    for stale in [*folder.glob("model*.safetensors"), *folder.glob("model.safetensors.index.json")]:
-        stale.unlink()
     shards: list[StateDict] = [{}]
     size = 0
     for key, value in state.items():
@@ -530,7 +530,9 @@ def _save_sharded(state: StateDict, folder: Path, max_bytes: int) -> None:
 def save_folder(
     model: VilaU, folder: Path, tokenizer: Any, generation: dict[str, Any], max_shard_bytes: int = 5 * 2**30
 ) -> None:
-    """Write ``model`` in the release layout (the LLM in shards of at most ``max_shard_bytes``)."""
+    """Write ``model`` in the release layout (the LLM in shards of at most ``max_shard_bytes``), swapped in whole
+    (:func:`~arvision.pipelines.common.replacing_folder`): a crash leaves the previous folder, never one without
+    weights or with a mix of old and new files. Other entries of an existing folder are kept."""
     cfg = model.config
     tower_cfg = tower_config_to_release(cfg.tower, cfg.depth, cfg.siglip_name)
     projector_cfg = {
@@ -557,12 +559,13 @@ def save_folder(
         "mm_projector_type": "mlp2x_gelu",
         "model_dtype": str(next(model.parameters()).dtype),
     }
-    save_tokenizer(tokenizer, folder / "llm")
-    write_json(folder / "llm" / "config.json", llm_cfg)
-    write_json(folder / "llm" / "generation_config.json", generation)
-    _save_sharded(model.llm.state_dict(), folder / "llm", max_shard_bytes)
-    write_json(folder / "mm_projector" / "config.json", projector_cfg)
-    save_state_dict(model.mm_projector.state_dict(), folder / "mm_projector" / "model.safetensors")
-    write_json(folder / "vision_tower" / "config.json", tower_cfg)
-    save_state_dict(tower_state_to_release(model), folder / "vision_tower" / "model.safetensors")
-    write_json(folder / "config.json", top)
+    with replacing_folder(folder, SAVED_ENTRIES) as tmp:
+        save_tokenizer(tokenizer, tmp / "llm")
+        write_json(tmp / "llm" / "config.json", llm_cfg)
+        write_json(tmp / "llm" / "generation_config.json", generation)
+        _save_sharded(model.llm.state_dict(), tmp / "llm", max_shard_bytes)
+        write_json(tmp / "mm_projector" / "config.json", projector_cfg)
+        save_state_dict(model.mm_projector.state_dict(), tmp / "mm_projector" / "model.safetensors")
+        write_json(tmp / "vision_tower" / "config.json", tower_cfg)
+        save_state_dict(tower_state_to_release(model), tmp / "vision_tower" / "model.safetensors")
+        write_json(tmp / "config.json", top)
