@@ -1,8 +1,11 @@
+import re
+
+import numpy as np
 import pytest
 import torch
 
 from arvision.errors import InputError
-from arvision.nn.sampling import draw_device, filter_top_k_top_p, gumbel_softmax, sample_logits
+from arvision.nn.sampling import draw_device, filter_top_k_top_p, gumbel_softmax, sample_logits, seeded_generator
 
 
 def test_draws_happen_on_the_generators_device():
@@ -49,3 +52,15 @@ def test_a_list_of_generators_needs_one_per_row():
         sample_logits(logits, generator=iter(gens))
     one = gumbel_softmax(torch.randn(6), 1.0, [torch.Generator().manual_seed(0)])
     assert one.shape == (6,) and torch.allclose(one.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("seed", ["abc", 1.5, True, [1, 2], None, 2**63, -1, -(2**70)])
+def test_a_seed_torch_cannot_take_is_named(seed):
+    with pytest.raises(InputError, match=re.escape(f"seed must be a whole number in [0, 2**63), got {seed!r}")):
+        seeded_generator(seed, "cpu")
+
+
+def test_a_seed_in_range_seeds_a_generator_on_the_device():
+    for seed in (0, 2**63 - 1, np.int64(7)):
+        generator = seeded_generator(seed, "cpu")
+        assert generator.initial_seed() == seed and generator.device.type == "cpu"

@@ -618,3 +618,9 @@ def test_a_malformed_official_config_is_named_with_its_file(tmp_path):
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "mlp_ratio": "four"}))
     with pytest.raises(CheckpointError, match=re.escape(f"{config_file}: mlp_ratio must be a number > 0, got 'four'")):
         HartPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("seed", ["abc", 1.5, True, [1, 2], 2**70, -(2**70)])
+def test_a_seed_torch_cannot_take_is_named(pipe, embeds, seed):
+    with pytest.raises(InputError, match=re.escape(f"seed must be a whole number in [0, 2**63), got {seed!r}")):
+        pipe(prompt_embeds=embeds, seed=seed, progress=False)

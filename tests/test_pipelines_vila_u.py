@@ -592,3 +592,16 @@ def test_save_pretrained_over_a_folder_is_atomic_and_keeps_other_entries(folder,
     assert (folder / "README.md").read_text() == "notes"
     assert not (folder / "llm" / "model.safetensors").exists()  # replaced by shards, not left stale beside them
     assert VilaUPipeline.from_pretrained(folder).text_sampling == fixture_pipeline().text_sampling
+
+
+def test_seeds_torch_cannot_take_are_named():
+    pipe = fixture_pipeline()
+    message = re.escape(f"seed must be a whole number in [0, 2**63), got {2**70}")
+    with pytest.raises(InputError, match=message):
+        pipe.generate_image("a cat", seed=2**70)
+    with pytest.raises(InputError, match=message):
+        pipe.generate_image("a cat", seed=[2**70])
+    with pytest.raises(InputError, match=message):
+        pipe.describe(_astronaut(), "Describe it.", seed=2**70)
+    with pytest.raises(InputError, match=re.escape("seed must be a whole number in [0, 2**63), got 'abc'")):
+        pipe.generate_image("a cat", seed="abc")

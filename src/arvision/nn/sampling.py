@@ -49,6 +49,18 @@ def check_number(
         raise InputError(f"{name} must be a {'whole ' if whole else ''}number{within}, got {value!r:.80}")
 
 
+SEED_LIMIT = 2**63
+
+
+def seeded_generator(seed: object, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed``: an InputError unless ``seed`` is a whole number in
+    [0, 2**63), which every torch generator takes (``manual_seed`` fails on others deep inside torch, and
+    wraps negative seeds onto large ones, so two seeds would give the same draws)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise InputError(f"seed must be a whole number in [0, 2**63), got {seed!r:.80}")
+    return torch.Generator(device).manual_seed(int(seed))
+
+
 def check_guidance(scale: float, name: str = "guidance_scale") -> None:
     """A classifier-free guidance scale must be a number in [0, MAX_GUIDANCE] (0 disables guidance)."""
     check_number(scale, name)

@@ -45,7 +45,7 @@ from arvision.models.hart_sampler import (
     check_quantizer,
     sample_latent,
 )
-from arvision.nn.sampling import Generators
+from arvision.nn.sampling import Generators, seeded_generator
 from arvision.pipelines.common import ProgressBars, pretrained_dtype, replacing_folder, to_arguments
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
@@ -375,8 +375,10 @@ class HartPipeline(ProgressBars):
             raise InputError(f"num_images_per_prompt must be a whole number >= 1, got {num_images_per_prompt!r}")
         if seed is not None and generator is not None:
             raise InputError("pass seed or generator, not both")
-        patch_nums = self.schedule_for(height, width)
         device = self.device
+        if seed is not None:
+            generator = seeded_generator(seed, device)
+        patch_nums = self.schedule_for(height, width)
         cond = self._condition(prompt, prompt_embeds, class_labels, device)
         negative = None
         if negative_prompt is not None:
@@ -391,8 +393,6 @@ class HartPipeline(ProgressBars):
         prefix_indices = [codes.repeat_interleave(num_images_per_prompt, dim=0) for codes in prefix_indices]
         cond = _repeat(cond, num_images_per_prompt)
         negative = _repeat(negative, num_images_per_prompt) if negative is not None else None
-        if seed is not None:
-            generator = torch.Generator(device).manual_seed(seed)
         options = self.sampling_options(
             guidance_scale=guidance_scale,
             guidance_schedule=guidance_schedule,

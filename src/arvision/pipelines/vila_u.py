@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from arvision.data.media import ImageInput, load_media, preprocess_image, read_image, to_pil
 from arvision.errors import CheckpointError, InputError
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
-from arvision.nn.sampling import Generators, check_guidance, check_number, check_sampling
+from arvision.nn.sampling import Generators, check_guidance, check_number, check_sampling, seeded_generator
 from arvision.pipelines import vila_u_checkpoint as ckpt
 from arvision.pipelines.common import ProgressBars, pretrained_dtype, to_arguments
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
@@ -279,12 +279,11 @@ class VilaUPipeline(ProgressBars):
         """None, one generator for the batch (a seed), or one per row (a list of ``rows`` seeds, one per ``what``)."""
         if seed is None:
             return None
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            return torch.Generator(self.device).manual_seed(seed)
-        seeds = list(seed) if isinstance(seed, Sequence) and not isinstance(seed, str) else None
-        if not seeds or len(seeds) != rows or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        if not isinstance(seed, Sequence) or isinstance(seed, str | bytes):
+            return seeded_generator(seed, self.device)
+        if len(seed) != rows:
             raise InputError(f"seed must be a whole number or a list of {rows} (one per {what}), got {seed!r:.80}")
-        return [torch.Generator(self.device).manual_seed(s) for s in seeds]
+        return [seeded_generator(s, self.device) for s in seed]
 
     def _frames(self, media: ImageInput | Sequence[ImageInput], num_frames: int) -> list[ImageInput]:
         """An image, a video file or frame folder (``num_frames`` sampled), or a list of frames -> frames."""
