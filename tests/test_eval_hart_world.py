@@ -133,3 +133,14 @@ def test_the_grid_goes_into_a_new_folder(tmp_path, capsys):
     args = ["eval", "hart-world", "--model", model, "--images-per-prompt", "0", "--size", "32"]
     assert main([*args, "--grid", str(grid)]) == 0
     assert Image.open(grid).size[0] > 32  # the held-out prompts side by side
+
+
+def test_a_first_seed_out_of_range_is_named_before_the_model_loads(tmp_path, capsys):
+    from arvision.cli import main
+
+    base = ["eval", "hart-world", "--model", str(tmp_path / "missing"), "--first-seed"]
+    assert main([*base, str(10**23)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--first-seed must be within" in err and f"for 2 results, got {10**23}" in err and len(err.splitlines()) == 1
+    assert main([*base, str(2**64), "--images-per-prompt", "0"]) == 2  # the grid still draws one
+    assert "--first-seed must be within" in capsys.readouterr().err

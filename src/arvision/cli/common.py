@@ -111,11 +111,11 @@ def silence_library_progress() -> None:
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
-def per_image_seeds(seed: int, count: int) -> list[int]:
-    """``--seed S`` for ``count`` images (videos, answers): S, S + 1, ..., each drawn from its own."""
+def per_image_seeds(seed: int, count: int, flag: str = "--seed") -> list[int]:
+    """``--seed S`` (``flag``) for ``count`` images (videos, answers): S, S + 1, ..., each drawn from its own."""
     low, high = SEED_RANGE
     if count < 1:
         raise InputError(f"-n must be at least 1, got {count}")
     if not (low <= seed and seed + count - 1 <= high):
-        raise InputError(f"--seed must be within {low}..{high - count + 1} for {count} results, got {seed}")
+        raise InputError(f"{flag} must be within {low}..{high - count + 1} for {count} results, got {seed}")
     return [seed + i for i in range(count)]

@@ -33,6 +33,7 @@ from arvision.cli.common import (
     add_device_arguments,
     check_output_file,
     check_tokenizer_size,
+    per_image_seeds,
     torch_dtype,
 )
 from arvision.errors import InputError
@@ -122,6 +123,8 @@ def run_hart_world(args: argparse.Namespace) -> int:
     from arvision.imaging import make_grid
     from arvision.pipelines.hart import HartPipeline
 
+    # seeds first-seed .. + images-per-prompt - 1 (the grid and the prefix read-back draw one at least)
+    per_image_seeds(args.first_seed, max(args.images_per_prompt, 1), "--first-seed")
     if args.grid is not None:
         check_output_file(args.grid, "--grid")  # before the evaluation, which a bad output would waste
     pipe = HartPipeline.from_pretrained(args.model, device=args.device, torch_dtype=torch_dtype(args.dtype))
