@@ -75,6 +75,16 @@ def test_mismatched_counts_and_folders_without_a_clip_are_named(tmp_path, clip_f
         load_clip(tmp_path / "other")
 
 
+def test_a_truncated_weights_file_is_named_with_its_folder(tmp_path, clip_folder):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(clip_folder, damaged)
+    (damaged / "model.safetensors").write_bytes((clip_folder / "model.safetensors").read_bytes()[:4])
+    with pytest.raises(CheckpointError, match=f"{damaged} is not a CLIP folder of transformers: .*header"):
+        load_clip(damaged)
+
+
 def test_eval_clip_score_pairs_a_prompt_set_folder_with_its_prompts(tmp_path, clip_folder, capsys):
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS[:2]) + "\n")
     folder = tmp_path / "images"

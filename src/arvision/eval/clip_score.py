@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from arvision.errors import CheckpointError, InputError
@@ -51,7 +52,7 @@ def load_clip(folder: str | os.PathLike, device: str | torch.device = "cpu") -> 
         model = CLIPModel.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         image_processor = AutoImageProcessor.from_pretrained(folder)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # SafetensorError: a damaged file
         raise CheckpointError(f"{folder} is not a CLIP folder of transformers: {str(exc).splitlines()[0]}") from None
     return Clip(model.eval().to(device), tokenizer, image_processor)
 
