@@ -226,6 +226,9 @@ def test_an_upload_over_the_limit_is_refused(hart):
 def test_cli_serve_builds_the_app_from_folders(tmp_path, monkeypatch, capsys, tiny_qwen2_24):
     import uvicorn
 
+    from arvision.cli import serve
+
+    monkeypatch.setattr(serve, "check_port", lambda host, port: None)  # whether 8000 is free here is not the point
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: served.update(app=app, port=port))
     args = ["serve", "--model", str(HART_TINY), "--text-encoder", str(tiny_qwen2_24), "--describe-model", str(FIXTURE)]
@@ -315,6 +318,23 @@ def test_cli_serve_names_a_bad_port_and_a_missing_extra(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert cli_main(["serve"]) == 2
     assert "needs the serve extra (uvicorn missing): pip install 'arvision[serve]'" in capsys.readouterr().err
+
+
+def test_cli_serve_names_a_port_in_use_before_the_models_load(tmp_path, capsys):
+    import socket
+
+    from arvision.cli import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        missing = str(tmp_path / "missing")  # loading it would be named instead
+        assert cli_main(["serve", "--port", str(port), "--model", missing, "--no-describe"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot listen on --host 127.0.0.1 --port {port}: Address already in use" in err
+    assert len(err.splitlines()) == 1
+    serve.check_port("127.0.0.1", port)  # free again
 
 
 def test_a_vila_u_server_generates_each_image_as_its_seed_makes_it_alone():

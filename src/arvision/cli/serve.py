@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import socket
 from pathlib import Path
 
 from arvision.cli import at_least
@@ -20,6 +21,21 @@ def port_number(text: str) -> int:
     if port > 65535:
         raise argparse.ArgumentTypeError(f"a port is 1..65535, got {port}")
     return port
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind every address of ``host:port`` as the server will (asyncio's ``create_server``: SO_REUSEADDR, so a
+    port left in TIME_WAIT counts as free) and let them go: a port in use or an address this machine lacks is
+    named before the models load, not by uvicorn after."""
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+    except OSError as exc:
+        raise InputError(f"cannot listen on --host {host} --port {port}: {exc.strerror or exc}") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_app(args: argparse.Namespace):
-    """Load the models the arguments name and wrap them in the app (without serving it)."""
+    """Check that the address can be listened on, load the models the arguments name and wrap them in the app
+    (without serving it)."""
     missing = [name for name in SERVE_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         hint = "pip install 'arvision[serve]'"
@@ -72,6 +89,7 @@ def build_app(args: argparse.Namespace):
     ):
         if value is not None and getattr(args, off[2:].replace("-", "_")):
             raise InputError(f"{flag} has nothing to do with {off}")
+    check_port(args.host, args.port)
     silence_library_progress()
     generator = describer = None
     names = {}
