@@ -176,6 +176,36 @@ def test_bad_generation_requests_are_named(client, request_body, status, message
     assert message in response.text
 
 
+@pytest.mark.parametrize(
+    "path, field, value",
+    [
+        ("/v1/generate", "guidance_scale", "NaN"),
+        ("/v1/generate", "guidance_scale", "Infinity"),
+        ("/v1/generate", "guidance_scale", "-Infinity"),
+        ("/v1/generate", "temperature", "NaN"),
+        ("/v1/generate", "top_p", "NaN"),
+        ("/v1/generate", "strength", "NaN"),
+        ("/v1/generate", "size", "1e400"),
+        ("/v1/generate", "n", "NaN"),
+        ("/v1/generate-video", "fps", "Infinity"),
+    ],
+)
+def test_a_non_finite_number_is_a_422_naming_its_field(client, path, field, value):
+    # Python's json (which Starlette reads bodies with) takes NaN, Infinity and 1e400 (as inf)
+    body = f'{{"prompt": "a cube", "{field}": {value}}}'
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", field] and "finite" in error["msg"]
+
+
+@pytest.mark.parametrize("field, value", [("temperature", "nan"), ("top_p", "nan"), ("temperature", "inf")])
+def test_a_non_finite_describe_option_is_a_422_naming_it(client, field, value):
+    image = {"file": ("a.png", _png(PIL.Image.new("RGB", (8, 8))))}
+    response = client.post("/v1/describe", files=image, data={"question": "What?", field: value})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", field]
+
+
 def test_describe_answers_as_the_pipeline_does_with_the_seed_it_reports(client):
     image = PIL.Image.fromarray(cases()["img.astronaut_uint8"].numpy())
     form = {"question": "What is in the image?", "max_new_tokens": "6"}
@@ -202,6 +232,7 @@ def test_a_video_upload_is_read_as_its_frames(client, tmp_path):
         (("notes.txt", b"hello"), "What?", 400, "not a readable image or video: 'notes.txt'"),
         (("empty.png", b""), "What?", 400, "the uploaded file is empty"),
         (("a.png", None), "  ", 400, "the question is empty"),
+        (("a.png", None), "", 400, "the question is empty"),
         (("a.png", None), "What is <image>?", 400, "special tokens"),
     ],
 )

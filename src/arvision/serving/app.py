@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import io
+import math
 import re
 import tempfile
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,7 +79,7 @@ GENERATION_SETTINGS = {f.name for f in fields(GenerationSettings)}  # the reques
 class SamplingRequest(BaseModel):
     """What image and video requests share; sampling options left out (null) take the model's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity: JSON extensions no model takes
 
     prompt: str = Field(max_length=MAX_TEXT_CHARS)
     n: int = Field(1, ge=1, description="images (videos) to generate, at most the server's max batch")
@@ -179,6 +182,12 @@ def create_app(
             return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
         return JSONResponse({"detail": str(exc)}, status_code=400 if isinstance(exc, InputError) else 500)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler, but for the bad input it echoes: a NaN or an infinity (1e400 reads as one) is
+        # not JSON, and made it fail with a 500
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
         return resources.files("arvision.serving").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -256,11 +265,13 @@ def create_app(
     async def describe(
         request: Request,
         file: Annotated[UploadFile, File(description="an image or a video")],
-        question: Annotated[str, Form(max_length=MAX_TEXT_CHARS)],
+        # FastAPI reads an empty form field as a missing one ("Field required"): both reach check_describe,
+        # which names an empty question
+        question: Annotated[str, Form(max_length=MAX_TEXT_CHARS)] = "",
         seed: Annotated[int | None, Form(ge=0, le=MAX_SEED)] = None,
-        temperature: Annotated[float | None, Form(ge=0)] = None,
+        temperature: Annotated[float | None, Form(ge=0, allow_inf_nan=False)] = None,
         top_k: Annotated[int | None, Form(ge=0)] = None,
-        top_p: Annotated[float | None, Form(ge=0, le=1)] = None,
+        top_p: Annotated[float | None, Form(ge=0, le=1, allow_inf_nan=False)] = None,
         max_new_tokens: Annotated[int | None, Form(ge=1, le=MAX_NEW_TOKENS)] = None,
         num_frames: Annotated[int | None, Form(ge=1, le=MAX_FRAMES)] = None,
     ) -> DescribeResponse:
@@ -317,6 +328,17 @@ class LimitBodySize:
             return message
 
         await self.app(scope, counted, send)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` (JSON-like) with its non-finite floats as strings: "nan", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def _png_base64(image) -> str:
