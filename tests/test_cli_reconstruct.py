@@ -93,7 +93,11 @@ def test_an_output_it_cannot_write_is_refused_before_the_tokenizer_loads(photo, 
     (tmp_path / "dir.png").mkdir()
     (tmp_path / "afile").write_text("x")
     missing = str(tmp_path / "missing")  # reaching the loader would name this folder instead
-    for output, message in (("dir.png", "it is a folder"), ("afile/r.png", f"{tmp_path / 'afile'} is a file")):
+    for output, message in (
+        ("dir.png", "it is a folder"),
+        ("afile/r.png", f"{tmp_path / 'afile'} is a file"),
+        ("r", "'' is not an image format PIL writes"),
+    ):
         assert main(["reconstruct", str(photo), "--model", missing, "-o", str(tmp_path / output)]) == 2
         err = capsys.readouterr().err.strip()
         assert f"cannot write -o {tmp_path / output}: {message}" in err and len(err.splitlines()) == 1

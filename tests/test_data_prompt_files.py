@@ -13,6 +13,8 @@ def test_prompts_are_the_stripped_non_blank_lines_numbered_without_the_blanks(tm
 def test_a_missing_empty_or_non_utf8_prompts_file_is_named(tmp_path):
     with pytest.raises(InputError, match="prompts file not found"):
         read_prompts(tmp_path / "missing.txt")
+    with pytest.raises(InputError, match=f"{tmp_path} is a folder, not a prompts file"):
+        read_prompts(tmp_path)
     (tmp_path / "blank.txt").write_text("\n \n")
     with pytest.raises(InputError, match="no prompts in"):
         read_prompts(tmp_path / "blank.txt")

@@ -119,7 +119,11 @@ def test_a_grid_it_cannot_write_is_refused_before_the_model_loads(tmp_path, caps
     (tmp_path / "dir.png").mkdir()
     (tmp_path / "afile").write_text("x")
     base = ["eval", "hart-world", "--model", str(tmp_path / "missing"), "--grid"]
-    for output, message in (("dir.png", "it is a folder"), ("afile/g.png", f"{tmp_path / 'afile'} is a file")):
+    for output, message in (
+        ("dir.png", "it is a folder"),
+        ("afile/g.png", f"{tmp_path / 'afile'} is a file"),
+        ("grid.txt", "'.txt' is not an image format PIL writes"),
+    ):
         assert main([*base, str(tmp_path / output)]) == 2
         err = capsys.readouterr().err.strip()
         assert f"cannot write --grid {tmp_path / output}: {message}" in err and len(err.splitlines()) == 1

@@ -36,6 +36,8 @@ def test_resize_center_crop_and_grid():
 def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match="missing.png"):
         load_image(tmp_path / "missing.png")
+    with pytest.raises(InputError, match=f"{tmp_path} is a folder, not an image file"):
+        load_image(tmp_path)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"garbage")
     with pytest.raises(InputError, match="bad.png"):

@@ -62,6 +62,8 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
 def open_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image file in its stored mode (palette, 16-bit, RGBA kept), with errors that name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
     try:

@@ -73,6 +73,18 @@ def check_output_file(path: Path, flag: str) -> None:
     _check_no_file_above(path.parent, flag, path)
 
 
+def check_image_output(path: Path, flag: str) -> None:
+    """:func:`check_output_file` for an image, whose suffix must name a format PIL writes (it picks it by the
+    suffix, and would fail only at the save)."""
+    from PIL import Image
+
+    Image.init()
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format not in Image.SAVE:
+        raise InputError(f"cannot write {flag} {path}: '{path.suffix}' is not an image format PIL writes (.png, .jpg)")
+    check_output_file(path, flag)
+
+
 def check_output_folder(path: Path, flag: str) -> None:
     """Refuse, before any model loads, an output folder that cannot be made: a file at ``path`` or where one of
     its parent folders would be."""

@@ -31,6 +31,7 @@ from arvision.cli import at_least
 from arvision.cli.common import (
     add_device_argument,
     add_device_arguments,
+    check_image_output,
     check_output_file,
     check_tokenizer_size,
     per_image_seeds,
@@ -126,7 +127,7 @@ def run_hart_world(args: argparse.Namespace) -> int:
     # seeds first-seed .. + images-per-prompt - 1 (the grid and the prefix read-back draw one at least)
     per_image_seeds(args.first_seed, max(args.images_per_prompt, 1), "--first-seed")
     if args.grid is not None:
-        check_output_file(args.grid, "--grid")  # before the evaluation, which a bad output would waste
+        check_image_output(args.grid, "--grid")  # before the evaluation, which a bad output would waste
     pipe = HartPipeline.from_pretrained(args.model, device=args.device, torch_dtype=torch_dtype(args.dtype))
     # The pipeline's defaults, which calls that name no cfg / top-k use.
     if args.cfg is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arvision.cli.common import add_device_argument, check_output_file, check_tokenizer_size
+from arvision.cli.common import add_device_argument, check_image_output, check_tokenizer_size
 from arvision.defaults import DEFAULTS_DIR, default_model_path
 from arvision.errors import InputError
 from arvision.eval.metrics import psnr, ssim
@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
 
-    check_output_file(args.output, "-o")  # before the work, which a bad output would waste
+    check_image_output(args.output, "-o")  # before the work, which a bad output would waste
     image = load_image(args.image)
     if args.model is not None and is_vila_u_folder(args.model):
         raise InputError(f"{args.model} is a VILA-U folder; reconstruct takes a HART tokenizer folder")

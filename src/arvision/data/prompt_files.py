@@ -16,6 +16,8 @@ _IMAGE_NAME = re.compile(r"(\d{5,})(?:_(\d+))?\.png")  # what image_names writes
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """The prompts of a UTF-8 text file, one per line, stripped; blank lines are skipped (and not numbered)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a prompts file")
     if not path.is_file():
         raise InputError(f"prompts file not found: {path}")
     prompts = [line.strip() for line in text_lines(path) if line.strip()]
