@@ -624,3 +624,61 @@ def test_a_malformed_official_config_is_named_with_its_file(tmp_path):
 def test_a_seed_torch_cannot_take_is_named(pipe, embeds, seed):
     with pytest.raises(InputError, match=re.escape(f"seed must be a whole number in [0, 2**63), got {seed!r}")):
         pipe(prompt_embeds=embeds, seed=seed, progress=False)
+
+
+def test_call_arguments_of_the_wrong_type_are_named(pipe, embeds):
+    codes = [torch.zeros(2, pn * pn, dtype=torch.long) for pn in pipe.transformer.config.patch_nums[:2]]
+    vocab = pipe.transformer.config.vocab_size
+    picture = Image.new("RGB", (32, 32))
+    for options, message in [
+        ({"height": "64"}, "height must be a whole number, got '64'"),
+        ({"image": picture, "strength": "0.5"}, "strength must be a number, got '0.5'"),
+        ({"prompt_embeds": embeds.hidden}, "prompt_embeds must be a TextEncoding (hidden, mask, position_ids"),
+        (
+            {"prefix_indices": [codes[0], codes[1] + vocab]},
+            f"prefix_indices[1] has codes outside the vocabulary [0, {vocab})",
+        ),
+        (
+            {"prefix_indices": [codes[0].float()]},
+            "prefix_indices[0] must be an integer tensor of codes, got torch.float32",
+        ),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            pipe(**{"prompt_embeds": embeds, **options, "progress": False})
+    with pytest.raises(InputError, match="got bytes as the prompt: pass text"):
+        pipe(b"abc", progress=False)
+    # codes of any integer type are taken
+    out = pipe(prompt_embeds=embeds, prefix_indices=[c.int() for c in codes], seed=0, progress=False)
+    assert torch.equal(out.latents, pipe(prompt_embeds=embeds, prefix_indices=codes, seed=0, progress=False).latents)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            {"text_encoder": 5},
+            "text_encoder must be a Qwen2 folder or a text encoder (encode(), hidden_size, max_length), got int",
+        ),
+        (
+            {"torch_dtype": "float16"},
+            "torch_dtype must be a floating-point torch dtype such as torch.float16, got 'float16'",
+        ),
+        ({"dtype": torch.int64}, "dtype must be a floating-point torch dtype such as torch.float16, got torch.int64"),
+        ({"device": "bogus"}, "unknown device 'bogus'"),
+    ],
+)
+def test_from_pretrained_arguments_of_the_wrong_type_are_named(arguments, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        HartPipeline.from_pretrained(HART_TINY, **arguments)
+
+
+def test_a_folder_that_is_not_a_path_or_a_device_torch_does_not_know_is_named(pipe):
+    with pytest.raises(InputError, match="the model folder must be a path, got NoneType"):
+        HartPipeline.from_pretrained(None)
+    with pytest.raises(InputError, match="unknown device 'bogus'"):
+        pipe.to("bogus")
+    with pytest.raises(InputError, match="dtype must be a floating-point torch dtype"):
+        pipe.to(torch.int64)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="device 'cuda' is not available: this machine has 0 CUDA devices"):
+            pipe.to("cuda")

@@ -605,3 +605,18 @@ def test_seeds_torch_cannot_take_are_named():
         pipe.describe(_astronaut(), "Describe it.", seed=2**70)
     with pytest.raises(InputError, match=re.escape("seed must be a whole number in [0, 2**63), got 'abc'")):
         pipe.generate_image("a cat", seed="abc")
+
+
+def test_reconstruct_and_from_pretrained_arguments_of_the_wrong_type_are_named():
+    pipe = fixture_pipeline()
+    for images in ([], 5, b"abc"):
+        with pytest.raises(InputError, match="reconstruct takes an image or a non-empty list of images"):
+            pipe.reconstruct(images)
+    with pytest.raises(InputError, match="the model folder must be a path, got NoneType"):
+        VilaUPipeline.from_pretrained(None)
+    with pytest.raises(InputError, match="torch_dtype must be a floating-point torch dtype"):
+        VilaUPipeline.from_pretrained(FIXTURE, torch_dtype="float16")
+    with pytest.raises(InputError, match="dtype must be a floating-point torch dtype"):
+        VilaUPipeline.from_pretrained(FIXTURE, dtype=torch.int64)
+    with pytest.raises(InputError, match="unknown device 'bogus'"):
+        VilaUPipeline.from_pretrained(FIXTURE, device="bogus")

@@ -45,8 +45,15 @@ from arvision.models.hart_sampler import (
     check_quantizer,
     sample_latent,
 )
-from arvision.nn.sampling import Generators, seeded_generator
-from arvision.pipelines.common import ProgressBars, pretrained_dtype, replacing_folder, to_arguments
+from arvision.nn.sampling import Generators, check_number, seeded_generator
+from arvision.pipelines.common import (
+    ProgressBars,
+    checked_device,
+    model_folder,
+    pretrained_dtype,
+    replacing_folder,
+    to_arguments,
+)
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
@@ -63,6 +70,7 @@ TEXT_ENCODER_SPECS = '{"type": "minilm"} or {"type": "qwen2", "path": <folder>}'
 
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass
@@ -131,7 +139,16 @@ class HartPipeline(ProgressBars):
         (transformers'): what the transformer and text encoder run in (see :meth:`to`).
         """
         torch_dtype = pretrained_dtype(dtype, torch_dtype)
-        folder = Path(folder)
+        folder, device = model_folder(folder), checked_device(device)
+        if (
+            text_encoder is not None
+            and not isinstance(text_encoder, str | os.PathLike)
+            and not _is_text_encoder(text_encoder)
+        ):
+            raise InputError(
+                "text_encoder must be a Qwen2 folder or a text encoder (encode(), hidden_size, max_length), "
+                f"got {type(text_encoder).__name__}"
+            )
         if not folder.is_dir():
             raise CheckpointError(f"model folder not found: {folder}")
         if (folder / INDEX_FILE).is_file():
@@ -250,6 +267,8 @@ class HartPipeline(ProgressBars):
     def schedule_for(self, height: int | None, width: int | None) -> tuple[int, ...]:
         """Scale schedule for an image size: the model's own if it fits, else a preset for that grid."""
         for name, value in (("height", height), ("width", width)):
+            if value is not None:
+                check_number(value, name, whole=True)
             if value is not None and value <= 0:
                 raise InputError(f"{name} must be a positive number of pixels, got {value}")
         size = height or width or self.default_size()
@@ -387,6 +406,7 @@ class HartPipeline(ProgressBars):
                 negative = _repeat(negative, cond.batch)
             if negative.batch != cond.batch:
                 raise InputError(f"{negative.batch} negative prompts for {cond.batch} prompts")
+        prefix_indices = _checked_prefix_indices(prefix_indices, self.transformer.config.vocab_size)
         if image is not None and len(prefix_indices):
             raise InputError("pass image or prefix_indices, not both")
         prefix_indices = self._image_codes(image, strength, patch_nums, cond.batch, device) or prefix_indices
@@ -481,6 +501,13 @@ class HartPipeline(ProgressBars):
     def _condition(self, prompt, prompt_embeds, class_labels, device) -> Condition:
         if prompt is not None and prompt_embeds is not None:
             raise InputError("pass prompt or prompt_embeds, not both")
+        if isinstance(prompt, bytes | bytearray):  # a sequence of ints, whose first would be named as the prompt
+            raise InputError("got bytes as the prompt: pass text (decode the bytes first)")
+        if prompt_embeds is not None and not isinstance(prompt_embeds, TextEncoding):
+            raise InputError(
+                "prompt_embeds must be a TextEncoding (hidden, mask, position_ids, as pipe.encode_prompts returns), "
+                f"got {type(prompt_embeds).__name__}"
+            )
         if class_labels is not None and not self.transformer.config.class_conditional:
             raise InputError("class_labels need a class-conditional model; this one takes text prompts")
         if self.transformer.config.class_conditional:
@@ -527,9 +554,31 @@ def image_strength(strength: float | None, has_image: bool) -> float | None:
             raise InputError("strength needs an image (image-to-image)")
         return None
     strength = DEFAULT_STRENGTH if strength is None else strength
+    check_number(strength, "strength")
     if not 0 <= strength <= 1:
         raise InputError(f"strength must be within 0..1, got {strength}")
     return strength
+
+
+def _checked_prefix_indices(prefix_indices: Any, vocab_size: int) -> list[torch.Tensor]:
+    """``prefix_indices`` as int64 tensors, checked to be a list of integer tensors of codes in [0, vocab_size)
+    (the sampler checks their shapes, and would fail deep inside torch on codes of other types or values)."""
+    if not isinstance(prefix_indices, Sequence):
+        raise InputError(
+            f"prefix_indices must be a list of code tensors, one per scale, got {type(prefix_indices).__name__}"
+        )
+    for si, codes in enumerate(prefix_indices):
+        if not isinstance(codes, torch.Tensor) or codes.dtype not in INDEX_DTYPES:
+            what = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise InputError(f"prefix_indices[{si}] must be an integer tensor of codes, got {what}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= vocab_size):
+            raise InputError(f"prefix_indices[{si}] has codes outside the vocabulary [0, {vocab_size})")
+    return [codes.long() for codes in prefix_indices]
+
+
+def _is_text_encoder(value: object) -> bool:
+    """Whether ``value`` has what :class:`TextEncoder` (a protocol, not checkable with isinstance) requires."""
+    return callable(getattr(value, "encode", None)) and all(hasattr(value, a) for a in ("hidden_size", "max_length"))
 
 
 def _checked_id2label(id2label: Mapping[int, str], config: HartConfig) -> dict[int, str]:

@@ -24,7 +24,7 @@ from arvision.errors import CheckpointError, InputError
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
 from arvision.nn.sampling import Generators, check_guidance, check_number, check_sampling, seeded_generator
 from arvision.pipelines import vila_u_checkpoint as ckpt
-from arvision.pipelines.common import ProgressBars, pretrained_dtype, to_arguments
+from arvision.pipelines.common import ProgressBars, checked_device, model_folder, pretrained_dtype, to_arguments
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
 from arvision.text import vicuna
 
@@ -133,7 +133,7 @@ class VilaUPipeline(ProgressBars):
         written by :meth:`save_pretrained` (the same layout). ``dtype`` (or diffusers' name, ``torch_dtype``)
         defaults to the stored one (``model_dtype``: bfloat16 for the release)."""
         dtype = pretrained_dtype(dtype, torch_dtype)
-        folder = Path(folder)
+        folder, device = model_folder(folder), checked_device(device)
         ckpt.check_vila_u_folder(folder)
         config, generation = ckpt.read_config(folder)
         text_sampling = TextSampling.from_generation_config(generation)
@@ -300,7 +300,11 @@ class VilaUPipeline(ProgressBars):
     @torch.no_grad()
     def reconstruct(self, images: ImageInput | Sequence[ImageInput]) -> list[PIL.Image.Image]:
         """Round trip through the vision tower (encode to codes, decode): what the tokens keep of an image."""
-        batch = [images] if isinstance(images, ImageInput) else list(images)
+        if isinstance(images, ImageInput):
+            images = [images]
+        if not isinstance(images, Sequence) or isinstance(images, bytes | bytearray) or not images:
+            raise InputError(f"reconstruct takes an image or a non-empty list of images, got {images!r:.60}")
+        batch = list(images)
         codes, _ = self.model.vision_tower.encode(self.pixels(batch))
         return to_pil(self.model.vision_tower.decode_codes(codes))
 
