@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,40 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def replacing_folder(folder: str | os.PathLike, entries: Collection[str]) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``folder`` whole if the block succeeds
+    (:func:`atomic_folder`: a crash leaves the previous folder, or none, never a half-written one).
+
+    It starts with every entry of an existing ``folder`` but ``entries`` (the ones the block writes, so no stale
+    file of theirs survives): a ``text_encoder/`` folder, a README... are kept, hard-linked where the file system
+    allows it.
+    """
+    folder = Path(folder)
+    if Path.cwd().resolve().is_relative_to(folder.resolve()):
+        # The swap renames the folder aside: the process would be left in a deleted directory.
+        raise InputError(f"cannot save into {folder}: it holds the current directory; name a subfolder")
+    with atomic_folder(folder) as tmp:
+        if folder.is_dir():
+            shutil.copytree(
+                folder,
+                tmp,
+                symlinks=True,
+                ignore=lambda where, names: entries if Path(where) == folder else (),
+                copy_function=_link_or_copy,
+                dirs_exist_ok=True,
+            )
+        yield tmp
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link (a kept text encoder may be gigabytes; the link outlives the old folder), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def select_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:

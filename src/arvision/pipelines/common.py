@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import torch
 
-from arvision import checkpoint
 from arvision.errors import InputError
 
 
@@ -74,37 +70,3 @@ def model_folder(folder: object) -> Path:
     if not isinstance(folder, str | os.PathLike):
         raise InputError(f"the model folder must be a path, got {type(folder).__name__}")
     return Path(folder)
-
-
-@contextlib.contextmanager
-def replacing_folder(folder: str | os.PathLike, entries: Collection[str]) -> Iterator[Path]:
-    """Yield a temporary folder that replaces ``folder`` whole if the block succeeds
-    (:func:`checkpoint.atomic_folder`: a crash leaves the previous folder, or none, never a half-written one).
-
-    It starts with every entry of an existing ``folder`` but ``entries`` (the ones the block writes, so no stale
-    file of theirs survives): a ``text_encoder/`` folder, a README... are kept, hard-linked where the file system
-    allows it.
-    """
-    folder = Path(folder)
-    if Path.cwd().resolve().is_relative_to(folder.resolve()):
-        # The swap renames the folder aside: the process would be left in a deleted directory.
-        raise InputError(f"cannot save into {folder}: it holds the current directory; name a subfolder")
-    with checkpoint.atomic_folder(folder) as tmp:
-        if folder.is_dir():
-            shutil.copytree(
-                folder,
-                tmp,
-                symlinks=True,
-                ignore=lambda where, names: entries if Path(where) == folder else (),
-                copy_function=_link_or_copy,
-                dirs_exist_ok=True,
-            )
-        yield tmp
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    """Hard-link (a kept text encoder may be gigabytes; the link outlives the old folder), else copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

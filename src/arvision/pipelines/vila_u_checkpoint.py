@@ -37,6 +37,7 @@ from arvision.checkpoint import (
     load_state_dict,
     read_json,
     read_shard_index,
+    replacing_folder,
     save_state_dict,
     select_prefix,
     write_json,
@@ -45,7 +46,6 @@ from arvision.errors import CheckpointError, InputError
 from arvision.models.depth_transformer import DepthTransformerConfig
 from arvision.models.vila_u import SpecialTokens, VilaU, VilaUConfig
 from arvision.nn.sampling import check_number
-from arvision.pipelines.common import replacing_folder
 from arvision.text.vicuna import IM_END, IM_START, VI_END, VI_START
 from arvision.tokenizers.rq_vision_tower import PixelDecoderConfig, RQVisionTower, RQVisionTowerConfig
 from arvision.tokenizers.siglip_presets import siglip_preset
@@ -531,7 +531,7 @@ def save_folder(
     model: VilaU, folder: Path, tokenizer: Any, generation: dict[str, Any], max_shard_bytes: int = 5 * 2**30
 ) -> None:
     """Write ``model`` in the release layout (the LLM in shards of at most ``max_shard_bytes``), swapped in whole
-    (:func:`~arvision.pipelines.common.replacing_folder`): a crash leaves the previous folder, never one without
+    (:func:`~arvision.checkpoint.replacing_folder`): a crash leaves the previous folder, never one without
     weights or with a mix of old and new files. Other entries of an existing folder are kept."""
     cfg = model.config
     tower_cfg = tower_config_to_release(cfg.tower, cfg.depth, cfg.siglip_name)

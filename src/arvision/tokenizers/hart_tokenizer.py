@@ -22,7 +22,6 @@ from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
 from arvision.nn.sampling import check_number
 from arvision.nn.vqgan import Decoder, Encoder
-from arvision.pipelines.common import replacing_folder
 from arvision.tokenizers.discriminator import DISCRIMINATOR_PREFIX
 from arvision.tokenizers.multiscale_quantizer import MultiScaleQuantizer, QuantizerOutput
 from arvision.tokenizers.schedules import PATCH_NUMS, schedule_for_latent, schedule_of, validate_schedule
@@ -297,10 +296,10 @@ class HybridTokenizer(nn.Module):
         self, folder: str | os.PathLike, discriminator: Mapping[str, torch.Tensor] | None = None
     ) -> None:
         """Write ``config.json`` + ``model.safetensors`` in the official key layout (``vae.`` / ``disc.``), the two
-        swapped in together (:func:`~arvision.pipelines.common.replacing_folder`): a crash never leaves new weights
+        swapped in together (:func:`~arvision.checkpoint.replacing_folder`): a crash never leaves new weights
         beside the old config. Other entries of an existing folder are kept; its other weight files are not."""
         state = {WEIGHT_PREFIX + k: v for k, v in self.state_dict().items()}
         state.update({DISCRIMINATOR_PREFIX + k: v for k, v in (discriminator or {}).items()})
-        with replacing_folder(folder, ("config.json", *checkpoint.WEIGHT_FILE_NAMES)) as tmp:
+        with checkpoint.replacing_folder(folder, ("config.json", *checkpoint.WEIGHT_FILE_NAMES)) as tmp:
             checkpoint.save_state_dict(state, tmp / "model.safetensors")
             checkpoint.write_json(tmp / "config.json", self.config.to_dict())
