@@ -47,7 +47,8 @@ class _Pipeline:
         (["a cat", "--temperature", "-1"], "temperature must be 0 (greedy) or a finite number"),
         (["a cat", "--top-k", "-2"], "top_k must be >= 0"),
         (["a cat", "--cfg", "1e9"], "--cfg must be within [0, 10000]"),
-        (["a cat", "--seed", str(2**64 - 1), "-n", "2"], "--seed must be within"),
+        (["a cat", "--seed", str(2**63 - 1), "-n", "2"], f"--seed must be within 0..{2**63 - 2} for 2 results"),
+        (["a cat", "--seed", "-1"], "--seed must be within 0.."),  # the pipelines' range, which a negative leaves
         (["a cat", "--strength", "0.5"], "--strength needs --image"),
         (["a cat", "--image", "start.png", "--strength", "2"], "--strength needs --image and a value within 0..1"),
         (["a cat", "--image", "no-such-start.png"], "image file not found: no-such-start.png"),

@@ -356,3 +356,9 @@ def test_prefix_indices_are_taken_and_only_the_later_scales_drawn(hart_cases, ti
         run([codes[0], codes[0]], 0)
     with pytest.raises(InputError, match="scales of prefix_indices for a schedule of"):
         run([*codes, codes[-1]], 0)
+    # the sampler itself names codes of another type or outside the vocabulary (not only the pipeline)
+    with pytest.raises(InputError, match=r"prefix_indices\[0\] must be an integer tensor of codes, got torch.float32"):
+        run([codes[0].float()], 0)
+    with pytest.raises(InputError, match=r"prefix_indices\[0\] has codes outside the vocabulary"):
+        run([codes[0] + 10**6], 0)
+    assert torch.equal(run([codes[0].int()], 0)[0], run([codes[0]], 0)[0])  # any integer type is taken

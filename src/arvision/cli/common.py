@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from arvision.errors import InputError
+from arvision.nn.sampling import SEED_LIMIT
 from arvision.tokenizers.schedules import MAX_LATENT_SIZE
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -120,7 +121,7 @@ def silence_library_progress() -> None:
     logging.disable_progress_bar()
 
 
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+SEED_RANGE = (0, SEED_LIMIT - 1)  # what the pipelines take (nn.sampling.seeded_generator)
 
 
 def per_image_seeds(seed: int, count: int, flag: str = "--seed") -> list[int]:

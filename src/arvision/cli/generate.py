@@ -8,7 +8,6 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -28,7 +27,7 @@ from arvision.defaults import default_model_path
 from arvision.errors import InputError
 from arvision.imaging import load_image, make_grid
 from arvision.models.hart_sampler import GUIDANCE_SCHEDULES
-from arvision.nn.sampling import check_guidance, check_sampling
+from arvision.nn.sampling import check_guidance, check_sampling, seeded_generator
 from arvision.text.base import check_prompts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -253,7 +252,7 @@ def _hart_drawer(folder: Path, args: argparse.Namespace, init_image: Image.Image
             height=args.size,
             width=args.size,
             num_images_per_prompt=args.num_images,
-            generator=[torch.Generator(pipe.device).manual_seed(seed) for seed in seeds or ()] or None,
+            generator=[seeded_generator(seed, pipe.device) for seed in seeds or ()] or None,
             negative_prompt=args.negative_prompt,
             discrete_only=args.discrete_only,
             more_smooth=args.more_smooth,

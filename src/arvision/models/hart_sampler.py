@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ from arvision.nn.sampling import (
 )
 
 GUIDANCE_SCHEDULES = ("linear", "constant")
+INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # what codes may come as
 
 
 @dataclass
@@ -180,6 +181,22 @@ class ScaleQuantizer(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def checked_prefix_indices(prefix_indices: Any, vocab_size: int) -> list[torch.Tensor]:
+    """``prefix_indices`` as int64 tensors, checked to be a list of integer tensors of codes in [0, vocab_size)
+    (their shapes are the schedule's to check; other types or values would fail deep inside torch)."""
+    if not isinstance(prefix_indices, Sequence):
+        raise InputError(
+            f"prefix_indices must be a list of code tensors, one per scale, got {type(prefix_indices).__name__}"
+        )
+    for si, codes in enumerate(prefix_indices):
+        if not isinstance(codes, torch.Tensor) or codes.dtype not in INDEX_DTYPES:
+            what = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise InputError(f"prefix_indices[{si}] must be an integer tensor of codes, got {what}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= vocab_size):
+            raise InputError(f"prefix_indices[{si}] has codes outside the vocabulary [0, {vocab_size})")
+    return [codes.long() for codes in prefix_indices]
+
+
 def check_quantizer(config: HartConfig, quantizer: ScaleQuantizer) -> None:
     """CheckpointError, naming both values, unless the tokenizer's codebook is the one the transformer predicts:
     ``vocab_size`` codes of ``latent_channels`` channels."""
@@ -248,6 +265,7 @@ def sample_latent(
     num_scales, last = len(pn), len(pn) - 1
     B, vocab = cond.batch, model.config.vocab_size
     check_generators(generator, B)
+    prefix_indices = checked_prefix_indices(prefix_indices, vocab)
     if len(prefix_indices) > num_scales:
         raise InputError(f"{len(prefix_indices)} scales of prefix_indices for a schedule of {num_scales}")
     for si, given in enumerate(prefix_indices):

@@ -43,6 +43,7 @@ from arvision.models.hart_sampler import (
     ScaleStep,
     check_condition,
     check_quantizer,
+    checked_prefix_indices,
     sample_latent,
 )
 from arvision.nn.sampling import Generators, check_number, seeded_generator
@@ -51,7 +52,6 @@ from arvision.pipelines.common import (
     checked_device,
     model_folder,
     pretrained_dtype,
-    replacing_folder,
     to_arguments,
 )
 from arvision.text.base import TextEncoder, TextEncoding, check_prompts
@@ -67,10 +67,7 @@ DEFAULT_STRENGTH = 0.8  # image-to-image: the share of the scales drawn anew (di
 RAW_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 SAVED_ENTRIES = (INDEX_FILE, "transformer", "tokenizer")  # what save_pretrained writes (and replaces) in a folder
 TEXT_ENCODER_SPECS = '{"type": "minilm"} or {"type": "qwen2", "path": <folder>}'
-
-
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass
@@ -235,7 +232,7 @@ class HartPipeline(ProgressBars):
             index["text_encoder"] = _spec_relative_to(self.text_encoder_spec, folder)
         if self.id2label is not None:
             index["id2label"] = {str(label): name for label, name in sorted(self.id2label.items())}
-        with replacing_folder(folder, SAVED_ENTRIES) as tmp:
+        with checkpoint.replacing_folder(folder, SAVED_ENTRIES) as tmp:
             checkpoint.save_state_dict(self.transformer.state_dict(), tmp / "transformer" / "model.safetensors")
             checkpoint.write_json(tmp / "transformer" / "config.json", self.transformer.config.to_dict())
             self.tokenizer.save_pretrained(tmp / "tokenizer")
@@ -306,7 +303,7 @@ class HartPipeline(ProgressBars):
     def get_label_ids(self, names: str | Sequence[str]) -> list[int]:
         """Class names -> labels of a class-conditional model; an unknown name, or one that several labels share,
         is an InputError naming it."""
-        names = [names] if isinstance(names, str) else list(names)
+        names = check_prompts(names)
         by_name = self._labels_by_name()
         if not by_name:
             raise InputError("this model has no class names (no id2label): pass class_labels as numbers")
@@ -326,11 +323,12 @@ class HartPipeline(ProgressBars):
         return ids
 
     def encode_prompts(self, prompts: str | Sequence[str]) -> TextEncoding:
+        prompts = check_prompts(prompts)
         if self.text_encoder is None:
             raise CheckpointError(
                 "this pipeline has no text encoder: load it with text_encoder=<Qwen2 folder> or pass prompt_embeds"
             )
-        return self.text_encoder.encode(check_prompts(prompts))
+        return self.text_encoder.encode(prompts)
 
     @torch.no_grad()
     def __call__(
@@ -406,7 +404,7 @@ class HartPipeline(ProgressBars):
                 negative = _repeat(negative, cond.batch)
             if negative.batch != cond.batch:
                 raise InputError(f"{negative.batch} negative prompts for {cond.batch} prompts")
-        prefix_indices = _checked_prefix_indices(prefix_indices, self.transformer.config.vocab_size)
+        prefix_indices = checked_prefix_indices(prefix_indices, self.transformer.config.vocab_size)
         if image is not None and len(prefix_indices):
             raise InputError("pass image or prefix_indices, not both")
         prefix_indices = self._image_codes(image, strength, patch_nums, cond.batch, device) or prefix_indices
@@ -501,8 +499,6 @@ class HartPipeline(ProgressBars):
     def _condition(self, prompt, prompt_embeds, class_labels, device) -> Condition:
         if prompt is not None and prompt_embeds is not None:
             raise InputError("pass prompt or prompt_embeds, not both")
-        if isinstance(prompt, bytes | bytearray):  # a sequence of ints, whose first would be named as the prompt
-            raise InputError("got bytes as the prompt: pass text (decode the bytes first)")
         if prompt_embeds is not None and not isinstance(prompt_embeds, TextEncoding):
             raise InputError(
                 "prompt_embeds must be a TextEncoding (hidden, mask, position_ids, as pipe.encode_prompts returns), "
@@ -558,22 +554,6 @@ def image_strength(strength: float | None, has_image: bool) -> float | None:
     if not 0 <= strength <= 1:
         raise InputError(f"strength must be within 0..1, got {strength}")
     return strength
-
-
-def _checked_prefix_indices(prefix_indices: Any, vocab_size: int) -> list[torch.Tensor]:
-    """``prefix_indices`` as int64 tensors, checked to be a list of integer tensors of codes in [0, vocab_size)
-    (the sampler checks their shapes, and would fail deep inside torch on codes of other types or values)."""
-    if not isinstance(prefix_indices, Sequence):
-        raise InputError(
-            f"prefix_indices must be a list of code tensors, one per scale, got {type(prefix_indices).__name__}"
-        )
-    for si, codes in enumerate(prefix_indices):
-        if not isinstance(codes, torch.Tensor) or codes.dtype not in INDEX_DTYPES:
-            what = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
-            raise InputError(f"prefix_indices[{si}] must be an integer tensor of codes, got {what}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= vocab_size):
-            raise InputError(f"prefix_indices[{si}] has codes outside the vocabulary [0, {vocab_size})")
-    return [codes.long() for codes in prefix_indices]
 
 
 def _is_text_encoder(value: object) -> bool:

@@ -13,10 +13,10 @@ from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from PIL import Image
 
 from arvision.errors import InputError
+from arvision.nn.sampling import seeded_generator
 from arvision.pipelines.hart import HartPipeline, image_strength
 from arvision.pipelines.vila_u import VilaUPipeline, refuse_hart_options
 from arvision.text.base import check_prompts
@@ -165,7 +165,7 @@ def run_generation(pipe: TextToImage, settings: GenerationSettings, jobs: Sequen
             negative_prompt=None if negatives[0] is None else negatives,
             image=None if starts[0] is None else starts,
             strength=settings.strength,
-            generator=[torch.Generator(pipe.device).manual_seed(seed) for seed in seeds],
+            generator=[seeded_generator(seed, pipe.device) for seed in seeds],
             progress=False,
             **_hart_options(settings),
         ).images

@@ -41,6 +41,8 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     """One prompt or a list of them, each non-empty after stripping whitespace."""
     if isinstance(prompts, str):
         prompts = [prompts]
+    if isinstance(prompts, bytes | bytearray):  # a Sequence of ints, whose first would be named as the prompt
+        raise InputError("got bytes as the prompt: pass text (decode the bytes first)")
     if not isinstance(prompts, Sequence):
         raise InputError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
     prompts = list(prompts)

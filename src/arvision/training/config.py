@@ -152,7 +152,13 @@ def build_dataclass(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> 
     missing = [name for name in required if name not in data]
     if missing:
         raise InputError(f"missing config key(s): {', '.join(prefix + k for k in missing)}")
-    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+    values = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except InputError as exc:  # the dataclass's own checks name its fields, not where they sit in the config
+        if prefix and not str(exc).startswith(prefix):
+            raise InputError(f"{prefix.rstrip('.')}: {exc}") from exc
+        raise
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
