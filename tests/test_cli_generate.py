@@ -183,6 +183,11 @@ def test_a_finished_prompts_file_run_does_not_load_the_model_again(tmp_path, mon
     assert len(pipe.loads) == 1 and len(pipe.calls) == 2  # batches of 2 and 1 prompts
     assert main([*args, "-o", str(tmp_path / "out")]) == 0
     assert len(pipe.loads) == 1 and "(0 drawn now)" in capsys.readouterr().out
+    (tmp_path / "out" / "00001.png").unlink()
+    (tmp_path / "out" / "00001.png").mkdir()  # a folder where an image it must draw goes: named before the load
+    assert main([*args, "-o", str(tmp_path / "out")]) == 2
+    assert f"cannot write -o {tmp_path / 'out' / '00001.png'}: it is a folder" in capsys.readouterr().err
+    assert len(pipe.loads) == 1
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,8 @@ def _draw_prompts_file(load: Callable[[], Drawer], prompts: list[str], seed: int
     n = args.num_images
     done = [all((args.output / name).is_file() for name in image_names(i, n)) for i in range(len(prompts))]
     todo = [i for i, there in enumerate(done) if not there]
+    for name in (name for i in todo for name in image_names(i, n)):
+        check_output_file(args.output / name, "-o")  # a folder where an image goes would fail after drawing
     draw = load() if todo else None
     args.output.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="prompts", disable=args.quiet) as bar:
