@@ -216,6 +216,8 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(tmp_
 @pytest.mark.parametrize("flag", ["--image", "--prompts-file"])
 def test_an_input_file_given_as_a_folder_is_named_as_one(tmp_path, capsys, flag):
     prompt = ["a cat"] if flag == "--image" else []
-    args = ["generate", *prompt, flag, str(tmp_path), "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "o")]
+    out = tmp_path / ("o.png" if flag == "--image" else "o")
+    args = ["generate", *prompt, flag, str(tmp_path), "--model", str(tmp_path / "missing"), "-o", str(out)]
     assert main(args) == 2
-    assert f"{flag} {tmp_path} is a folder, not a file" in capsys.readouterr().err
+    what = "an image file" if flag == "--image" else "a prompts file"  # named by the readers, before the load
+    assert f"{tmp_path} is a folder, not {what}" in capsys.readouterr().err

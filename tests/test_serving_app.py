@@ -368,6 +368,25 @@ def test_cli_serve_names_a_port_in_use_before_the_models_load(tmp_path, capsys):
     serve.check_port("127.0.0.1", port)  # free again
 
 
+def test_the_port_check_binds_ipv6_as_the_server_does_beside_an_ipv4_listener():
+    import socket
+
+    from arvision.cli import serve
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket() as taken:  # an IPv4 listener on all addresses
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            serve.check_port("::", port)  # asyncio binds "::" IPv6-only, so uvicorn would serve: not refused
+        except InputError as exc:
+            if "Cannot assign requested address" in str(exc) or "not supported" in str(exc):
+                pytest.skip(f"IPv6 unusable here: {exc}")
+            raise
+
+
 def test_a_vila_u_server_generates_each_image_as_its_seed_makes_it_alone():
     vila = fixture_pipeline()
 

@@ -60,12 +60,6 @@ def numbered_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i:03d}{output.suffix}") for i in range(count)]
 
 
-def check_input_file(path: Path, flag: str) -> None:
-    """An input file given as a folder is named as one (the readers would call it "not found")."""
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder, not a file")
-
-
 def check_output_file(path: Path, flag: str) -> None:
     """Refuse, before any model loads, an output file that cannot be written: a folder at ``path``, or a file
     where one of its parent folders would be (the write would fail only after all the work)."""
@@ -79,7 +73,6 @@ def check_image_output(path: Path, flag: str) -> None:
     suffix, and would fail only at the save)."""
     from PIL import Image
 
-    Image.init()
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format not in Image.SAVE:
         raise InputError(f"cannot write {flag} {path}: '{path.suffix}' is not an image format PIL writes (.png, .jpg)")

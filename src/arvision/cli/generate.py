@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 from arvision.checkpoint import atomic_path
 from arvision.cli.common import (
     add_device_arguments,
-    check_input_file,
     check_output_file,
     check_output_folder,
     numbered_paths,
@@ -131,9 +130,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("-n must be at least 1")
     if (args.prompt is None) == (args.prompts_file is None):
         raise InputError("give a prompt or --prompts-file, one of them")
-    for flag, path in (("--prompts-file", args.prompts_file), ("--image", args.image)):
-        if path is not None:
-            check_input_file(path, flag)
     # Before the (slow) model load: what the pipelines would refuse after it.
     prompts = check_prompts(args.prompt if args.prompts_file is None else read_prompts(args.prompts_file))
     if args.negative_prompt is not None and not args.negative_prompt.strip():

@@ -25,14 +25,16 @@ def port_number(text: str) -> int:
 
 def check_port(host: str, port: int) -> None:
     """Bind every address of ``host:port`` as the server will (asyncio's ``create_server``: SO_REUSEADDR, so a
-    port left in TIME_WAIT counts as free) and let them go: a port in use or an address this machine lacks is
-    named before the models load, not by uvicorn after."""
+    port left in TIME_WAIT counts as free, and IPV6_V6ONLY) and let them go: a port in use or an address this
+    machine lacks is named before the models load, not by uvicorn after."""
     try:
         for family, kind, proto, _, address in socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         ):
             with socket.socket(family, kind, proto) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as asyncio binds it: IPv6 only, beside any IPv4 listener
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(address)
     except OSError as exc:
         raise InputError(f"cannot listen on --host {host} --port {port}: {exc.strerror or exc}") from None

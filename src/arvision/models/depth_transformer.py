@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from arvision.errors import InputError
-from arvision.nn.sampling import check_number
+from arvision.validation import check_number
 
 # Per block: [] before the first step, then [keys, values] of shape [N, heads, positions, head_dim].
 DepthCache = list[list[torch.Tensor]]

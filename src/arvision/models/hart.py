@@ -39,10 +39,10 @@ from arvision.nn.adaln import ada_linear, modulate
 from arvision.nn.kv_cache import KVCache
 from arvision.nn.rmsnorm import RMSNorm
 from arvision.nn.rope import apply_rope, grid_positions, rope_1d, rope_2d
-from arvision.nn.sampling import check_number
 from arvision.nn.swiglu import SwiGLU, swiglu_hidden
 from arvision.nn.timestep import TimestepEmbedder
 from arvision.tokenizers.schedules import PATCH_NUMS, validate_schedule
+from arvision.validation import check_flag, check_number
 
 OFFICIAL_BUFFERS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")
 
@@ -109,8 +109,7 @@ class HartConfig:
             check_number(getattr(self, name), name, above=0)
         check_number(self.cond_drop_rate, "cond_drop_rate", minimum=0, below=1)
         for name in ("use_timestep_embed", "attn_l2_norm", "use_context_norm"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            check_flag(getattr(self, name), name)
         self.patch_nums = check_schedule(self.patch_nums)
         self.num_sampling_steps = str(self.num_sampling_steps)
         space_timesteps(NUM_TRAIN_STEPS, self.num_sampling_steps)  # refuses a step spec the head cannot respace

@@ -34,13 +34,13 @@ from arvision.nn.sampling import (
     Generators,
     check_generators,
     check_guidance,
-    check_number,
     check_sampling,
     filter_top_k_top_p,
     guide,
     gumbel_softmax,
     sample_logits,
 )
+from arvision.validation import check_number
 
 GUIDANCE_SCHEDULES = ("linear", "constant")
 INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # what codes may come as
@@ -181,9 +181,10 @@ class ScaleQuantizer(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def checked_prefix_indices(prefix_indices: Any, vocab_size: int) -> list[torch.Tensor]:
-    """``prefix_indices`` as int64 tensors, checked to be a list of integer tensors of codes in [0, vocab_size)
-    (their shapes are the schedule's to check; other types or values would fail deep inside torch)."""
+def checked_prefix_indices(prefix_indices: Any, vocab_size: int | None = None) -> list[torch.Tensor]:
+    """``prefix_indices`` as int64 tensors, checked to be a list of integer tensors, of codes in [0, vocab_size)
+    if it is given (their shapes are the schedule's to check; other types or values would fail deep inside torch;
+    the range costs a device sync per scale, so :func:`sample_latent` checks it once)."""
     if not isinstance(prefix_indices, Sequence):
         raise InputError(
             f"prefix_indices must be a list of code tensors, one per scale, got {type(prefix_indices).__name__}"
@@ -192,7 +193,7 @@ def checked_prefix_indices(prefix_indices: Any, vocab_size: int) -> list[torch.T
         if not isinstance(codes, torch.Tensor) or codes.dtype not in INDEX_DTYPES:
             what = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
             raise InputError(f"prefix_indices[{si}] must be an integer tensor of codes, got {what}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= vocab_size):
+        if vocab_size is not None and codes.numel() and (codes.min() < 0 or codes.max() >= vocab_size):
             raise InputError(f"prefix_indices[{si}] has codes outside the vocabulary [0, {vocab_size})")
     return [codes.long() for codes in prefix_indices]
 

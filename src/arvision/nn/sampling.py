@@ -1,6 +1,7 @@
-"""Token sampling shared by every sampler: classifier-free guidance, temperature, top-k, top-p.
+"""Token sampling shared by every sampler: classifier-free guidance, temperature, top-k, top-p, and the
+checks of those settings and of seeds.
 
-All functions take logits shaped ``[..., V]`` and never modify their input.
+The sampling functions take logits shaped ``[..., V]`` and never modify their input.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from arvision.errors import InputError
+from arvision.validation import check_number
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """Where random draws come from: torch's global generator (None), one generator for the whole batch, or one
@@ -23,32 +25,6 @@ MAX_GUIDANCE = 1e4  # far beyond any useful scale; larger ones overflow float32 
 MIN_TEMPERATURE = 1e-4  # below it (but above 0, greedy) the scaled logits overflow float32 the same way
 
 
-def check_number(
-    value: object,
-    name: str,
-    whole: bool = False,
-    *,
-    minimum: float | None = None,
-    above: float | None = None,
-    below: float | None = None,
-) -> None:
-    """Refuse, naming it, a ``value`` that is not a real number (a whole one if ``whole``) or lies outside the
-    bounds given (``>= minimum``, ``> above``, ``< below``); bools are refused too, as they pass for integers, and
-    NaN whenever a bound is given."""
-    kind = numbers.Integral if whole else numbers.Real
-    bounds = [f"{sign} {bound}" for sign, bound in ((">=", minimum), (">", above), ("<", below)) if bound is not None]
-    fits = (
-        not isinstance(value, bool)
-        and isinstance(value, kind)
-        and (minimum is None or value >= minimum)
-        and (above is None or value > above)
-        and (below is None or value < below)
-    )
-    if not fits:
-        within = " " + " and ".join(bounds) if bounds else ""
-        raise InputError(f"{name} must be a {'whole ' if whole else ''}number{within}, got {value!r:.80}")
-
-
 SEED_LIMIT = 2**63
 
 
@@ -57,7 +33,7 @@ def seeded_generator(seed: object, device: torch.device | str) -> torch.Generato
     [0, 2**63), which every torch generator takes (``manual_seed`` fails on others deep inside torch, and
     wraps negative seeds onto large ones, so two seeds would give the same draws)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
-        raise InputError(f"seed must be a whole number in [0, 2**63), got {seed!r:.80}")
+        raise InputError(f"seed must be a whole number in [0, 2**63), got {seed!r:.80}")  # 2**63, not its digits
     return torch.Generator(device).manual_seed(int(seed))
 
 

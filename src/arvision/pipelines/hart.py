@@ -46,7 +46,7 @@ from arvision.models.hart_sampler import (
     checked_prefix_indices,
     sample_latent,
 )
-from arvision.nn.sampling import Generators, check_number, seeded_generator
+from arvision.nn.sampling import Generators, seeded_generator
 from arvision.pipelines.common import (
     ProgressBars,
     checked_device,
@@ -58,6 +58,7 @@ from arvision.text.base import TextEncoder, TextEncoding, check_prompts
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
 from arvision.tokenizers.schedules import MAX_LATENT_SIZE, schedule_for_latent
+from arvision.validation import check_flag, check_number
 
 INDEX_FILE = "model_index.json"
 OFFICIAL_MODEL_TYPE = "hart_transformer_t2i"
@@ -404,7 +405,7 @@ class HartPipeline(ProgressBars):
                 negative = _repeat(negative, cond.batch)
             if negative.batch != cond.batch:
                 raise InputError(f"{negative.batch} negative prompts for {cond.batch} prompts")
-        prefix_indices = checked_prefix_indices(prefix_indices, self.transformer.config.vocab_size)
+        prefix_indices = checked_prefix_indices(prefix_indices)  # typed before it is repeated; the sampler ranges it
         if image is not None and len(prefix_indices):
             raise InputError("pass image or prefix_indices, not both")
         prefix_indices = self._image_codes(image, strength, patch_nums, cond.batch, device) or prefix_indices
@@ -617,8 +618,10 @@ def sampling_from_index(index: Mapping[str, Any], where: str | os.PathLike) -> S
         known = ", ".join(GUIDANCE_SCHEDULES)
         raise CheckpointError(f"{where}: guidance_schedule must be one of {known}, got {schedule!r}")
     more_smooth = index.get("more_smooth", False)
-    if not isinstance(more_smooth, bool):
-        raise CheckpointError(f"{where}: more_smooth must be true or false, got {more_smooth!r}")
+    try:
+        check_flag(more_smooth, "more_smooth")
+    except InputError as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
     return SamplingDefaults(float(guidance_scale), top_k, schedule, more_smooth)
 
 

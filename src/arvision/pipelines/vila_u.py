@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 from arvision.data.media import ImageInput, load_media, preprocess_image, read_image, to_pil
 from arvision.errors import CheckpointError, InputError
 from arvision.models.vila_u import CODE_TEMPERATURE, CODE_TOP_K, CODE_TOP_P, DEFAULT_CFG, VilaU, VilaUConfig
-from arvision.nn.sampling import Generators, check_guidance, check_number, check_sampling, seeded_generator
+from arvision.nn.sampling import Generators, check_guidance, check_sampling, seeded_generator
 from arvision.pipelines import vila_u_checkpoint as ckpt
 from arvision.pipelines.common import ProgressBars, checked_device, model_folder, pretrained_dtype, to_arguments
 from arvision.pipelines.vila_u_checkpoint import is_vila_u_folder
 from arvision.text import vicuna
+from arvision.validation import check_flag, check_number
 
 __all__ = ["VilaUPipeline", "TextSampling", "is_vila_u_folder"]
 
@@ -64,8 +65,7 @@ class TextSampling:
         do_sample = data.get("do_sample", False)
         try:
             check_sampling(temperature, top_k, top_p)
-            if not isinstance(do_sample, bool):
-                raise InputError(f"do_sample must be true or false, got {do_sample!r}")
+            check_flag(do_sample, "do_sample")
         except InputError as exc:
             raise CheckpointError(f"{GENERATION_FILE}: {exc}") from exc
         return cls(

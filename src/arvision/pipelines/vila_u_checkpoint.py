@@ -45,10 +45,10 @@ from arvision.checkpoint import (
 from arvision.errors import CheckpointError, InputError
 from arvision.models.depth_transformer import DepthTransformerConfig
 from arvision.models.vila_u import SpecialTokens, VilaU, VilaUConfig
-from arvision.nn.sampling import check_number
 from arvision.text.vicuna import IM_END, IM_START, VI_END, VI_START
 from arvision.tokenizers.rq_vision_tower import PixelDecoderConfig, RQVisionTower, RQVisionTowerConfig
 from arvision.tokenizers.siglip_presets import siglip_preset
+from arvision.validation import check_flag, check_number
 
 FORMAT_TAG = "arvision_vila_u"
 _SIGLIP_KEYS = ("vision_config", "text_config")
@@ -123,8 +123,7 @@ def _real(section: Mapping[str, Any], key: str, where: str, default: float, **bo
 def _flag(section: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
     """``section.get(key, default)`` checked as a JSON boolean (bool("false") would be True)."""
     value = section.get(key, default)
-    if not isinstance(value, bool):
-        raise InputError(f"{where}{key} must be true or false, got {value!r}")
+    check_flag(value, where + key)
     return value
 
 
@@ -532,7 +531,9 @@ def save_folder(
 ) -> None:
     """Write ``model`` in the release layout (the LLM in shards of at most ``max_shard_bytes``), swapped in whole
     (:func:`~arvision.checkpoint.replacing_folder`): a crash leaves the previous folder, never one without
-    weights or with a mix of old and new files. Other entries of an existing folder are kept."""
+    weights or with a mix of old and new files. Other entries of an existing folder are kept; ``llm/``,
+    ``vision_tower/`` and ``mm_projector/`` are written anew whole. A folder holding the current directory is
+    refused (the swap renames it aside)."""
     cfg = model.config
     tower_cfg = tower_config_to_release(cfg.tower, cfg.depth, cfg.siglip_name)
     projector_cfg = {

@@ -20,11 +20,11 @@ from torch import nn
 
 from arvision import checkpoint
 from arvision.errors import CheckpointError, InputError
-from arvision.nn.sampling import check_number
 from arvision.nn.vqgan import Decoder, Encoder
 from arvision.tokenizers.discriminator import DISCRIMINATOR_PREFIX
 from arvision.tokenizers.multiscale_quantizer import MultiScaleQuantizer, QuantizerOutput
 from arvision.tokenizers.schedules import PATCH_NUMS, schedule_for_latent, schedule_of, validate_schedule
+from arvision.validation import check_flag, check_number
 
 WEIGHT_PREFIX = "vae."
 
@@ -59,8 +59,7 @@ class HybridTokenizerConfig:
         check_number(self.quant_conv_ks, "quant_conv_ks", whole=True, minimum=1)
         if self.quant_conv_ks % 2 == 0:  # padding ks // 2 keeps the latent's size for odd kernels only
             raise InputError(f"quant_conv_ks must be odd, got {self.quant_conv_ks}")
-        if not isinstance(self.using_znorm, bool):
-            raise InputError(f"using_znorm must be true or false, got {self.using_znorm!r}")
+        check_flag(self.using_znorm, "using_znorm")
         ch_mult = self.ch_mult
         if isinstance(ch_mult, str | bytes) or not isinstance(ch_mult, Sequence) or not ch_mult:
             raise InputError(f"ch_mult must be a non-empty list of whole numbers, got {ch_mult!r:.80}")
@@ -297,7 +296,8 @@ class HybridTokenizer(nn.Module):
     ) -> None:
         """Write ``config.json`` + ``model.safetensors`` in the official key layout (``vae.`` / ``disc.``), the two
         swapped in together (:func:`~arvision.checkpoint.replacing_folder`): a crash never leaves new weights
-        beside the old config. Other entries of an existing folder are kept; its other weight files are not."""
+        beside the old config. Other entries of an existing folder are kept; its other weight files are not. A
+        folder holding the current directory is refused (the swap renames it aside)."""
         state = {WEIGHT_PREFIX + k: v for k, v in self.state_dict().items()}
         state.update({DISCRIMINATOR_PREFIX + k: v for k, v in (discriminator or {}).items()})
         with checkpoint.replacing_folder(folder, ("config.json", *checkpoint.WEIGHT_FILE_NAMES)) as tmp:

@@ -208,13 +208,17 @@ MAX_DATA_LENGTH = 10**8
 
 
 def require_positive(section: str, values: Mapping[str, int | float]) -> None:
-    """InputError naming ``section.key`` for the first value that is not > 0 (a ``length`` not within
-    1..MAX_DATA_LENGTH)."""
+    """InputError naming ``section.key`` for the first value that is not > 0."""
     for key, value in values.items():
         if value <= 0:
             raise InputError(f"{section}.{key} must be > 0, got {value}")
-        if key == "length" and value > MAX_DATA_LENGTH:
-            raise InputError(f"{section}.length must be at most {MAX_DATA_LENGTH:,} (one epoch's order), got {value}")
+
+
+def require_data_length(length: int) -> None:
+    """``data.length``, the samples of an epoch, within 1..MAX_DATA_LENGTH."""
+    require_positive("data", {"length": length})
+    if length > MAX_DATA_LENGTH:
+        raise InputError(f"data.length must be at most {MAX_DATA_LENGTH:,} (one epoch's order), got {length}")
 
 
 def require_within(section: str, values: Mapping[str, float], low: float, high: float = math.inf) -> None:

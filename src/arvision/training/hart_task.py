@@ -37,7 +37,7 @@ from arvision.pipelines.hart import (
 from arvision.text.base import TextEncoder
 from arvision.text.hf_encoder import minilm_text_encoder, qwen2_text_encoder
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer
-from arvision.training.config import build_dataclass, require_positive, yaml_values
+from arvision.training.config import build_dataclass, require_data_length, require_positive, yaml_values
 from arvision.training.distributed import root_params_gathered
 from arvision.training.hart_loss import HartLossConfig, hart_loss
 from arvision.training.latent_cache import CachedTargets, tokenize_targets
@@ -61,7 +61,8 @@ class HartData:
     cache_workers: int = 0  # DataLoader workers that render/load images while the cache is built
 
     def __post_init__(self) -> None:
-        require_positive("data", {"resolution": self.resolution, "length": self.length})
+        require_positive("data", {"resolution": self.resolution})
+        require_data_length(self.length)
         if self.cache_workers < 0:
             raise InputError(f"data.cache_workers must be >= 0, got {self.cache_workers}")
 
@@ -92,9 +93,9 @@ class HartModel:
     # the parts that learn (HART_PARTS), the others frozen; None: all (with LoRA, the adapters alone), e.g.
     # [diffusion_head] fits the residual head to a trained transformer at about a quarter of a full step's cost
     train: list[str] | None = None
-    # the sampling the exported folder names for calls that name none (guidance_scale, top_k, guidance_schedule:
-    # the default HART's are 1.5, 20, constant); keys left out keep init_from's, else the official scripts'
-    # (cfg 4.5 ramped linearly over the scales, the official top-k schedule)
+    # the sampling the exported folder names for calls that name none (guidance_scale, top_k, guidance_schedule,
+    # more_smooth: the default HART's are 1.5, 20, constant, false); keys left out keep init_from's, else the
+    # official scripts' (cfg 4.5 ramped linearly over the scales, the official top-k schedule) without more_smooth
     sampling: dict[str, Any] = field(default_factory=dict)
     # sample grids: these prompts, or for a class-conditional model its first four classes
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue square left of a green star"])

@@ -33,7 +33,7 @@ from arvision.data.world import ProceduralWorld, WorldConfig
 from arvision.errors import InputError
 from arvision.tokenizers.discriminator import PatchDiscriminator, load_discriminator
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
-from arvision.training.config import build_dataclass, require_positive
+from arvision.training.config import build_dataclass, require_data_length, require_positive
 from arvision.training.distributed import unwrap
 from arvision.training.tokenizer import TokenizerLossConfig, TokenizerObjective, set_train_mode
 
@@ -117,7 +117,8 @@ class TokenizerData:
     policy: str = "center"  # how your images become squares (arvision.data.transforms.CROP_POLICIES)
 
     def __post_init__(self) -> None:
-        require_positive("data", {"resolution": self.resolution, "length": self.length})
+        require_positive("data", {"resolution": self.resolution})
+        require_data_length(self.length)
         check_policy(self.policy)
         if self.path is not None and self.source != "images":
             raise InputError(f"data.path is read with data.source=images only (this config has {self.source!r})")

@@ -43,7 +43,7 @@ from arvision.text.base import TextEncoder
 from arvision.text.hashed_words import hashed_word_ids
 from arvision.text.hf_encoder import minilm_text_encoder
 from arvision.tokenizers.rq_vision_tower import RQVisionTower, RQVisionTowerConfig
-from arvision.training.config import build_dataclass, require_positive, yaml_values
+from arvision.training.config import build_dataclass, require_data_length, require_positive, yaml_values
 from arvision.training.distributed import is_fsdp, root_params_gathered
 from arvision.training.lora import LoraSettings, add_lora, merge_adapters
 from arvision.training.rq_vision_tower import TowerLossWeights, freeze_text_side, tower_loss
@@ -131,7 +131,7 @@ class TowerData:
     unnamed_colour_fraction: float = 0.0  # world scenes in unnamed colours, captions naming shapes only
 
     def __post_init__(self) -> None:
-        require_positive("data", {"length": self.length})
+        require_data_length(self.length)
 
 
 class TowerObjective(ObjectiveWithFrozenHelpers):
@@ -301,7 +301,8 @@ class VilaUData:
     unnamed_colour_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        require_positive("data", {"num_frames": self.num_frames, "length": self.length})
+        require_positive("data", {"num_frames": self.num_frames})
+        require_data_length(self.length)
 
 
 def generation_count(batch_size: int, fraction: float) -> int:
