@@ -60,6 +60,16 @@ def test_unreadable_inputs_raise_input_error(tmp_path):
         load_image(text)
 
 
+def test_a_video_file_cut_short_is_an_input_error(tmp_path):
+    whole = write_video(tmp_path / "v.mp4", [20 * i for i in range(10)]).read_bytes()
+    cut = tmp_path / "cut.mp4"
+    # Cut halfway, PyAV 18 opens the file with no decoder for its video stream (codec_context None).
+    for fraction in (0.25, 0.5, 0.75):
+        cut.write_bytes(whole[: int(len(whole) * fraction)])
+        with pytest.raises(InputError, match="cut.mp4"):
+            load_video_frames(cut)
+
+
 def test_preprocess_resizes_to_a_square_in_minus_one_one_and_generation_crop():
     image = PIL.Image.new("RGBA", (40, 20), (255, 0, 0, 255))
     pixels = preprocess_image(image, 16)

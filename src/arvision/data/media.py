@@ -134,12 +134,12 @@ def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PI
             if not container.streams.video:
                 raise InputError(f"no video stream in {path}")
             stream = container.streams.video[0]
-            pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
+            codec = stream.codec_context
+            if codec is None:  # PyAV 18 opens some truncated files with no decoder for their stream
+                raise InputError(f"cannot read video {path}: no decoder for its video stream (a truncated file?)")
+            pixels = (codec.width or 0) * (codec.height or 0)
             if PIL.Image.MAX_IMAGE_PIXELS and pixels > PIL.Image.MAX_IMAGE_PIXELS:  # PIL's limit for one image
-                raise InputError(
-                    f"video frames too large to decode safely: {path} ({stream.codec_context.width}x"
-                    f"{stream.codec_context.height})"
-                )
+                raise InputError(f"video frames too large to decode safely: {path} ({codec.width}x{codec.height})")
             # The header's frame count can be wrong; count the packets that carry data instead.
             total = sum(1 for packet in container.demux(stream) if packet.size)
         wanted = sample_frame_indices(total, num_frames)
