@@ -1,5 +1,6 @@
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,3 +251,20 @@ def test_image_files_skip_hidden_folders_and_follow_folder_links_once(tmp_path):
     flat(tmp_path / "elsewhere" / "sub" / "d.png", (40, 0, 0))  # reached by two links: listed once
     names = [p.relative_to(root).as_posix() for p in ImageFiles.from_source(root, size=4).paths]
     assert names == ["1_sub/d.png", "a.png", "linked/b.png", "photos/c.png"]
+
+
+def test_a_listing_that_is_a_folder_or_unreadable_is_an_input_error_naming_it(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match=f"cannot read {tmp_path}: Is a directory"):
+        VQADataset(tmp_path)
+    listing = tmp_path / "qa.jsonl"
+    listing.write_text(json.dumps({"image": "a.png", "question": "q", "answer": "a"}))
+    real_open = Path.open
+
+    def refusing_open(self, *args, **kwargs):  # chmod 000 does not stop root, who runs the tests here
+        if self == listing:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refusing_open)
+    with pytest.raises(InputError, match="cannot read .*qa.jsonl: Permission denied"):
+        VQADataset(listing)

@@ -125,13 +125,17 @@ def _not_utf8(where: str, exc: UnicodeDecodeError) -> str:
 
 def text_lines(path: Path) -> Iterator[str]:
     """The lines of a UTF-8 listing file (line ends kept, as ``newline=""`` gives them to :mod:`csv`); one
-    that is not UTF-8 is an :class:`InputError` naming the file and line."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(_not_utf8(f"{path}:{number}", exc)) from exc
+    that is not UTF-8 is an :class:`InputError` naming the file and line, and so is one that cannot be read
+    (a folder, no permission)."""
+    try:
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(_not_utf8(f"{path}:{number}", exc)) from exc
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
