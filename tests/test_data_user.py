@@ -268,3 +268,14 @@ def test_a_listing_that_is_a_folder_or_unreadable_is_an_input_error_naming_it(tm
     monkeypatch.setattr(Path, "open", refusing_open)
     with pytest.raises(InputError, match="cannot read .*qa.jsonl: Permission denied"):
         VQADataset(listing)
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_line_or_caption(tmp_path):
+    flat(tmp_path / "a.png", (10, 0, 0))
+    bom = "\ufeff".encode()
+    (tmp_path / "a.txt").write_bytes(bom + b"a caption")
+    assert CaptionedImages.from_source(tmp_path).records[0].caption == "a caption"
+    (tmp_path / "list.jsonl").write_bytes(bom + json.dumps({"image": "a.png", "caption": "x"}).encode())
+    assert len(CaptionedImages.from_source(tmp_path / "list.jsonl")) == 1
+    (tmp_path / "list.csv").write_bytes(bom + b"image,caption\r\na.png,x\r\n")  # Excel's "CSV UTF-8"
+    assert len(CaptionedImages.from_source(tmp_path / "list.csv")) == 1

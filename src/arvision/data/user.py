@@ -131,7 +131,7 @@ def text_lines(path: Path) -> Iterator[str]:
         with path.open("rb") as f:
             for number, raw in enumerate(f, 1):
                 try:
-                    yield raw.decode("utf-8")
+                    yield raw.decode("utf-8-sig")  # Windows tools (Excel's "CSV UTF-8") start files with a BOM
                 except UnicodeDecodeError as exc:
                     raise InputError(_not_utf8(f"{path}:{number}", exc)) from exc
     except OSError as exc:
@@ -205,7 +205,7 @@ class CaptionedImages(SkippingDataset):
             for image in _image_files(source):
                 text = image.with_suffix(".txt")
                 try:
-                    caption = text.read_text(encoding="utf-8").strip() if text.is_file() else ""
+                    caption = text.read_text(encoding="utf-8-sig").strip() if text.is_file() else ""
                 except UnicodeDecodeError as exc:
                     problems.append(_not_utf8(str(text), exc))
                     continue
