@@ -279,3 +279,37 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_first_line_or_caption(tmp_pat
     assert len(CaptionedImages.from_source(tmp_path / "list.jsonl")) == 1
     (tmp_path / "list.csv").write_bytes(bom + b"image,caption\r\na.png,x\r\n")  # Excel's "CSV UTF-8"
     assert len(CaptionedImages.from_source(tmp_path / "list.csv")) == 1
+
+
+def test_csv_warnings_name_the_line_a_row_starts_on(tmp_path):
+    flat(tmp_path / "a.png", (10, 0, 0))
+    (tmp_path / "list.csv").write_text('image,caption\n\na.png,"two\nlines"\n\nmissing-caption.png,\na.png,ok\n')
+    with pytest.warns(DataWarning, match=r"list.csv:6:") as caught:
+        data = CaptionedImages.from_source(tmp_path / "list.csv")
+    assert len(caught) == 1 and [r.caption for r in data.records] == ["two\nlines", "ok"]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ('a.png,"a quote left open\na.png,swallowed\n', r"list.csv:3: not valid CSV \(unexpected end of data\)"),
+        ("a.png," + "x" * 200_000 + "\n", r"list.csv:3: not valid CSV \(field larger than field limit"),
+    ],
+    ids=["quote left open", "field too long"],
+)
+def test_malformed_csv_is_an_input_error_naming_the_line(tmp_path, body, error):
+    (tmp_path / "list.csv").write_text("image,caption\na.png,fine\n" + body)
+    with pytest.raises(InputError, match=error):
+        CaptionedImages.from_source(tmp_path / "list.csv")
+
+
+def test_csv_headers_match_in_any_case_and_an_unknown_header_is_named_once(tmp_path):
+    flat(tmp_path / "a.png", (10, 0, 0))
+    (tmp_path / "list.csv").write_text(" Image , CAPTION\na.png,x\n")
+    assert len(CaptionedImages.from_source(tmp_path / "list.csv")) == 1
+    (tmp_path / "list.csv").write_text("image;caption\na.png;x\n")
+    with pytest.raises(InputError, match="header .* names the columns 'image;caption'; expected one of image, path"):
+        CaptionedImages.from_source(tmp_path / "list.csv")
+    (tmp_path / "list.csv").write_text("a.png,x\n")  # no header
+    with pytest.raises(InputError, match="columns 'a.png', 'x'; expected one of image, .* and one of caption"):
+        CaptionedImages.from_source(tmp_path / "list.csv")

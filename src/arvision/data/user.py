@@ -1,7 +1,8 @@
 """The user's own data as torch datasets: captioned images, class folders, and VQA/chat JSONL for VILA-U.
 
 Listings are read once, up front; a malformed entry (bad JSON line, missing caption, a caption file that
-is not UTF-8) is skipped there, while a listing file that is not UTF-8 is an error naming its line.
+is not UTF-8) is skipped there, while a listing file that is not UTF-8 or a CSV that cannot be parsed (a quote
+left open, no header naming the needed columns) is an error naming it.
 Files are read lazily, and a corrupt or unreadable one is skipped when it is reached: the dataset warns
 (:class:`DataWarning`), counts it in ``skipped`` and returns the next readable item instead, so an epoch
 never dies on one bad file. With DataLoader workers each worker counts its own skips.
@@ -149,11 +150,39 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
             yield number, entry if isinstance(entry, dict) else None
 
 
-def _listing_rows(source: Path) -> list[tuple[int, dict[str, Any] | None]]:
-    """``(line_number, row)`` of a .jsonl or .csv listing; ``None`` for a JSONL line that is not an object."""
+def _csv_rows(source: Path, needs: tuple[tuple[str, ...], ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line_number, row)`` of a CSV file whose first row names the columns (in any case, spaces around
+    them ignored), ``line_number`` being the line the row starts on. A header without a column of each group
+    in ``needs``, a quote left open (strict parsing: it would swallow the rows after it) or a field over
+    :func:`csv.field_size_limit` is an :class:`InputError` naming the file (and line)."""
+    reader = csv.reader(text_lines(source), strict=True)
+    header: list[str] | None = None
+    done = 0  # lines read before the current row: blank lines and line breaks in quoted fields count too
+    try:
+        for row in reader:
+            first, done = done + 1, reader.line_num
+            if not row:  # a blank line
+                continue
+            if header is None:
+                header = [name.strip().lower() for name in row]
+                if not all(set(group) & set(header) for group in needs):
+                    expected = " and ".join(f"one of {', '.join(group)}" for group in needs)
+                    raise InputError(
+                        f"{source}: the header (first row) names the columns {', '.join(map(repr, row))}; "
+                        f"expected {expected} (comma-separated, in any case)"
+                    )
+                continue
+            yield first, dict(zip(header, row))
+    except csv.Error as exc:
+        raise InputError(f"{source}:{done + 1}: not valid CSV ({exc})") from exc
+
+
+def _listing_rows(source: Path, needs: tuple[tuple[str, ...], ...]) -> list[tuple[int, dict[str, Any] | None]]:
+    """``(line_number, row)`` of a .jsonl or .csv listing; ``None`` for a JSONL line that is not an object.
+    ``needs`` are the groups of column names a CSV header must have one of each of."""
     if source.suffix.lower() == ".jsonl":
         return list(_json_lines(source))
-    return [(n, row) for n, row in enumerate(csv.DictReader(text_lines(source)), 2)]
+    return list(_csv_rows(source, needs))
 
 
 def _require_exists(path: str | os.PathLike) -> Path:
@@ -214,7 +243,7 @@ class CaptionedImages(SkippingDataset):
                 else:
                     problems.append(f"{image}: no caption file {text.name} (or it is empty)")
         elif source.suffix.lower() in LISTING_SUFFIXES:
-            for number, row in _listing_rows(source):
+            for number, row in _listing_rows(source, (IMAGE_KEYS, CAPTION_KEYS)):
                 path, caption = (_first(row, IMAGE_KEYS), _first(row, CAPTION_KEYS)) if row else (None, None)
                 if isinstance(path, str) and isinstance(caption, str) and caption.strip():
                     records.append(CaptionedImage(_resolve(path, source.parent), caption.strip()))
@@ -259,7 +288,7 @@ class ImageFiles(SkippingDataset):
             paths = _image_files(source)
         elif source.suffix.lower() in LISTING_SUFFIXES:
             paths = []
-            for number, row in _listing_rows(source):
+            for number, row in _listing_rows(source, (IMAGE_KEYS,)):
                 path = _first(row, IMAGE_KEYS) if row else None
                 if isinstance(path, str):
                     paths.append(_resolve(path, source.parent))
