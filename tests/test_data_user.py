@@ -313,3 +313,12 @@ def test_csv_headers_match_in_any_case_and_an_unknown_header_is_named_once(tmp_p
     (tmp_path / "list.csv").write_text("a.png,x\n")  # no header
     with pytest.raises(InputError, match="columns 'a.png', 'x'; expected one of image, .* and one of caption"):
         CaptionedImages.from_source(tmp_path / "list.csv")
+
+
+def test_a_link_to_a_missing_image_is_skipped_and_counted(tmp_path):
+    flat(tmp_path / "a.png", (10, 0, 0))
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    data = ImageFiles.from_source(tmp_path, size=4)
+    with pytest.warns(DataWarning, match="b.png"):
+        assert red_of(data[1]["image"]) == 10
+    assert data.skipped == 1

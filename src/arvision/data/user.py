@@ -64,7 +64,8 @@ def _image_files(folder: Path) -> list[Path]:
             dirs[:] = [d for d in visible if not os.path.islink(Path(root, d))]
             for name in files:
                 path = Path(root, name)
-                if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                # A link to a missing file is listed too: reading it fails, and it is skipped and counted then.
+                if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
                     found.append(path)
         for link in links:
             walk(link)
