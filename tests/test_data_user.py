@@ -315,6 +315,25 @@ def test_csv_headers_match_in_any_case_and_an_unknown_header_is_named_once(tmp_p
         CaptionedImages.from_source(tmp_path / "list.csv")
 
 
+def test_caption_files_in_upper_case_are_found_and_unreadable_ones_skipped(tmp_path, monkeypatch):
+    for name in ("a", "B", "c"):
+        flat(tmp_path / f"{name}.PNG", (10, 0, 0))
+    (tmp_path / "a.txt").write_text("lower")
+    (tmp_path / "B.TXT").write_text("upper")
+    (tmp_path / "c.txt").write_text("locked")
+    real_read = Path.read_text
+
+    def refusing_read(self, *args, **kwargs):  # chmod 000 does not stop root, who runs the tests here
+        if self.name == "c.txt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refusing_read)
+    with pytest.warns(DataWarning, match=r"c.txt: cannot read \(Permission denied\) \(skipped, 1 so far\)"):
+        data = CaptionedImages.from_source(tmp_path)
+    assert [r.caption for r in data.records] == ["upper", "lower"]  # B.PNG sorts first
+
+
 def test_a_link_to_a_missing_image_is_skipped_and_counted(tmp_path):
     flat(tmp_path / "a.png", (10, 0, 0))
     (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")

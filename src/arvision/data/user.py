@@ -233,11 +233,16 @@ class CaptionedImages(SkippingDataset):
         problems: list[str] = []
         if source.is_dir():
             for image in _image_files(source):
-                text = image.with_suffix(".txt")
+                # Image suffixes match in any case, so UP.PNG's caption may be UP.TXT.
+                texts = [t for t in (image.with_suffix(".txt"), image.with_suffix(".TXT")) if t.is_file()]
+                text = texts[0] if texts else image.with_suffix(".txt")
                 try:
-                    caption = text.read_text(encoding="utf-8-sig").strip() if text.is_file() else ""
+                    caption = text.read_text(encoding="utf-8-sig").strip() if texts else ""
                 except UnicodeDecodeError as exc:
                     problems.append(_not_utf8(str(text), exc))
+                    continue
+                except OSError as exc:
+                    problems.append(f"{text}: cannot read ({exc.strerror or exc})")
                     continue
                 if caption:
                     records.append(CaptionedImage(image, caption))
