@@ -341,3 +341,21 @@ def test_a_link_to_a_missing_image_is_skipped_and_counted(tmp_path):
     with pytest.warns(DataWarning, match="b.png"):
         assert red_of(data[1]["image"]) == 10
     assert data.skipped == 1
+
+
+def test_class_folders_refuse_a_file_and_classes_without_images_and_name_loose_images(tmp_path):
+    flat(tmp_path / "cat" / "0.png", (10, 0, 0))
+    with pytest.raises(InputError, match="0.png is a file, not a folder"):
+        ClassFolderImages(tmp_path / "cat" / "0.png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images")
+    flat(tmp_path / "notes" / ".hidden.png", (10, 0, 0))
+    with pytest.raises(InputError, match="class folders without images under .*: empty, notes"):
+        ClassFolderImages(tmp_path)
+    (tmp_path / "empty").rmdir()
+    flat(tmp_path / "notes" / "1.png", (20, 0, 0))
+    flat(tmp_path / "stray.jpg", (30, 0, 0))
+    with pytest.warns(DataWarning, match=r"images directly in .* are left out: stray.jpg"):
+        data = ClassFolderImages(tmp_path)
+    assert data.classes == ["cat", "notes"] and len(data) == 2

@@ -328,11 +328,27 @@ class ClassFolderImages(SkippingDataset):
     def __init__(self, root: str | os.PathLike, size: int = 256, policy: str = "center") -> None:
         super().__init__()
         root = _require_exists(root)
+        if not root.is_dir():
+            raise InputError(f"class folders: {root} is a file, not a folder (expected root/<class_name>/<image>)")
         self.size, self.policy = size, check_policy(policy)
-        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        self.records = [(path, label) for label, name in enumerate(self.classes) for path in _image_files(root / name)]
+        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+        self.classes = [p.name for p in entries if p.is_dir()]
+        loose = [p.name for p in entries if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if loose:
+            warnings.warn(
+                f"images directly in {root} are not in a class folder and are left out: "
+                f"{', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}",
+                DataWarning,
+                stacklevel=2,
+            )
+        images = {name: _image_files(root / name) for name in self.classes}
+        self.records = [(path, label) for label, name in enumerate(self.classes) for path in images[name]]
         if not self.records:
             raise InputError(f"no images in class folders under {root} (expected root/<class_name>/<image>)")
+        # A folder without images would still be a label the model can never see (torchvision refuses too).
+        empty = [name for name in self.classes if not images[name]]
+        if empty:
+            raise InputError(f"class folders without images under {root}: {', '.join(empty)}")
 
     def __len__(self) -> int:
         return len(self.records)
