@@ -33,6 +33,25 @@ def test_resize_center_crop_and_grid():
         make_grid([])
 
 
+def test_resize_center_crop_of_a_thin_strip_resizes_only_the_centre(monkeypatch):
+    pixels = np.zeros((30000, 1, 3), dtype=np.uint8)
+    pixels[10000:20000] = 200  # a grey middle third
+    normal = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 100, 3), dtype=np.uint8))
+    expected = np.asarray(normal.resize((64, 128), Image.BICUBIC).crop((0, 32, 64, 96)))
+    sizes = []
+    real_resize = Image.Image.resize
+
+    def recording_resize(self, size, *args, **kwargs):
+        sizes.append(size)
+        return real_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording_resize)
+    assert np.array_equal(np.asarray(resize_center_crop(normal, 64)), expected)  # normal images: the full resize
+    centre = np.asarray(resize_center_crop(Image.fromarray(pixels), 64))
+    assert sizes[-1] == (64, 64)  # not (64, 1920000), half a gigabyte
+    assert centre.shape == (64, 64, 3) and (centre == 200).all()
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match="missing.png"):
         load_image(tmp_path / "missing.png")

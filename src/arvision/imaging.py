@@ -78,13 +78,24 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     return img
 
 
+# Beyond this many output squares in the resized image (its aspect ratio), only the centre square is resized.
+_FULL_RESIZE_ASPECT = 16
+
+
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to ``size`` (bicubic) and crop the centre square."""
     w, h = image.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), Image.BICUBIC)
     left, top = (new_w - size) // 2, (new_h - size) // 2
+    if max(new_w, new_h) > _FULL_RESIZE_ASPECT * size:
+        # Resizing all of a 1x30000 strip to 256 wide would take ~10 GB (an OOM kill, not a skippable error), so
+        # resize only the source box that becomes the centre square. PIL may then run its two passes in the
+        # other order, a few levels off the full resize: normal images keep the full resize's exact pixels.
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return image.resize((size, size), Image.BICUBIC, box=box)
+    image = image.resize((new_w, new_h), Image.BICUBIC)
     return image.crop((left, top, left + size, top + size))
 
 
