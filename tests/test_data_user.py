@@ -359,3 +359,31 @@ def test_class_folders_refuse_a_file_and_classes_without_images_and_name_loose_i
     with pytest.warns(DataWarning, match=r"images directly in .* are left out: stray.jpg"):
         data = ClassFolderImages(tmp_path)
     assert data.classes == ["cat", "notes"] and len(data) == 2
+
+
+def test_vqa_conversations_pair_each_question_with_the_next_answer_and_count_what_is_left_out(tmp_path):
+    flat(tmp_path / "a.png", (10, 0, 0))
+
+    def chat(*messages):
+        return {"image": "a.png", "conversations": [{"from": who, "value": text} for who, text in messages]}
+
+    lines = [
+        chat(("system", "Be brief."), ("human", "<image>\nQ1"), ("gpt", "A1"), ("human", "Q2"), ("gpt", "A2")),
+        chat(("human", "Q1"), ("gpt", "A1"), ("human", "Q2"), ("human", "Q3"), ("gpt", "A3"), ("gpt", "again")),
+        chat(("human", "Q1"), ("gpt", " "), ("human", "Q2"), ("gpt", "A2")),
+        {"image": "a.png", "question": "Q", "answer": ""},
+    ]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    with pytest.warns(DataWarning) as caught:
+        data = VQADataset(tmp_path / "qa.jsonl", size=4)
+    assert [r.turns for r in data.records] == [
+        (("Q1", "A1"), ("Q2", "A2")),
+        (("Q1", "A1"), ("Q3", "A3")),
+        (("Q2", "A2"),),
+    ]
+    assert [str(w.message).split("qa.jsonl:")[1] for w in caught] == [
+        "2: message 3, a question, has no answer, a turn left out (skipped, 1 so far)",
+        "2: message 6, an answer, follows no question, a turn left out (skipped, 2 so far)",
+        "3: the answer to 'Q1' is empty, a turn left out (skipped, 3 so far)",
+        "4: needs an image or video path and question/answer turns (the answer to 'Q' is empty) (skipped, 4 so far)",
+    ]

@@ -372,21 +372,48 @@ class VQARecord:
     turns: tuple[tuple[str, str], ...]
 
 
-def _turns(entry: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """Question-answer turns from flat ``question``/``answer`` keys or LLaVA-style ``conversations``."""
+QUESTION_ROLES, ANSWER_ROLES = ("human", "user"), ("gpt", "assistant")
+
+
+def _turns(entry: dict[str, Any]) -> tuple[tuple[tuple[str, str], ...], list[str]]:
+    """Question-answer turns from flat ``question``/``answer`` keys or LLaVA-style ``conversations``, and what
+    was dropped from them. Conversations are walked in order, each human message paired with the next gpt one;
+    system messages are left out (the chat template brings its own). A question no answer follows, an answer
+    to no question, a message of another role or without text, and an empty answer are dropped (an empty
+    question is kept: LLaVA's captioning data asks only ``<image>``)."""
+    dropped: list[str] = []
     if isinstance(entry.get("question"), str) and isinstance(entry.get("answer"), str):
         pairs = [(entry["question"], entry["answer"])]
     elif isinstance(entry.get("conversations"), list):
-        messages = [m for m in entry["conversations"] if isinstance(m, dict) and isinstance(m.get("value"), str)]
-        pairs = [
-            (q["value"], a["value"])
-            for q, a in zip(messages[::2], messages[1::2])
-            if q.get("from") in ("human", "user") and a.get("from") in ("gpt", "assistant")
-        ]
+        pairs = []
+        question: tuple[int, str] | None = None  # (message number, text) of the question awaiting its answer
+        for number, message in enumerate(entry["conversations"], 1):
+            role, text = (message.get("from"), message.get("value")) if isinstance(message, dict) else (None, None)
+            if role == "system":
+                continue
+            if not isinstance(text, str) or role not in QUESTION_ROLES + ANSWER_ROLES:
+                dropped.append(f"message {number} is not a human or gpt message with a text value")
+            elif role in QUESTION_ROLES:
+                if question is not None:
+                    dropped.append(f"message {question[0]}, a question, has no answer")
+                question = (number, text)
+            elif question is None:
+                dropped.append(f"message {number}, an answer, follows no question")
+            else:
+                pairs.append((question[1], text))
+                question = None
+        if question is not None:
+            dropped.append(f"message {question[0]}, a question, has no answer")
     else:
-        return ()
-    # Where the visual tokens go is the chat template's business, so drop the placeholders here.
-    return tuple((q.replace("<image>", "").replace("<video>", "").strip(), a.strip()) for q, a in pairs)
+        return (), dropped
+    turns = []
+    for question_text, answer in pairs:
+        if answer.strip():
+            # Where the visual tokens go is the chat template's business, so drop the placeholders here.
+            turns.append((question_text.replace("<image>", "").replace("<video>", "").strip(), answer.strip()))
+        else:
+            dropped.append(f"the answer to {question_text.strip()!r} is empty")
+    return tuple(turns), dropped
 
 
 class VQADataset(SkippingDataset):
@@ -406,13 +433,15 @@ class VQADataset(SkippingDataset):
         problems = []
         for number, entry in _json_lines(source):
             media = entry and _first(entry, MEDIA_KEYS)
-            turns = _turns(entry) if entry else ()
+            turns, dropped = _turns(entry) if entry else ((), [])
             if isinstance(media, str) and turns:
                 path = _resolve(media, source.parent)
                 is_video = "video" in entry or is_video_path(path)
                 self.records.append(VQARecord(path, is_video, turns))
+                problems += [f"{source}:{number}: {reason}, a turn left out" for reason in dropped]
             else:
-                problems.append(f"{source}:{number}: needs an image or video path and question/answer turns")
+                why = f" ({'; '.join(dropped)})" if dropped else ""
+                problems.append(f"{source}:{number}: needs an image or video path and question/answer turns{why}")
         self.report_listing(problems, f"no usable question-answer lines in {source}")
         if importlib.util.find_spec("av") is None and any(r.is_video and not r.media.is_dir() for r in self.records):
             raise InputError("reading video files needs PyAV: pip install 'arvision[video]' (or pip install av)")
