@@ -387,3 +387,14 @@ def test_vqa_conversations_pair_each_question_with_the_next_answer_and_count_wha
         "3: the answer to 'Q1' is empty, a turn left out (skipped, 3 so far)",
         "4: needs an image or video path and question/answer turns (the answer to 'Q' is empty) (skipped, 4 so far)",
     ]
+
+
+def test_a_vqa_image_that_is_a_folder_is_skipped_not_read_as_video_frames(tmp_path):
+    flat(tmp_path / "a.png", (10, 0, 0))
+    flat(tmp_path / "frames" / "0.png", (20, 0, 0))
+    lines = [{"image": "frames", "question": "q", "answer": "x"}, {"image": "a.png", "question": "q2", "answer": "y"}]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    data = VQADataset(tmp_path / "qa.jsonl", size=4)
+    assert [r.is_video for r in data.records] == [False, False]
+    with pytest.warns(DataWarning, match="frames is a folder, not an image file"):
+        assert data[0]["turns"] == [("q2", "y")]

@@ -117,8 +117,13 @@ def _resolve(path: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _first_key(entry: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if entry.get(k) not in (None, "")), None)
+
+
 def _first(entry: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    return next((entry[k] for k in keys if entry.get(k) not in (None, "")), None)
+    key = _first_key(entry, keys)
+    return None if key is None else entry[key]
 
 
 def _not_utf8(where: str, exc: UnicodeDecodeError) -> str:
@@ -432,11 +437,13 @@ class VQADataset(SkippingDataset):
         self.records: list[VQARecord] = []
         problems = []
         for number, entry in _json_lines(source):
-            media = entry and _first(entry, MEDIA_KEYS)
+            key = _first_key(entry, MEDIA_KEYS) if entry else None
+            media = entry[key] if key else None
             turns, dropped = _turns(entry) if entry else ((), [])
             if isinstance(media, str) and turns:
                 path = _resolve(media, source.parent)
-                is_video = "video" in entry or is_video_path(path)
+                # A folder given as an "image" is not taken for video frames: reading it fails and is counted.
+                is_video = key == "video" or (is_video_path(path) and not (key == "image" and path.is_dir()))
                 self.records.append(VQARecord(path, is_video, turns))
                 problems += [f"{source}:{number}: {reason}, a turn left out" for reason in dropped]
             else:
