@@ -398,3 +398,16 @@ def test_a_vqa_image_that_is_a_folder_is_skipped_not_read_as_video_frames(tmp_pa
     assert [r.is_video for r in data.records] == [False, False]
     with pytest.warns(DataWarning, match="frames is a folder, not an image file"):
         assert data[0]["turns"] == [("q2", "y")]
+
+
+def test_vqa_data_may_be_a_llava_json_array(tmp_path):
+    flat(tmp_path / "a.png", (10, 0, 0))
+    chat = [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A."}]
+    records = [{"id": "1", "image": "a.png", "conversations": chat}, {"id": "2", "image": "a.png"}]
+    (tmp_path / "llava.json").write_text(json.dumps(records, indent=2))
+    with pytest.warns(DataWarning, match=r"llava.json item 1: needs an image or video path"):
+        data = VQADataset(tmp_path / "llava.json", size=4)
+    assert [r.turns for r in data.records] == [(("Q?", "A."),)]
+    (tmp_path / "broken.json").write_text(json.dumps(records, indent=2)[:-20])
+    with pytest.raises(InputError, match=r"broken.json:\d+: not a valid JSON array"):
+        VQADataset(tmp_path / "broken.json")

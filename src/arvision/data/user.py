@@ -145,20 +145,34 @@ def text_lines(path: Path) -> Iterator[str]:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """``(line_number, object)`` per non-empty line; ``None`` for a line that is not a JSON object."""
-    for number, line in enumerate(text_lines(path), 1):
-        if line.strip():
+def _json_records(path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """``(where, object)`` per entry of a JSON Lines file (``where`` is ``file:line``; blank lines are skipped)
+    or of a file holding one JSON array, as LLaVA's ``.json`` data does (``where`` is ``file item i``, from 0);
+    ``None`` for an entry that is not a JSON object."""
+    lines = text_lines(path)
+    first = True
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if first and line.lstrip().startswith("["):  # a JSON Lines file starts with an object: this is one array
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                entry = None
-            yield number, entry if isinstance(entry, dict) else None
+                items = json.loads(line + "".join(lines))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number + exc.lineno - 1}: not a valid JSON array ({exc.msg})") from exc
+            for index, item in enumerate(items):
+                yield f"{path} item {index}", item if isinstance(item, dict) else None
+            return
+        first = False
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        yield f"{path}:{number}", entry if isinstance(entry, dict) else None
 
 
-def _csv_rows(source: Path, needs: tuple[tuple[str, ...], ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line_number, row)`` of a CSV file whose first row names the columns (in any case, spaces around
-    them ignored), ``line_number`` being the line the row starts on. A header without a column of each group
+def _csv_rows(source: Path, needs: tuple[tuple[str, ...], ...]) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(file:line, row)`` of a CSV file whose first row names the columns (in any case, spaces around them
+    ignored), ``line`` being the one the row starts on. A header without a column of each group
     in ``needs``, a quote left open (strict parsing: it would swallow the rows after it) or a field over
     :func:`csv.field_size_limit` is an :class:`InputError` naming the file (and line)."""
     reader = csv.reader(text_lines(source), strict=True)
@@ -178,16 +192,17 @@ def _csv_rows(source: Path, needs: tuple[tuple[str, ...], ...]) -> Iterator[tupl
                         f"expected {expected} (comma-separated, in any case)"
                     )
                 continue
-            yield first, dict(zip(header, row))
+            yield f"{source}:{first}", dict(zip(header, row))
     except csv.Error as exc:
         raise InputError(f"{source}:{done + 1}: not valid CSV ({exc})") from exc
 
 
-def _listing_rows(source: Path, needs: tuple[tuple[str, ...], ...]) -> list[tuple[int, dict[str, Any] | None]]:
-    """``(line_number, row)`` of a .jsonl or .csv listing; ``None`` for a JSONL line that is not an object.
+def _listing_rows(source: Path, needs: tuple[tuple[str, ...], ...]) -> list[tuple[str, dict[str, Any] | None]]:
+    """``(where, row)`` of a .jsonl or .csv listing (``where`` names the file and line); ``None`` for a JSONL
+    entry that is not an object.
     ``needs`` are the groups of column names a CSV header must have one of each of."""
     if source.suffix.lower() == ".jsonl":
-        return list(_json_lines(source))
+        return list(_json_records(source))
     return list(_csv_rows(source, needs))
 
 
@@ -254,12 +269,12 @@ class CaptionedImages(SkippingDataset):
                 else:
                     problems.append(f"{image}: no caption file {text.name} (or it is empty)")
         elif source.suffix.lower() in LISTING_SUFFIXES:
-            for number, row in _listing_rows(source, (IMAGE_KEYS, CAPTION_KEYS)):
+            for where, row in _listing_rows(source, (IMAGE_KEYS, CAPTION_KEYS)):
                 path, caption = (_first(row, IMAGE_KEYS), _first(row, CAPTION_KEYS)) if row else (None, None)
                 if isinstance(path, str) and isinstance(caption, str) and caption.strip():
                     records.append(CaptionedImage(_resolve(path, source.parent), caption.strip()))
                 else:
-                    problems.append(f"{source}:{number}: needs an image path ({'/'.join(IMAGE_KEYS)}) and a caption")
+                    problems.append(f"{where}: needs an image path ({'/'.join(IMAGE_KEYS)}) and a caption")
         else:
             raise InputError(f"captioned data must be a folder, a .jsonl or a .csv file, got {source}")
         dataset = cls(records, size, policy)
@@ -299,12 +314,12 @@ class ImageFiles(SkippingDataset):
             paths = _image_files(source)
         elif source.suffix.lower() in LISTING_SUFFIXES:
             paths = []
-            for number, row in _listing_rows(source, (IMAGE_KEYS,)):
+            for where, row in _listing_rows(source, (IMAGE_KEYS,)):
                 path = _first(row, IMAGE_KEYS) if row else None
                 if isinstance(path, str):
                     paths.append(_resolve(path, source.parent))
                 else:
-                    problems.append(f"{source}:{number}: needs an image path ({'/'.join(IMAGE_KEYS)})")
+                    problems.append(f"{where}: needs an image path ({'/'.join(IMAGE_KEYS)})")
         else:
             raise InputError(f"image data must be a folder, a .jsonl or a .csv file, got {source}")
         dataset = cls(paths, size, policy)
@@ -422,7 +437,8 @@ def _turns(entry: dict[str, Any]) -> tuple[tuple[tuple[str, str], ...], list[str
 
 
 class VQADataset(SkippingDataset):
-    """VILA-U understanding data from JSONL, one JSON object per line.
+    """VILA-U understanding data from JSONL, one JSON object per line, or a JSON array of such objects (LLaVA's
+    ``.json`` files; warnings then name an entry as ``item i``, counting from 0).
 
     A line names ``"image"`` or ``"video"`` (a video file or a folder of frames; paths relative to the
     JSONL's folder) and either ``"question"`` + ``"answer"`` or LLaVA ``"conversations"``. Items are
@@ -436,7 +452,7 @@ class VQADataset(SkippingDataset):
         self.size, self.policy, self.num_frames = size, check_policy(policy), num_frames
         self.records: list[VQARecord] = []
         problems = []
-        for number, entry in _json_lines(source):
+        for where, entry in _json_records(source):
             key = _first_key(entry, MEDIA_KEYS) if entry else None
             media = entry[key] if key else None
             turns, dropped = _turns(entry) if entry else ((), [])
@@ -445,10 +461,10 @@ class VQADataset(SkippingDataset):
                 # A folder given as an "image" is not taken for video frames: reading it fails and is counted.
                 is_video = key == "video" or (is_video_path(path) and not (key == "image" and path.is_dir()))
                 self.records.append(VQARecord(path, is_video, turns))
-                problems += [f"{source}:{number}: {reason}, a turn left out" for reason in dropped]
+                problems += [f"{where}: {reason}, a turn left out" for reason in dropped]
             else:
                 why = f" ({'; '.join(dropped)})" if dropped else ""
-                problems.append(f"{source}:{number}: needs an image or video path and question/answer turns{why}")
+                problems.append(f"{where}: needs an image or video path and question/answer turns{why}")
         self.report_listing(problems, f"no usable question-answer lines in {source}")
         if importlib.util.find_spec("av") is None and any(r.is_video and not r.media.is_dir() for r in self.records):
             raise InputError("reading video files needs PyAV: pip install 'arvision[video]' (or pip install av)")
