@@ -47,6 +47,18 @@ def test_folder_of_frames(tmp_path):
     assert [f.getpixel((0, 0))[0] for f in frames] == [0, 80, 160]
 
 
+def test_a_frame_folder_reads_only_its_images_and_an_empty_one_is_named(tmp_path):
+    for i in range(3):
+        PIL.Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i:03d}.PNG")
+    (tmp_path / "Thumbs.db").write_bytes(b"\0" * 16)
+    (tmp_path / "info.json").write_text("{}")
+    assert [f.getpixel((0, 0))[0] for f in load_video_frames(tmp_path, 3)] == [0, 40, 80]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no frames")
+    with pytest.raises(InputError, match=f"no frame images in {tmp_path / 'empty'}"):
+        load_video_frames(tmp_path / "empty")
+
+
 def test_unreadable_inputs_raise_input_error(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video" * 20)

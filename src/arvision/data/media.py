@@ -19,6 +19,8 @@ from arvision.checkpoint import atomic_path
 from arvision.errors import InputError
 from arvision.imaging import load_image, make_grid, open_image
 
+# What data folders (and folders of video frames) take as image files, by suffix in any case.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # An animated GIF is read as an image (its first frame); convert it to a video file to describe it as one.
 # Other containers are found too: a file that PIL cannot read is tried with PyAV (see load_media).
 VIDEO_SUFFIXES = {
@@ -120,10 +122,13 @@ def _image_format(path: str | os.PathLike) -> str | None:
 
 def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image.Image]:
     """Sample ``num_frames`` frames from a video file (RGB) or from a folder of frame images (sorted by
-    name, in their stored mode, as the release opens them)."""
+    name, in their stored mode, as the release opens them; other files there, Thumbs.db or notes, are not
+    frames)."""
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        if not files:
+            raise InputError(f"no frame images in {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         return [read_image(files[i]) for i in sample_frame_indices(len(files), num_frames)]
     if not path.is_file():
         raise InputError(f"video not found: {path}")

@@ -24,12 +24,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from arvision.data.media import is_video_path, load_video_frames
+from arvision.data.media import IMAGE_SUFFIXES, is_video_path, load_video_frames
 from arvision.data.transforms import check_policy, prepare_image
 from arvision.errors import InputError
 from arvision.imaging import load_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 IMAGE_KEYS = ("image", "path", "file", "file_name")
 MEDIA_KEYS = (*IMAGE_KEYS, "video")
 CAPTION_KEYS = ("caption", "text", "prompt")
