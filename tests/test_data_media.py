@@ -223,3 +223,20 @@ def test_decompression_bombs_are_refused_as_images_and_as_videos(tmp_path, monke
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(InputError, match="video frames too large to decode safely: .*clip.mp4 \\(32x32\\)"):
         load_media(video, 2)
+
+
+def test_wide_and_float_images_are_reduced_to_8_bits_before_resizing(tmp_path):
+    rng = np.random.default_rng(2)
+    grey = rng.integers(0, 256, (9, 13), dtype=np.uint8)
+    wide = PIL.Image.fromarray(grey.astype(np.uint16) * 257)  # the same picture in 16 bits (I;16)
+    wide.save(tmp_path / "g16.png")
+    floats = PIL.Image.fromarray(grey.astype(np.float32) / 255)  # F, in [0, 1]
+    for image in (wide, wide.convert("I"), floats, media.read_image(tmp_path / "g16.png")):
+        for crop in (False, True):
+            reference = preprocess_image(PIL.Image.fromarray(grey), 6, generation_crop=crop)
+            pixels = preprocess_image(image, 6, generation_crop=crop)
+            torch.testing.assert_close(pixels, reference, atol=2 / 255, rtol=0)  # within a level (of 2 / 255)
+    (tmp_path / "frames").mkdir()
+    PIL.Image.fromarray(np.full((4, 4), 300, np.float32)).save(tmp_path / "frames" / "bad.tif")
+    with pytest.raises(InputError, match=r"bad\.tif: float pixels must lie in \[0, 1\] or 0..255"):
+        load_video_frames(tmp_path / "frames", 2)

@@ -15,26 +15,32 @@ from arvision.errors import InputError
 _WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def _to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
-    """``image`` as 8-bit RGB. Integer modes wider than 8 bits (I;16*, and I, which 16-bit PGM files and
-    older Pillows' 16-bit PNGs decode to) must hold 16-bit values, 0..65535, and keep their top 8 bits (as
-    OpenCV and scikit-image reduce 16-bit images). Float images (F) in [0, 1] (scikit-image's and
+def to_8bit(image: Image.Image, name: str = "image") -> Image.Image:
+    """``image`` with pixels PIL keeps in 0..255: integer modes wider than 8 bits (I;16*, and I, which 16-bit
+    PGM files and older Pillows' 16-bit PNGs decode to) must hold 16-bit values, 0..65535, and keep their top
+    8 bits (as OpenCV and scikit-image reduce 16-bit images). Float images (F) in [0, 1] (scikit-image's and
     torchvision's float range) are scaled by 255; ones with values above 1 are read in PIL's own float
-    convention, 0..255. Values outside those ranges (or NaN) have no agreed meaning and are refused
-    (``name`` names the image in the error)."""
+    convention, 0..255. Both become greyscale (L); other modes are returned as they are. Values outside those
+    ranges (or NaN) have no agreed meaning and are refused (``name`` names the image in the error)."""
     if image.mode == "F":
         values = np.asarray(image)
         if not np.all((values >= 0) & (values <= 255)):  # NaN fails both comparisons
             raise InputError(f"{name}: float pixels must lie in [0, 1] or 0..255, got {values.min()}..{values.max()}")
         scale = 255 if values.max(initial=0) <= 1 else 1
-        image = Image.fromarray(np.round(values * scale).astype(np.uint8))
-    elif image.mode in _WIDE_INTEGER_MODES:
+        return Image.fromarray(np.round(values * scale).astype(np.uint8))
+    if image.mode in _WIDE_INTEGER_MODES:
         values = np.asarray(image).astype(np.int64)
         if not np.all((values >= 0) & (values <= 65535)):
             raise InputError(
                 f"{name}: integer pixels must lie in 0..65535 (16 bit), got {values.min()}..{values.max()}"
             )
-        image = Image.fromarray((values >> 8).astype(np.uint8))
+        return Image.fromarray((values >> 8).astype(np.uint8))
+    return image
+
+
+def _to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """``image`` as 8-bit RGB, wide modes reduced by :func:`to_8bit` first."""
+    image = to_8bit(image, name)
     try:
         return image.convert("RGB")
     except ValueError as exc:  # a mode PIL cannot convert (La)

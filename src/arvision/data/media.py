@@ -17,7 +17,7 @@ import torch
 
 from arvision.checkpoint import atomic_path
 from arvision.errors import InputError
-from arvision.imaging import load_image, make_grid, open_image
+from arvision.imaging import load_image, make_grid, open_image, to_8bit
 
 # What data folders (and folders of video frames) take as image files, by suffix in any case.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -50,7 +50,10 @@ def preprocess_image(image: PIL.Image.Image, size: int, *, generation_crop: bool
     the user gave and its CLIP processor converts. So palette and 1-bit images are resized nearest, RGBA
     bicubic on premultiplied alpha; RGB and greyscale bicubic. Generation training data (RGB files in the
     release) is first cropped to a square: the top square of a portrait image, the centre of a landscape one.
+    16-bit, 32-bit and float images are first reduced to 8-bit greyscale by :func:`~arvision.imaging.to_8bit`.
     """
+    # PIL's convert("RGB") clamps wide integer pixels and does not scale floats: a 16-bit image would turn white.
+    image = to_8bit(image)
     if generation_crop:
         image = image.convert("RGB")
         w, h = image.size
@@ -81,12 +84,14 @@ def is_video_path(path: str | os.PathLike) -> bool:
 
 def read_image(source: ImageInput) -> PIL.Image.Image:
     """An image in its stored mode (palette, 1-bit, RGBA kept: :func:`preprocess_image` converts after
-    resizing, as the release does). A PIL image is returned as is; an array goes through ``load_image``."""
+    resizing, as the release does), except that a file's 16-bit, 32-bit and float pixels are reduced to 8 bits
+    here, where a bad value can be blamed on the file. A PIL image is returned as is; an array goes through
+    ``load_image``."""
     if isinstance(source, PIL.Image.Image):
         return source
     if not isinstance(source, str | os.PathLike):
         return load_image(source)
-    return open_image(source)
+    return to_8bit(open_image(source), str(source))
 
 
 def load_media(source: str | os.PathLike, num_frames: int = 8) -> list[PIL.Image.Image]:
