@@ -10,8 +10,7 @@ from torch import nn
 
 from arvision.cli import main
 from arvision.errors import CheckpointError, InputError
-from arvision.eval.fid import TorchScriptInception, distances, image_features
-from arvision.imaging import resize_center_crop
+from arvision.eval.fid import TorchScriptInception, clean_resize, distances, image_features
 
 
 class TinyInception(nn.Module):
@@ -72,6 +71,17 @@ def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
     assert distances(a, b, kid_subset_size=100, kid_subsets=5) == distances(a, b, kid_subset_size=100, kid_subsets=5)
 
 
+def test_clean_resize_squeezes_the_whole_image_and_keeps_fractions():
+    wide = np.zeros((10, 40, 3), dtype=np.uint8)
+    wide[:, :10] = (255, 0, 0)  # a red left quarter, which a centre crop would cut away
+    wide[:, 10:] = (0, 0, 255)
+    pixels = clean_resize(Image.fromarray(wide), 16)
+    assert pixels.shape == (3, 16, 16) and pixels.dtype == torch.float32
+    assert pixels[0, :, 0].min() > 250 and pixels[2, :, -1].min() > 250  # both ends kept, squeezed to a square
+    assert not torch.equal(pixels, pixels.round())  # not rounded back to 8 bits, as clean-fid feeds the network
+    assert pixels.min() >= 0 and pixels.max() <= 255
+
+
 def test_distances_refuse_sets_they_cannot_compare():
     with pytest.raises(InputError, match="same D"):
         distances(torch.zeros(5, 3), torch.zeros(5, 4))
@@ -87,8 +97,11 @@ def test_image_features_read_every_file_resized_as_clean_fid_and_leave_out_unrea
     assert got.skipped == [str(folder / "broken.png")] and got.features.shape == (5, 6)
     expected = []
     for path in sorted(folder.glob("0*.png")):
-        pixels = np.asarray(resize_center_crop(Image.open(path).convert("RGB"), 24), dtype=np.float32)
-        expected.append(TinyInception()(torch.from_numpy(pixels).permute(2, 0, 1)[None], True)[0])
+        # clean-fid's "clean" resize, written out: each channel as a float image, bicubic, clipped, not rounded
+        rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        channels = [Image.fromarray(rgb[..., c], mode="F").resize((24, 24), Image.BICUBIC) for c in range(3)]
+        pixels = np.stack([np.asarray(c) for c in channels]).clip(0, 255)
+        expected.append(TinyInception()(torch.from_numpy(pixels)[None], True)[0])
     torch.testing.assert_close(got.features, torch.stack(expected).double(), rtol=1e-5, atol=1e-6)
     in_workers = image_features(folder, network, size=24, batch_size=2, num_workers=2, progress=False)
     assert in_workers.skipped == got.skipped and torch.equal(in_workers.features, got.features)
@@ -134,7 +147,9 @@ def test_saved_reference_features_give_the_same_distances_and_only_for_the_same_
     saved = tmp_path / "real.safetensors"
     base = ["eval", "fid", "--images", str(images), "--inception", str(inception_file), "--size", "24"]
     assert main([*base, "--reference", str(reference), "--save-reference-features", str(saved)]) == 0
-    first = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    first = json.loads(captured.out)
+    assert "features of generated" in captured.err  # the progress bar of the images' pass
     assert main([*base, "--reference", str(saved)]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["fid"] == first["fid"] and again["kid"] == first["kid"] and again["reference"]["count"] == 6
@@ -146,7 +161,14 @@ def test_saved_reference_features_give_the_same_distances_and_only_for_the_same_
         torch.jit.script(other).save(str(tmp_path / "other.pt"))
     for extra in (["--inception", str(tmp_path / "other.pt")], ["--size", "32"]):
         assert main([*base, "--reference", str(saved), *extra]) == 2
-        assert "holds features of another network or image size" in capsys.readouterr().err
+        captured = capsys.readouterr()
+        assert "holds features of another network or image size" in captured.err
+        assert "features of generated" not in captured.err  # refused before the images were read
+    upper = saved.rename(tmp_path / "REAL.SAFETENSORS")
+    assert main([*base, "--reference", str(upper)]) == 0 and json.loads(capsys.readouterr().out)["fid"] == first["fid"]
+    assert main([*base, "--reference", str(reference), "--save-reference-features", str(tmp_path / "r.pt")]) == 2
+    assert "--save-reference-features must end in .safetensors" in capsys.readouterr().err
+    saved = upper
     assert main([*base, "--reference", str(saved), "--save-reference-features", str(tmp_path / "x.safetensors")]) == 2
     assert "already a features file" in capsys.readouterr().err
 

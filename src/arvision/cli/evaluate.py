@@ -307,7 +307,7 @@ def _add_fid(p: argparse.ArgumentParser) -> None:
         required=True,
         help="the FID Inception-v3 as TorchScript (inception-2015-12-05.pt, as clean-fid and StyleGAN3 load it)",
     )
-    p.add_argument("--size", type=at_least(1), default=299, help="images are resized and centre-cropped to this")
+    p.add_argument("--size", type=at_least(1), default=299, help="images are resized whole to this, as clean-fid does")
     p.add_argument("--batch-size", type=at_least(1), default=50)
     p.add_argument("--workers", type=at_least(0), default=0, help="processes decoding the images (0: this one)")
     p.add_argument("--kid-subsets", type=at_least(1), default=100, help="KID: random subsets averaged")
@@ -322,19 +322,21 @@ def _add_fid(p: argparse.ArgumentParser) -> None:
 def run_fid(args: argparse.Namespace) -> int:
     from arvision.eval.fid import TorchScriptInception, distances, image_features, load_features, save_features
 
-    if args.save_reference_features is not None and args.reference.suffix == ".safetensors":
-        raise InputError("--reference is already a features file: --save-reference-features has nothing to save")
+    saved_reference = args.reference.suffix.lower() == ".safetensors"
     if args.save_reference_features is not None:
+        if saved_reference:
+            raise InputError("--reference is already a features file: --save-reference-features has nothing to save")
+        if args.save_reference_features.suffix.lower() != ".safetensors":  # --reference only takes that back
+            raise InputError(f"--save-reference-features must end in .safetensors, got {args.save_reference_features}")
         check_output_file(args.save_reference_features, "--save-reference-features")  # before reading the images
     network = TorchScriptInception(args.inception)
     reading = {"size": args.size, "batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
     sets = {}
-    for name in ("images", "reference"):
-        source = getattr(args, name)
-        if name == "reference" and source.suffix == ".safetensors":
-            sets[name] = load_features(source, network_digest=network.digest, size=args.size)
-        else:
-            sets[name] = image_features(source, network, **reading)
+    if saved_reference:  # checked against this network and size before the images are read
+        sets["reference"] = load_features(args.reference, network_digest=network.digest, size=args.size)
+    sets["images"] = image_features(args.images, network, **reading)
+    if not saved_reference:
+        sets["reference"] = image_features(args.reference, network, **reading)
     if args.save_reference_features is not None:
         save_features(sets["reference"], args.save_reference_features, network_digest=network.digest, size=args.size)
     report = distances(

@@ -17,7 +17,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -28,8 +30,9 @@ from tqdm.auto import tqdm
 from arvision.checkpoint import save_state_dict
 from arvision.data.user import ImageFiles
 from arvision.errors import CheckpointError, InputError
+from arvision.imaging import load_image
 
-FID_IMAGE_SIZE = 299  # Inception-v3's input; images are resized (PIL bicubic) and centre-cropped to it
+FID_IMAGE_SIZE = 299  # Inception-v3's input; images are resized whole to it, as clean-fid does (clean_resize)
 KID_SUBSET_SIZE = 1000  # torchmetrics' and the KID paper's, lowered to the smaller set when it has fewer
 
 
@@ -89,10 +92,11 @@ def image_features(
     progress: bool = True,
 ) -> ImageSetFeatures:
     """Features ``[N, D]`` (float64) of every image under a folder (or of a ``.jsonl`` / ``.csv`` listing), each
-    resized to ``size`` and centre-cropped as clean-fid does, in sorted path order (a listing's own order);
+    resized whole to ``size`` x ``size`` as clean-fid does (:func:`clean_resize`), in sorted path order (a
+    listing's own order);
     ``num_workers`` processes decode the images (on a GPU, decoding is the slow part). An unreadable file is left
     out (and named in ``skipped``) rather than replaced, so the set is not changed behind the metric's back."""
-    files = _Readable(ImageFiles.from_source(source, size=size, policy="center"))
+    files = _Readable(ImageFiles.from_source(source).paths, size)
     batches = DataLoader(files, batch_size=batch_size, num_workers=num_workers, collate_fn=_readable_batch)
     network = network.to(device)
     features: list[torch.Tensor] = []
@@ -101,28 +105,40 @@ def image_features(
         for images, unreadable in batches:
             skipped += unreadable
             if images is not None:
-                pixels = ((images + 1) * 127.5).round().clamp(0, 255)  # back to the files' 8-bit values
-                features.append(network(pixels.to(device)).double().cpu())
+                features.append(network(images.to(device)).double().cpu())
             bar.update(len(unreadable) + (0 if images is None else len(images)))
     if not features:
         raise InputError(f"none of the {len(files)} images under {source} could be read")
     return ImageSetFeatures(torch.cat(features), skipped)
 
 
-class _Readable(Dataset):
-    """An :class:`ImageFiles` whose unreadable items come back as their path, to be left out, not replaced."""
+def clean_resize(image: Image.Image, size: int) -> torch.Tensor:
+    """clean-fid's resize (its default "clean" mode): the whole image, not cropped, to ``size`` x ``size``, each
+    channel bicubic in PIL's float mode and clipped to 0..255 but not rounded again -> ``[3, size, size]`` float.
+    Resizing in uint8 or cropping first would give FIDs that cannot be compared with clean-fid's."""
+    channels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    resized = [
+        np.asarray(Image.fromarray(channels[..., c], mode="F").resize((size, size), Image.Resampling.BICUBIC))
+        for c in range(3)
+    ]
+    return torch.from_numpy(np.stack(resized).clip(0, 255))
 
-    def __init__(self, files: ImageFiles) -> None:
-        self.files = files
+
+class _Readable(Dataset):
+    """Image files resized by :func:`clean_resize`; an unreadable one comes back as its path, to be left out,
+    not replaced."""
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        self.paths, self.size = paths, size
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor | str:
         try:
-            return self.files.load(index)["image"]
+            return clean_resize(load_image(self.paths[index]), self.size)
         except (InputError, OSError):
-            return str(self.files.paths[index])
+            return str(self.paths[index])
 
 
 def _readable_batch(items: list[torch.Tensor | str]) -> tuple[torch.Tensor | None, list[str]]:
