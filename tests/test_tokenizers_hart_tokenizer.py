@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from arvision import checkpoint
+from arvision.defaults import default_model_path
 from arvision.errors import CheckpointError, InputError
 from arvision.tokenizers.hart_tokenizer import HybridTokenizer, HybridTokenizerConfig
 from arvision.tokenizers.schedules import PATCH_NUMS
@@ -265,6 +266,11 @@ def test_keys_outside_the_official_prefixes_are_refused(tmp_path):
 def test_missing_and_corrupt_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="model folder not found|missing file"):
         HybridTokenizer.from_pretrained(tmp_path / "nowhere")
+    pipeline = default_model_path("hart")  # model_index.json, transformer/, tokenizer/
+    with pytest.raises(
+        CheckpointError, match=f"{pipeline} is a HART model folder: its tokenizer is {pipeline}/tokenizer"
+    ):
+        HybridTokenizer.from_pretrained(pipeline)
     (tmp_path / "config.json").write_text(json.dumps(tiny_config().to_dict()))
     with pytest.raises(CheckpointError, match="no weights in"):
         HybridTokenizer.from_pretrained(tmp_path)

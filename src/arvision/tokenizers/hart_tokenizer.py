@@ -278,6 +278,9 @@ class HybridTokenizer(nn.Module):
         one; any other key is a CheckpointError naming it."""
         folder = Path(folder)
         config_file = folder / "config.json"
+        if not config_file.is_file() and (folder / "tokenizer" / "config.json").is_file():
+            # a HART pipeline or release folder: naming its tokenizer beats "missing config.json"
+            raise CheckpointError(f"{folder} is a HART model folder: its tokenizer is {folder / 'tokenizer'}")
         config = HybridTokenizerConfig.from_dict(checkpoint.read_json(config_file), source=str(config_file))
         weights = checkpoint.find_weights_file(folder)
         state = checkpoint.load_state_dict(weights)
