@@ -216,6 +216,26 @@ def test_batched_decoding_cuts_each_row_at_its_own_eos():
     assert len(ids[1]) <= 3
 
 
+def test_batched_decoding_ends_each_row_where_it_fills_max_length():
+    model = fixture_pipeline().model
+    embeds = torch.randn(3, 6, model.llm.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[1, :2] = mask[2, :4] = 0  # prompts of 6, 4 and 2 positions
+    free, _ = model.generate_text_batch(embeds, mask, max_new_tokens=8, eos_token_id=None)
+    ids, logits = model.generate_text_batch(embeds, mask, max_new_tokens=8, max_length=7, eos_token_id=None)
+    # Prompt and answer fill at most 7 positions; the answer under the cap is unchanged.
+    assert [len(row) for row in ids] == [1, 3, 5] and [len(row) for row in logits] == [1, 3, 5]
+    assert all(torch.equal(row, whole[: len(row)]) for row, whole in zip(ids, free))
+    (one,), _ = model.generate_text_batch(embeds[:1], max_new_tokens=8, max_length=4, eos_token_id=None)
+    assert len(one) == 1  # a prompt already over max_length still gets a token, as in transformers
+    eos = int(free[2][1])
+    ids, _ = model.generate_text_batch(embeds, mask, max_new_tokens=8, max_length=7, eos_token_id=eos)
+    stops = [
+        next((k + 1 for k, t in enumerate(row[:cap].tolist()) if t == eos), cap) for row, cap in zip(free, (1, 3, 5))
+    ]
+    assert [len(row) for row in ids] == stops and stops[2] <= 2
+
+
 def test_fixture_depth_generation_replay_and_code_filtering():
     c = cases()
     model = fixture_pipeline().model

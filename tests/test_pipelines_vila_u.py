@@ -117,6 +117,27 @@ def test_a_prompt_longer_than_the_context_is_named():
         config.max_position_embeddings = 4096
 
 
+def test_answers_end_where_they_fill_the_context(monkeypatch):
+    pipe = fixture_pipeline()
+    image = _astronaut()
+    features = pipe.model.encode_images(pipe.pixels([image]))[1]
+    full = "why " * 1992  # with the image's tokens, 2 positions short of the fixture's 4096
+    assert (
+        pipe.model.llm.config.max_position_embeddings - len(pipe.model.splice(pipe.prompt_ids(full, 1), features)) == 2
+    )
+    lengths = []
+    generate = pipe.model.generate_text_batch
+
+    def recorded(*args, **kwargs):
+        ids, logits = generate(*args, **kwargs)
+        lengths.append([len(row) for row in ids])
+        return ids, logits
+
+    monkeypatch.setattr(pipe.model, "generate_text_batch", recorded)
+    pipe.describe_batch([image, image], [full, "why"], temperature=0.0, max_new_tokens=30)
+    assert lengths == [[2, 30]]  # each answer capped by what its own prompt leaves of the context
+
+
 def test_reconstruct_matches_the_official_decoding_and_accepts_any_mode():
     c = cases()
     pipe = fixture_pipeline()

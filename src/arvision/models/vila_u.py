@@ -213,6 +213,7 @@ class VilaU(nn.Module):
         attention_mask: torch.Tensor | None = None,
         *,
         max_new_tokens: int = 512,
+        max_length: int | None = None,
         eos_token_id: int | None = 2,
         temperature: float = 0.0,
         top_k: int = 0,
@@ -222,7 +223,9 @@ class VilaU(nn.Module):
         """Decode B prompts at once: embeddings [B, S, H], left padded where ``attention_mask`` [B, S] is 0.
 
         Returns per row the new token ids [N_b] (up to and including its first EOS) and their next-token
-        logits [N_b, vocab]. Decoding stops when every row has reached EOS or ``max_new_tokens``. A list of
+        logits [N_b, vocab]. A row ends at its first EOS, after ``max_new_tokens``, or once its prompt and
+        answer fill ``max_length`` positions (the LLM's context; as transformers' ``max_length``, a prompt
+        that already fills it still gets one token). Decoding stops when every row has ended. A list of
         generators, one per row, makes each row's answer the one it would get alone.
         """
         batch, length = inputs_embeds.shape[:2]
@@ -230,30 +233,31 @@ class VilaU(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
         mask = attention_mask.long()
+        # Each row's answer length: max_new_tokens, or what its own prompt leaves of max_length.
+        ends = torch.full((batch,), max_new_tokens, dtype=torch.long, device=inputs_embeds.device)
+        if max_length is not None:
+            ends = ends.clamp(max=(max_length - mask.sum(-1)).clamp(min=1))
         cache = DynamicCache()
         hidden = self.llm_hidden(inputs_embeds, mask, positions_from_mask(mask), cache)[:, -1]
         tokens, all_logits = [], []
-        finished = torch.zeros(batch, dtype=torch.bool, device=inputs_embeds.device)
-        for _ in range(max_new_tokens):
+        for step in range(int(ends.max())):
             logits = self.llm.lm_head(hidden).float()
             token = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             tokens.append(token)
             all_logits.append(logits)
             if eos_token_id is not None:
-                finished |= token == eos_token_id
-                if bool(finished.all()):
-                    break
+                ends = torch.where((token == eos_token_id) & (ends > step), step + 1, ends)
+            if bool((ends <= step + 1).all()):
+                break
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            step = self.llm.get_input_embeddings()(token[:, None])
-            hidden = self.llm_hidden(step, mask, mask.sum(-1, keepdim=True) - 1, cache)[:, -1]
+            embeds = self.llm.get_input_embeddings()(token[:, None])
+            hidden = self.llm_hidden(embeds, mask, mask.sum(-1, keepdim=True) - 1, cache)[:, -1]
         if not tokens:
             empty = torch.zeros(0, dtype=torch.long, device=inputs_embeds.device)
             return [empty] * batch, [torch.zeros(0, self.llm.lm_head.out_features, device=empty.device)] * batch
         ids, logits = torch.stack(tokens, dim=1), torch.stack(all_logits, dim=1)  # [B, N], [B, N, vocab]
-        ends = [ids.shape[1]] * batch
-        if eos_token_id is not None:
-            ends = [int(row.nonzero()[0]) + 1 if row.any() else ids.shape[1] for row in ids == eos_token_id]
-        return [ids[b, :end] for b, end in enumerate(ends)], [logits[b, :end] for b, end in enumerate(ends)]
+        lengths = ends.tolist()
+        return [ids[b, :n] for b, n in enumerate(lengths)], [logits[b, :n] for b, n in enumerate(lengths)]
 
     # ----- visual codes out of the LLM -----
 

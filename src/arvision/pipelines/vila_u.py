@@ -48,8 +48,8 @@ def _eos_id(value: Any) -> int:
 @dataclass
 class TextSampling:
     """Text decoding settings. ``temperature``, ``top_p`` and ``eos_token_id`` default to the release's
-    ``llm/generation_config.json`` values; ``max_new_tokens`` is arvision's cap on an answer (the release
-    stops at ``max_length`` 4096 tokens, prompt included)."""
+    ``llm/generation_config.json`` values; ``max_new_tokens`` is arvision's cap on an answer, which also ends
+    where it and its prompt fill the LLM's context (as the release's ``max_length`` 4096, prompt included)."""
 
     temperature: float = 0.9
     top_p: float = 0.6
@@ -242,8 +242,14 @@ class VilaUPipeline(ProgressBars):
                 f"model's {limit}: shorten the question or use fewer frames"
             )
         embeds, mask = left_padded(prompts)
+        # As the release (transformers' max_length), an answer ends where it and its prompt fill the context.
         ids, _ = self.model.generate_text_batch(
-            embeds, mask, eos_token_id=self.text_sampling.eos_token_id, generator=generator, **sampling
+            embeds,
+            mask,
+            max_length=limit,
+            eos_token_id=self.text_sampling.eos_token_id,
+            generator=generator,
+            **sampling,
         )
         return [self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in ids]
 
