@@ -119,6 +119,18 @@ def test_animation_and_strip(tmp_path):
     assert not (tmp_path / "b.mp4").exists()
 
 
+def test_gif_frames_last_the_nearest_whole_centisecond(tmp_path):
+    frames = [PIL.Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(3)]
+    # 15 fps: 6.7 cs, 7 nearer than the 6 that truncating 67 ms gave; 40 fps: 2.5 cs, the longer 3 (33 fps, not 50).
+    for fps, centiseconds in ((15, 7), (40, 3), (50, 2), (4, 25), (0.3, 333), (0.002, 50000)):
+        with PIL.Image.open(save_video(frames, tmp_path / "a.gif", fps=fps)) as anim:
+            durations = []
+            for index in range(anim.n_frames):
+                anim.seek(index)
+                durations.append(anim.info["duration"])
+        assert durations == [centiseconds * 10] * 3, fps
+
+
 def test_a_failed_write_keeps_the_previous_video(tmp_path):
     frames = [PIL.Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(4)]
     path = save_video(frames, tmp_path / "a.mp4")

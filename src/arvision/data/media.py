@@ -6,6 +6,7 @@ as the official loader does: ``round(linspace(0, n_frames - 1, N))``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from fractions import Fraction
@@ -203,10 +204,19 @@ def save_video(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: 
         if kind == ".mp4":
             _write_mp4(frames, partial, fps)
         else:
-            duration = int(round(1000 / fps))
             first, *rest = frames
+            duration = _frame_duration_ms(fps, kind)
             first.save(partial, format=kind[1:].upper(), save_all=True, append_images=rest, duration=duration, loop=0)
     return path
+
+
+def _frame_duration_ms(fps: float, suffix: str) -> int:
+    """How long a frame lasts in a file of this kind, in whole milliseconds (what Pillow takes)."""
+    if suffix == ".gif":
+        # Pillow truncates a GIF's duration to centiseconds (67 ms at 15 fps became 6 cs, 16.7 fps): take the
+        # nearest whole centisecond, a tie (40 fps, 2.5 cs) going to the longer frame, the nearer frame rate.
+        return math.floor(100 / fps + 0.5) * 10
+    return round(1000 / fps)
 
 
 def check_fps(fps: float, suffix: str) -> None:
