@@ -123,3 +123,11 @@ def test_generate_video_refuses_an_output_it_cannot_write_before_the_model_loads
         assert f"cannot write -o {tmp_path}/" in err and message in err and len(err.splitlines()) == 1
     assert main([*base, str(tmp_path / "taken.gif"), "--no-strip"]) == 2  # the strip is not written: the model loads
     assert "taken" not in capsys.readouterr().err
+
+
+def test_generate_video_refuses_a_format_it_cannot_write_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    PIL.Image.init()  # registers every writer this Pillow has
+    monkeypatch.delitem(PIL.Image.SAVE_ALL, "WEBP")  # Pillow built without libwebp
+    assert main(["generate-video", "x", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "v.webp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write .webp files: this Pillow was built without WEBP support" in err and len(err.splitlines()) == 1

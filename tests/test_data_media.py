@@ -1,4 +1,5 @@
 import io
+import sys
 
 import numpy as np
 import PIL.Image
@@ -129,6 +130,29 @@ def test_gif_frames_last_the_nearest_whole_centisecond(tmp_path):
                 anim.seek(index)
                 durations.append(anim.info["duration"])
         assert durations == [centiseconds * 10] * 3, fps
+
+
+def test_a_missing_video_writer_or_reader_is_an_input_error_naming_what_to_install(tmp_path, monkeypatch):
+    frames = [PIL.Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(2)]
+    video = save_video(frames, tmp_path / "clip.mp4")
+    PIL.Image.init()  # registers every writer this Pillow has
+    with monkeypatch.context() as patch:
+        patch.delitem(PIL.Image.SAVE_ALL, "WEBP")  # how Pillow built without libwebp stands (KeyError 'WEBP')
+        for write in (lambda: media.check_video_writer(".WebP"), lambda: save_video(frames, tmp_path / "a.webp")):
+            with pytest.raises(InputError, match="cannot write .webp files: this Pillow was built without WEBP"):
+                write()
+    with monkeypatch.context() as patch:
+        patch.setattr(media, "H264_ENCODER", "libnope")  # an FFmpeg without the encoder (UnknownCodecError)
+        with pytest.raises(InputError, match="cannot write .mp4 files: PyAV's FFmpeg has no libnope"):
+            save_video(frames, tmp_path / "b.mp4")
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "av", None)  # PyAV not installed (ModuleNotFoundError)
+        with pytest.raises(InputError, match=r"writing .mp4 files needs PyAV \(FFmpeg\).*pip install av"):
+            save_video(frames, tmp_path / "b.mp4")
+        with pytest.raises(InputError, match="reading video .*clip.mp4 needs PyAV"):
+            load_video_frames(video, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    media.check_video_writer(".gif")
 
 
 def test_a_failed_write_keeps_the_previous_video(tmp_path):

@@ -45,14 +45,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from arvision.data.media import VIDEO_OUTPUTS, check_fps, frame_strip, save_video
+    from arvision.data.media import VIDEO_OUTPUTS, check_fps, check_video_writer, frame_strip, save_video
     from arvision.errors import InputError
     from arvision.pipelines.vila_u import VilaUPipeline
 
     output = Path(args.output)
     if output.suffix.lower() not in VIDEO_OUTPUTS:
         raise InputError(f"--output must end in {', '.join(VIDEO_OUTPUTS)}, got {output.name}")
-    check_fps(args.fps, output.suffix)  # before the (slow) generation
+    # Before the (slow) generation.
+    check_fps(args.fps, output.suffix)
+    check_video_writer(output.suffix)
     paths = numbered_paths(output, args.num_videos)
     for path in paths:
         for written in (path,) if args.no_strip else (path, _strip_path(path)):

@@ -138,7 +138,8 @@ def load_video_frames(source: str | os.PathLike, num_frames: int = 8) -> list[PI
         return [read_image(files[i]) for i in sample_frame_indices(len(files), num_frames)]
     if not path.is_file():
         raise InputError(f"video not found: {path}")
-    import av  # imported here: only video input needs FFmpeg
+    check_pyav(f"reading video {path}")
+    import av
 
     try:
         with av.open(str(path)) as container:
@@ -195,6 +196,7 @@ def save_video(frames: Sequence[PIL.Image.Image], path: str | os.PathLike, fps: 
     if kind not in VIDEO_OUTPUTS:
         raise InputError(f"a video must be written as {', '.join(VIDEO_OUTPUTS)}, got {path.name}")
     check_fps(fps, kind)
+    check_video_writer(kind)
     if not frames:
         raise InputError("no frames to write")
     sizes = sorted({frame.size for frame in frames})
@@ -219,6 +221,44 @@ def _frame_duration_ms(fps: float, suffix: str) -> int:
     return round(1000 / fps)
 
 
+# The H.264 encoder MP4s are written with: PyAV's wheels bundle it, but an FFmpeg built without GPL parts lacks it.
+H264_ENCODER = "libx264"
+
+
+def check_pyav(what: str) -> None:
+    """An :class:`InputError` saying that ``what`` needs PyAV when it cannot be imported: only video files need
+    FFmpeg, so it is imported where they are read or written."""
+    try:
+        import av  # noqa: F401
+    except ImportError as exc:
+        raise InputError(f"{what} needs PyAV (FFmpeg), which cannot be imported ({exc}): pip install av") from exc
+
+
+def check_video_writer(suffix: str) -> None:
+    """An :class:`InputError` when this installation cannot write videos of this kind (a suffix of
+    :data:`VIDEO_OUTPUTS`), naming what to install: run it before the frames are made, which can take long."""
+    kind = suffix.lower()
+    if kind == ".mp4":
+        check_pyav("writing .mp4 files")
+        import av
+
+        try:
+            av.codec.Codec(H264_ENCODER, "w")
+        except av.codec.codec.UnknownCodecError as exc:
+            raise InputError(
+                f"cannot write .mp4 files: PyAV's FFmpeg has no {H264_ENCODER} (H.264) encoder; install PyAV's "
+                f"wheel (pip install --force-reinstall av) or write .gif or .webp"
+            ) from exc
+        return
+    # Pillow registers a format's writer only when it was built with the library for it (libwebp for WebP).
+    PIL.Image.init()
+    if kind[1:].upper() not in PIL.Image.SAVE_ALL:
+        raise InputError(
+            f"cannot write {kind} files: this Pillow was built without {kind[1:].upper()} support; install a "
+            f"Pillow that has it (pip install --force-reinstall pillow) or write another format"
+        )
+
+
 def check_fps(fps: float, suffix: str) -> None:
     """A frame rate a video of this kind (``.gif``, ``.webp``, ``.mp4``) can carry (:data:`FPS_RANGES`)."""
     low, high = FPS_RANGES[suffix.lower()]
@@ -227,7 +267,7 @@ def check_fps(fps: float, suffix: str) -> None:
 
 
 def _write_mp4(frames: Sequence[PIL.Image.Image], path: Path, fps: float) -> None:
-    import av
+    import av  # check_video_writer made sure it imports and has the encoder
 
     width, height = frames[0].size
     # H.264's yuv420p needs even sides: an odd one is padded by repeating its last pixel (a black border would
@@ -235,7 +275,7 @@ def _write_mp4(frames: Sequence[PIL.Image.Image], path: Path, fps: float) -> Non
     pad = ((0, height % 2), (0, width % 2), (0, 0))
     with av.open(str(path), mode="w", format="mp4") as container:
         # 1001 keeps the NTSC rates exact (30000/1001 = 29.97...).
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream = container.add_stream(H264_ENCODER, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
         stream.options = {"crf": "17"}  # visually lossless for these small frames
         for frame in frames:
