@@ -2,6 +2,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -144,6 +145,9 @@ def test_crop_policies_follow_the_official_preprocessing():
     assert red_rows == [8, 0, 2]  # the top square keeps the band (16 of 20 rows), the centre crop loses it
     with pytest.raises(InputError, match="crop policy"):
         prepare_image(portrait, 10, "random")
+    deep = Image.fromarray((np.asarray(portrait.convert("L"), dtype=np.uint16) * 257).astype(np.uint16))
+    grey = prepare_image(portrait.convert("L"), 10, "center")  # a 16-bit copy is read as its top 8 bits
+    assert torch.allclose(prepare_image(deep, 10, "center"), grey, atol=1 / 127.5)  # not clamped to white
 
 
 def test_vqa_jsonl_with_images_frame_folders_video_files_and_chat_turns(tmp_path):

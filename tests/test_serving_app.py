@@ -446,6 +446,17 @@ def test_videos_come_from_the_vila_u_model_each_as_its_seed_makes_it_alone(hart,
         assert missing.status_code == 404 and "videos need one" in missing.text
 
 
+def test_a_video_format_the_server_cannot_write_is_refused_before_it_is_generated(monkeypatch):
+    vila = fixture_pipeline()
+    PIL.Image.init()  # registers every writer this Pillow has, so the one removed stays removed
+    monkeypatch.delitem(PIL.Image.SAVE_ALL, "WEBP")  # a Pillow built without WebP
+    generated = []
+    monkeypatch.setattr(vila, "generate_video", lambda *a, **k: generated.append(1))
+    with TestClient(create_app(vila, vila)) as client:
+        refused = client.post("/v1/generate-video", json={"prompt": "Waves.", "format": "webp"})
+    assert refused.status_code == 400 and "webp" in refused.text.lower() and not generated
+
+
 def test_a_class_conditional_hart_takes_class_names_and_names_unknown_ones(hart):
     from test_pipelines_hart import tiny_class_conditional
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from arvision.data.media import preprocess_image
 from arvision.errors import InputError
-from arvision.imaging import pil_to_tensor, resize_center_crop
+from arvision.imaging import load_image, pil_to_tensor, resize_center_crop
 
 CROP_POLICIES = ("center", "resize", "top")
 
@@ -26,5 +26,5 @@ def check_policy(policy: str) -> str:
 def prepare_image(image: Image.Image, size: int, policy: str = "center") -> torch.Tensor:
     """PIL image -> float32 ``[3, size, size]`` in [-1, 1]. No random flips: they would break "left of"."""
     if check_policy(policy) == "center":
-        return pil_to_tensor(resize_center_crop(image.convert("RGB"), size))[0]
+        return pil_to_tensor(resize_center_crop(load_image(image), size))[0]  # 16-bit and float modes reduced
     return preprocess_image(image, size, generation_crop=policy == "top")

@@ -43,7 +43,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from arvision.data.media import check_fps, load_media, save_video
+from arvision.data.media import check_fps, check_video_writer, load_media, save_video
 from arvision.errors import ArvisionError, InputError
 from arvision.imaging import load_image
 from arvision.models.vila_u import DEFAULT_CFG
@@ -246,6 +246,7 @@ def create_app(
         if video_model is None:
             raise HTTPException(404, "this server runs no VILA-U model: videos need one")
         check_fps(body.fps, f".{body.format}")
+        check_video_writer(f".{body.format}")  # before the generation, which a missing writer would waste
         settings, job = sampling_job(body)
         check_video(video_model, settings, job)
         videos = await _result(request, app.state.queue.submit(video_key(settings), job, size=body.n))
