@@ -243,6 +243,27 @@ def test_bad_describe_requests_are_named(client, upload, question, status, messa
     assert response.status_code == status and message in response.text
 
 
+def test_a_body_that_is_not_json_is_a_short_json_422(client):
+    png = _png(PIL.Image.new("RGB", (8, 8)))  # not UTF-8: echoing it back had failed with a plain-text 500
+    for response in (
+        client.post("/v1/generate", content=png, headers={"content-type": "image/png"}),
+        client.post("/v1/generate", files={"file": ("a.png", png)}),
+        client.post("/v1/generate", content="x" * 100_000, headers={"content-type": "text/plain"}),
+    ):
+        assert response.status_code == 422 and response.json()["detail"]
+        assert len(response.content) < 2000  # the body is not copied back
+
+
+def test_describe_names_unknown_form_fields_and_base64_may_be_wrapped(client):
+    upload = {"file": ("a.png", _png(PIL.Image.new("RGB", (8, 8))))}
+    response = client.post("/v1/describe", files=upload, data={"question": "What?", "temprature": "5"})
+    assert response.status_code == 400 and "unknown form field(s) temprature" in response.text
+    wrapped = base64.encodebytes(_png(PIL.Image.new("RGB", (16, 16)))).decode()  # MIME lines of 76 characters
+    assert "\n" in wrapped.strip()
+    body = {"prompt": "a cube", "image": wrapped, "strength": 0.5, "seed": 1}
+    assert client.post("/v1/generate", json=body).status_code == 200
+
+
 def test_an_upload_over_the_limit_is_refused(hart):
     with TestClient(create_app(None, fixture_pipeline(), max_upload_bytes=100)) as small:
         response = small.post("/v1/describe", files={"file": ("a.png", b"x" * 101)}, data={"question": "What?"})
@@ -469,3 +490,10 @@ def test_a_class_conditional_hart_takes_class_names_and_names_unknown_ones(hart)
         refused = client.post("/v1/generate", json={"prompt": "cok"})
         assert refused.status_code == 400 and "unknown class name 'cok'; did you mean 'cock'" in refused.text
         assert client.get("/health").json()["queue"]["failed"] == 0  # refused before it reached the queue
+
+
+def test_strength_is_named_as_a_hart_option_on_a_vila_u_generator():
+    vila = fixture_pipeline()
+    with TestClient(create_app(vila, vila)) as client:
+        refused = client.post("/v1/generate", json={"prompt": "a cube", "strength": 0.5})
+    assert refused.status_code == 400 and "strength applies to HART models only" in refused.text

@@ -97,6 +97,20 @@ def test_a_cancelled_job_is_not_run():
     queue.close()
 
 
+def test_jobs_whose_clients_went_away_free_their_places_at_once():
+    runner = Recorder()
+    queue = _queue(runner, max_pending=2)
+    queue.submit("a", 0)
+    assert runner.started.wait(10)
+    abandoned = [queue.submit("a", 1), queue.submit("a", 2)]
+    assert all(future.cancel() for future in abandoned)  # what the server does when the clients disconnect
+    assert queue.stats().pending == 0
+    kept = queue.submit("a", 3)  # not QueueFull, although the worker has not reached the cancelled jobs yet
+    runner.release.set()
+    assert kept.result(10) == "a:3" and runner.batches[1] == ("a", [3])
+    queue.close()
+
+
 def test_a_full_queue_refuses_and_close_fails_the_waiting_jobs():
     runner = Recorder()
     queue = _queue(runner, max_pending=2)

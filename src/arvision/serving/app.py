@@ -72,6 +72,8 @@ MAX_UPLOAD_BYTES = 64 * 2**20
 MAX_FRAMES = 64  # frames sampled from an uploaded video
 MAX_TEXT_CHARS = 10_000  # prompts and questions: far beyond any model's context, cheap to tokenize
 MAX_NEW_TOKENS = 4096
+# the form fields of /v1/describe (its route's arguments)
+DESCRIBE_FIELDS = {"file", "question", "seed", "temperature", "top_k", "top_p", "max_new_tokens", "num_frames"}
 DISCONNECT_POLL_S = 0.25
 GENERATION_SETTINGS = {f.name for f in fields(GenerationSettings)}  # the request fields that form the batch key
 
@@ -186,7 +188,8 @@ def create_app(
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler, but for the bad input it echoes: a NaN or an infinity (1e400 reads as one) is
         # not JSON, and made it fail with a 500
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+        errors = [_without_long_input(error) for error in exc.errors()]
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -278,6 +281,9 @@ def create_app(
     ) -> DescribeResponse:
         if describer is None:
             raise HTTPException(404, "this server runs no question-answering model")
+        unknown = sorted(set((await request.form()).keys()) - DESCRIBE_FIELDS)
+        if unknown:  # as the JSON endpoints refuse extra fields: a misspelt "temprature" would be ignored
+            raise InputError(f"unknown form field(s) {', '.join(unknown)}; known: {', '.join(sorted(DESCRIBE_FIELDS))}")
         settings = DescribeSettings(temperature, top_k, top_p, max_new_tokens)
         check_describe(describer, settings, question)
         data = await file.read()  # LimitBodySize has bounded it
@@ -331,6 +337,14 @@ class LimitBodySize:
         await self.app(scope, counted, send)
 
 
+def _without_long_input(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error with its ``input`` echoed only when short and JSON-like: a raw body that is not JSON
+    (bytes, which may not even decode), a long text or an upload would be copied back whole, or fail to encode."""
+    value = error.get("input")
+    short = isinstance(value, bool | int | float | type(None)) or (isinstance(value, str) and len(value) <= 200)
+    return error if short else {key: item for key, item in error.items() if key != "input"}
+
+
 def _json_safe(value: Any) -> Any:
     """``value`` (JSON-like) with its non-finite floats as strings: "nan", "inf", "-inf"."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -357,7 +371,7 @@ def _video_base64(frames, fps: float, kind: str) -> str:
 def _read_base64_image(data: str) -> Image.Image:
     """A request's base64 image, through the reader of image files (errors name "the image")."""
     try:
-        raw = base64.b64decode(data, validate=True)
+        raw = base64.b64decode("".join(data.split()), validate=True)  # MIME base64 wraps its lines
     except binascii.Error:
         raise InputError("image is not valid base64") from None
     if not raw:

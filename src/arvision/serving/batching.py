@@ -92,6 +92,7 @@ class BatchingQueue:
         with self._changed:
             if self._closed:
                 raise QueueClosed("the server is shutting down")
+            self._drop_cancelled()
             if len(self._jobs) >= self.max_pending:
                 raise QueueFull(f"{len(self._jobs)} requests are waiting already; try again shortly")
             self._jobs.append(job)
@@ -102,8 +103,16 @@ class BatchingQueue:
     def closed(self) -> bool:
         return self._closed
 
+    def _drop_cancelled(self) -> None:
+        """Forget the waiting jobs whose clients went away (their futures cancelled): they would never run, but
+        would hold ``max_pending`` places until the worker reached them. Call with the lock held."""
+        live = [job for job in self._jobs if not job.future.cancelled()]
+        if len(live) < len(self._jobs):
+            self._jobs = deque(live)
+
     def stats(self) -> QueueStats:
         with self._changed:
+            self._drop_cancelled()
             counts = (self._stats.jobs, self._stats.failed, self._stats.batches, self._stats.largest_batch)
             return QueueStats(len(self._jobs), *counts, running=not self._closed and self._thread.is_alive())
 

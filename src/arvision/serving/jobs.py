@@ -72,10 +72,10 @@ def check_generation(pipe: TextToImage, settings: GenerationSettings, job: Gener
     check_prompts(job.prompt)
     if job.negative_prompt is not None and not job.negative_prompt.strip():
         raise InputError("the negative prompt is empty; leave it out to use the model's null condition")
-    image_strength(settings.strength, job.image is not None)
-    if isinstance(pipe, VilaUPipeline):
+    if isinstance(pipe, VilaUPipeline):  # HART's options (strength among them) are named as such first
         _check_vila_u(pipe, settings, job, video=False)
         return
+    image_strength(settings.strength, job.image is not None)
     pipe.sampling_options(**_hart_options(settings))
     pipe.schedule_for(settings.size, settings.size)
     if pipe.transformer.config.class_conditional:  # prompts are class names (ImageNet models)
@@ -106,6 +106,7 @@ def _check_vila_u(pipe: VilaUPipeline, settings: GenerationSettings, job: Genera
             ("diffusion_steps", settings.diffusion_steps is not None),
             ("negative_prompt", job.negative_prompt is not None),
             ("image", job.image is not None),
+            ("strength", settings.strength is not None),
         )
         if used
     ]
