@@ -497,3 +497,16 @@ def test_strength_is_named_as_a_hart_option_on_a_vila_u_generator():
     with TestClient(create_app(vila, vila)) as client:
         refused = client.post("/v1/generate", json={"prompt": "a cube", "strength": 0.5})
     assert refused.status_code == 400 and "strength applies to HART models only" in refused.text
+
+
+def test_an_upload_that_decodes_past_the_pixel_limit_is_refused_before_it_is_queued(client, monkeypatch):
+    from arvision.serving import app as serving_app
+
+    monkeypatch.setattr(serving_app, "MAX_UPLOAD_PIXELS", 16 * 16 - 1)
+    png = _png(PIL.Image.new("RGB", (16, 16)))
+    described = client.post("/v1/describe", files={"file": ("a.png", png)}, data={"question": "What?"})
+    assert described.status_code == 413 and "decodes to 256 pixels; the limit is 255" in described.text
+    body = {"prompt": "a cube", "image": base64.b64encode(png).decode(), "strength": 0.5}
+    drawn = client.post("/v1/generate", json=body)
+    assert drawn.status_code == 413 and "decodes to 256 pixels" in drawn.text
+    assert client.get("/health").json()["queue"]["pending"] == 0

@@ -72,6 +72,7 @@ MAX_UPLOAD_BYTES = 64 * 2**20
 MAX_FRAMES = 64  # frames sampled from an uploaded video
 MAX_TEXT_CHARS = 10_000  # prompts and questions: far beyond any model's context, cheap to tokenize
 MAX_NEW_TOKENS = 4096
+MAX_UPLOAD_PIXELS = 2**26  # an image or video's frames in all: 8 frames of 4K video, 200 MB decoded
 # the form fields of /v1/describe (its route's arguments)
 DESCRIBE_FIELDS = {"file", "question", "seed", "temperature", "top_k", "top_p", "max_new_tokens", "num_frames"}
 DISCONNECT_POLL_S = 0.25
@@ -388,11 +389,20 @@ def _read_upload(data: bytes, filename: str, num_frames: int) -> list:
 
 
 def _read_through_file(data: bytes, suffix: str, shown: str, read: Callable[[Path], Any]) -> Any:
-    """``read`` a temporary file holding ``data``; its errors name ``shown``, not the temporary file."""
+    """``read`` a temporary file holding ``data``; its errors name ``shown``, not the temporary file. Images
+    (or frames) past MAX_UPLOAD_PIXELS in all are refused: a small compressed file can decode to gigabytes,
+    which a queued job would hold until its batch runs."""
     with tempfile.TemporaryDirectory(prefix="arvision-upload-") as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(data)
         try:
-            return read(path)
+            decoded = read(path)
         except InputError as exc:
             raise InputError(str(exc).replace(str(path), shown)) from None
+    frames = decoded if isinstance(decoded, list) else [decoded]
+    pixels = sum(frame.width * frame.height for frame in frames)
+    if pixels > MAX_UPLOAD_PIXELS:
+        raise HTTPException(
+            413, f"{shown} decodes to {pixels:,} pixels; the limit is {MAX_UPLOAD_PIXELS:,} (downscale it first)"
+        )
+    return decoded
