@@ -40,7 +40,18 @@ def test_describe_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert main(["describe", str(image), "What is <image> here?", "--model", str(FIXTURE)]) == 2
     assert "the question contains <image>" in capsys.readouterr().err
     assert main(["describe", str(image), "What?", "--model", str(FIXTURE), "--frames", "0"]) == 2
-    assert "num_frames must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert "--frames must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_describe_reads_the_media_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from arvision.pipelines.vila_u import VilaUPipeline
+
+    loads = []
+    monkeypatch.setattr(VilaUPipeline, "from_pretrained", lambda *a, **k: loads.append(a) or 1 / 0)
+    assert main(["describe", str(tmp_path / "missing.mp4"), "What?", "--model", str(FIXTURE)]) == 2
+    assert "missing.mp4" in capsys.readouterr().err and not loads  # a release's load takes minutes
+    assert main(["describe", str(tmp_path / "a.png"), "What?", "--model", str(tmp_path)]) == 2
+    assert "is not a VILA-U folder" in capsys.readouterr().err and not loads
 
 
 def test_generate_video_writes_an_animation_and_a_strip(tmp_path, capsys):

@@ -5,9 +5,11 @@ questions, separated by blank lines."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from arvision.cli.common import add_device_arguments, per_image_seeds, torch_dtype
 from arvision.defaults import default_model_path
+from arvision.errors import InputError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,13 +31,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from arvision.data.media import load_media
+    from arvision.pipelines import vila_u_checkpoint as ckpt
     from arvision.pipelines.vila_u import VilaUPipeline
 
     seeds = None if args.seed is None else per_image_seeds(args.seed, len(args.questions))
-    folder = args.model or default_model_path("vila-u")
+    folder = Path(args.model or default_model_path("vila-u"))
+    ckpt.check_vila_u_folder(folder)
+    if args.frames is not None and args.frames < 1:
+        raise InputError(f"--frames must be at least 1, got {args.frames}")
+    # The media is read before the model loads (a release's takes minutes): a missing or unreadable file is
+    # named at once. The config says how many frames a video gives.
+    frames = load_media(args.media, args.frames or ckpt.read_config(folder)[0].num_video_frames)
     pipe = VilaUPipeline.from_pretrained(folder, device=args.device, dtype=torch_dtype(args.dtype))
     answers = pipe.describe_batch(
-        [args.media] * len(args.questions),
+        [frames] * len(args.questions),
         args.questions,
         temperature=0.0 if args.greedy else args.temperature,
         top_p=args.top_p,
