@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
     for frames, path in zip(videos, paths, strict=True):
         print(save_video(frames, path, fps=args.fps))
         if not args.no_strip:
-            frame_strip(frames).save(_strip_path(path))
-            print(_strip_path(path))
+            strip = _strip_path(path)
+            frame_strip(frames).save(strip)
+            print(strip)
     return 0
 
 

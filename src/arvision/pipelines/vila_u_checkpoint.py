@@ -60,25 +60,28 @@ TOKENIZER_FILES = ("tokenizer.model", "special_tokens_map.json", "added_tokens.j
 SAVED_ENTRIES = ("config.json", "llm", "mm_projector", "vision_tower")  # what save_folder writes (and replaces)
 
 
-def is_vila_u_folder(folder: str | os.PathLike) -> bool:
-    """True for a folder in the VILA-U layout: a top ``config.json`` naming VILA-U plus ``llm/``."""
-    folder = Path(folder)
+def _names_vila_u(folder: Path) -> bool:
+    """Whether ``folder`` is in the VILA-U layout: a top ``config.json`` naming VILA-U plus ``llm/``; a
+    CheckpointError if that ``config.json`` (beside ``llm/``) cannot be parsed."""
     config = folder / "config.json"
     if not config.is_file() or not (folder / "llm").is_dir():
         return False
+    data = read_json(config)
+    return str(data.get("model_type", "")).startswith("vila_u") or "llm_cfg" in data
+
+
+def is_vila_u_folder(folder: str | os.PathLike) -> bool:
+    """True for a folder in the VILA-U layout: a top ``config.json`` naming VILA-U plus ``llm/``."""
     try:
-        data = read_json(config)
+        return _names_vila_u(Path(folder))
     except CheckpointError:
         return False
-    return str(data.get("model_type", "")).startswith("vila_u") or "llm_cfg" in data
 
 
 def check_vila_u_folder(folder: Path) -> None:
     """A CheckpointError unless ``folder`` is in the VILA-U layout (:func:`is_vila_u_folder`); a top
     ``config.json`` beside ``llm/`` that cannot be parsed is named as such, not as another kind of folder."""
-    if (folder / "llm").is_dir() and (folder / "config.json").is_file():
-        read_json(folder / "config.json")
-    if not is_vila_u_folder(folder):
+    if not _names_vila_u(folder):
         raise CheckpointError(f"{folder} is not a VILA-U folder (needs config.json naming vila_u, and llm/)")
 
 

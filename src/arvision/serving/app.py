@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import inspect
 import io
 import math
 import re
@@ -73,8 +74,6 @@ MAX_FRAMES = 64  # frames sampled from an uploaded video
 MAX_TEXT_CHARS = 10_000  # prompts and questions: far beyond any model's context, cheap to tokenize
 MAX_NEW_TOKENS = 4096
 MAX_UPLOAD_PIXELS = 2**26  # an image or video's frames in all: 8 frames of 4K video, 200 MB decoded
-# the form fields of /v1/describe (its route's arguments)
-DESCRIBE_FIELDS = {"file", "question", "seed", "temperature", "top_k", "top_p", "max_new_tokens", "num_frames"}
 DISCONNECT_POLL_S = 0.25
 GENERATION_SETTINGS = {f.name for f in fields(GenerationSettings)}  # the request fields that form the batch key
 
@@ -282,9 +281,9 @@ def create_app(
     ) -> DescribeResponse:
         if describer is None:
             raise HTTPException(404, "this server runs no question-answering model")
-        unknown = sorted(set((await request.form()).keys()) - DESCRIBE_FIELDS)
+        unknown = sorted(set((await request.form()).keys()) - describe_fields)
         if unknown:  # as the JSON endpoints refuse extra fields: a misspelt "temprature" would be ignored
-            raise InputError(f"unknown form field(s) {', '.join(unknown)}; known: {', '.join(sorted(DESCRIBE_FIELDS))}")
+            raise InputError(f"unknown form field(s) {', '.join(unknown)}; known: {', '.join(sorted(describe_fields))}")
         settings = DescribeSettings(temperature, top_k, top_p, max_new_tokens)
         check_describe(describer, settings, question)
         data = await file.read()  # LimitBodySize has bounded it
@@ -296,6 +295,7 @@ def create_app(
         answer = await _result(request, app.state.queue.submit(describe_key(settings), job))
         return DescribeResponse(answer=answer, seed=job.seed)
 
+    describe_fields = set(inspect.signature(describe).parameters) - {"request"}  # its form fields, read above
     return app
 
 

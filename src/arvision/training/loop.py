@@ -322,8 +322,7 @@ class Trainer:
         there; a ``folder`` of the caller's must not exist or be empty, as the export replaces it whole)."""
         if folder is not None and Path(folder).exists() and any(Path(folder).iterdir()):
             raise InputError(f"{folder} exists and is not empty: export to a new folder")
-        latest = checkpointing.latest_checkpoint(self.ckpt_dir)
-        path = Path(checkpoint).expanduser() if checkpoint is not None else latest
+        path = checkpointing.latest_checkpoint(self.ckpt_dir) if checkpoint is None else Path(checkpoint).expanduser()
         if path is None:
             raise CheckpointError(f"no checkpoint to export in {self.ckpt_dir}")
         if not path.exists() and (self.ckpt_dir / path).is_dir():  # a checkpoint's name, e.g. step_00000300
